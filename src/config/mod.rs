@@ -1,0 +1,14 @@
+//! Configuration input: the node file (local to a witness) and the policy (replicated).
+//! Everything here turns raw TOML into validated, typed values; nothing here binds a port,
+//! proposes a command or reads a secret's contents.
+
+mod error;
+mod node;
+mod policy;
+
+pub use error::ConfigError;
+pub use node::{NodeConfig, Peer, Timing, TlsFiles, EXIT_CONFIG};
+pub use policy::{
+    GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
+    LEASE_MS_MIN,
+};

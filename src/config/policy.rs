@@ -1,0 +1,516 @@
+//! The replicated policy: regions, groups and hooks. Parsed from TOML, validated into typed
+//! values, and only then proposed through consensus, so every witness acts on the same,
+//! already-checked policy. This module never reads secrets: it only checks that a secret
+//! reference resolves on the witness that validates it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{check_name, ConfigError};
+
+/// At most this many regions: a failover group is a handful of regions, not a fleet.
+pub const REGIONS_MAX: usize = 16;
+/// At most this many groups, so status output and the applied state stay small.
+pub const GROUPS_MAX: usize = 256;
+/// At most this many hooks in one policy.
+pub const HOOKS_MAX: usize = 64;
+/// Lease bounds: shorter than 1 s cannot be renewed reliably across regions; longer than
+/// 10 minutes makes every failover wait that long before activation.
+pub const LEASE_MS_MIN: u64 = 1_000;
+pub const LEASE_MS_MAX: u64 = 600_000;
+/// Default lease: renewed every few seconds by the holder, short enough for a fast failover.
+pub const LEASE_MS_DEFAULT: u64 = 10_000;
+/// The policy source is kept in the replicated state for `policy show`; bound its size.
+pub const POLICY_TOML_BYTES_MAX: usize = 256 * 1024;
+
+/// How a group may fail over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The cluster fails over by itself on a quorum verdict.
+    Auto,
+    /// The cluster proposes; an operator approves.
+    Manual,
+    /// No failover of any kind until the mode changes.
+    Frozen,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Manual => "manual",
+            Mode::Frozen => "frozen",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "manual" => Ok(Mode::Manual),
+            "frozen" => Ok(Mode::Frozen),
+            other => Err(format!(
+                "{other:?} is not a mode: use auto, manual or frozen"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a secret lives on each witness. The secret itself never enters the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// A file readable by the witness process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// An environment variable of the witness process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+impl SecretRef {
+    /// Checks that the reference names exactly one source and that it resolves here.
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        match (&self.file, &self.env) {
+            (Some(path), None) => match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => Ok(()),
+                Ok(_) => Err(ConfigError::new(
+                    format!("{key}.file"),
+                    format!("{} is not a regular file", path.display()),
+                )),
+                Err(e) => Err(ConfigError::new(
+                    format!("{key}.file"),
+                    format!("secret file {} cannot be read: {e}", path.display()),
+                )),
+            },
+            (None, Some(var)) => match std::env::var_os(var) {
+                Some(_) => Ok(()),
+                None => Err(ConfigError::new(
+                    format!("{key}.env"),
+                    format!("environment variable {var} is not set on this witness"),
+                )),
+            },
+            _ => Err(ConfigError::new(
+                key,
+                "a secret reference needs exactly one of `file` or `env`",
+            )),
+        }
+    }
+}
+
+/// A region: a site that can run the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+}
+
+/// A failover group as written in the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPolicy {
+    pub name: String,
+    /// Candidate regions in priority order; the first is active when the group is created.
+    pub candidates: Vec<String>,
+    /// Mode when the group is created. Afterwards `arbiter mode` changes it; a policy that
+    /// changes this value changes the group's mode too.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Lease granted to the active region's primary.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Hooks (by name) run by this group's failover steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Manual
+}
+
+fn default_lease_ms() -> u64 {
+    LEASE_MS_DEFAULT
+}
+
+/// How a hook acts on the world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Hook {
+    /// Runs a program; exit 0 is success.
+    Exec {
+        program: PathBuf,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default = "default_hook_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// POSTs a signed JSON body; 2xx is success.
+    Http {
+        url: String,
+        secret: SecretRef,
+        #[serde(default = "default_hook_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_hook_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The policy, exactly as it will be replicated. Build it with [`Policy::parse`], which
+/// validates everything; a `Policy` value is always valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub regions: Vec<Region>,
+    pub groups: Vec<GroupPolicy>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, Hook>,
+}
+
+impl Policy {
+    /// Parses and validates policy TOML. `file` names the source in errors. Secret
+    /// references are resolved on this machine: a missing secret file is an error here.
+    pub fn parse(file: &str, source: &str) -> Result<Policy, ConfigError> {
+        if source.len() > POLICY_TOML_BYTES_MAX {
+            return Err(ConfigError::new(
+                file,
+                format!("policy is {} bytes, more than the limit of {POLICY_TOML_BYTES_MAX}", source.len()),
+            ));
+        }
+        let policy: Policy =
+            toml::from_str(source).map_err(|e| ConfigError::parse(file, source, e))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Checks every rule a policy must satisfy. Called by [`Policy::parse`]; public so a
+    /// policy built in code (tests, the demo) is held to the same rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.regions.is_empty() {
+            return Err(ConfigError::new("regions", "at least two regions are needed"));
+        }
+        if self.regions.len() > REGIONS_MAX {
+            return Err(ConfigError::new(
+                "regions",
+                format!("at most {REGIONS_MAX} regions are allowed"),
+            ));
+        }
+        let mut regions = BTreeSet::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            let key = format!("regions[{i}].name");
+            check_name(&key, &region.name)?;
+            if !regions.insert(region.name.as_str()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("duplicate region {:?}", region.name),
+                ));
+            }
+        }
+        if self.groups.len() > GROUPS_MAX {
+            return Err(ConfigError::new(
+                "groups",
+                format!("at most {GROUPS_MAX} groups are allowed"),
+            ));
+        }
+        if self.hooks.len() > HOOKS_MAX {
+            return Err(ConfigError::new(
+                "hooks",
+                format!("at most {HOOKS_MAX} hooks are allowed"),
+            ));
+        }
+        for (name, hook) in &self.hooks {
+            let key = format!("hooks.{name}");
+            check_name(&key, name)?;
+            match hook {
+                Hook::Exec {
+                    program,
+                    timeout_ms,
+                    ..
+                } => {
+                    if !program.is_absolute() {
+                        return Err(ConfigError::new(
+                            format!("{key}.program"),
+                            "must be an absolute path",
+                        ));
+                    }
+                    check_timeout(&key, *timeout_ms)?;
+                }
+                Hook::Http {
+                    url,
+                    secret,
+                    timeout_ms,
+                } => {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(ConfigError::new(
+                            format!("{key}.url"),
+                            format!("{url:?} is not an http(s) URL"),
+                        ));
+                    }
+                    secret.check(&format!("{key}.secret"))?;
+                    check_timeout(&key, *timeout_ms)?;
+                }
+            }
+        }
+        let mut groups = BTreeSet::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            let key = format!("groups[{i}]");
+            check_name(&format!("{key}.name"), &group.name)?;
+            if !groups.insert(group.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("duplicate group {:?}", group.name),
+                ));
+            }
+            if group.candidates.len() < 2 {
+                return Err(ConfigError::new(
+                    format!("{key}.candidates"),
+                    format!(
+                        "group {:?} needs at least two candidate regions to fail over between",
+                        group.name
+                    ),
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for candidate in &group.candidates {
+                if !regions.contains(candidate.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{key}.candidates"),
+                        format!("{candidate:?} is not a region of this policy"),
+                    ));
+                }
+                if !seen.insert(candidate) {
+                    return Err(ConfigError::new(
+                        format!("{key}.candidates"),
+                        format!("{candidate:?} is listed twice"),
+                    ));
+                }
+            }
+            if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&group.lease_ms) {
+                return Err(ConfigError::new(
+                    format!("{key}.lease_ms"),
+                    format!(
+                        "{} is outside {LEASE_MS_MIN}..={LEASE_MS_MAX}",
+                        group.lease_ms
+                    ),
+                ));
+            }
+            for hook in &group.hooks {
+                if !self.hooks.contains_key(hook) {
+                    return Err(ConfigError::new(
+                        format!("{key}.hooks"),
+                        format!("hook {hook:?} is not defined under [hooks]"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn group(&self, name: &str) -> Option<&GroupPolicy> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Renders the policy as TOML (the canonical form shown by `arbiter policy show`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render policy: {e}\n"))
+    }
+
+    /// A human diff from `old` (None: no policy yet) to `self`, one change per line.
+    /// Empty when nothing changes.
+    pub fn diff(&self, old: Option<&Policy>) -> String {
+        let mut out = String::new();
+        let empty = Policy {
+            regions: Vec::new(),
+            groups: Vec::new(),
+            hooks: BTreeMap::new(),
+        };
+        let old = old.unwrap_or(&empty);
+        let old_regions: BTreeSet<_> = old.regions.iter().map(|r| &r.name).collect();
+        let new_regions: BTreeSet<_> = self.regions.iter().map(|r| &r.name).collect();
+        for r in new_regions.difference(&old_regions) {
+            let _ = writeln!(out, "+ region {r}");
+        }
+        for r in old_regions.difference(&new_regions) {
+            let _ = writeln!(out, "- region {r}");
+        }
+        for g in &self.groups {
+            match old.group(&g.name) {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "+ group {}: candidates [{}], mode {}, lease_ms {}",
+                        g.name,
+                        g.candidates.join(", "),
+                        g.mode,
+                        g.lease_ms
+                    );
+                }
+                Some(o) if o != g => {
+                    if o.candidates != g.candidates {
+                        let _ = writeln!(
+                            out,
+                            "~ group {}: candidates [{}] -> [{}]",
+                            g.name,
+                            o.candidates.join(", "),
+                            g.candidates.join(", ")
+                        );
+                    }
+                    if o.mode != g.mode {
+                        let _ = writeln!(out, "~ group {}: mode {} -> {}", g.name, o.mode, g.mode);
+                    }
+                    if o.lease_ms != g.lease_ms {
+                        let _ = writeln!(
+                            out,
+                            "~ group {}: lease_ms {} -> {}",
+                            g.name, o.lease_ms, g.lease_ms
+                        );
+                    }
+                    if o.hooks != g.hooks {
+                        let _ = writeln!(
+                            out,
+                            "~ group {}: hooks [{}] -> [{}]",
+                            g.name,
+                            o.hooks.join(", "),
+                            g.hooks.join(", ")
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for g in &old.groups {
+            if self.group(&g.name).is_none() {
+                let _ = writeln!(out, "- group {}", g.name);
+            }
+        }
+        for (name, hook) in &self.hooks {
+            match old.hooks.get(name) {
+                None => {
+                    let _ = writeln!(out, "+ hook {name}");
+                }
+                Some(o) if o != hook => {
+                    let _ = writeln!(out, "~ hook {name}");
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old.hooks.keys() {
+            if !self.hooks.contains_key(name) {
+                let _ = writeln!(out, "- hook {name}");
+            }
+        }
+        out
+    }
+}
+
+fn check_timeout(key: &str, timeout_ms: u64) -> Result<(), ConfigError> {
+    /// A hook that needs more than 10 minutes should report progress another way.
+    const HOOK_TIMEOUT_MS_MAX: u64 = 600_000;
+    if timeout_ms == 0 || timeout_ms > HOOK_TIMEOUT_MS_MAX {
+        return Err(ConfigError::new(
+            format!("{key}.timeout_ms"),
+            format!("{timeout_ms} is outside 1..={HOOK_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[regions]]
+name = "region-a"
+[[regions]]
+name = "region-b"
+
+[[groups]]
+name = "checkout"
+candidates = ["region-a", "region-b"]
+mode = "manual"
+"#;
+
+    fn err(src: &str) -> ConfigError {
+        Policy::parse("policy.toml", src).expect_err("policy must be refused")
+    }
+
+    #[test]
+    fn good_policy_parses_with_defaults() {
+        let p = Policy::parse("policy.toml", GOOD).unwrap();
+        assert_eq!(p.groups[0].lease_ms, LEASE_MS_DEFAULT);
+        assert_eq!(p.groups[0].mode, Mode::Manual);
+        assert_eq!(Policy::parse("x", &p.to_toml()).unwrap(), p, "canonical TOML round-trips");
+    }
+
+    #[test]
+    fn malformed_toml_names_line() {
+        let e = err("[[regions]\nname = 1");
+        assert_eq!(e.key, "policy.toml");
+        assert!(e.reason.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err(&format!("{GOOD}\ncolour = \"red\"\n"));
+        assert!(e.reason.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_region_is_refused() {
+        let e = err(&format!("{GOOD}\n[[regions]]\nname = \"region-a\"\n"));
+        assert_eq!(e.key, "regions[2].name");
+        assert!(e.reason.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn group_with_one_candidate_is_refused() {
+        let e = err(&GOOD.replace(r#"["region-a", "region-b"]"#, r#"["region-a"]"#));
+        assert_eq!(e.key, "groups[0].candidates");
+        assert!(e.reason.contains("at least two"), "{e}");
+    }
+
+    #[test]
+    fn candidate_outside_regions_is_refused() {
+        let e = err(&GOOD.replace(r#""region-b"]"#, r#""region-z"]"#));
+        assert!(e.reason.contains("region-z"), "{e}");
+    }
+
+    #[test]
+    fn hook_with_missing_secret_file_is_refused() {
+        let src = format!(
+            "{GOOD}\n[hooks.notify]\nkind = \"http\"\nurl = \"https://hooks.invalid/x\"\nsecret = {{ file = \"/nonexistent/arbiter-secret\" }}\n"
+        );
+        let e = err(&src);
+        assert_eq!(e.key, "hooks.notify.secret.file");
+        assert!(e.reason.contains("/nonexistent/arbiter-secret"), "{e}");
+    }
+
+    #[test]
+    fn lease_bounds_are_enforced() {
+        let e = err(&format!("{GOOD}lease_ms = 5\n"));
+        assert_eq!(e.key, "groups[0].lease_ms");
+    }
+
+    #[test]
+    fn diff_lists_changes() {
+        let a = Policy::parse("a", GOOD).unwrap();
+        let b = Policy::parse("b", &GOOD.replace("manual", "auto")).unwrap();
+        assert_eq!(b.diff(Some(&a)), "~ group checkout: mode manual -> auto\n");
+        assert!(a.diff(None).contains("+ group checkout"));
+        assert_eq!(a.diff(Some(&a)), "");
+    }
+}
