@@ -1,0 +1,228 @@
+//! openraft's network over tonic gRPC with mutual TLS. One lazily connected channel per
+//! peer, reused for every RPC; every RPC has a deadline; snapshots stream in chunks.
+//! Messages are openraft's own types, serialized with serde as opaque payloads.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::types::{TypeConfig, WitnessNode};
+use crate::proto::raft_client::RaftClient;
+use crate::proto::{RaftMessage, SnapshotChunk};
+
+type C = TypeConfig;
+
+/// Snapshot chunk size: small enough to interleave with heartbeats on a slow WAN link.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// Largest Raft message accepted or sent; bounds memory per RPC.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Header of a streamed snapshot (first chunk).
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotHeader {
+    pub vote: openraft::alias::VoteOf<C>,
+    pub meta: openraft::alias::SnapshotMetaOf<C>,
+}
+
+/// Builds channels to peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    tls: ClientTlsConfig,
+    rpc_timeout: Duration,
+}
+
+impl Network {
+    pub fn new(tls: ClientTlsConfig, rpc_timeout: Duration) -> Self {
+        Self { tls, rpc_timeout }
+    }
+
+    /// A lazily connected channel to `addr` (reconnects by itself after failures).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        Ok(Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(self.tls.clone())?
+            .connect_timeout(self.rpc_timeout)
+            .timeout(self.rpc_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+}
+
+impl RaftNetworkFactory<C> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: u64, node: &WitnessNode) -> Connection {
+        let client = self.channel(&node.addr).map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        });
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            client: client.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The connection to one peer, owned by openraft's replication task for that peer.
+pub struct Connection {
+    target: u64,
+    addr: String,
+    /// The channel, or why it could not be built (bad address).
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<C>> {
+        self.client
+            .clone()
+            .map_err(|e| Unreachable::new(&AnyError::error(format!("peer {} at {}: {e}", self.target, self.addr))))
+    }
+
+    fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(option.soft_ttl());
+        req
+    }
+
+    fn status_error(&self, status: tonic::Status) -> RPCError<C> {
+        let err = AnyError::error(format!("peer {} at {}: {status}", self.target, self.addr));
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&err))
+            }
+            _ => RPCError::Network(NetworkError::new(&err)),
+        }
+    }
+
+    fn decode_reply<T: DeserializeOwned>(&self, reply: RaftMessage) -> Result<T, RPCError<C>> {
+        decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+fn encode_rpc<T: Serialize>(value: &T) -> Result<RaftMessage, RPCError<C>> {
+    encode(value)
+        .map(|payload| RaftMessage { payload })
+        .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+impl RaftNetworkV2<C> for Connection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let msg = encode_rpc(&rpc)?;
+        let reply = self
+            .client()?
+            .append_entries(Self::request(msg, &option))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode_reply(reply.into_inner())
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let msg = encode_rpc(&rpc)?;
+        let reply = self
+            .client()?
+            .vote(Self::request(msg, &option))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode_reply(reply.into_inner())
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let msg = encode_rpc(&rpc)?;
+        let reply = self
+            .client()?
+            .pre_vote(Self::request(msg, &option))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode_reply(reply.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: openraft::alias::VoteOf<C>,
+        snapshot: openraft::alias::SnapshotOf<C, Vec<u8>>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let header = encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let data = snapshot.snapshot;
+        let mut chunks: Vec<SnapshotChunk> = data
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|c| SnapshotChunk {
+                header: Vec::new(),
+                data: c.to_vec(),
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(SnapshotChunk::default());
+        }
+        chunks[0].header = header;
+        let mut req = tonic::Request::new(futures::stream::iter(chunks));
+        req.set_timeout(option.hard_ttl());
+        let mut client = self.client()?;
+        let send = client.install_snapshot(req);
+        tokio::pin!(send);
+        let cancel = cancel;
+        tokio::pin!(cancel);
+        let reply = tokio::select! {
+            r = &mut send => r.map_err(|s| match self.status_error(s) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?,
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+        };
+        decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}
+
+/// Collects a streamed snapshot on the receiving side: header from the first chunk, data
+/// appended, bounded by [`RAFT_MESSAGE_BYTES_MAX`] x 4.
+pub(crate) async fn collect_snapshot(
+    mut stream: tonic::Streaming<SnapshotChunk>,
+) -> Result<(SnapshotHeader, Vec<u8>), tonic::Status> {
+    const SNAPSHOT_BYTES_MAX: usize = 4 * RAFT_MESSAGE_BYTES_MAX;
+    let mut header = None;
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if header.is_none() {
+            header = Some(
+                decode::<SnapshotHeader>(&chunk.header)
+                    .map_err(|e| tonic::Status::invalid_argument(format!("snapshot header: {e}")))?,
+            );
+        }
+        if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+            return Err(tonic::Status::resource_exhausted("snapshot larger than the limit"));
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    let header = header.ok_or_else(|| tonic::Status::invalid_argument("empty snapshot stream"))?;
+    Ok((header, data))
+}

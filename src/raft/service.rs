@@ -1,0 +1,75 @@
+//! The receiving side of the witness-to-witness Raft RPCs: decode, hand to openraft, encode.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::Snapshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::consensus::Consensus;
+use super::network::{collect_snapshot, decode, encode};
+use super::types::TypeConfig;
+use crate::proto::raft_server::Raft as RaftRpc;
+use crate::proto::{HelloReply, HelloRequest, RaftMessage, SnapshotChunk};
+
+/// gRPC service for the Raft protocol between witnesses.
+pub struct RaftService {
+    pub(crate) consensus: Arc<Consensus>,
+}
+
+fn bad_request(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("cannot decode raft message: {e}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    encode(value)
+        .map(|payload| Response::new(RaftMessage { payload }))
+        .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))
+}
+
+fn raft_error(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
+        let resp = self.consensus.raft.append_entries(rpc).await.map_err(raft_error)?;
+        reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
+        let resp = self.consensus.raft.vote(rpc).await.map_err(raft_error)?;
+        reply(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
+        let resp = self.consensus.raft.pre_vote(rpc).await.map_err(raft_error)?;
+        reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let (header, data) = collect_snapshot(req.into_inner()).await?;
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: data,
+        };
+        let resp = self
+            .consensus
+            .raft
+            .install_full_snapshot(header.vote, snapshot)
+            .await
+            .map_err(raft_error)?;
+        reply(&resp)
+    }
+
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        Ok(Response::new(self.consensus.hello(req.into_inner().node_id)))
+    }
+}
