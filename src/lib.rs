@@ -1,9 +1,34 @@
 //! arbiter: a failover arbiter for multi-region disaster recovery.
 //!
+//! A small Raft cluster of witnesses agrees, per failover group, on which region is active;
+//! operators, tools and databases ask it who is active and whether an epoch is current.
+//!
 //! # Layout
 //!
+//! - [`config`]: the node file and the policy, parsed and validated into typed values.
+//! - [`state`]: the replicated state machine, pure (no I/O): groups, epochs, modes, audit log.
 //! - [`raft`]: openraft glue. Type configuration, the redb-backed log and state-machine
 //!   stores, and the gRPC network between witnesses. openraft types never leave this module.
-pub mod raft;
+//! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
+//! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
+//! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
+//! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
+//!   client configurations, and the peer identity of a request.
+//! - [`certs`]: the development CA behind `arbiter certs init`.
+//! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
+
+pub mod api;
+pub mod certs;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod node;
+pub mod raft;
 pub mod state;
+pub mod tls;
+
+/// Generated protobuf types and gRPC stubs (`proto/arbiter.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("arbiter.v1");
+}

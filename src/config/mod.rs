@@ -7,7 +7,7 @@ mod node;
 mod policy;
 
 pub use error::ConfigError;
-pub use node::{NodeConfig, Peer, Timing, TlsFiles, EXIT_CONFIG};
+pub use node::{NodeConfig, Peer, Timing, EXIT_CONFIG};
 pub use policy::{
     GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
     LEASE_MS_MIN,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::{check_name, ConfigError};
+use crate::tls::TlsPaths;
 
 /// Exit code for bad configuration or usage (`EX_USAGE` in sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -16,14 +17,6 @@ pub const EXIT_CONFIG: i32 = 64;
 /// At most this many initial peers: a witness cluster is 3, 5 or 7 voters.
 const PEERS_MAX: usize = 9;
 
-/// TLS files of this witness: the cluster CA, and this witness's certificate and key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +26,7 @@ struct RawNode {
     data_dir: PathBuf,
     listen: String,
     advertise: Option<String>,
-    tls: TlsFiles,
+    tls: TlsPaths,
     #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
@@ -111,7 +104,7 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The address other witnesses and clients use; defaults to `listen`.
     pub advertise: String,
-    pub tls: TlsFiles,
+    pub tls: TlsPaths,
     /// Initial voters including this witness; used by `arbiter init` and by the empty-data-dir
     /// check at start.
     pub peers: Vec<Peer>,
@@ -142,7 +135,7 @@ impl NodeConfig {
         let advertise = raw.advertise.unwrap_or_else(|| listen.to_string());
         check_addr("advertise", &advertise)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let tls = TlsFiles {
+        let tls = TlsPaths {
             ca: resolve(raw.tls.ca),
             cert: resolve(raw.tls.cert),
             key: resolve(raw.tls.key),

@@ -1,0 +1,465 @@
+//! Development certificate authority behind `arbiter certs init`: generates a throwaway cluster
+//! CA plus one certificate per witness node and one operator client certificate, as PEM files.
+//!
+//! This module owns writing those files. It must never overwrite an existing file unless asked
+//! to, never write a private key readable by anyone but its owner, and never be the source of
+//! production certificates: a real deployment brings its own CA and issuance process.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::tls::TlsPaths;
+
+/// Largest cluster `init_dev_certs` will issue node certificates for.
+pub const MAX_NODES: u32 = 64;
+
+/// Subject common name of the operator client certificate.
+pub const OPERATOR_CN: &str = "operator";
+
+/// Subject common name prefix of a development CA. A random suffix follows, so two
+/// independently generated CAs have distinct names and a certificate from the wrong one is
+/// reported as coming from an unknown issuer.
+pub const DEV_CA_CN_PREFIX: &str = "arbiter development CA";
+
+/// How long leaf (node and client) certificates are valid.
+const LEAF_VALIDITY: Duration = Duration::days(365);
+/// How long the development CA is valid.
+const CA_VALIDITY: Duration = Duration::days(5 * 365);
+/// Backdating of `not_before`, to tolerate clock skew between machines.
+const BACKDATE: Duration = Duration::hours(1);
+
+/// Hosts every node certificate is valid for, before any extra hosts.
+const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The files `init_dev_certs` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevCerts {
+    /// The CA certificate (`ca.pem`).
+    pub ca_cert: PathBuf,
+    /// The CA private key (`ca.key`).
+    pub ca_key: PathBuf,
+    /// For node `i` (1-based) at index `i - 1`: the CA, `node-i.pem` and `node-i.key`.
+    pub nodes: Vec<TlsPaths>,
+    /// The operator client: the CA, `client.pem` and `client.key`.
+    pub client: TlsPaths,
+}
+
+/// What went wrong generating development certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    /// An argument is out of range or malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The argument at fault.
+        field: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A file to be written already exists and overwriting was not requested.
+    #[error("{} already exists; refusing to overwrite it without --force", path.display())]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// Creating the directory or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// Key generation or signing failed.
+    #[error("cannot generate {what}: {source}")]
+    Generate {
+        /// Which certificate or key was being generated.
+        what: String,
+        /// The underlying error.
+        source: rcgen::Error,
+    },
+}
+
+/// Generates a fresh development CA and certificates for `nodes` witnesses and one operator
+/// client, writing them as PEM into `out` (created if needed).
+///
+/// **These certificates are for development and testing only.** The CA key is written next to
+/// the certificates it signed, and nothing revokes or rotates them.
+///
+/// Files written: `ca.pem`, `ca.key`, `node-1.pem`, `node-1.key` … `node-N.pem`, `node-N.key`,
+/// `client.pem`, `client.key`. Node certificates have subject CN `node-i`, are valid for
+/// `localhost`, `127.0.0.1`, `::1` and every entry of `extra_hosts` (IP addresses become IP
+/// SANs, anything else a DNS SAN), and allow both server and client authentication because
+/// witnesses dial each other. The client certificate has CN `operator` and allows client
+/// authentication only. Private keys are created with mode 0600.
+///
+/// Nothing is written unless every check passes: `nodes` must be in `1..=64`, every extra host
+/// must be a valid name or address, and no target file may exist unless `force` is set.
+pub fn init_dev_certs(
+    out: &Path,
+    nodes: u32,
+    extra_hosts: &[String],
+    force: bool,
+) -> Result<DevCerts, CertsError> {
+    if !(1..=MAX_NODES).contains(&nodes) {
+        return Err(CertsError::Invalid {
+            field: "nodes",
+            reason: format!("must be between 1 and {MAX_NODES}, got {nodes}"),
+        });
+    }
+    let sans = node_sans(extra_hosts)?;
+
+    let ca_cert = out.join("ca.pem");
+    let ca_key = out.join("ca.key");
+    let node_files: Vec<(PathBuf, PathBuf)> = (1..=nodes)
+        .map(|i| {
+            (
+                out.join(format!("node-{i}.pem")),
+                out.join(format!("node-{i}.key")),
+            )
+        })
+        .collect();
+    let client_cert = out.join("client.pem");
+    let client_key = out.join("client.key");
+
+    if !force {
+        let all = [&ca_cert, &ca_key, &client_cert, &client_key]
+            .into_iter()
+            .chain(node_files.iter().flat_map(|(c, k)| [c, k]));
+        for path in all {
+            if path.exists() {
+                return Err(CertsError::Exists { path: path.clone() });
+            }
+        }
+    }
+
+    // Generate everything before touching the disk, so a failure leaves nothing half-written.
+    let now = OffsetDateTime::now_utc();
+    let (ca_pem, issuer) = generate_ca(now)?;
+    let mut leaves = Vec::with_capacity(node_files.len() + 1);
+    for i in 1..=nodes {
+        let name = format!("node-{i}");
+        let eku = [
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        leaves.push(generate_leaf(&issuer, now, &name, sans.clone(), &eku)?);
+    }
+    let client = generate_leaf(
+        &issuer,
+        now,
+        OPERATOR_CN,
+        Vec::new(),
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+
+    fs::create_dir_all(out).map_err(|source| CertsError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    write_file(&ca_cert, ca_pem.as_bytes(), false, force)?;
+    write_file(
+        &ca_key,
+        issuer.key().serialize_pem().as_bytes(),
+        true,
+        force,
+    )?;
+    for ((cert_path, key_path), (cert_pem, key_pem)) in node_files.iter().zip(&leaves) {
+        write_file(cert_path, cert_pem.as_bytes(), false, force)?;
+        write_file(key_path, key_pem.as_bytes(), true, force)?;
+    }
+    write_file(&client_cert, client.0.as_bytes(), false, force)?;
+    write_file(&client_key, client.1.as_bytes(), true, force)?;
+
+    let paths = |cert: &PathBuf, key: &PathBuf| TlsPaths {
+        ca: ca_cert.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    Ok(DevCerts {
+        nodes: node_files.iter().map(|(c, k)| paths(c, k)).collect(),
+        client: paths(&client_cert, &client_key),
+        ca_cert: ca_cert.clone(),
+        ca_key,
+    })
+}
+
+/// The SANs of every node certificate: the defaults plus `extra_hosts`, without duplicates.
+fn node_sans(extra_hosts: &[String]) -> Result<Vec<SanType>, CertsError> {
+    let mut sans = Vec::new();
+    let hosts = DEFAULT_HOSTS
+        .iter()
+        .copied()
+        .chain(extra_hosts.iter().map(String::as_str));
+    for host in hosts {
+        let invalid = |reason: String| CertsError::Invalid {
+            field: "extra_hosts",
+            reason: format!("{host:?}: {reason}"),
+        };
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(invalid("empty host name".into()));
+        }
+        let san = match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => {
+                if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+                    return Err(invalid("not a host name or IP address".into()));
+                }
+                SanType::DnsName(
+                    host.try_into()
+                        .map_err(|e: rcgen::Error| invalid(e.to_string()))?,
+                )
+            }
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    Ok(sans)
+}
+
+fn generate_ca(now: OffsetDateTime) -> Result<(String, Issuer<'static, KeyPair>), CertsError> {
+    let err = |source| CertsError::Generate {
+        what: "CA".into(),
+        source,
+    };
+    let mut params = CertificateParams::default();
+    let name = format!("{DEV_CA_CN_PREFIX} {:08x}", rand::random::<u32>());
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_VALIDITY;
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.self_signed(&key).map_err(err)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
+}
+
+/// Returns `(certificate PEM, private key PEM)` for a leaf signed by `issuer`.
+fn generate_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    now: OffsetDateTime,
+    common_name: &str,
+    sans: Vec<SanType>,
+    eku: &[ExtendedKeyUsagePurpose],
+) -> Result<(String, String), CertsError> {
+    let err = |source| CertsError::Generate {
+        what: format!("certificate for {common_name}"),
+        source,
+    };
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = eku.to_vec();
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - BACKDATE;
+    params.not_after = now + LEAF_VALIDITY;
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, issuer).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes `contents` to `path`. Secret files are created with mode 0600 from the start, so
+/// their contents are never readable by others, even briefly.
+fn write_file(path: &Path, contents: &[u8], secret: bool, force: bool) -> Result<(), CertsError> {
+    let io_err = |source| CertsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if force {
+        // Remove rather than truncate, so a pre-existing file's looser mode is not inherited.
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = opts.open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            CertsError::Exists {
+                path: path.to_owned(),
+            }
+        } else {
+            io_err(e)
+        }
+    })?;
+    file.write_all(contents).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    fn cn_and_sans(pem_path: &Path) -> (String, Vec<String>, bool) {
+        let pem = fs::read(pem_path).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sans = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .map(|n| match n {
+                        GeneralName::DNSName(name) => name.to_string(),
+                        GeneralName::IPAddress(b) if b.len() == 4 => {
+                            IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
+                        }
+                        GeneralName::IPAddress(b) if b.len() == 16 => {
+                            IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (cn, sans, cert.is_ca())
+    }
+
+    #[test]
+    fn writes_all_files_with_expected_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        let hosts = vec!["witness-a.example".to_string(), "10.0.0.7".to_string()];
+        let files = init_dev_certs(&out, 3, &hosts, false).unwrap();
+        assert_eq!(files.nodes.len(), 3);
+        assert_eq!(files.ca_cert, out.join("ca.pem"));
+        assert_eq!(files.nodes[2].cert, out.join("node-3.pem"));
+        assert_eq!(files.nodes[2].key, out.join("node-3.key"));
+        assert_eq!(files.client.cert, out.join("client.pem"));
+
+        let (cn, _, is_ca) = cn_and_sans(&files.ca_cert);
+        assert!(cn.starts_with(DEV_CA_CN_PREFIX), "{cn}");
+        assert!(is_ca);
+
+        let (cn, sans, is_ca) = cn_and_sans(&files.nodes[1].cert);
+        assert_eq!(cn, "node-2");
+        assert!(!is_ca);
+        assert_eq!(
+            sans,
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "witness-a.example",
+                "10.0.0.7"
+            ]
+        );
+
+        let (cn, _, _) = cn_and_sans(&files.client.cert);
+        assert_eq!(cn, OPERATOR_CN);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = init_dev_certs(dir.path(), 2, &[], false).unwrap();
+        let keys = [&files.ca_key, &files.client.key]
+            .into_iter()
+            .chain(files.nodes.iter().map(|n| &n.key));
+        for key in keys {
+            let mode = fs::metadata(key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        // Keys keep 0600 when overwritten with --force, even if the old file was looser.
+        fs::set_permissions(&files.ca_key, fs::Permissions::from_mode(0o644)).unwrap();
+        init_dev_certs(dir.path(), 2, &[], true).unwrap();
+        let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn refuses_to_overwrite_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = init_dev_certs(dir.path(), 1, &[], false).unwrap();
+        let before = fs::read(&first.ca_cert).unwrap();
+
+        let err = init_dev_certs(dir.path(), 1, &[], false).unwrap_err();
+        assert!(matches!(err, CertsError::Exists { .. }), "{err:?}");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        assert_eq!(fs::read(&first.ca_cert).unwrap(), before, "ca.pem changed");
+
+        // Only one conflicting file is enough to refuse, and the error names it.
+        fs::remove_file(&first.ca_cert).unwrap();
+        fs::remove_file(&first.ca_key).unwrap();
+        let err = init_dev_certs(dir.path(), 1, &[], false).unwrap_err();
+        assert!(err.to_string().contains("client.pem"), "{err}");
+        assert!(!first.ca_cert.exists(), "nothing is written on refusal");
+
+        let second = init_dev_certs(dir.path(), 1, &[], true).unwrap();
+        assert_ne!(fs::read(&second.ca_cert).unwrap(), before);
+    }
+
+    #[test]
+    fn node_count_must_be_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [0, MAX_NODES + 1] {
+            let err = init_dev_certs(dir.path(), bad, &[], false).unwrap_err();
+            assert!(matches!(err, CertsError::Invalid { field: "nodes", .. }));
+            assert!(err.to_string().contains("nodes"), "{err}");
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_extra_host_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "two words", "h\u{e9}te"] {
+            let err = init_dev_certs(dir.path(), 1, &[bad.to_string()], false).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CertsError::Invalid {
+                        field: "extra_hosts",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_hosts_are_collapsed() {
+        let sans = node_sans(&["localhost".into(), "127.0.0.1".into(), "a.b".into()]).unwrap();
+        assert_eq!(sans.len(), 4);
+    }
+}

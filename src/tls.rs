@@ -1,0 +1,368 @@
+//! Mutual TLS for every gRPC connection: loading the cluster CA, our certificate and key from
+//! PEM files, turning them into tonic server and client configurations, and naming the peer
+//! of an incoming request for the audit log.
+//!
+//! This module owns TLS material and its validation. It must never accept a connection without
+//! a client certificate signed by the cluster CA, never trust any root other than the cluster
+//! CA (no system or web roots), and never log or return private key bytes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use rustls::pki_types::pem::{self, PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Installs rustls' ring crypto provider as the process default.
+///
+/// Idempotent and safe to call from any number of threads or tests: the first call installs
+/// it, later calls do nothing. If some other provider was installed first it is left alone.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // An Err means a default already exists; either way a provider is now in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Where a node's TLS files live, as written in its configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// PEM file holding the cluster CA certificate (the only trusted root).
+    pub ca: PathBuf,
+    /// PEM file holding our certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file holding our private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// What went wrong loading TLS material. Every variant names the offending file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file does not exist.
+    #[error("{}: file not found", path.display())]
+    Missing {
+        /// The file that was looked for.
+        path: PathBuf,
+    },
+    /// The file exists but could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// The file is not PEM, or its PEM is malformed.
+    #[error("{}: not a PEM file: {reason}", path.display())]
+    NotPem {
+        /// The offending file.
+        path: PathBuf,
+        /// Why it is not acceptable PEM.
+        reason: String,
+    },
+    /// The file is PEM but holds no certificate.
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate {
+        /// The offending file.
+        path: PathBuf,
+    },
+    /// A certificate in the file is not valid X.509.
+    #[error("{}: certificate does not parse: {reason}", path.display())]
+    BadCertificate {
+        /// The offending file.
+        path: PathBuf,
+        /// Why the certificate was rejected.
+        reason: String,
+    },
+    /// The file is PEM but holds no private key.
+    #[error("{}: no private key found", path.display())]
+    NoKey {
+        /// The offending file.
+        path: PathBuf,
+    },
+    /// The private key is of an unsupported type or malformed.
+    #[error("{}: private key is not usable: {reason}", path.display())]
+    BadKey {
+        /// The offending file.
+        path: PathBuf,
+        /// Why the key was rejected.
+        reason: String,
+    },
+    /// The private key does not belong to the certificate.
+    #[error("{}: private key does not match certificate {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+}
+
+/// Validated TLS material for one node or client: the cluster CA, our chain and our key.
+///
+/// Deliberately not `Debug`: it holds a private key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    common_name: Option<String>,
+}
+
+impl TlsMaterial {
+    /// Reads the three PEM files named by `paths` and checks that each parses: the CA file
+    /// holds at least one X.509 certificate, the cert file a chain of them, and the key file a
+    /// private key that belongs to the leaf certificate.
+    pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
+        let ca_pem = read_file(&paths.ca)?;
+        parse_certificates(&paths.ca, &ca_pem)?;
+
+        let cert_pem = read_file(&paths.cert)?;
+        let chain = parse_certificates(&paths.cert, &cert_pem)?;
+
+        let key_pem = read_file(&paths.key)?;
+        let key = parse_key(&paths.key, &key_pem)?;
+
+        let signing_key =
+            rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::BadKey {
+                path: paths.key.clone(),
+                reason: e.to_string(),
+            })?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            // rustls cannot tell for some key types; only a definite mismatch is an error.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(_) => {
+                return Err(TlsError::KeyMismatch {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                })
+            }
+        }
+
+        let common_name = common_name_of(&chain[0]);
+        Ok(Self {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            common_name,
+        })
+    }
+
+    /// The subject common name of our own certificate, if it has one.
+    pub fn common_name(&self) -> Option<&str> {
+        self.common_name.as_deref()
+    }
+
+    /// Server side: presents our certificate and requires every client to present a
+    /// certificate signed by the cluster CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(false)
+    }
+
+    /// Client side: trusts only the cluster CA, expects the server to be `domain`, and
+    /// presents our certificate.
+    pub fn client_config(&self, domain: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(self.identity())
+            .domain_name(domain)
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The subject common name of the certificate the peer presented on this request's
+/// connection, or `None` when there is no TLS peer certificate or it has no readable CN.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    common_name_of(certs.first()?)
+}
+
+fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => TlsError::Missing {
+            path: path.to_owned(),
+        },
+        _ => TlsError::Read {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// All PEM sections of the file; errors when it is not PEM at all or the PEM is malformed.
+fn pem_sections(path: &Path, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, TlsError> {
+    let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| TlsError::NotPem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if sections.is_empty() {
+        return Err(TlsError::NotPem {
+            path: path.to_owned(),
+            reason: "no PEM sections found".into(),
+        });
+    }
+    Ok(sections)
+}
+
+fn parse_certificates(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = pem_sections(path, bytes)?
+        .into_iter()
+        .filter(|(kind, _)| *kind == SectionKind::Certificate)
+        .map(|(_, der)| CertificateDer::from(der))
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+            TlsError::BadCertificate {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    Ok(certs)
+}
+
+fn parse_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    pem_sections(path, bytes)?
+        .into_iter()
+        .find_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der))
+        .ok_or_else(|| TlsError::NoKey {
+            path: path.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    fn dev_paths(dir: &Path) -> TlsPaths {
+        crate::certs::init_dev_certs(dir, 1, &[], false)
+            .unwrap()
+            .nodes
+            .remove(0)
+    }
+
+    #[test]
+    fn install_crypto_provider_is_idempotent() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(install_crypto_provider))
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    #[test]
+    fn load_accepts_dev_certs_and_reads_cn() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TlsMaterial::load(&dev_paths(dir.path())).unwrap();
+        assert_eq!(m.common_name(), Some("node-1"));
+    }
+
+    #[test]
+    fn load_names_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = dev_paths(dir.path());
+        paths.key = dir.path().join("nope.key");
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::Missing { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("nope.key"), "{msg}");
+        assert!(msg.contains("not found"), "{msg}");
+    }
+
+    #[test]
+    fn load_rejects_non_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = dev_paths(dir.path());
+        paths.ca = write(dir.path(), "garbage.pem", b"hello world\n");
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::NotPem { .. }), "{err:?}");
+        assert!(err.to_string().contains("garbage.pem"));
+    }
+
+    #[test]
+    fn load_rejects_key_in_cert_slot_and_cert_in_key_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dev_paths(dir.path());
+
+        let mut paths = good.clone();
+        paths.cert = good.key.clone();
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
+        assert!(err.to_string().contains("node-1.key"));
+
+        let mut paths = good.clone();
+        paths.key = good.cert.clone();
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("node-1.pem"));
+    }
+
+    #[test]
+    fn load_rejects_corrupt_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = dev_paths(dir.path());
+        let bogus = "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        paths.cert = write(dir.path(), "bogus.pem", bogus.as_bytes());
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::BadCertificate { .. }), "{err:?}");
+        assert!(err.to_string().contains("bogus.pem"));
+    }
+
+    #[test]
+    fn load_rejects_mismatched_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::certs::init_dev_certs(dir.path(), 2, &[], false).unwrap();
+        let mut paths = files.nodes[0].clone();
+        paths.key = files.nodes[1].key.clone();
+        let err = TlsMaterial::load(&paths).err().unwrap();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn tls_paths_deny_unknown_fields() {
+        let ok: TlsPaths = toml::from_str("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        assert_eq!(ok.key, PathBuf::from("c"));
+        let bad = toml::from_str::<TlsPaths>("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nkye = 1\n");
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn peer_identity_is_none_without_tls() {
+        let req = tonic::Request::new(());
+        assert_eq!(peer_identity(&req), None);
+    }
+}
