@@ -168,13 +168,17 @@ impl TlsMaterial {
             .client_auth_optional(false)
     }
 
-    /// Client side: trusts only the cluster CA, expects the server to be `domain`, and
+    /// Client side: trusts only the cluster CA, expects the server to be `domain` (default:
+    /// the host of the address dialled), and
     /// presents our certificate.
-    pub fn client_config(&self, domain: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
+    pub fn client_config(&self, domain: Option<&str>) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(self.identity())
-            .domain_name(domain)
+            .identity(self.identity());
+        match domain {
+            Some(domain) => config.domain_name(domain),
+            None => config,
+        }
     }
 
     fn identity(&self) -> Identity {

@@ -149,13 +149,13 @@ async fn client_of_same_ca_is_served_and_identified() {
     let server = TestServer::start(&load(&c.ca1.nodes[0])).await;
 
     let client = load(&c.ca1.client);
-    let status = check(server.addr, client.client_config("localhost")).await;
+    let status = check(server.addr, client.client_config(Some("localhost"))).await;
     assert_eq!(status, Ok(ServingStatus::Serving));
     assert_eq!(server.seen(), vec![Some("operator".to_string())]);
 
     // A witness dialling another witness presents its node certificate.
     let node = load(&c.ca1.nodes[0]);
-    let status = check(server.addr, node.client_config("127.0.0.1")).await;
+    let status = check(server.addr, node.client_config(Some("127.0.0.1"))).await;
     assert_eq!(status, Ok(ServingStatus::Serving));
     assert_eq!(server.seen().last(), Some(&Some("node-1".to_string())));
 
@@ -214,7 +214,7 @@ async fn client_refuses_server_from_other_ca() {
 
     // A fully valid client of CA #2 must not accept CA #1's server.
     let other = load(&c.ca2.client);
-    let err = check(server.addr, other.client_config("localhost"))
+    let err = check(server.addr, other.client_config(Some("localhost")))
         .await
         .expect_err("client accepted a server from another CA");
     assert!(
@@ -234,7 +234,7 @@ async fn client_refuses_server_under_wrong_name() {
     let client = load(&c.ca1.client);
     let err = check(
         server.addr,
-        client.client_config("witness.elsewhere.example"),
+        client.client_config(Some("witness.elsewhere.example")),
     )
     .await
     .expect_err("client accepted a server certificate not valid for the name");

@@ -7,6 +7,8 @@ mod node;
 mod policy;
 
 pub use error::ConfigError;
+pub(crate) use error::check_name;
+pub(crate) use node::check_addr;
 pub use node::{NodeConfig, Peer, Timing, EXIT_CONFIG};
 pub use policy::{
     GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,

@@ -356,5 +356,27 @@ fn check_reason(reason: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.command {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::ApplyPolicy { .. } => "apply-policy",
+            Command::Failover { .. } => "failover",
+            Command::SetMode { .. } => "set-mode",
+        };
+        write!(f, "{kind} by {}", self.actor)
+    }
+}
+
+impl std::fmt::Display for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(o) => write!(f, "ok at {}: {o:?}", self.index),
+            Err(r) => write!(f, "refused at {}: {r}", self.index),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

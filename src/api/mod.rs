@@ -1,0 +1,10 @@
+//! The public API: the `Arbiter` gRPC service and the one mapping of errors to statuses.
+//! It validates and bounds every request field before anything reaches consensus; it never
+//! touches storage directly.
+
+mod error;
+mod service;
+
+pub use error::{ApiError, META_ERROR, META_LEADER_ADDR, META_LEADER_ID};
+pub use service::{new_request_id, ApiService};
+pub(crate) use service::now_ms;

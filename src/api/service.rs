@@ -1,0 +1,363 @@
+//! The public `Arbiter` gRPC service: status, watch, failover, mode, policy, init, members.
+//! Writes go through consensus; reads are linearizable unless the caller asks for the local
+//! view. A non-leader answers `not-leader` with the leader's address (see [`super::error`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use crate::config::{Mode, Peer, Policy};
+use crate::proto;
+use crate::proto::arbiter_server::Arbiter;
+use crate::raft::{ClusterView, Consensus, MemberView};
+use crate::state::{AuditEntry, ClusterState, Command, GroupState, Outcome, Proposal};
+use crate::tls::peer_identity;
+
+/// Audit entries returned by `Status` when the caller does not say.
+const AUDIT_LIMIT_DEFAULT: u32 = 20;
+/// Upper bound on audit entries in one reply.
+const AUDIT_LIMIT_MAX: u32 = 1_000;
+/// Queued watch events per subscriber; a subscriber that falls further behind is dropped
+/// (it reconnects and gets the current state).
+const WATCH_QUEUE: usize = 64;
+/// Bounds on request fields from the network.
+const NAME_BYTES_MAX: usize = 63;
+const REQUEST_ID_BYTES_MAX: usize = 128;
+/// How long `Init` waits for the new cluster to elect a leader and record its id.
+const INIT_WAIT: Duration = Duration::from_secs(30);
+
+/// The public API of one witness.
+pub struct ApiService {
+    consensus: Arc<Consensus>,
+    /// Initial voters from the node file, used by `Init`.
+    peers: Vec<Peer>,
+}
+
+impl ApiService {
+    pub fn new(consensus: Arc<Consensus>, peers: Vec<Peer>) -> Self {
+        Self { consensus, peers }
+    }
+
+    fn proposal<T>(req: &Request<T>, request_id: String, command: Command) -> Proposal {
+        Proposal {
+            actor: peer_identity(req).unwrap_or_else(|| "unknown".to_string()),
+            at_ms: now_ms(),
+            request_id: if request_id.is_empty() { new_request_id() } else { request_id },
+            command,
+        }
+    }
+
+    async fn decide(&self, proposal: Proposal) -> Result<(GroupState, u64), ApiError> {
+        let resp = self.consensus.propose(proposal).await?;
+        match resp.outcome? {
+            Outcome::Group(g) => Ok((g, resp.index)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A random request id for callers that did not choose one.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.len() > NAME_BYTES_MAX {
+        return Err(ApiError::invalid(field, format!("longer than {NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+fn check_request_id(id: &str) -> Result<(), ApiError> {
+    if id.len() > REQUEST_ID_BYTES_MAX {
+        return Err(ApiError::invalid("request_id", format!("longer than {REQUEST_ID_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+pub(crate) fn group_pb(g: &GroupState) -> proto::GroupStatus {
+    proto::GroupStatus {
+        name: g.name.clone(),
+        active: g.active.clone(),
+        epoch: g.epoch,
+        mode: g.mode.as_str().to_string(),
+        candidates: g.candidates.clone(),
+    }
+}
+
+fn audit_pb(a: &AuditEntry) -> proto::AuditEntry {
+    proto::AuditEntry {
+        seq: a.seq,
+        index: a.index,
+        at_ms: a.at_ms,
+        actor: a.actor.clone(),
+        group: a.group.clone(),
+        kind: a.kind.clone(),
+        detail: a.detail.clone(),
+        epoch: a.epoch,
+    }
+}
+
+fn member_pb(m: &MemberView) -> proto::WitnessStatus {
+    proto::WitnessStatus {
+        id: m.id,
+        addr: m.addr.clone(),
+        site: m.site.clone(),
+        role: if m.leader {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        }
+        .to_string(),
+        last_contact_ms: m.last_contact_ms,
+        matched_index: m.matched_index,
+    }
+}
+
+fn members_pb(view: &ClusterView) -> Vec<proto::WitnessStatus> {
+    view.members.iter().map(member_pb).collect()
+}
+
+fn status_reply(state: &ClusterState, view: &ClusterView, audit_limit: u32, local: bool) -> proto::StatusReply {
+    proto::StatusReply {
+        cluster_id: state.cluster_id.clone().unwrap_or_default(),
+        served_by: view.id,
+        leader_id: view.leader,
+        term: view.term,
+        applied_index: view.applied_index,
+        policy_version: state.policy_version,
+        groups: state.groups.values().map(group_pb).collect(),
+        witnesses: members_pb(view),
+        audit: state.audit.iter().rev().take(audit_limit as usize).map(audit_pb).collect(),
+        local,
+    }
+}
+
+#[tonic::async_trait]
+impl Arbiter for ApiService {
+    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+        let r = req.into_inner();
+        if !r.local {
+            self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+        }
+        let limit = if r.audit_limit == 0 { AUDIT_LIMIT_DEFAULT } else { r.audit_limit.min(AUDIT_LIMIT_MAX) };
+        let view = self.consensus.view();
+        let reply = self.consensus.with_state(|s| status_reply(s, &view, limit, r.local));
+        Ok(Response::new(reply))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::WatchEvent, Status>>;
+
+    async fn watch(&self, _req: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let consensus = self.consensus.clone();
+        let mut applied = consensus.subscribe_applied();
+        tokio::spawn(async move {
+            // The first event is the current state; then one event per applied change.
+            let mut last_seq = 0u64;
+            loop {
+                let index = *applied.borrow_and_update();
+                let event = consensus.with_state(|s| {
+                    let audit: Vec<_> = s.audit.iter().filter(|a| a.seq > last_seq).map(audit_pb).collect();
+                    proto::WatchEvent {
+                        applied_index: index,
+                        groups: s.groups.values().map(group_pb).collect(),
+                        audit,
+                    }
+                });
+                if let Some(last) = event.audit.last() {
+                    last_seq = last.seq;
+                }
+                if tx.try_send(Ok(event)).is_err() {
+                    return; // subscriber gone or too slow
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn failover(&self, req: Request<proto::FailoverRequest>) -> Result<Response<proto::DecisionReply>, Status> {
+        let r = req.get_ref().clone();
+        check_name("group", &r.group)?;
+        check_name("to", &r.to)?;
+        check_request_id(&r.request_id)?;
+        let p = Self::proposal(
+            &req,
+            r.request_id,
+            Command::Failover {
+                group: r.group,
+                to: r.to,
+                reason: r.reason,
+            },
+        );
+        let (g, index) = self.decide(p).await?;
+        tracing::info!(group = %g.name, epoch = g.epoch, to = %g.active, "failover committed");
+        Ok(Response::new(proto::DecisionReply {
+            group: Some(group_pb(&g)),
+            log_index: index,
+        }))
+    }
+
+    async fn set_mode(&self, req: Request<proto::SetModeRequest>) -> Result<Response<proto::DecisionReply>, Status> {
+        let r = req.get_ref().clone();
+        check_name("group", &r.group)?;
+        check_request_id(&r.request_id)?;
+        let mode: Mode = r.mode.parse().map_err(|e: String| ApiError::invalid("mode", e))?;
+        let p = Self::proposal(
+            &req,
+            r.request_id,
+            Command::SetMode {
+                group: r.group,
+                mode,
+                reason: r.reason,
+            },
+        );
+        let (g, index) = self.decide(p).await?;
+        tracing::info!(group = %g.name, mode = %g.mode, "mode committed");
+        Ok(Response::new(proto::DecisionReply {
+            group: Some(group_pb(&g)),
+            log_index: index,
+        }))
+    }
+
+    async fn policy_apply(
+        &self,
+        req: Request<proto::PolicyApplyRequest>,
+    ) -> Result<Response<proto::PolicyApplyReply>, Status> {
+        let r = req.get_ref().clone();
+        check_request_id(&r.request_id)?;
+        let policy = Policy::parse("policy", &r.toml).map_err(ApiError::from)?;
+        // Diff against the committed policy: read it linearizably (this also makes sure we
+        // are the leader before proposing).
+        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+        let (diff, version) = self.consensus.with_state(|s| (policy.diff(s.policy.as_ref()), s.policy_version));
+        if r.if_version != 0 && r.if_version != version {
+            return Err(ApiError::from(crate::state::Refusal::StalePolicy {
+                current: version,
+                expected: r.if_version,
+            })
+            .into());
+        }
+        if r.dry_run {
+            return Ok(Response::new(proto::PolicyApplyReply {
+                diff,
+                version,
+                applied: false,
+            }));
+        }
+        let p = Self::proposal(
+            &req,
+            r.request_id,
+            Command::ApplyPolicy {
+                policy,
+                if_version: r.if_version,
+            },
+        );
+        let resp = self.consensus.propose(p).await.map_err(ApiError::from)?;
+        match resp.outcome.map_err(ApiError::from)? {
+            Outcome::PolicyApplied { version } => {
+                tracing::info!(version, "policy committed");
+                Ok(Response::new(proto::PolicyApplyReply {
+                    diff,
+                    version,
+                    applied: true,
+                }))
+            }
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    async fn policy_show(&self, _req: Request<proto::PolicyShowRequest>) -> Result<Response<proto::PolicyShowReply>, Status> {
+        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+        let reply = self.consensus.with_state(|s| proto::PolicyShowReply {
+            version: s.policy_version,
+            toml: s.policy.as_ref().map(Policy::to_toml).unwrap_or_default(),
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn init(&self, _req: Request<proto::InitRequest>) -> Result<Response<proto::InitReply>, Status> {
+        if self.peers.is_empty() {
+            return Err(ApiError::invalid("peers", "this witness's node file lists no initial peers").into());
+        }
+        self.consensus.initialize(&self.peers).await.map_err(ApiError::from)?;
+        tracing::info!(peers = self.peers.len(), "cluster initialised; waiting for the cluster id");
+        // The first leader records a cluster id (see node.rs); wait until it is applied here.
+        let mut applied = self.consensus.subscribe_applied();
+        let wait = async {
+            loop {
+                if let Some(id) = self.consensus.with_state(|s| s.cluster_id.clone()) {
+                    return id;
+                }
+                if applied.changed().await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        let cluster_id = tokio::time::timeout(INIT_WAIT, wait).await.map_err(|_| {
+            ApiError::from(crate::raft::ConsensusError::Unavailable(
+                "initialised, but no leader recorded the cluster id in time: check that a majority of peers are running".into(),
+            ))
+        })?;
+        Ok(Response::new(proto::InitReply {
+            cluster_id,
+            witnesses: members_pb(&self.consensus.view()),
+        }))
+    }
+
+    async fn members_list(
+        &self,
+        _req: Request<proto::MembersListRequest>,
+    ) -> Result<Response<proto::MembersListReply>, Status> {
+        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+        Ok(Response::new(proto::MembersListReply {
+            witnesses: members_pb(&self.consensus.view()),
+        }))
+    }
+
+    async fn members_add(
+        &self,
+        req: Request<proto::MembersAddRequest>,
+    ) -> Result<Response<proto::MembersListReply>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(ApiError::invalid("id", "node ids start at 1").into());
+        }
+        crate::config::check_addr("addr", &r.addr).map_err(|e| ApiError::invalid("addr", e.reason))?;
+        crate::config::check_name("site", &r.site).map_err(|e| ApiError::invalid("site", e.reason))?;
+        self.consensus.add_member(r.id, r.addr.clone(), r.site.clone()).await.map_err(ApiError::from)?;
+        tracing::info!(id = r.id, addr = %r.addr, site = %r.site, "witness added as voter");
+        Ok(Response::new(proto::MembersListReply {
+            witnesses: members_pb(&self.consensus.view()),
+        }))
+    }
+
+    async fn members_remove(
+        &self,
+        req: Request<proto::MembersRemoveRequest>,
+    ) -> Result<Response<proto::MembersListReply>, Status> {
+        let r = req.into_inner();
+        self.consensus.remove_member(r.id).await.map_err(ApiError::from)?;
+        tracing::info!(id = r.id, "witness removed");
+        Ok(Response::new(proto::MembersListReply {
+            witnesses: members_pb(&self.consensus.view()),
+        }))
+    }
+}

@@ -1,0 +1,553 @@
+//! The `arbiter` command line: argument parsing, output formatting and exit codes. Each
+//! subcommand is a thin layer over [`crate::client::Client`] or [`crate::node::Node`].
+//!
+//! Exit codes: 0 success, 1 the cluster refused or failed the request, 64 bad usage or
+//! configuration (sysexits `EX_USAGE`), 69 no witness reachable (`EX_UNAVAILABLE`).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, ClientError};
+use crate::config::{NodeConfig, EXIT_CONFIG};
+use crate::proto;
+use crate::tls::TlsPaths;
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(name = "arbiter", version, about = "Failover arbiter for multi-region disaster recovery")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a witness.
+    Serve {
+        /// Node file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Validate the node file and exit (0 valid, 64 invalid).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Initialise a new cluster, once, from the initial peers of the witness's node file.
+    Init(Conn),
+    /// Who is active for each group, the witnesses and recent decisions.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Serve from the first witness's own applied state without asking the leader (may
+        /// be stale; useful during a partition).
+        #[arg(long)]
+        local: bool,
+        /// How many recent audit entries to show.
+        #[arg(long, default_value_t = 10)]
+        audit: u32,
+    },
+    /// Stream state changes as they are applied (one JSON object per line).
+    Watch(Conn),
+    /// Make REGION the active region of GROUP (epoch + 1).
+    Failover {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Set a group's mode: auto, manual or frozen.
+    Mode {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        mode: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show or apply the replicated policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// List, add or remove witnesses.
+    Members {
+        #[command(subcommand)]
+        command: MembersCmd,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Validate FILE, show the diff against the committed policy, and commit it.
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        file: PathBuf,
+        /// Validate and show the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the committed policy version is N.
+        #[arg(long, default_value_t = 0)]
+        if_version: u64,
+    },
+    /// Print the committed policy.
+    Show(Conn),
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersCmd {
+    List(Conn),
+    /// Add a witness: as a learner until it has caught up, then as a voter.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        site: String,
+    },
+    /// Remove a witness from the cluster.
+    Remove {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Create a development CA and node/client certificates. FOR DEVELOPMENT ONLY.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Extra host names or IPs to put in node certificates.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// How to reach the cluster.
+#[derive(Args, Debug, Clone)]
+struct Conn {
+    /// Witness address host:port (repeat or comma-separate to list several).
+    #[arg(long = "server", short = 's', env = "ARBITER_SERVERS", value_delimiter = ',', default_value = "127.0.0.1:7101")]
+    servers: Vec<String>,
+    /// Directory holding ca.pem, client.pem and client.key (as written by `arbiter certs init`).
+    #[arg(long, env = "ARBITER_TLS_DIR", default_value = "certs")]
+    tls_dir: PathBuf,
+    /// Cluster CA (overrides --tls-dir).
+    #[arg(long, env = "ARBITER_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (overrides --tls-dir).
+    #[arg(long, env = "ARBITER_CERT")]
+    cert: Option<PathBuf>,
+    /// Client key (overrides --tls-dir).
+    #[arg(long, env = "ARBITER_KEY")]
+    key: Option<PathBuf>,
+}
+
+impl Conn {
+    fn client(&self) -> Result<Client, Failure> {
+        let tls = TlsPaths {
+            ca: self.ca.clone().unwrap_or_else(|| self.tls_dir.join("ca.pem")),
+            cert: self.cert.clone().unwrap_or_else(|| self.tls_dir.join("client.pem")),
+            key: self.key.clone().unwrap_or_else(|| self.tls_dir.join("client.key")),
+        };
+        Client::new(self.servers.clone(), &tls).map_err(|e| Failure::usage(e.to_string()))
+    }
+}
+
+/// A failed command: the message to print and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: String) -> Self {
+        Failure {
+            code: EXIT_CONFIG as u8,
+            message,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e.kind.as_str() {
+            "unavailable" | "transport" | "shutting-down" => EXIT_UNAVAILABLE,
+            "invalid-argument" | "invalid-policy" => EXIT_CONFIG as u8,
+            _ => EXIT_REFUSED,
+        };
+        Failure {
+            code,
+            message: format!("{} ({})", e.message, e.kind),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<(), Failure> {
+    match cmd {
+        Cmd::Serve { config, check } => serve(&config, check).await,
+        Cmd::Init(conn) => {
+            let client = conn.client()?;
+            let reply = client.call(|mut c| async move { c.init(proto::InitRequest {}).await }).await?;
+            println!("cluster {} initialised with {} witnesses", reply.cluster_id, reply.witnesses.len());
+            Ok(())
+        }
+        Cmd::Status {
+            conn,
+            json,
+            local,
+            audit,
+        } => {
+            let client = conn.client()?;
+            let req = proto::StatusRequest {
+                local,
+                audit_limit: audit.max(1),
+            };
+            let reply = if local {
+                let mut c = client.connect_any().await?;
+                c.status(req).await.map_err(|s| Failure {
+                    code: EXIT_UNAVAILABLE,
+                    message: s.message().to_string(),
+                })?
+                .into_inner()
+            } else {
+                client.call(|mut c| async move { c.status(req).await }).await?
+            };
+            if json {
+                println!("{}", status_json(&reply));
+            } else {
+                print!("{}", status_table(&reply, audit));
+            }
+            Ok(())
+        }
+        Cmd::Watch(conn) => {
+            let client = conn.client()?;
+            let mut c = client.connect_any().await?;
+            let mut stream = c
+                .watch(proto::WatchRequest {})
+                .await
+                .map_err(|s| Failure {
+                    code: EXIT_UNAVAILABLE,
+                    message: s.message().to_string(),
+                })?
+                .into_inner();
+            while let Some(event) = stream.message().await.map_err(|s| Failure {
+                code: EXIT_UNAVAILABLE,
+                message: s.message().to_string(),
+            })? {
+                let line = serde_json::json!({
+                    "applied_index": event.applied_index,
+                    "groups": event.groups.iter().map(group_json).collect::<Vec<_>>(),
+                    "audit": event.audit.iter().map(audit_json).collect::<Vec<_>>(),
+                });
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            Ok(())
+        }
+        Cmd::Failover {
+            conn,
+            group,
+            to,
+            reason,
+        } => {
+            let client = conn.client()?;
+            let req = proto::FailoverRequest {
+                group,
+                to,
+                reason,
+                request_id: crate::api::new_request_id(),
+            };
+            let reply = client.call(|mut c| {
+                let req = req.clone();
+                async move { c.failover(req).await }
+            })
+            .await?;
+            let g = reply.group.unwrap_or_default();
+            println!("{}: active {} at epoch {} (log index {})", g.name, g.active, g.epoch, reply.log_index);
+            Ok(())
+        }
+        Cmd::Mode {
+            conn,
+            group,
+            mode,
+            reason,
+        } => {
+            let client = conn.client()?;
+            let req = proto::SetModeRequest {
+                group,
+                mode,
+                reason,
+                request_id: crate::api::new_request_id(),
+            };
+            let reply = client.call(|mut c| {
+                let req = req.clone();
+                async move { c.set_mode(req).await }
+            })
+            .await?;
+            let g = reply.group.unwrap_or_default();
+            println!("{}: mode {} (active {}, epoch {})", g.name, g.mode, g.active, g.epoch);
+            Ok(())
+        }
+        Cmd::Policy { command } => policy(command).await,
+        Cmd::Members { command } => members(command).await,
+        Cmd::Certs {
+            command:
+                CertsCmd::Init {
+                    out,
+                    nodes,
+                    hosts,
+                    force,
+                },
+        } => {
+            let written = crate::certs::init_dev_certs(&out, nodes, &hosts, force).map_err(|e| Failure::usage(e.to_string()))?;
+            eprintln!("warning: these certificates are for development only; use your own CA in production");
+            println!("wrote a development CA and {} node certificates to {}", written.nodes.len(), out.display());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(path: &Path, check: bool) -> Result<(), Failure> {
+    let config = NodeConfig::load(path).map_err(|e| Failure::usage(format!("invalid node file: {e}")))?;
+    if check {
+        println!("{}: ok (node {}, site {}, {} initial peers)", path.display(), config.id, config.site, config.peers.len());
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| Failure {
+        code: EXIT_UNAVAILABLE,
+        message: format!("cannot listen on {}: {e}", config.listen),
+    })?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => futures::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let node = crate::node::Node::start(config, listener, shutdown).await.map_err(|e| Failure {
+        code: EXIT_REFUSED,
+        message: e.to_string(),
+    })?;
+    node.wait().await.map_err(|e| Failure {
+        code: EXIT_REFUSED,
+        message: e.to_string(),
+    })
+}
+
+async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
+    match cmd {
+        PolicyCmd::Apply {
+            conn,
+            file,
+            dry_run,
+            if_version,
+        } => {
+            let toml = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", file.display())))?;
+            // Validate locally first for a precise message; the leader validates again.
+            crate::config::Policy::parse(&file.display().to_string(), &toml)
+                .map_err(|e| Failure::usage(format!("invalid policy: {e}")))?;
+            let client = conn.client()?;
+            let req = proto::PolicyApplyRequest {
+                toml,
+                dry_run,
+                if_version,
+                request_id: crate::api::new_request_id(),
+            };
+            let reply = client.call(|mut c| {
+                let req = req.clone();
+                async move { c.policy_apply(req).await }
+            })
+            .await?;
+            if reply.diff.is_empty() {
+                println!("no changes");
+            } else {
+                print!("{}", reply.diff);
+            }
+            if reply.applied {
+                println!("policy version {} committed", reply.version);
+            } else {
+                println!("dry run: nothing committed (current version {})", reply.version);
+            }
+            Ok(())
+        }
+        PolicyCmd::Show(conn) => {
+            let client = conn.client()?;
+            let reply = client.call(|mut c| async move { c.policy_show(proto::PolicyShowRequest {}).await }).await?;
+            println!("# policy version {}", reply.version);
+            print!("{}", reply.toml);
+            Ok(())
+        }
+    }
+}
+
+async fn members(cmd: MembersCmd) -> Result<(), Failure> {
+    let (conn, reply) = match cmd {
+        MembersCmd::List(conn) => {
+            let client = conn.client()?;
+            let r = client.call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await }).await?;
+            (conn, r)
+        }
+        MembersCmd::Add { conn, id, addr, site } => {
+            let client = conn.client()?;
+            let req = proto::MembersAddRequest { id, addr, site };
+            let r = client.call(|mut c| {
+                let req = req.clone();
+                async move { c.members_add(req).await }
+            })
+            .await?;
+            (conn, r)
+        }
+        MembersCmd::Remove { conn, id } => {
+            let client = conn.client()?;
+            let r = client.call(|mut c| async move { c.members_remove(proto::MembersRemoveRequest { id }).await }).await?;
+            (conn, r)
+        }
+    };
+    let _ = conn;
+    print!("{}", witness_table(&reply.witnesses));
+    Ok(())
+}
+
+fn group_json(g: &proto::GroupStatus) -> serde_json::Value {
+    serde_json::json!({
+        "name": g.name, "active": g.active, "epoch": g.epoch, "mode": g.mode, "candidates": g.candidates,
+    })
+}
+
+fn audit_json(a: &proto::AuditEntry) -> serde_json::Value {
+    serde_json::json!({
+        "seq": a.seq, "index": a.index, "at_ms": a.at_ms, "actor": a.actor, "group": a.group,
+        "kind": a.kind, "detail": a.detail, "epoch": a.epoch,
+    })
+}
+
+fn status_json(r: &proto::StatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "cluster_id": r.cluster_id,
+        "served_by": r.served_by,
+        "local": r.local,
+        "leader_id": r.leader_id,
+        "term": r.term,
+        "applied_index": r.applied_index,
+        "policy_version": r.policy_version,
+        "groups": r.groups.iter().map(group_json).collect::<Vec<_>>(),
+        "witnesses": r.witnesses.iter().map(|w| serde_json::json!({
+            "id": w.id, "addr": w.addr, "site": w.site, "role": w.role,
+            "last_contact_ms": w.last_contact_ms, "matched_index": w.matched_index,
+        })).collect::<Vec<_>>(),
+        "audit": r.audit.iter().map(audit_json).collect::<Vec<_>>(),
+    })
+}
+
+fn witness_table(ws: &[proto::WitnessStatus]) -> String {
+    let mut out = format!("{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n", "ID", "ROLE", "SITE", "ADDR", "LAST-CONTACT", "MATCHED");
+    for w in ws {
+        let contact = w.last_contact_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+        let matched = w.matched_index.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+        out += &format!("{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n", w.id, w.role, w.site, w.addr, contact, matched);
+    }
+    out
+}
+
+fn status_table(r: &proto::StatusReply, audit: u32) -> String {
+    let leader = r
+        .leader_id
+        .and_then(|id| r.witnesses.iter().find(|w| w.id == id))
+        .map(|w| format!("witness {} ({}, {})", w.id, w.site, w.addr))
+        .unwrap_or_else(|| "none".into());
+    let mut out = format!(
+        "cluster {}  leader {}  term {}  applied {}  policy v{}{}\n\n",
+        if r.cluster_id.is_empty() { "(not initialised)" } else { &r.cluster_id },
+        leader,
+        r.term,
+        r.applied_index,
+        r.policy_version,
+        if r.local { format!("  [local view of witness {}, may be stale]", r.served_by) } else { String::new() }
+    );
+    out += &format!("{:<16} {:<12} {:>6} {:<8} {}\n", "GROUP", "ACTIVE", "EPOCH", "MODE", "CANDIDATES");
+    for g in &r.groups {
+        out += &format!("{:<16} {:<12} {:>6} {:<8} {}\n", g.name, g.active, g.epoch, g.mode, g.candidates.join(","));
+    }
+    if r.groups.is_empty() {
+        out += "(no groups: apply a policy with `arbiter policy apply FILE`)\n";
+    }
+    out += "\n";
+    out += &witness_table(&r.witnesses);
+    if audit > 0 && !r.audit.is_empty() {
+        out += "\nRECENT DECISIONS (newest first)\n";
+        for a in &r.audit {
+            let group = if a.group.is_empty() { "-" } else { &a.group };
+            let detail = a.detail.lines().next().unwrap_or("");
+            out += &format!("#{:<5} idx {:<6} {:<14} {:<12} {:<10} {}\n", a.seq, a.index, a.kind, group, a.actor, detail);
+        }
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! [`Client`]: talks to any witness over mutual TLS and follows the leader transparently.
+//! Used by the CLI and the tests. A `not-leader` answer redirects to the leader's address;
+//! an unreachable witness is skipped for the next one. Attempts and total time are bounded.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+use crate::api::{META_ERROR, META_LEADER_ADDR};
+use crate::proto::arbiter_client::ArbiterClient;
+use crate::tls::{TlsMaterial, TlsPaths};
+
+/// Deadline of one RPC. Long enough for a commit across WAN links and a leader election.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout per witness.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Total attempts across witnesses and redirects for one call.
+const ATTEMPTS_MAX: usize = 12;
+/// Pause between attempts when no leader is known (an election is likely under way).
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// An error from the cluster, with its machine-readable kind (`unknown-group`,
+/// `not-candidate`, `frozen`, `unavailable`, ...; see the API error reference).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ClientError {
+    pub kind: String,
+    pub code: Code,
+    pub message: String,
+}
+
+impl ClientError {
+    fn from_status(s: &Status) -> Self {
+        let kind = s
+            .metadata()
+            .get(META_ERROR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| match s.code() {
+                Code::Unavailable | Code::DeadlineExceeded => "unavailable".to_string(),
+                _ => "transport".to_string(),
+            });
+        ClientError {
+            kind,
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+
+    fn local(kind: &str, message: String) -> Self {
+        ClientError {
+            kind: kind.to_string(),
+            code: Code::Unavailable,
+            message,
+        }
+    }
+}
+
+/// A client of the witness cluster.
+#[derive(Clone)]
+pub struct Client {
+    servers: Vec<String>,
+    tls: ClientTlsConfig,
+}
+
+impl Client {
+    /// `servers` are `host:port` of any witnesses; `tls` the client certificate files.
+    pub fn new(servers: Vec<String>, tls: &TlsPaths) -> Result<Client, ClientError> {
+        crate::tls::install_crypto_provider();
+        if servers.is_empty() {
+            return Err(ClientError::local("invalid-argument", "no witness address given (--server)".into()));
+        }
+        let material = TlsMaterial::load(tls).map_err(|e| ClientError::local("tls", e.to_string()))?;
+        Ok(Client {
+            servers,
+            tls: material.client_config(None),
+        })
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .and_then(|e| e.tls_config(self.tls.clone()))
+            .map_err(|e| ClientError::local("invalid-argument", format!("witness address {addr:?}: {e}")))?;
+        Ok(endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(RPC_TIMEOUT)
+            .connect_lazy())
+    }
+
+    /// Runs `call` against the leader: starts with the given witnesses in order, follows
+    /// `not-leader` redirects, skips unreachable witnesses, and gives up after a bounded
+    /// number of attempts with the last error.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(ArbiterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut target = self.servers[0].clone();
+        let mut next_server = 1;
+        let mut last = ClientError::local("unavailable", "no witness answered".into());
+        for _ in 0..ATTEMPTS_MAX {
+            let channel = self.channel(&target)?;
+            match call(ArbiterClient::new(channel)).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => {
+                    let err = ClientError::from_status(&status);
+                    let redirect = status
+                        .metadata()
+                        .get(META_LEADER_ADDR)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let retry = matches!(err.kind.as_str(), "not-leader" | "unavailable" | "transport" | "shutting-down");
+                    last = ClientError {
+                        message: format!("{target}: {}", err.message),
+                        ..err
+                    };
+                    if !retry {
+                        return Err(last);
+                    }
+                    match redirect {
+                        Some(leader) if leader != target => {
+                            tracing::debug!(from = %target, to = %leader, "following the leader");
+                            target = leader;
+                        }
+                        _ => {
+                            target = self.servers[next_server % self.servers.len()].clone();
+                            next_server += 1;
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A streaming call (watch) to the first witness that answers; no leader needed.
+    pub async fn connect_any(&self) -> Result<ArbiterClient<Channel>, ClientError> {
+        let mut last = ClientError::local("unavailable", "no witness answered".into());
+        for addr in &self.servers {
+            match Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|e| e.tls_config(self.tls.clone()))
+            {
+                Ok(e) => match e.connect_timeout(CONNECT_TIMEOUT).connect().await {
+                    Ok(ch) => return Ok(ArbiterClient::new(ch)),
+                    Err(err) => last = ClientError::local("unavailable", format!("{addr}: {err}")),
+                },
+                Err(err) => last = ClientError::local("invalid-argument", format!("{addr}: {err}")),
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,192 @@
+//! One witness: opens storage, starts Raft, serves the Raft and public gRPC services over
+//! mutual TLS on an already-bound listener, and runs the leader's duties. The entry point
+//! takes the listener and a shutdown future so tests bind port 0 and own the lifetime.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{now_ms, ApiService};
+use crate::config::NodeConfig;
+use crate::proto::arbiter_server::ArbiterServer;
+use crate::proto::raft_client::RaftClient;
+use crate::proto::raft_server::RaftServer;
+use crate::proto::HelloRequest;
+use crate::raft::{Consensus, ConsensusError, Network, RaftService};
+use crate::state::{Command, Proposal};
+use crate::tls::{TlsError, TlsMaterial};
+
+/// How long a witness with an empty data dir asks its peers whether they count it as a
+/// member before starting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest public API message; bounds memory per request (policy TOML is the biggest).
+const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Why a witness could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Consensus(#[from] ConsensusError),
+    #[error(
+        "data dir {data_dir} is empty, but witness {peer} counts node {id} as a member of cluster {cluster_id:?} \
+         that had replicated up to log index {matched}: this node's data was lost. Starting it would let it vote \
+         twice. Remove it (`arbiter members remove {id}`) and add it back under a new id."
+    )]
+    WipedDataDir {
+        data_dir: String,
+        id: u64,
+        peer: u64,
+        cluster_id: String,
+        matched: u64,
+    },
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// A running witness.
+pub struct Node {
+    pub consensus: Arc<Consensus>,
+    /// The address the listener is bound to.
+    pub local_addr: SocketAddr,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    duties: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a witness on `listener`; it runs until `shutdown` completes or [`Node::stop`].
+    pub async fn start(
+        config: NodeConfig,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Node, NodeError> {
+        crate::tls::install_crypto_provider();
+        let tls = TlsMaterial::load(&config.tls)?;
+        let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
+        let consensus = Consensus::start(&config, network.clone()).await?;
+        if let Some((stored_id, _)) = consensus.stored_identity()? {
+            if stored_id != config.id {
+                consensus.shutdown().await;
+                return Err(ConsensusError::Storage(format!(
+                    "data dir {} belongs to node {stored_id}, not node {}",
+                    config.data_dir.display(),
+                    config.id
+                ))
+                .into());
+            }
+        } else if consensus.is_pristine() {
+            if let Err(e) = check_not_wiped(&config, &network).await {
+                consensus.shutdown().await;
+                return Err(e);
+            }
+        }
+        let local_addr = listener.local_addr().map_err(|e| NodeError::Server(e.to_string()))?;
+        let raft_service = RaftServer::new(RaftService {
+            consensus: consensus.clone(),
+        })
+        .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);
+        let api = ArbiterServer::new(ApiService::new(consensus.clone(), config.peers.clone()))
+            .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
+        let router = Server::builder()
+            .tls_config(tls.server_config())
+            .map_err(|e| NodeError::Server(e.to_string()))?
+            .add_service(raft_service)
+            .add_service(api);
+        let incoming = TcpListenerStream::new(listener);
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+        let duties = tokio::spawn(duties(consensus.clone()));
+        tracing::info!(id = config.id, site = %config.site, addr = %local_addr, "witness listening");
+        Ok(Node {
+            consensus,
+            local_addr,
+            server,
+            duties,
+        })
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn stop(self) {
+        self.duties.abort();
+        self.server.abort();
+        let _ = self.server.await;
+        self.consensus.shutdown().await;
+    }
+
+    /// Waits until the server ends (its shutdown future completed or it failed).
+    pub async fn wait(self) -> Result<(), NodeError> {
+        let result = match self.server.await {
+            Ok(r) => r.map_err(|e| NodeError::Server(e.to_string())),
+            Err(e) => Err(NodeError::Server(e.to_string())),
+        };
+        self.duties.abort();
+        self.consensus.shutdown().await;
+        result
+    }
+}
+
+/// A witness whose data dir is empty asks its peers whether they count it as a member that
+/// had already replicated log entries. If one does, its vote and log were lost: refuse.
+async fn check_not_wiped(config: &NodeConfig, network: &Network) -> Result<(), NodeError> {
+    for peer in config.peers.iter().filter(|p| p.id != config.id) {
+        let Ok(channel) = network.channel(&peer.addr) else { continue };
+        let mut req = tonic::Request::new(HelloRequest { node_id: config.id });
+        req.set_timeout(HELLO_TIMEOUT);
+        match tokio::time::timeout(HELLO_TIMEOUT, RaftClient::new(channel).hello(req)).await {
+            Ok(Ok(reply)) => {
+                let r = reply.into_inner();
+                if r.initialized && r.is_member && r.matched_index > 0 {
+                    return Err(NodeError::WipedDataDir {
+                        data_dir: config.data_dir.display().to_string(),
+                        id: config.id,
+                        peer: peer.id,
+                        cluster_id: r.cluster_id,
+                        matched: r.matched_index,
+                    });
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(peer = peer.id, error = %e, "peer did not answer hello"),
+            Err(_) => tracing::debug!(peer = peer.id, "peer did not answer hello in time"),
+        }
+    }
+    Ok(())
+}
+
+/// Background work of every witness: record the cluster identity once known, and, on the
+/// leader, record the cluster id right after initialisation.
+async fn duties(consensus: Arc<Consensus>) {
+    let mut applied = consensus.subscribe_applied();
+    let mut identity_recorded = false;
+    loop {
+        let cluster_id = consensus.with_state(|s| s.cluster_id.clone());
+        match &cluster_id {
+            Some(id) if !identity_recorded => match consensus.record_identity(id) {
+                Ok(()) => identity_recorded = true,
+                Err(e) => tracing::error!(error = %e, "cannot record node identity"),
+            },
+            None if consensus.view().leader == Some(consensus.id()) => {
+                let proposal = Proposal {
+                    actor: "arbiter".into(),
+                    at_ms: now_ms(),
+                    request_id: String::new(),
+                    command: Command::Bootstrap {
+                        cluster_id: crate::api::new_request_id(),
+                    },
+                };
+                if let Err(e) = consensus.propose(proposal).await {
+                    tracing::debug!(error = %e, "cluster id not recorded yet");
+                }
+            }
+            _ => {}
+        }
+        // Wake on every apply, and at least every second (leadership changes are not applies).
+        let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
+    }
+}

@@ -1,0 +1,365 @@
+//! [`Consensus`]: the node's handle on Raft, in arbiter's own words. Proposes commands,
+//! serves linearizable reads from the in-memory applied state, reports the cluster view,
+//! initialises the cluster and changes membership. Callers outside `raft` never see an
+//! openraft type: errors come back as [`ConsensusError`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use tokio::sync::watch;
+
+use super::network::Network;
+use super::store::{self, Applied, LogStore, StateMachineStore};
+use super::types::{TypeConfig, WitnessNode};
+use crate::config::{NodeConfig, Peer};
+use crate::proto::HelloReply;
+use crate::state::{ClusterState, Proposal, Response};
+
+/// The Raft instance type of a witness.
+pub(crate) type ArbiterRaft = openraft::Raft<TypeConfig, StateMachineStore<TypeConfig, ClusterState>>;
+
+/// Snapshot after this many log entries since the last one: keeps restart replay short.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
+/// Entries kept in the log after a snapshot, so a briefly lagging peer catches up from the
+/// log instead of a snapshot.
+const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
+
+/// Why a consensus call did not succeed. `NotLeader` and `Unavailable` are definite: the
+/// command was not applied. `Indeterminate` means it may or may not be applied: retry with
+/// the same request id.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("this witness is not the leader{}", leader_hint(.leader_id, .leader_addr))]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("no quorum reachable: {0}")]
+    Unavailable(String),
+    #[error("outcome unknown (leadership changed while committing): {0}")]
+    Indeterminate(String),
+    #[error("the cluster is already initialised{}", .cluster_id.as_ref().map(|c| format!(" (cluster id {c})")).unwrap_or_default())]
+    AlreadyInitialized { cluster_id: Option<String> },
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("witness is shutting down")]
+    ShuttingDown,
+}
+
+fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("; the leader is witness {id} at {addr}"),
+        (Some(id), None) => format!("; the leader is witness {id}"),
+        _ => "; no leader is known yet".to_string(),
+    }
+}
+
+/// A witness as seen from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u64,
+    pub addr: String,
+    pub site: String,
+    pub voter: bool,
+    pub leader: bool,
+    /// Milliseconds since the leader last heard from it (known on the leader only).
+    pub last_contact_ms: Option<u64>,
+    /// Highest log index known replicated to it (known on the leader only).
+    pub matched_index: Option<u64>,
+}
+
+/// The cluster as seen from this node.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub applied_index: u64,
+    pub members: Vec<MemberView>,
+}
+
+/// The node's handle on Raft.
+pub struct Consensus {
+    pub(crate) raft: ArbiterRaft,
+    id: u64,
+    /// The applied state shared with the state-machine store; the hot read path.
+    applied: Arc<RwLock<Applied<TypeConfig, ClusterState>>>,
+    /// Last applied log index, published after every apply batch.
+    applied_index: watch::Receiver<u64>,
+    log_store: LogStore<TypeConfig>,
+}
+
+impl Consensus {
+    /// Opens storage in the node's data dir and starts Raft. Does not initialise a cluster.
+    pub async fn start(config: &NodeConfig, network: Network) -> Result<Arc<Consensus>, ConsensusError> {
+        let (log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
+            .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let applied = sm.applied();
+        let applied_index = sm.subscribe();
+        let t = config.timing;
+        let raft_config = openraft::Config {
+            cluster_name: "arbiter".to_string(),
+            heartbeat_interval: t.heartbeat.as_millis() as u64,
+            election_timeout_min: t.election_timeout_min.as_millis() as u64,
+            election_timeout_max: t.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOG_KEEP_AFTER_SNAPSHOT,
+            // Snapshots stream over WAN links: allow several election timeouts.
+            install_snapshot_timeout: 10 * t.election_timeout_max.as_millis() as u64,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ConsensusError::Storage(format!("raft config: {e}")))?;
+        let raft = openraft::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), sm)
+            .await
+            .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        Ok(Arc::new(Consensus {
+            raft,
+            id: config.id,
+            applied,
+            applied_index,
+            log_store,
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Response, ConsensusError> {
+        match self.raft.client_write(proposal).await {
+            Ok(resp) => Ok(resp.data),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ConsensusError {
+        if let Some(f) = e.forward_to_leader() {
+            return ConsensusError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            };
+        }
+        match e {
+            RaftError::Fatal(f) => ConsensusError::Storage(f.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                ConsensusError::Membership(c.to_string())
+            }
+            RaftError::APIError(other) => ConsensusError::Indeterminate(other.to_string()),
+        }
+    }
+
+    /// Confirms leadership with a quorum (ReadIndex) and waits until the local state machine
+    /// has applied everything committed before the read: afterwards, the local applied state
+    /// is linearizable.
+    pub async fn linearizable_read(&self) -> Result<(), ConsensusError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(f) = e.forward_to_leader() {
+                    return Err(ConsensusError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                    });
+                }
+                Err(ConsensusError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// A copy of the applied state (may be stale unless preceded by [`Self::linearizable_read`]).
+    pub fn state(&self) -> ClusterState {
+        self.applied.read().expect("applied state lock poisoned").state.clone()
+    }
+
+    /// Runs `f` on the applied state without copying it.
+    pub fn with_state<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.applied.read().expect("applied state lock poisoned").state)
+    }
+
+    /// Last applied log index, updated after every apply.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_index.clone()
+    }
+
+    /// The cluster as seen from this witness.
+    pub fn view(&self) -> ClusterView {
+        let m = self.raft.metrics().borrow().clone();
+        let is_leader = m.state == ServerState::Leader;
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let last_contact_ms = if !is_leader {
+                    None
+                } else if *id == self.id {
+                    Some(0)
+                } else {
+                    m.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id).cloned().flatten())
+                        .map(|t| t.elapsed().as_millis() as u64)
+                };
+                let matched_index = if is_leader {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index)
+                } else {
+                    None
+                };
+                MemberView {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    site: node.site.clone(),
+                    voter: voters.contains(id),
+                    leader: m.current_leader == Some(*id),
+                    last_contact_ms,
+                    matched_index,
+                }
+            })
+            .collect();
+        ClusterView {
+            id: self.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    /// Address of the current leader, when known and not this node.
+    pub fn leader_addr(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node.addr))
+    }
+
+    /// Waits until some leader is known, or the timeout passes.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow().current_leader {
+                    return l;
+                }
+                if rx.changed().await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// Initialises a new cluster with `peers` as voters. Refused when this node, or the
+    /// state it has applied, already belongs to a cluster.
+    pub async fn initialize(&self, peers: &[Peer]) -> Result<(), ConsensusError> {
+        if let Some(cluster_id) = self.with_state(|s| s.cluster_id.clone()) {
+            return Err(ConsensusError::AlreadyInitialized {
+                cluster_id: Some(cluster_id),
+            });
+        }
+        let members: BTreeMap<u64, WitnessNode> = peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    WitnessNode {
+                        addr: p.addr.clone(),
+                        site: p.site.clone(),
+                    },
+                )
+            })
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ConsensusError::AlreadyInitialized {
+                cluster_id: self.with_state(|s| s.cluster_id.clone()),
+            }),
+            Err(e) => Err(ConsensusError::Membership(e.to_string())),
+        }
+    }
+
+    /// Adds a witness: first as a learner (waits until it has caught up), then as a voter
+    /// through joint consensus.
+    pub async fn add_member(&self, id: u64, addr: String, site: String) -> Result<(), ConsensusError> {
+        self.raft
+            .add_learner(id, WitnessNode { addr, site }, true)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    /// Removes a witness from the voters and from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<(), ConsensusError> {
+        let is_voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        if is_voter {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Records this node's identity in its store once the cluster id is known, and checks it
+    /// on later starts (a data dir of another node or cluster is refused).
+    pub fn record_identity(&self, cluster_id: &str) -> Result<(), ConsensusError> {
+        self.log_store
+            .ensure_identity(self.id, cluster_id)
+            .map(|_| ())
+            .map_err(|e| ConsensusError::Storage(e.to_string()))
+    }
+
+    /// The identity recorded in this node's store, if any.
+    pub fn stored_identity(&self) -> Result<Option<(u64, String)>, ConsensusError> {
+        self.log_store.identity().map_err(|e| ConsensusError::Storage(e.to_string()))
+    }
+
+    /// Whether this node has any Raft state at all (vote or log).
+    pub fn is_pristine(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.last_log_index.is_none() && m.current_term == 0
+    }
+
+    /// Answers a peer asking whether the cluster counts it as a member.
+    pub(crate) fn hello(&self, node_id: u64) -> HelloReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let is_member = membership.get_node(&node_id).is_some();
+        let matched_index = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&node_id).cloned().flatten())
+            .map(|l| l.index)
+            .unwrap_or(0);
+        HelloReply {
+            initialized: m.last_log_index.is_some(),
+            cluster_id: self.with_state(|s| s.cluster_id.clone()).unwrap_or_default(),
+            is_member,
+            matched_index,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
