@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::watch;
 
@@ -100,7 +102,7 @@ impl Consensus {
         let (log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
             .map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let applied = sm.applied();
-        let applied_index = sm.subscribe();
+        let applied_index = sm.applied_index();
         let t = config.timing;
         let raft_config = openraft::Config {
             cluster_name: "arbiter".to_string(),
@@ -191,7 +193,7 @@ impl Consensus {
 
     /// The cluster as seen from this witness.
     pub fn view(&self) -> ClusterView {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let is_leader = m.state == ServerState::Leader;
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -238,7 +240,7 @@ impl Consensus {
 
     /// Address of the current leader, when known and not this node.
     pub fn leader_addr(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node.addr))
@@ -249,7 +251,7 @@ impl Consensus {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if let Some(l) = rx.borrow().current_leader {
+                if let Some(l) = rx.borrow_watched().current_leader {
                     return l;
                 }
                 if rx.changed().await.is_err() {
@@ -305,7 +307,7 @@ impl Consensus {
 
     /// Removes a witness from the voters and from the cluster.
     pub async fn remove_member(&self, id: u64) -> Result<(), ConsensusError> {
-        let is_voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let is_voter = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == id);
         if is_voter {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -336,13 +338,13 @@ impl Consensus {
 
     /// Whether this node has any Raft state at all (vote or log).
     pub fn is_pristine(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         m.last_log_index.is_none() && m.current_term == 0
     }
 
     /// Answers a peer asking whether the cluster counts it as a member.
     pub(crate) fn hello(&self, node_id: u64) -> HelloReply {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let is_member = membership.get_node(&node_id).is_some();
         let matched_index = m

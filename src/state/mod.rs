@@ -94,8 +94,19 @@ pub struct Response {
     pub outcome: Result<Outcome, Refusal>,
 }
 
+impl Default for Response {
+    fn default() -> Self {
+        Response {
+            index: 0,
+            outcome: Ok(Outcome::Noop),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// A log entry without a command (blank or membership entry).
+    Noop,
     Bootstrapped,
     PolicyApplied { version: u64 },
     /// The group after the change.
