@@ -3,7 +3,7 @@
 //! This module owns the on-disk layout (file name, tables, keys and the byte encoding of every
 //! record), the [`open`] entry point that wires both stores to one [`redb::Database`], and the
 //! node identity record used to detect a wiped or swapped data directory. The log half lives in
-//! [`log`], the state-machine half in [`state_machine`].
+//! [`LogStore`], the state-machine half in [`StateMachineStore`].
 //!
 //! It must never:
 //! - report a write as done before the redb transaction carrying it committed with
@@ -11,8 +11,10 @@
 //! - spread one logical change (purge, truncate, snapshot install) over several transactions,
 //!   which would let a crash expose a half-applied change;
 //! - name an application type: everything is generic over [`openraft::RaftTypeConfig`] and
-//!   [`ReplicatedState`](super::ReplicatedState);
-//! - run redb work on an async worker thread when a tokio runtime is available.
+//!   [`ReplicatedState`];
+//! - run redb work on an async worker thread when a tokio runtime is available. The only
+//!   blocking entry points are the start-up calls ([`open`] and the identity methods), which
+//!   say so.
 
 mod log;
 mod state_machine;
@@ -111,8 +113,8 @@ pub enum IdentityCheck {
     Matched,
 }
 
-/// Open (creating if needed) the store in `data_dir`, returning the log store and the state
-/// machine that share its single database file.
+/// Open (creating if needed) the store in `data_dir` (file [`DB_FILE_NAME`]), returning the log
+/// store and the state machine that share its single database file. Blocking.
 ///
 /// The state machine starts from the persisted snapshot, if any; openraft then re-applies the
 /// committed log after it. The database stays open until both returned values (and every clone
@@ -246,7 +248,9 @@ impl Shared {
 /// Who wrote this data directory.
 #[derive(Serialize, Deserialize)]
 struct Identity {
+    /// Raft node id this directory was created for.
     node_id: u64,
+    /// Cluster the node belongs to; a directory copied from another cluster must not start.
     cluster_id: String,
 }
 

@@ -51,7 +51,7 @@ use super::Shared;
 use super::SNAPSHOT_TABLE;
 use crate::raft::ReplicatedState;
 
-/// Version of the snapshot data layout; bumped whenever [`SnapshotPayload`] changes shape, so
+/// Version of the snapshot data layout; bumped whenever the serialized snapshot changes shape, so
 /// a node never silently misreads a snapshot written by a different layout.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
@@ -133,8 +133,11 @@ impl<C: RaftTypeConfig> CommandEntry<C>
 struct SnapshotPayload<C: RaftTypeConfig, S> {
     /// Must equal [`SNAPSHOT_FORMAT_VERSION`].
     format: u32,
+    /// Last entry reflected in `state`; must match the snapshot metadata.
     last_applied: Option<LogIdOf<C>>,
+    /// Membership in force at `last_applied`; must match the snapshot metadata.
     membership: StoredMembershipOf<C>,
+    /// The application state itself.
     state: S,
 }
 
@@ -143,9 +146,13 @@ struct SnapshotPayload<C: RaftTypeConfig, S> {
 #[derive(Serialize)]
 #[serde(bound(serialize = "S: Serialize"))]
 struct SnapshotPayloadRef<'a, C: RaftTypeConfig, S> {
+    /// See [`SnapshotPayload::format`].
     format: u32,
+    /// See [`SnapshotPayload::last_applied`].
     last_applied: &'a Option<LogIdOf<C>>,
+    /// See [`SnapshotPayload::membership`].
     membership: &'a StoredMembershipOf<C>,
+    /// See [`SnapshotPayload::state`].
     state: &'a S,
 }
 
