@@ -19,7 +19,11 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser, Debug)]
-#[command(name = "arbiter", version, about = "Failover arbiter for multi-region disaster recovery")]
+#[command(
+    name = "arbiter",
+    version,
+    about = "Failover arbiter for multi-region disaster recovery"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -162,7 +166,13 @@ enum CertsCmd {
 #[derive(Args, Debug, Clone)]
 struct Conn {
     /// Witness address host:port (repeat or comma-separate to list several).
-    #[arg(long = "server", short = 's', env = "ARBITER_SERVERS", value_delimiter = ',', default_value = "127.0.0.1:7101")]
+    #[arg(
+        long = "server",
+        short = 's',
+        env = "ARBITER_SERVERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101"
+    )]
     servers: Vec<String>,
     /// Directory holding ca.pem, client.pem and client.key (as written by `arbiter certs init`).
     #[arg(long, env = "ARBITER_TLS_DIR", default_value = "certs")]
@@ -181,9 +191,18 @@ struct Conn {
 impl Conn {
     fn client(&self) -> Result<Client, Failure> {
         let tls = TlsPaths {
-            ca: self.ca.clone().unwrap_or_else(|| self.tls_dir.join("ca.pem")),
-            cert: self.cert.clone().unwrap_or_else(|| self.tls_dir.join("client.pem")),
-            key: self.key.clone().unwrap_or_else(|| self.tls_dir.join("client.key")),
+            ca: self
+                .ca
+                .clone()
+                .unwrap_or_else(|| self.tls_dir.join("ca.pem")),
+            cert: self
+                .cert
+                .clone()
+                .unwrap_or_else(|| self.tls_dir.join("client.pem")),
+            key: self
+                .key
+                .clone()
+                .unwrap_or_else(|| self.tls_dir.join("client.key")),
         };
         Client::new(self.servers.clone(), &tls).map_err(|e| Failure::usage(e.to_string()))
     }
@@ -241,7 +260,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -253,8 +274,14 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Serve { config, check } => serve(&config, check).await,
         Cmd::Init(conn) => {
             let client = conn.client()?;
-            let reply = client.call(|mut c| async move { c.init(proto::InitRequest {}).await }).await?;
-            println!("cluster {} initialised with {} witnesses", reply.cluster_id, reply.witnesses.len());
+            let reply = client
+                .call(|mut c| async move { c.init(proto::InitRequest {}).await })
+                .await?;
+            println!(
+                "cluster {} initialised with {} witnesses",
+                reply.cluster_id,
+                reply.witnesses.len()
+            );
             Ok(())
         }
         Cmd::Status {
@@ -270,13 +297,17 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             };
             let reply = if local {
                 let mut c = client.connect_any().await?;
-                c.status(req).await.map_err(|s| Failure {
-                    code: EXIT_UNAVAILABLE,
-                    message: s.message().to_string(),
-                })?
-                .into_inner()
+                c.status(req)
+                    .await
+                    .map_err(|s| Failure {
+                        code: EXIT_UNAVAILABLE,
+                        message: s.message().to_string(),
+                    })?
+                    .into_inner()
             } else {
-                client.call(|mut c| async move { c.status(req).await }).await?
+                client
+                    .call(|mut c| async move { c.status(req).await })
+                    .await?
             };
             if json {
                 println!("{}", status_json(&reply));
@@ -323,13 +354,17 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 reason,
                 request_id: crate::api::new_request_id(),
             };
-            let reply = client.call(|mut c| {
-                let req = req.clone();
-                async move { c.failover(req).await }
-            })
-            .await?;
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.failover(req).await }
+                })
+                .await?;
             let g = reply.group.unwrap_or_default();
-            println!("{}: active {} at epoch {} (log index {})", g.name, g.active, g.epoch, reply.log_index);
+            println!(
+                "{}: active {} at epoch {} (log index {})",
+                g.name, g.active, g.epoch, reply.log_index
+            );
             Ok(())
         }
         Cmd::Mode {
@@ -345,13 +380,17 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 reason,
                 request_id: crate::api::new_request_id(),
             };
-            let reply = client.call(|mut c| {
-                let req = req.clone();
-                async move { c.set_mode(req).await }
-            })
-            .await?;
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.set_mode(req).await }
+                })
+                .await?;
             let g = reply.group.unwrap_or_default();
-            println!("{}: mode {} (active {}, epoch {})", g.name, g.mode, g.active, g.epoch);
+            println!(
+                "{}: mode {} (active {}, epoch {})",
+                g.name, g.mode, g.active, g.epoch
+            );
             Ok(())
         }
         Cmd::Policy { command } => policy(command).await,
@@ -365,36 +404,53 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                     force,
                 },
         } => {
-            let written = crate::certs::init_dev_certs(&out, nodes, &hosts, force).map_err(|e| Failure::usage(e.to_string()))?;
+            let written = crate::certs::init_dev_certs(&out, nodes, &hosts, force)
+                .map_err(|e| Failure::usage(e.to_string()))?;
             eprintln!("warning: these certificates are for development only; use your own CA in production");
-            println!("wrote a development CA and {} node certificates to {}", written.nodes.len(), out.display());
+            println!(
+                "wrote a development CA and {} node certificates to {}",
+                written.nodes.len(),
+                out.display()
+            );
             Ok(())
         }
     }
 }
 
 async fn serve(path: &Path, check: bool) -> Result<(), Failure> {
-    let config = NodeConfig::load(path).map_err(|e| Failure::usage(format!("invalid node file: {e}")))?;
+    let config =
+        NodeConfig::load(path).map_err(|e| Failure::usage(format!("invalid node file: {e}")))?;
     if check {
-        println!("{}: ok (node {}, site {}, {} initial peers)", path.display(), config.id, config.site, config.peers.len());
+        println!(
+            "{}: ok (node {}, site {}, {} initial peers)",
+            path.display(),
+            config.id,
+            config.site,
+            config.peers.len()
+        );
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| Failure {
-        code: EXIT_UNAVAILABLE,
-        message: format!("cannot listen on {}: {e}", config.listen),
-    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure {
+            code: EXIT_UNAVAILABLE,
+            message: format!("cannot listen on {}: {e}", config.listen),
+        })?;
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => futures::future::pending().await } } => {}
         }
         tracing::info!("shutting down");
     };
-    let node = crate::node::Node::start(config, listener, shutdown).await.map_err(|e| Failure {
-        code: EXIT_REFUSED,
-        message: e.to_string(),
-    })?;
+    let node = crate::node::Node::start(config, listener, shutdown)
+        .await
+        .map_err(|e| Failure {
+            code: EXIT_REFUSED,
+            message: e.to_string(),
+        })?;
     node.wait().await.map_err(|e| Failure {
         code: EXIT_REFUSED,
         message: e.to_string(),
@@ -421,11 +477,12 @@ async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
                 if_version,
                 request_id: crate::api::new_request_id(),
             };
-            let reply = client.call(|mut c| {
-                let req = req.clone();
-                async move { c.policy_apply(req).await }
-            })
-            .await?;
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.policy_apply(req).await }
+                })
+                .await?;
             if reply.diff.is_empty() {
                 println!("no changes");
             } else {
@@ -434,13 +491,18 @@ async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
             if reply.applied {
                 println!("policy version {} committed", reply.version);
             } else {
-                println!("dry run: nothing committed (current version {})", reply.version);
+                println!(
+                    "dry run: nothing committed (current version {})",
+                    reply.version
+                );
             }
             Ok(())
         }
         PolicyCmd::Show(conn) => {
             let client = conn.client()?;
-            let reply = client.call(|mut c| async move { c.policy_show(proto::PolicyShowRequest {}).await }).await?;
+            let reply = client
+                .call(|mut c| async move { c.policy_show(proto::PolicyShowRequest {}).await })
+                .await?;
             println!("# policy version {}", reply.version);
             print!("{}", reply.toml);
             Ok(())
@@ -452,22 +514,35 @@ async fn members(cmd: MembersCmd) -> Result<(), Failure> {
     let (conn, reply) = match cmd {
         MembersCmd::List(conn) => {
             let client = conn.client()?;
-            let r = client.call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await }).await?;
+            let r = client
+                .call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await })
+                .await?;
             (conn, r)
         }
-        MembersCmd::Add { conn, id, addr, site } => {
+        MembersCmd::Add {
+            conn,
+            id,
+            addr,
+            site,
+        } => {
             let client = conn.client()?;
             let req = proto::MembersAddRequest { id, addr, site };
-            let r = client.call(|mut c| {
-                let req = req.clone();
-                async move { c.members_add(req).await }
-            })
-            .await?;
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.members_add(req).await }
+                })
+                .await?;
             (conn, r)
         }
         MembersCmd::Remove { conn, id } => {
             let client = conn.client()?;
-            let r = client.call(|mut c| async move { c.members_remove(proto::MembersRemoveRequest { id }).await }).await?;
+            let r =
+                client
+                    .call(|mut c| async move {
+                        c.members_remove(proto::MembersRemoveRequest { id }).await
+                    })
+                    .await?;
             (conn, r)
         }
     };
@@ -508,11 +583,23 @@ fn status_json(r: &proto::StatusReply) -> serde_json::Value {
 }
 
 fn witness_table(ws: &[proto::WitnessStatus]) -> String {
-    let mut out = format!("{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n", "ID", "ROLE", "SITE", "ADDR", "LAST-CONTACT", "MATCHED");
+    let mut out = format!(
+        "{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n",
+        "ID", "ROLE", "SITE", "ADDR", "LAST-CONTACT", "MATCHED"
+    );
     for w in ws {
-        let contact = w.last_contact_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
-        let matched = w.matched_index.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-        out += &format!("{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n", w.id, w.role, w.site, w.addr, contact, matched);
+        let contact = w
+            .last_contact_ms
+            .map(|m| format!("{m} ms"))
+            .unwrap_or_else(|| "-".into());
+        let matched = w
+            .matched_index
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into());
+        out += &format!(
+            "{:<4} {:<8} {:<12} {:<22} {:>12} {:>8}\n",
+            w.id, w.role, w.site, w.addr, contact, matched
+        );
     }
     out
 }
@@ -525,16 +612,34 @@ fn status_table(r: &proto::StatusReply, audit: u32) -> String {
         .unwrap_or_else(|| "none".into());
     let mut out = format!(
         "cluster {}  leader {}  term {}  applied {}  policy v{}{}\n\n",
-        if r.cluster_id.is_empty() { "(not initialised)" } else { &r.cluster_id },
+        if r.cluster_id.is_empty() {
+            "(not initialised)"
+        } else {
+            &r.cluster_id
+        },
         leader,
         r.term,
         r.applied_index,
         r.policy_version,
-        if r.local { format!("  [local view of witness {}, may be stale]", r.served_by) } else { String::new() }
+        if r.local {
+            format!("  [local view of witness {}, may be stale]", r.served_by)
+        } else {
+            String::new()
+        }
     );
-    out += &format!("{:<16} {:<12} {:>6} {:<8} {}\n", "GROUP", "ACTIVE", "EPOCH", "MODE", "CANDIDATES");
+    out += &format!(
+        "{:<16} {:<12} {:>6} {:<8} {}\n",
+        "GROUP", "ACTIVE", "EPOCH", "MODE", "CANDIDATES"
+    );
     for g in &r.groups {
-        out += &format!("{:<16} {:<12} {:>6} {:<8} {}\n", g.name, g.active, g.epoch, g.mode, g.candidates.join(","));
+        out += &format!(
+            "{:<16} {:<12} {:>6} {:<8} {}\n",
+            g.name,
+            g.active,
+            g.epoch,
+            g.mode,
+            g.candidates.join(",")
+        );
     }
     if r.groups.is_empty() {
         out += "(no groups: apply a policy with `arbiter policy apply FILE`)\n";
@@ -546,7 +651,10 @@ fn status_table(r: &proto::StatusReply, audit: u32) -> String {
         for a in &r.audit {
             let group = if a.group.is_empty() { "-" } else { &a.group };
             let detail = a.detail.lines().next().unwrap_or("");
-            out += &format!("#{:<5} idx {:<6} {:<14} {:<12} {:<10} {}\n", a.seq, a.index, a.kind, group, a.actor, detail);
+            out += &format!(
+                "#{:<5} idx {:<6} {:<14} {:<12} {:<10} {}\n",
+                a.seq, a.index, a.kind, group, a.actor, detail
+            );
         }
     }
     out

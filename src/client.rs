@@ -70,9 +70,13 @@ impl Client {
     pub fn new(servers: Vec<String>, tls: &TlsPaths) -> Result<Client, ClientError> {
         crate::tls::install_crypto_provider();
         if servers.is_empty() {
-            return Err(ClientError::local("invalid-argument", "no witness address given (--server)".into()));
+            return Err(ClientError::local(
+                "invalid-argument",
+                "no witness address given (--server)".into(),
+            ));
         }
-        let material = TlsMaterial::load(tls).map_err(|e| ClientError::local("tls", e.to_string()))?;
+        let material =
+            TlsMaterial::load(tls).map_err(|e| ClientError::local("tls", e.to_string()))?;
         Ok(Client {
             servers,
             tls: material.client_config(None),
@@ -82,7 +86,9 @@ impl Client {
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let endpoint = Endpoint::from_shared(format!("https://{addr}"))
             .and_then(|e| e.tls_config(self.tls.clone()))
-            .map_err(|e| ClientError::local("invalid-argument", format!("witness address {addr:?}: {e}")))?;
+            .map_err(|e| {
+                ClientError::local("invalid-argument", format!("witness address {addr:?}: {e}"))
+            })?;
         Ok(endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(RPC_TIMEOUT)
@@ -111,7 +117,10 @@ impl Client {
                         .get(META_LEADER_ADDR)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
-                    let retry = matches!(err.kind.as_str(), "not-leader" | "unavailable" | "transport" | "shutting-down");
+                    let retry = matches!(
+                        err.kind.as_str(),
+                        "not-leader" | "unavailable" | "transport" | "shutting-down"
+                    );
                     last = ClientError {
                         message: format!("{target}: {}", err.message),
                         ..err

@@ -87,7 +87,9 @@ impl Node {
                 return Err(e);
             }
         }
-        let local_addr = listener.local_addr().map_err(|e| NodeError::Server(e.to_string()))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Server(e.to_string()))?;
         let raft_service = RaftServer::new(RaftService {
             consensus: consensus.clone(),
         })
@@ -136,7 +138,9 @@ impl Node {
 /// had already replicated log entries. If one does, its vote and log were lost: refuse.
 async fn check_not_wiped(config: &NodeConfig, network: &Network) -> Result<(), NodeError> {
     for peer in config.peers.iter().filter(|p| p.id != config.id) {
-        let Ok(channel) = network.channel(&peer.addr) else { continue };
+        let Ok(channel) = network.channel(&peer.addr) else {
+            continue;
+        };
         let mut req = tonic::Request::new(HelloRequest { node_id: config.id });
         req.set_timeout(HELLO_TIMEOUT);
         match tokio::time::timeout(HELLO_TIMEOUT, RaftClient::new(channel).hello(req)).await {

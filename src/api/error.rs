@@ -79,9 +79,8 @@ impl ApiError {
             "unknown-group" => Code::NotFound,
             "stale-policy" => Code::Aborted,
             "invalid-argument" | "invalid-policy" => Code::InvalidArgument,
-            "not-candidate" | "already-active" | "frozen" | "no-policy" | "active-removed" | "membership" => {
-                Code::FailedPrecondition
-            }
+            "not-candidate" | "already-active" | "frozen" | "no-policy" | "active-removed"
+            | "membership" => Code::FailedPrecondition,
             _ => Code::Internal,
         }
     }

@@ -46,7 +46,11 @@ impl ApiService {
         Proposal {
             actor: peer_identity(req).unwrap_or_else(|| "unknown".to_string()),
             at_ms: now_ms(),
-            request_id: if request_id.is_empty() { new_request_id() } else { request_id },
+            request_id: if request_id.is_empty() {
+                new_request_id()
+            } else {
+                request_id
+            },
             command,
         }
     }
@@ -61,7 +65,10 @@ impl ApiService {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A random request id for callers that did not choose one.
@@ -74,14 +81,20 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if value.len() > NAME_BYTES_MAX {
-        return Err(ApiError::invalid(field, format!("longer than {NAME_BYTES_MAX} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("longer than {NAME_BYTES_MAX} bytes"),
+        ));
     }
     Ok(())
 }
 
 fn check_request_id(id: &str) -> Result<(), ApiError> {
     if id.len() > REQUEST_ID_BYTES_MAX {
-        return Err(ApiError::invalid("request_id", format!("longer than {REQUEST_ID_BYTES_MAX} bytes")));
+        return Err(ApiError::invalid(
+            "request_id",
+            format!("longer than {REQUEST_ID_BYTES_MAX} bytes"),
+        ));
     }
     Ok(())
 }
@@ -131,7 +144,12 @@ fn members_pb(view: &ClusterView) -> Vec<proto::WitnessStatus> {
     view.members.iter().map(member_pb).collect()
 }
 
-fn status_reply(state: &ClusterState, view: &ClusterView, audit_limit: u32, local: bool) -> proto::StatusReply {
+fn status_reply(
+    state: &ClusterState,
+    view: &ClusterView,
+    audit_limit: u32,
+    local: bool,
+) -> proto::StatusReply {
     proto::StatusReply {
         cluster_id: state.cluster_id.clone().unwrap_or_default(),
         served_by: view.id,
@@ -141,27 +159,48 @@ fn status_reply(state: &ClusterState, view: &ClusterView, audit_limit: u32, loca
         policy_version: state.policy_version,
         groups: state.groups.values().map(group_pb).collect(),
         witnesses: members_pb(view),
-        audit: state.audit.iter().rev().take(audit_limit as usize).map(audit_pb).collect(),
+        audit: state
+            .audit
+            .iter()
+            .rev()
+            .take(audit_limit as usize)
+            .map(audit_pb)
+            .collect(),
         local,
     }
 }
 
 #[tonic::async_trait]
 impl Arbiter for ApiService {
-    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
         let r = req.into_inner();
         if !r.local {
-            self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+            self.consensus
+                .linearizable_read()
+                .await
+                .map_err(ApiError::from)?;
         }
-        let limit = if r.audit_limit == 0 { AUDIT_LIMIT_DEFAULT } else { r.audit_limit.min(AUDIT_LIMIT_MAX) };
+        let limit = if r.audit_limit == 0 {
+            AUDIT_LIMIT_DEFAULT
+        } else {
+            r.audit_limit.min(AUDIT_LIMIT_MAX)
+        };
         let view = self.consensus.view();
-        let reply = self.consensus.with_state(|s| status_reply(s, &view, limit, r.local));
+        let reply = self
+            .consensus
+            .with_state(|s| status_reply(s, &view, limit, r.local));
         Ok(Response::new(reply))
     }
 
     type WatchStream = ReceiverStream<Result<proto::WatchEvent, Status>>;
 
-    async fn watch(&self, _req: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _req: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let consensus = self.consensus.clone();
         let mut applied = consensus.subscribe_applied();
@@ -171,7 +210,12 @@ impl Arbiter for ApiService {
             loop {
                 let index = *applied.borrow_and_update();
                 let event = consensus.with_state(|s| {
-                    let audit: Vec<_> = s.audit.iter().filter(|a| a.seq > last_seq).map(audit_pb).collect();
+                    let audit: Vec<_> = s
+                        .audit
+                        .iter()
+                        .filter(|a| a.seq > last_seq)
+                        .map(audit_pb)
+                        .collect();
                     proto::WatchEvent {
                         applied_index: index,
                         groups: s.groups.values().map(group_pb).collect(),
@@ -193,7 +237,10 @@ impl Arbiter for ApiService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn failover(&self, req: Request<proto::FailoverRequest>) -> Result<Response<proto::DecisionReply>, Status> {
+    async fn failover(
+        &self,
+        req: Request<proto::FailoverRequest>,
+    ) -> Result<Response<proto::DecisionReply>, Status> {
         let r = req.get_ref().clone();
         check_name("group", &r.group)?;
         check_name("to", &r.to)?;
@@ -215,11 +262,17 @@ impl Arbiter for ApiService {
         }))
     }
 
-    async fn set_mode(&self, req: Request<proto::SetModeRequest>) -> Result<Response<proto::DecisionReply>, Status> {
+    async fn set_mode(
+        &self,
+        req: Request<proto::SetModeRequest>,
+    ) -> Result<Response<proto::DecisionReply>, Status> {
         let r = req.get_ref().clone();
         check_name("group", &r.group)?;
         check_request_id(&r.request_id)?;
-        let mode: Mode = r.mode.parse().map_err(|e: String| ApiError::invalid("mode", e))?;
+        let mode: Mode = r
+            .mode
+            .parse()
+            .map_err(|e: String| ApiError::invalid("mode", e))?;
         let p = Self::proposal(
             &req,
             r.request_id,
@@ -246,8 +299,13 @@ impl Arbiter for ApiService {
         let policy = Policy::parse("policy", &r.toml).map_err(ApiError::from)?;
         // Diff against the committed policy: read it linearizably (this also makes sure we
         // are the leader before proposing).
-        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
-        let (diff, version) = self.consensus.with_state(|s| (policy.diff(s.policy.as_ref()), s.policy_version));
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
+        let (diff, version) = self
+            .consensus
+            .with_state(|s| (policy.diff(s.policy.as_ref()), s.policy_version));
         if r.if_version != 0 && r.if_version != version {
             return Err(ApiError::from(crate::state::Refusal::StalePolicy {
                 current: version,
@@ -284,8 +342,14 @@ impl Arbiter for ApiService {
         }
     }
 
-    async fn policy_show(&self, _req: Request<proto::PolicyShowRequest>) -> Result<Response<proto::PolicyShowReply>, Status> {
-        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+    async fn policy_show(
+        &self,
+        _req: Request<proto::PolicyShowRequest>,
+    ) -> Result<Response<proto::PolicyShowReply>, Status> {
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
         let reply = self.consensus.with_state(|s| proto::PolicyShowReply {
             version: s.policy_version,
             toml: s.policy.as_ref().map(Policy::to_toml).unwrap_or_default(),
@@ -293,12 +357,25 @@ impl Arbiter for ApiService {
         Ok(Response::new(reply))
     }
 
-    async fn init(&self, _req: Request<proto::InitRequest>) -> Result<Response<proto::InitReply>, Status> {
+    async fn init(
+        &self,
+        _req: Request<proto::InitRequest>,
+    ) -> Result<Response<proto::InitReply>, Status> {
         if self.peers.is_empty() {
-            return Err(ApiError::invalid("peers", "this witness's node file lists no initial peers").into());
+            return Err(ApiError::invalid(
+                "peers",
+                "this witness's node file lists no initial peers",
+            )
+            .into());
         }
-        self.consensus.initialize(&self.peers).await.map_err(ApiError::from)?;
-        tracing::info!(peers = self.peers.len(), "cluster initialised; waiting for the cluster id");
+        self.consensus
+            .initialize(&self.peers)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(
+            peers = self.peers.len(),
+            "cluster initialised; waiting for the cluster id"
+        );
         // The first leader records a cluster id (see node.rs); wait until it is applied here.
         let mut applied = self.consensus.subscribe_applied();
         let wait = async {
@@ -326,7 +403,10 @@ impl Arbiter for ApiService {
         &self,
         _req: Request<proto::MembersListRequest>,
     ) -> Result<Response<proto::MembersListReply>, Status> {
-        self.consensus.linearizable_read().await.map_err(ApiError::from)?;
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::MembersListReply {
             witnesses: members_pb(&self.consensus.view()),
         }))
@@ -340,9 +420,14 @@ impl Arbiter for ApiService {
         if r.id == 0 {
             return Err(ApiError::invalid("id", "node ids start at 1").into());
         }
-        crate::config::check_addr("addr", &r.addr).map_err(|e| ApiError::invalid("addr", e.reason))?;
-        crate::config::check_name("site", &r.site).map_err(|e| ApiError::invalid("site", e.reason))?;
-        self.consensus.add_member(r.id, r.addr.clone(), r.site.clone()).await.map_err(ApiError::from)?;
+        crate::config::check_addr("addr", &r.addr)
+            .map_err(|e| ApiError::invalid("addr", e.reason))?;
+        crate::config::check_name("site", &r.site)
+            .map_err(|e| ApiError::invalid("site", e.reason))?;
+        self.consensus
+            .add_member(r.id, r.addr.clone(), r.site.clone())
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(id = r.id, addr = %r.addr, site = %r.site, "witness added as voter");
         Ok(Response::new(proto::MembersListReply {
             witnesses: members_pb(&self.consensus.view()),
@@ -354,7 +439,10 @@ impl Arbiter for ApiService {
         req: Request<proto::MembersRemoveRequest>,
     ) -> Result<Response<proto::MembersListReply>, Status> {
         let r = req.into_inner();
-        self.consensus.remove_member(r.id).await.map_err(ApiError::from)?;
+        self.consensus
+            .remove_member(r.id)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(id = r.id, "witness removed");
         Ok(Response::new(proto::MembersListReply {
             witnesses: members_pb(&self.consensus.view()),

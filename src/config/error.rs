@@ -29,7 +29,10 @@ impl ConfigError {
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!("line {line}, column {column}: ")
         });
-        Self::new(file, format!("{}{}", at.unwrap_or_default(), err.message().trim_end()))
+        Self::new(
+            file,
+            format!("{}{}", at.unwrap_or_default(), err.message().trim_end()),
+        )
     }
 }
 

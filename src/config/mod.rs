@@ -6,8 +6,8 @@ mod error;
 mod node;
 mod policy;
 
-pub use error::ConfigError;
 pub(crate) use error::check_name;
+pub use error::ConfigError;
 pub(crate) use node::check_addr;
 pub use node::{NodeConfig, Peer, Timing, EXIT_CONFIG};
 pub use policy::{

@@ -17,7 +17,6 @@ pub const EXIT_CONFIG: i32 = 64;
 /// At most this many initial peers: a witness cluster is 3, 5 or 7 voters.
 const PEERS_MAX: usize = 9;
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
@@ -140,7 +139,11 @@ impl NodeConfig {
             cert: resolve(raw.tls.cert),
             key: resolve(raw.tls.key),
         };
-        for (key, p) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        for (key, p) in [
+            ("tls.ca", &tls.ca),
+            ("tls.cert", &tls.cert),
+            ("tls.key", &tls.key),
+        ] {
             if !p.is_file() {
                 return Err(ConfigError::new(
                     key,
@@ -178,12 +181,18 @@ impl NodeConfig {
         if !peers.is_empty() && !ids.contains(&raw.id) {
             return Err(ConfigError::new(
                 "peers",
-                format!("the initial peers must include this witness (id {})", raw.id),
+                format!(
+                    "the initial peers must include this witness (id {})",
+                    raw.id
+                ),
             ));
         }
         let t = raw.timing;
         if t.heartbeat_ms == 0 {
-            return Err(ConfigError::new("timing.heartbeat_ms", "must be at least 1"));
+            return Err(ConfigError::new(
+                "timing.heartbeat_ms",
+                "must be at least 1",
+            ));
         }
         if t.election_timeout_min_ms < 3 * t.heartbeat_ms {
             return Err(ConfigError::new(
@@ -273,14 +282,22 @@ peers = [
     #[test]
     fn unknown_key_and_bad_values_name_the_key() {
         let d = dir_with_tls();
-        let e = NodeConfig::parse("node.toml", &format!("{GOOD}\nbogus = 1\n"), d.path())
-            .unwrap_err();
+        let e =
+            NodeConfig::parse("node.toml", &format!("{GOOD}\nbogus = 1\n"), d.path()).unwrap_err();
         assert!(e.reason.contains("bogus"), "{e}");
-        let e = NodeConfig::parse("node.toml", &GOOD.replace("127.0.0.1:7101\"\ntls", "nope\"\ntls"), d.path())
-            .unwrap_err();
+        let e = NodeConfig::parse(
+            "node.toml",
+            &GOOD.replace("127.0.0.1:7101\"\ntls", "nope\"\ntls"),
+            d.path(),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "listen");
-        let e = NodeConfig::parse("node.toml", &GOOD.replace("node.key", "missing.key"), d.path())
-            .unwrap_err();
+        let e = NodeConfig::parse(
+            "node.toml",
+            &GOOD.replace("node.key", "missing.key"),
+            d.path(),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "tls.key");
         let e = NodeConfig::parse(
             "node.toml",

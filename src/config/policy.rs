@@ -187,7 +187,10 @@ impl Policy {
         if source.len() > POLICY_TOML_BYTES_MAX {
             return Err(ConfigError::new(
                 file,
-                format!("policy is {} bytes, more than the limit of {POLICY_TOML_BYTES_MAX}", source.len()),
+                format!(
+                    "policy is {} bytes, more than the limit of {POLICY_TOML_BYTES_MAX}",
+                    source.len()
+                ),
             ));
         }
         let policy: Policy =
@@ -200,7 +203,10 @@ impl Policy {
     /// policy built in code (tests, the demo) is held to the same rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.regions.is_empty() {
-            return Err(ConfigError::new("regions", "at least two regions are needed"));
+            return Err(ConfigError::new(
+                "regions",
+                "at least two regions are needed",
+            ));
         }
         if self.regions.len() > REGIONS_MAX {
             return Err(ConfigError::new(
@@ -453,7 +459,11 @@ mode = "manual"
         let p = Policy::parse("policy.toml", GOOD).unwrap();
         assert_eq!(p.groups[0].lease_ms, LEASE_MS_DEFAULT);
         assert_eq!(p.groups[0].mode, Mode::Manual);
-        assert_eq!(Policy::parse("x", &p.to_toml()).unwrap(), p, "canonical TOML round-trips");
+        assert_eq!(
+            Policy::parse("x", &p.to_toml()).unwrap(),
+            p,
+            "canonical TOML round-trips"
+        );
     }
 
     #[test]

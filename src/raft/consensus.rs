@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::Instant as _;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::watch;
@@ -21,7 +21,8 @@ use crate::proto::HelloReply;
 use crate::state::{ClusterState, Proposal, Response};
 
 /// The Raft instance type of a witness.
-pub(crate) type ArbiterRaft = openraft::Raft<TypeConfig, StateMachineStore<TypeConfig, ClusterState>>;
+pub(crate) type ArbiterRaft =
+    openraft::Raft<TypeConfig, StateMachineStore<TypeConfig, ClusterState>>;
 
 /// Snapshot after this many log entries since the last one: keeps restart replay short.
 const SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
@@ -98,7 +99,10 @@ pub struct Consensus {
 
 impl Consensus {
     /// Opens storage in the node's data dir and starts Raft. Does not initialise a cluster.
-    pub async fn start(config: &NodeConfig, network: Network) -> Result<Arc<Consensus>, ConsensusError> {
+    pub async fn start(
+        config: &NodeConfig,
+        network: Network,
+    ) -> Result<Arc<Consensus>, ConsensusError> {
         let (log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
             .map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let applied = sm.applied();
@@ -118,9 +122,15 @@ impl Consensus {
         }
         .validate()
         .map_err(|e| ConsensusError::Storage(format!("raft config: {e}")))?;
-        let raft = openraft::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), sm)
-            .await
-            .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let raft = openraft::Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            log_store.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| ConsensusError::Storage(e.to_string()))?;
         Ok(Arc::new(Consensus {
             raft,
             id: config.id,
@@ -142,7 +152,10 @@ impl Consensus {
         }
     }
 
-    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ConsensusError {
+    fn write_error(
+        &self,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> ConsensusError {
         if let Some(f) = e.forward_to_leader() {
             return ConsensusError::NotLeader {
                 leader_id: f.leader_id,
@@ -178,12 +191,20 @@ impl Consensus {
 
     /// A copy of the applied state (may be stale unless preceded by [`Self::linearizable_read`]).
     pub fn state(&self) -> ClusterState {
-        self.applied.read().expect("applied state lock poisoned").state.clone()
+        self.applied
+            .read()
+            .expect("applied state lock poisoned")
+            .state
+            .clone()
     }
 
     /// Runs `f` on the applied state without copying it.
     pub fn with_state<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
-        f(&self.applied.read().expect("applied state lock poisoned").state)
+        f(&self
+            .applied
+            .read()
+            .expect("applied state lock poisoned")
+            .state)
     }
 
     /// Last applied log index, updated after every apply.
@@ -284,16 +305,23 @@ impl Consensus {
             .collect();
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ConsensusError::AlreadyInitialized {
-                cluster_id: self.with_state(|s| s.cluster_id.clone()),
-            }),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(ConsensusError::AlreadyInitialized {
+                    cluster_id: self.with_state(|s| s.cluster_id.clone()),
+                })
+            }
             Err(e) => Err(ConsensusError::Membership(e.to_string())),
         }
     }
 
     /// Adds a witness: first as a learner (waits until it has caught up), then as a voter
     /// through joint consensus.
-    pub async fn add_member(&self, id: u64, addr: String, site: String) -> Result<(), ConsensusError> {
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: String,
+        site: String,
+    ) -> Result<(), ConsensusError> {
         self.raft
             .add_learner(id, WitnessNode { addr, site }, true)
             .await
@@ -307,7 +335,14 @@ impl Consensus {
 
     /// Removes a witness from the voters and from the cluster.
     pub async fn remove_member(&self, id: u64) -> Result<(), ConsensusError> {
-        let is_voter = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == id);
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         if is_voter {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -333,7 +368,9 @@ impl Consensus {
 
     /// The identity recorded in this node's store, if any.
     pub fn stored_identity(&self) -> Result<Option<(u64, String)>, ConsensusError> {
-        self.log_store.identity().map_err(|e| ConsensusError::Storage(e.to_string()))
+        self.log_store
+            .identity()
+            .map_err(|e| ConsensusError::Storage(e.to_string()))
     }
 
     /// Whether this node has any Raft state at all (vote or log).
@@ -355,7 +392,9 @@ impl Consensus {
             .unwrap_or(0);
         HelloReply {
             initialized: m.last_log_index.is_some(),
-            cluster_id: self.with_state(|s| s.cluster_id.clone()).unwrap_or_default(),
+            cluster_id: self
+                .with_state(|s| s.cluster_id.clone())
+                .unwrap_or_default(),
             is_member,
             matched_index,
         }

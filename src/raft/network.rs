@@ -91,9 +91,12 @@ pub struct Connection {
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable<C>> {
-        self.client
-            .clone()
-            .map_err(|e| Unreachable::new(&AnyError::error(format!("peer {} at {}: {e}", self.target, self.addr))))
+        self.client.clone().map_err(|e| {
+            Unreachable::new(&AnyError::error(format!(
+                "peer {} at {}: {e}",
+                self.target, self.addr
+            )))
+        })
     }
 
     fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -140,7 +143,11 @@ impl RaftNetworkV2<C> for Connection {
         self.decode_reply(reply.into_inner())
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         let msg = encode_rpc(&rpc)?;
         let reply = self
             .client()?
@@ -150,7 +157,11 @@ impl RaftNetworkV2<C> for Connection {
         self.decode_reply(reply.into_inner())
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         let msg = encode_rpc(&rpc)?;
         let reply = self
             .client()?
@@ -198,7 +209,8 @@ impl RaftNetworkV2<C> for Connection {
             })?,
             closed = &mut cancel => return Err(StreamingError::Closed(closed)),
         };
-        decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        decode(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -213,13 +225,15 @@ pub(crate) async fn collect_snapshot(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if header.is_none() {
-            header = Some(
-                decode::<SnapshotHeader>(&chunk.header)
-                    .map_err(|e| tonic::Status::invalid_argument(format!("snapshot header: {e}")))?,
-            );
+            header =
+                Some(decode::<SnapshotHeader>(&chunk.header).map_err(|e| {
+                    tonic::Status::invalid_argument(format!("snapshot header: {e}"))
+                })?);
         }
         if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-            return Err(tonic::Status::resource_exhausted("snapshot larger than the limit"));
+            return Err(tonic::Status::resource_exhausted(
+                "snapshot larger than the limit",
+            ));
         }
         data.extend_from_slice(&chunk.data);
     }

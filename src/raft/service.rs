@@ -33,21 +33,37 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
-        let resp = self.consensus.raft.append_entries(rpc).await.map_err(raft_error)?;
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(&req.into_inner().payload).map_err(bad_request)?;
+        let resp = self
+            .consensus
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(raft_error)?;
         reply(&resp)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
+        let rpc: VoteRequest<TypeConfig> =
+            decode(&req.into_inner().payload).map_err(bad_request)?;
         let resp = self.consensus.raft.vote(rpc).await.map_err(raft_error)?;
         reply(&resp)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().payload).map_err(bad_request)?;
-        let resp = self.consensus.raft.pre_vote(rpc).await.map_err(raft_error)?;
+        let rpc: VoteRequest<TypeConfig> =
+            decode(&req.into_inner().payload).map_err(bad_request)?;
+        let resp = self
+            .consensus
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(raft_error)?;
         reply(&resp)
     }
 
@@ -70,6 +86,8 @@ impl RaftRpc for RaftService {
     }
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        Ok(Response::new(self.consensus.hello(req.into_inner().node_id)))
+        Ok(Response::new(
+            self.consensus.hello(req.into_inner().node_id),
+        ))
     }
 }

@@ -60,7 +60,9 @@ pub enum Command {
 pub enum Refusal {
     #[error("unknown group {group:?}")]
     UnknownGroup { group: String },
-    #[error("region {region:?} is not a candidate of group {group:?} (candidates: {candidates:?})")]
+    #[error(
+        "region {region:?} is not a candidate of group {group:?} (candidates: {candidates:?})"
+    )]
     NotCandidate {
         group: String,
         region: String,
@@ -108,7 +110,9 @@ pub enum Outcome {
     /// A log entry without a command (blank or membership entry).
     Noop,
     Bootstrapped,
-    PolicyApplied { version: u64 },
+    PolicyApplied {
+        version: u64,
+    },
     /// The group after the change.
     Group(GroupState),
 }
@@ -167,7 +171,11 @@ impl ClusterState {
     /// Applies one committed proposal at log index `index`.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Response {
         if !proposal.request_id.is_empty() {
-            if let Some((_, earlier)) = self.requests.iter().find(|(id, _)| *id == proposal.request_id) {
+            if let Some((_, earlier)) = self
+                .requests
+                .iter()
+                .find(|(id, _)| *id == proposal.request_id)
+            {
                 return earlier.clone();
             }
         }
@@ -177,7 +185,8 @@ impl ClusterState {
             if self.requests.len() >= REQUEST_IDS_MAX {
                 self.requests.pop_front();
             }
-            self.requests.push_back((proposal.request_id.clone(), response.clone()));
+            self.requests
+                .push_back((proposal.request_id.clone(), response.clone()));
         }
         response
     }
@@ -191,15 +200,26 @@ impl ClusterState {
                     });
                 }
                 self.cluster_id = Some(cluster_id.clone());
-                self.audit(index, p, "", "bootstrap", format!("cluster {cluster_id} initialised"), 0);
+                self.audit(
+                    index,
+                    p,
+                    "",
+                    "bootstrap",
+                    format!("cluster {cluster_id} initialised"),
+                    0,
+                );
                 Ok(Outcome::Bootstrapped)
             }
-            Command::ApplyPolicy { policy, if_version } => self.apply_policy(index, p, policy, *if_version),
+            Command::ApplyPolicy { policy, if_version } => {
+                self.apply_policy(index, p, policy, *if_version)
+            }
             Command::Failover { group, to, reason } => {
                 check_reason(reason)?;
                 let g = self.group_mut(group)?;
                 if g.mode == Mode::Frozen {
-                    return Err(Refusal::Frozen { group: group.clone() });
+                    return Err(Refusal::Frozen {
+                        group: group.clone(),
+                    });
                 }
                 if !g.candidates.contains(to) {
                     return Err(Refusal::NotCandidate {
@@ -219,7 +239,10 @@ impl ClusterState {
                 let before = g.epoch;
                 g.epoch += 1;
                 g.changed_at_index = index;
-                assert!(g.epoch > before, "epoch monotonicity violated for group {group}");
+                assert!(
+                    g.epoch > before,
+                    "epoch monotonicity violated for group {group}"
+                );
                 let after = g.clone();
                 self.audit(
                     index,
@@ -232,7 +255,11 @@ impl ClusterState {
                 self.check_invariants();
                 Ok(Outcome::Group(after))
             }
-            Command::SetMode { group, mode, reason } => {
+            Command::SetMode {
+                group,
+                mode,
+                reason,
+            } => {
                 check_reason(reason)?;
                 let g = self.group_mut(group)?;
                 let from = g.mode;
@@ -311,24 +338,48 @@ impl ClusterState {
         for name in removed {
             if let Some(g) = self.groups.remove(&name) {
                 self.retired_epochs.insert(name.clone(), g.epoch);
-                self.audit(index, p, &name, "group-removed", format!("group removed at epoch {}", g.epoch), g.epoch);
+                self.audit(
+                    index,
+                    p,
+                    &name,
+                    "group-removed",
+                    format!("group removed at epoch {}", g.epoch),
+                    g.epoch,
+                );
             }
         }
         self.policy = Some(policy.clone());
         self.policy_version += 1;
         let version = self.policy_version;
-        self.audit(index, p, "", "policy", format!("policy version {version}\n{diff}"), 0);
+        self.audit(
+            index,
+            p,
+            "",
+            "policy",
+            format!("policy version {version}\n{diff}"),
+            0,
+        );
         self.check_invariants();
         Ok(Outcome::PolicyApplied { version })
     }
 
     fn group_mut(&mut self, group: &str) -> Result<&mut GroupState, Refusal> {
-        self.groups.get_mut(group).ok_or_else(|| Refusal::UnknownGroup {
-            group: group.to_string(),
-        })
+        self.groups
+            .get_mut(group)
+            .ok_or_else(|| Refusal::UnknownGroup {
+                group: group.to_string(),
+            })
     }
 
-    fn audit(&mut self, index: u64, p: &Proposal, group: &str, kind: &str, detail: String, epoch: u64) {
+    fn audit(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        group: &str,
+        kind: &str,
+        detail: String,
+        epoch: u64,
+    ) {
         self.audit_next_seq = self.audit_next_seq.max(1);
         let entry = AuditEntry {
             seq: self.audit_next_seq,
@@ -366,7 +417,6 @@ fn check_reason(reason: &str) -> Result<(), Refusal> {
     }
     Ok(())
 }
-
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

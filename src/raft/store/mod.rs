@@ -283,12 +283,12 @@ pub(crate) enum Fault {
     #[error("cannot encode {what}: {source}")]
     Encode {
         what: &'static str,
-        source: bincode::error::EncodeError,
+        source: serde_json::Error,
     },
     #[error("cannot decode {what}: {source}")]
     Decode {
         what: &'static str,
-        source: bincode::error::DecodeError,
+        source: serde_json::Error,
     },
     #[error("corrupt store: {0}")]
     Corrupt(String),
@@ -324,23 +324,19 @@ impl From<Fault> for io::Error {
     }
 }
 
-/// The one encoding of every record: bincode's standard format, with a decode size limit.
-fn codec() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_DECODED_RECORD_BYTES>()
-}
-
+/// The one encoding of every record: JSON. Self-describing, so every serde feature of the
+/// replicated types (optional fields, tagged enums) round-trips, and a record can be read by
+/// hand when debugging a data dir. Records are small; the state is decisions, not data.
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Fault> {
-    bincode::serde::encode_to_vec(value, codec()).map_err(|source| Fault::Encode { what, source })
+    serde_json::to_vec(value).map_err(|source| Fault::Encode { what, source })
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, codec())
-        .map_err(|source| Fault::Decode { what, source })?;
-    if read != bytes.len() {
+    if bytes.len() > MAX_DECODED_RECORD_BYTES {
         return Err(Fault::Corrupt(format!(
-            "{what}: {} trailing bytes after the record",
-            bytes.len() - read
+            "{what}: record of {} bytes is larger than the limit of {MAX_DECODED_RECORD_BYTES}",
+            bytes.len()
         )));
     }
-    Ok(value)
+    serde_json::from_slice(bytes).map_err(|source| Fault::Decode { what, source })
 }

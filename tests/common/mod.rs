@@ -1,0 +1,314 @@
+//! Shared harness of the cluster tests: dev certificates, in-process witnesses on loopback
+//! port 0, a client, and bounded waits on observable conditions (never bare sleeps).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbiter::certs::{init_dev_certs, DevCerts};
+use arbiter::client::Client;
+use arbiter::config::NodeConfig;
+use arbiter::node::Node;
+use arbiter::proto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Generous deadline for anything a cluster should do "soon": elections with WAN-sized
+/// timeouts on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns `Some`, or panics after `DEADLINE` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub const POLICY: &str = r#"
+[[regions]]
+name = "region-a"
+[[regions]]
+name = "region-b"
+[[regions]]
+name = "region-c"
+
+[[groups]]
+name = "checkout"
+candidates = ["region-a", "region-b"]
+mode = "manual"
+
+[[groups]]
+name = "catalog"
+candidates = ["region-b", "region-a"]
+mode = "auto"
+"#;
+
+/// Node file text for witness `id` of a cluster whose witnesses listen on `addrs`. Short
+/// timing keeps tests quick; production defaults are WAN-sized.
+pub fn node_toml(
+    id: u64,
+    addrs: &[SocketAddr],
+    data_dir: &Path,
+    tls: &arbiter::tls::TlsPaths,
+) -> String {
+    let sites = ["region-a", "region-b", "tiebreaker", "region-a", "region-b"];
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            format!(
+                "{{ id = {}, addr = \"{a}\", site = \"{}\" }}",
+                i + 1,
+                sites[i % sites.len()]
+            )
+        })
+        .collect();
+    format!(
+        r#"id = {id}
+site = "{site}"
+data_dir = "{data}"
+listen = "{listen}"
+tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
+peers = [{peers}]
+
+[timing]
+heartbeat_ms = 100
+election_timeout_min_ms = 600
+election_timeout_max_ms = 1200
+rpc_timeout_ms = 500
+"#,
+        site = sites[(id as usize - 1) % sites.len()],
+        data = data_dir.display(),
+        listen = addrs[id as usize - 1],
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        peers = peers.join(", "),
+    )
+}
+
+/// One in-process witness and what is needed to restart it from its data dir.
+pub struct Witness {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub config: NodeConfig,
+    pub node: Option<Node>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Witness {
+    pub async fn start(config: NodeConfig) -> Witness {
+        let listener = bind_retry(config.listen).await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let node = Node::start(config.clone(), listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("witness starts");
+        Witness {
+            id: config.id,
+            addr: node.local_addr,
+            config,
+            node: Some(node),
+            stop: Some(tx),
+        }
+    }
+
+    /// Stops the witness (as a crash would: no goodbye to peers); its data dir stays.
+    pub async fn kill(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.stop().await;
+        }
+        self.stop.take();
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        *self = Witness::start(self.config.clone()).await;
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("witness is running")
+    }
+}
+
+/// Binds `addr`, retrying briefly: a just-stopped witness may still hold the port.
+async fn bind_retry(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot bind {addr}");
+}
+
+/// A cluster of in-process witnesses on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub certs: DevCerts,
+    pub witnesses: Vec<Witness>,
+}
+
+impl Cluster {
+    /// Starts `n` witnesses (not yet initialised).
+    pub async fn start(n: usize) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let certs = init_dev_certs(&dir.path().join("certs"), n as u32, &[], false).unwrap();
+        // Reserve ports first so every node file can list all peers.
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        drop(listeners);
+        let mut witnesses = Vec::new();
+        for id in 1..=n as u64 {
+            let config = Self::config(dir.path(), &certs, id, &addrs);
+            witnesses.push(Witness::start(config).await);
+        }
+        Cluster {
+            dir,
+            certs,
+            witnesses,
+        }
+    }
+
+    pub fn config(dir: &Path, certs: &DevCerts, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
+        let data = dir.join(format!("node-{id}"));
+        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1]);
+        NodeConfig::parse("node.toml", &text, dir).expect("valid node file")
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.witnesses.iter().map(|w| w.addr.to_string()).collect()
+    }
+
+    /// A client that knows only witness `i` (0-based): it must follow redirects itself.
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new(vec![self.witnesses[i].addr.to_string()], &self.certs.client).unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addrs(), &self.certs.client).unwrap()
+    }
+
+    /// Initialises the cluster through witness 1 and applies [`POLICY`].
+    pub async fn init_with_policy(&self) -> String {
+        let client = self.client();
+        let reply = client
+            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
+            .await
+            .expect("init");
+        let req = proto::PolicyApplyRequest {
+            toml: POLICY.to_string(),
+            dry_run: false,
+            if_version: 0,
+            request_id: "policy-1".into(),
+        };
+        client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.policy_apply(req).await }
+            })
+            .await
+            .expect("policy applies");
+        reply.cluster_id
+    }
+
+    /// The id of the leader, once every running witness agrees on one.
+    pub async fn leader(&self) -> u64 {
+        eventually("all running witnesses agree on a leader", || async {
+            let views: Vec<_> = self
+                .witnesses
+                .iter()
+                .filter_map(|w| w.node.as_ref())
+                .map(|n| n.consensus.view().leader)
+                .collect();
+            let first = views.first().copied().flatten()?;
+            let running: Vec<u64> = self
+                .witnesses
+                .iter()
+                .filter(|w| w.node.is_some())
+                .map(|w| w.id)
+                .collect();
+            (running.contains(&first) && views.iter().all(|v| *v == Some(first))).then_some(first)
+        })
+        .await
+    }
+
+    pub fn witness(&mut self, id: u64) -> &mut Witness {
+        self.witnesses
+            .iter_mut()
+            .find(|w| w.id == id)
+            .expect("known witness")
+    }
+
+    pub async fn stop(mut self) {
+        for w in &mut self.witnesses {
+            w.kill().await;
+        }
+    }
+}
+
+pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}"))
+}
+
+pub async fn status(client: &Client) -> proto::StatusReply {
+    client
+        .call(|mut c| async move {
+            c.status(proto::StatusRequest {
+                local: false,
+                audit_limit: 100,
+            })
+            .await
+        })
+        .await
+        .expect("status")
+}
+
+pub async fn failover(
+    client: &Client,
+    group: &str,
+    to: &str,
+) -> Result<proto::DecisionReply, arbiter::client::ClientError> {
+    let req = proto::FailoverRequest {
+        group: group.into(),
+        to: to.into(),
+        reason: "test".into(),
+        request_id: arbiter::api::new_request_id(),
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.failover(req).await }
+        })
+        .await
+}
