@@ -161,3 +161,134 @@ async fn leader_loss_and_full_restart_keep_every_acknowledged_decision() {
     assert!(s.audit.iter().filter(|a| a.kind == "failover").count() == 2);
     cluster.stop().await;
 }
+
+/// Goal: a cluster is initialised exactly once. A second `init`, through any witness, is
+/// refused with `already-initialized` and the cluster id does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_initialisation_is_refused() {
+    let cluster = Cluster::start(3).await;
+    let cluster_id = cluster.init_with_policy().await;
+    for i in 0..3 {
+        let e = cluster
+            .client_of(i)
+            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
+            .await
+            .expect_err("second init must be refused");
+        assert_eq!(e.kind, "already-initialized", "{e}");
+    }
+    assert_eq!(status(&cluster.client()).await.cluster_id, cluster_id);
+    cluster.stop().await;
+}
+
+/// Goal: a witness restarted with a wiped data dir under its old id is refused, because it
+/// would vote again with no memory of its earlier vote. Method: kill a follower, delete its
+/// data dir, start it again: start-up fails naming the cause; the cluster keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_wiped_data_dir_is_refused() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let leader = cluster.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    let config = cluster.witness(victim).config.clone();
+    let leader_consensus = cluster.witness(leader).node().consensus.clone();
+    eventually("the leader sees the victim's replicated index", || async {
+        let view = leader_consensus.view();
+        view.members.iter().find(|m| m.id == victim).and_then(|m| m.matched_index).filter(|i| *i > 0)
+    })
+    .await;
+
+    tracing::info!(victim, "--- wipe the data dir and restart");
+    cluster.witness(victim).kill().await;
+    std::fs::remove_dir_all(&config.data_dir).unwrap();
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let err = match arbiter::node::Node::start(config, listener, std::future::pending()).await {
+        Ok(_) => panic!("a witness with a wiped data dir must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("data was lost"), "{err}");
+    assert!(err.contains("members remove"), "the error says what to do: {err}");
+
+    tracing::info!("--- the remaining majority still commits");
+    failover(&cluster.client(), "checkout", "region-b").await.expect("failover with two witnesses");
+    cluster.stop().await;
+}
+
+/// Goal: only holders of a certificate from the cluster CA can talk to a witness, as a peer
+/// (Raft service) or as a client (public API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_clients_with_another_ca_are_refused() {
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = arbiter::certs::init_dev_certs(other_dir.path(), 1, &[], false).unwrap();
+    let target = cluster.witnesses[0].addr.to_string();
+    let hello = |paths: arbiter::tls::TlsPaths| {
+        let target = target.clone();
+        async move {
+            let material = arbiter::tls::TlsMaterial::load(&paths).unwrap();
+            let network = arbiter::raft::Network::new(material.client_config(None), std::time::Duration::from_secs(5));
+            let channel = network.channel(&target).unwrap();
+            arbiter::proto::raft_client::RaftClient::new(channel)
+                .hello(proto::HelloRequest { node_id: 9 })
+                .await
+        }
+    };
+
+    tracing::info!("--- a peer certificate from the cluster CA is accepted");
+    hello(cluster.certs.nodes[1].clone()).await.expect("cluster peer is served");
+
+    tracing::info!("--- a peer certificate from another CA is refused");
+    hello(other.nodes[0].clone()).await.expect_err("foreign peer must be refused");
+
+    tracing::info!("--- a client certificate from another CA is refused");
+    let foreign = arbiter::client::Client::new(cluster.addrs(), &other.client).unwrap();
+    let e = foreign
+        .call(|mut c| async move { c.status(proto::StatusRequest::default()).await })
+        .await
+        .expect_err("foreign client must be refused");
+    assert_ne!(e.kind, "not-leader", "{e}");
+    cluster.stop().await;
+}
+
+/// Goal: an invalid policy submitted through the API is refused with the key named and
+/// changes nothing; `--dry-run` shows the diff and commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_policy_is_refused_and_dry_run_commits_nothing() {
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let client = cluster.client();
+    let apply = |toml: String, dry_run: bool| {
+        let client = client.clone();
+        async move {
+            let req = proto::PolicyApplyRequest { toml, dry_run, if_version: 0, request_id: String::new() };
+            client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.policy_apply(req).await }
+                })
+                .await
+        }
+    };
+    let bad = [
+        ("[[regions]\n".to_string(), "line 1"),
+        (format!("{POLICY}\nflavour = 1\n"), "flavour"),
+        (format!("{POLICY}\n[[regions]]\nname = \"region-a\"\n"), "regions[3].name"),
+        (POLICY.replace(r#"["region-a", "region-b"]"#, r#"["region-a"]"#), "groups[0].candidates"),
+        (
+            format!("{POLICY}\n[hooks.page]\nkind = \"http\"\nurl = \"https://example.invalid/\"\nsecret = {{ file = \"/nonexistent/secret\" }}\n"),
+            "hooks.page.secret.file",
+        ),
+    ];
+    for (toml, needle) in bad {
+        let e = apply(toml, false).await.expect_err("invalid policy must be refused");
+        assert_eq!(e.kind, "invalid-policy", "{e}");
+        assert!(e.message.contains(needle), "error names {needle:?}: {e}");
+    }
+    let dry = apply(POLICY.replace("mode = \"manual\"", "mode = \"auto\""), true).await.expect("dry run");
+    assert!(!dry.applied);
+    assert_eq!(dry.diff, "~ group checkout: mode manual -> auto\n");
+    let s = status(&client).await;
+    assert_eq!(s.policy_version, 1, "nothing was committed");
+    assert_eq!(s.groups.iter().find(|g| g.name == "checkout").unwrap().mode, "manual");
+    cluster.stop().await;
+}

@@ -30,6 +30,9 @@ const SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
 /// log instead of a snapshot.
 const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
 
+/// How long `members add` waits for a new witness to catch up as a learner before giving up.
+const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why a consensus call did not succeed. `NotLeader` and `Unavailable` are definite: the
 /// command was not applied. `Indeterminate` means it may or may not be applied: retry with
 /// the same request id.
@@ -322,10 +325,17 @@ impl Consensus {
         addr: String,
         site: String,
     ) -> Result<(), ConsensusError> {
-        self.raft
-            .add_learner(id, WitnessNode { addr, site }, true)
-            .await
-            .map_err(|e| self.write_error(e))?;
+        let add = self.raft.add_learner(id, WitnessNode { addr: addr.clone(), site }, true);
+        match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, add).await {
+            Ok(result) => result.map_err(|e| self.write_error(e))?,
+            Err(_) => {
+                return Err(ConsensusError::Membership(format!(
+                    "witness {id} at {addr} did not catch up within {LEARNER_CATCH_UP_TIMEOUT:?}; it stays a learner \
+                     (no vote). Check it is running and presents a certificate from the cluster CA, then add it \
+                     again, or remove it with `arbiter members remove --id {id}`"
+                )))
+            }
+        };
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await

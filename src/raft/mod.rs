@@ -34,3 +34,35 @@ impl ReplicatedState for crate::state::ClusterState {
         crate::state::ClusterState::apply(self, index, cmd)
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    //! openraft's storage conformance suite against the redb store with arbiter's own type
+    //! configuration and state machine (the generic store is also checked in
+    //! tests/storage_conformance.rs with a toy state).
+
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    use super::store::{self, LogStore, StateMachineStore};
+    use super::types::TypeConfig;
+    use crate::state::ClusterState;
+
+    type Log = LogStore<TypeConfig>;
+    type Sm = StateMachineStore<TypeConfig, ClusterState>;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, Log, Sm, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, Log, Sm), StorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (log, sm) = store::open::<TypeConfig, ClusterState>(dir.path()).expect("store opens");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite_passes_with_arbiter_types() -> Result<(), StorageError<TypeConfig>> {
+        Suite::test_all(Builder).await
+    }
+}
