@@ -193,7 +193,11 @@ async fn restart_with_wiped_data_dir_is_refused() {
     let leader_consensus = cluster.witness(leader).node().consensus.clone();
     eventually("the leader sees the victim's replicated index", || async {
         let view = leader_consensus.view();
-        view.members.iter().find(|m| m.id == victim).and_then(|m| m.matched_index).filter(|i| *i > 0)
+        view.members
+            .iter()
+            .find(|m| m.id == victim)
+            .and_then(|m| m.matched_index)
+            .filter(|i| *i > 0)
     })
     .await;
 
@@ -206,10 +210,15 @@ async fn restart_with_wiped_data_dir_is_refused() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("data was lost"), "{err}");
-    assert!(err.contains("members remove"), "the error says what to do: {err}");
+    assert!(
+        err.contains("members remove"),
+        "the error says what to do: {err}"
+    );
 
     tracing::info!("--- the remaining majority still commits");
-    failover(&cluster.client(), "checkout", "region-b").await.expect("failover with two witnesses");
+    failover(&cluster.client(), "checkout", "region-b")
+        .await
+        .expect("failover with two witnesses");
     cluster.stop().await;
 }
 
@@ -226,7 +235,10 @@ async fn peers_and_clients_with_another_ca_are_refused() {
         let target = target.clone();
         async move {
             let material = arbiter::tls::TlsMaterial::load(&paths).unwrap();
-            let network = arbiter::raft::Network::new(material.client_config(None), std::time::Duration::from_secs(5));
+            let network = arbiter::raft::Network::new(
+                material.client_config(None),
+                std::time::Duration::from_secs(5),
+            );
             let channel = network.channel(&target).unwrap();
             arbiter::proto::raft_client::RaftClient::new(channel)
                 .hello(proto::HelloRequest { node_id: 9 })
@@ -235,10 +247,14 @@ async fn peers_and_clients_with_another_ca_are_refused() {
     };
 
     tracing::info!("--- a peer certificate from the cluster CA is accepted");
-    hello(cluster.certs.nodes[1].clone()).await.expect("cluster peer is served");
+    hello(cluster.certs.nodes[1].clone())
+        .await
+        .expect("cluster peer is served");
 
     tracing::info!("--- a peer certificate from another CA is refused");
-    hello(other.nodes[0].clone()).await.expect_err("foreign peer must be refused");
+    hello(other.nodes[0].clone())
+        .await
+        .expect_err("foreign peer must be refused");
 
     tracing::info!("--- a client certificate from another CA is refused");
     let foreign = arbiter::client::Client::new(cluster.addrs(), &other.client).unwrap();
@@ -260,7 +276,12 @@ async fn invalid_policy_is_refused_and_dry_run_commits_nothing() {
     let apply = |toml: String, dry_run: bool| {
         let client = client.clone();
         async move {
-            let req = proto::PolicyApplyRequest { toml, dry_run, if_version: 0, request_id: String::new() };
+            let req = proto::PolicyApplyRequest {
+                toml,
+                dry_run,
+                if_version: 0,
+                request_id: String::new(),
+            };
             client
                 .call(|mut c| {
                     let req = req.clone();
@@ -280,15 +301,22 @@ async fn invalid_policy_is_refused_and_dry_run_commits_nothing() {
         ),
     ];
     for (toml, needle) in bad {
-        let e = apply(toml, false).await.expect_err("invalid policy must be refused");
+        let e = apply(toml, false)
+            .await
+            .expect_err("invalid policy must be refused");
         assert_eq!(e.kind, "invalid-policy", "{e}");
         assert!(e.message.contains(needle), "error names {needle:?}: {e}");
     }
-    let dry = apply(POLICY.replace("mode = \"manual\"", "mode = \"auto\""), true).await.expect("dry run");
+    let dry = apply(POLICY.replace("mode = \"manual\"", "mode = \"auto\""), true)
+        .await
+        .expect("dry run");
     assert!(!dry.applied);
     assert_eq!(dry.diff, "~ group checkout: mode manual -> auto\n");
     let s = status(&client).await;
     assert_eq!(s.policy_version, 1, "nothing was committed");
-    assert_eq!(s.groups.iter().find(|g| g.name == "checkout").unwrap().mode, "manual");
+    assert_eq!(
+        s.groups.iter().find(|g| g.name == "checkout").unwrap().mode,
+        "manual"
+    );
     cluster.stop().await;
 }

@@ -325,7 +325,14 @@ impl Consensus {
         addr: String,
         site: String,
     ) -> Result<(), ConsensusError> {
-        let add = self.raft.add_learner(id, WitnessNode { addr: addr.clone(), site }, true);
+        let add = self.raft.add_learner(
+            id,
+            WitnessNode {
+                addr: addr.clone(),
+                site,
+            },
+            true,
+        );
         match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, add).await {
             Ok(result) => result.map_err(|e| self.write_error(e))?,
             Err(_) => {

@@ -56,13 +56,15 @@ mod conformance {
     impl StoreBuilder<TypeConfig, Log, Sm, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, Log, Sm), StorageError<TypeConfig>> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let (log, sm) = store::open::<TypeConfig, ClusterState>(dir.path()).expect("store opens");
+            let (log, sm) =
+                store::open::<TypeConfig, ClusterState>(dir.path()).expect("store opens");
             Ok((dir, log, sm))
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn openraft_storage_suite_passes_with_arbiter_types() -> Result<(), StorageError<TypeConfig>> {
+    async fn openraft_storage_suite_passes_with_arbiter_types(
+    ) -> Result<(), StorageError<TypeConfig>> {
         Suite::test_all(Builder).await
     }
 }

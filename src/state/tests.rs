@@ -83,7 +83,8 @@ fn failover_bumps_epoch_once_and_is_audited() {
 
 #[test]
 fn refusals_change_nothing() {
-    let cases: Vec<(Command, fn(&Refusal) -> bool)> = vec![
+    type IsExpected = fn(&Refusal) -> bool;
+    let cases: Vec<(Command, IsExpected)> = vec![
         (
             Command::Failover {
                 group: "nope".into(),
