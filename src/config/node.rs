@@ -30,6 +30,35 @@ struct RawNode {
     peers: Vec<RawPeer>,
     #[serde(default)]
     timing: RawTiming,
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+/// Log compaction. Defaults keep restart replay short and let a briefly lagging peer catch
+/// up from the log instead of a snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    snapshot_every_entries: u64,
+    log_keep_after_snapshot: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            snapshot_every_entries: 1_000,
+            log_keep_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Validated log compaction settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Storage {
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log after a snapshot.
+    pub log_keep_after_snapshot: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +137,7 @@ pub struct NodeConfig {
     /// check at start.
     pub peers: Vec<Peer>,
     pub timing: Timing,
+    pub storage: Storage,
 }
 
 impl NodeConfig {
@@ -212,7 +242,27 @@ impl NodeConfig {
                 "must be between 1 and election_timeout_min_ms",
             ));
         }
+        /// Bounds: at least one entry between snapshots; at most a million, so restart replay
+        /// and the log on disk stay bounded.
+        const ENTRIES_MAX: u64 = 1_000_000;
+        let st = raw.storage;
+        if !(1..=ENTRIES_MAX).contains(&st.snapshot_every_entries) {
+            return Err(ConfigError::new(
+                "storage.snapshot_every_entries",
+                format!("{} is outside 1..={ENTRIES_MAX}", st.snapshot_every_entries),
+            ));
+        }
+        if st.log_keep_after_snapshot > ENTRIES_MAX {
+            return Err(ConfigError::new(
+                "storage.log_keep_after_snapshot",
+                format!("{} is more than {ENTRIES_MAX}", st.log_keep_after_snapshot),
+            ));
+        }
         Ok(NodeConfig {
+            storage: Storage {
+                snapshot_every_entries: st.snapshot_every_entries,
+                log_keep_after_snapshot: st.log_keep_after_snapshot,
+            },
             id: raw.id,
             site: raw.site,
             data_dir: resolve(raw.data_dir),

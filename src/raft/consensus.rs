@@ -24,12 +24,6 @@ use crate::state::{ClusterState, Proposal, Response};
 pub(crate) type ArbiterRaft =
     openraft::Raft<TypeConfig, StateMachineStore<TypeConfig, ClusterState>>;
 
-/// Snapshot after this many log entries since the last one: keeps restart replay short.
-const SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
-/// Entries kept in the log after a snapshot, so a briefly lagging peer catches up from the
-/// log instead of a snapshot.
-const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
-
 /// How long `members add` waits for a new witness to catch up as a learner before giving up.
 const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -86,6 +80,8 @@ pub struct ClusterView {
     pub term: u64,
     pub leader: Option<u64>,
     pub applied_index: u64,
+    /// Highest log index removed from this witness's log after a snapshot.
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberView>,
 }
 
@@ -116,8 +112,10 @@ impl Consensus {
             heartbeat_interval: t.heartbeat.as_millis() as u64,
             election_timeout_min: t.election_timeout_min.as_millis() as u64,
             election_timeout_max: t.election_timeout_max.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-            max_in_snapshot_log_to_keep: LOG_KEEP_AFTER_SNAPSHOT,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                config.storage.snapshot_every_entries,
+            ),
+            max_in_snapshot_log_to_keep: config.storage.log_keep_after_snapshot,
             // Snapshots stream over WAN links: allow several election timeouts.
             install_snapshot_timeout: 10 * t.election_timeout_max.as_millis() as u64,
             enable_pre_vote: Some(true),
@@ -258,6 +256,7 @@ impl Consensus {
             term: m.current_term,
             leader: m.current_leader,
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index),
             members,
         }
     }

@@ -178,6 +178,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` witnesses (not yet initialised).
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, "").await
+    }
+
+    /// Starts `n` witnesses whose node files end with `extra` (TOML tables).
+    pub async fn start_with(n: usize, extra: &str) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let certs = init_dev_certs(&dir.path().join("certs"), n as u32, &[], false).unwrap();
@@ -190,7 +195,7 @@ impl Cluster {
         drop(listeners);
         let mut witnesses = Vec::new();
         for id in 1..=n as u64 {
-            let config = Self::config(dir.path(), &certs, id, &addrs);
+            let config = Self::config(dir.path(), &certs, id, &addrs, extra);
             witnesses.push(Witness::start(config).await);
         }
         Cluster {
@@ -200,9 +205,15 @@ impl Cluster {
         }
     }
 
-    pub fn config(dir: &Path, certs: &DevCerts, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
+    pub fn config(
+        dir: &Path,
+        certs: &DevCerts,
+        id: u64,
+        addrs: &[SocketAddr],
+        extra: &str,
+    ) -> NodeConfig {
         let data = dir.join(format!("node-{id}"));
-        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1]);
+        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1]) + extra;
         NodeConfig::parse("node.toml", &text, dir).expect("valid node file")
     }
 
