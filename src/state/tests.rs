@@ -81,9 +81,12 @@ fn failover_bumps_epoch_once_and_is_audited() {
     );
 }
 
+/// A command and a predicate on the refusal it must get.
+type RefusalCase = (Command, fn(&Refusal) -> bool);
+
 #[test]
 fn refusals_change_nothing() {
-    let cases: Vec<(Command, fn(&Refusal) -> bool)> = vec![
+    let cases: Vec<RefusalCase> = vec![
         (
             Command::Failover {
                 group: "nope".into(),
