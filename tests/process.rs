@@ -281,8 +281,9 @@ impl Cluster {
         }
     }
 
-    /// Three witnesses started, initialised with `arbiter init`, a leader elected and
-    /// [`POLICY`] committed as version 1.
+    /// [`Cluster::prepare`]s `n` witnesses, of which the initial three are started,
+    /// initialised with `arbiter init`, have elected a leader and committed [`POLICY`] as
+    /// version 1.
     fn three_with_policy(n: usize) -> Cluster {
         let mut c = Cluster::prepare(n);
         for id in 1..=INITIAL_WITNESSES {
