@@ -11,6 +11,8 @@
 //!   stores, and the gRPC network between witnesses. openraft types never leave this module.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
+//! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a
+//!   deadline and bounded output, and reads the lag an `rpo-check` hook reports.
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
 //!   client configurations, and the peer identity of a request.
@@ -22,6 +24,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod hooks;
 pub mod node;
 pub mod raft;
 pub mod state;

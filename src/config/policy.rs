@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -246,12 +246,7 @@ impl Policy {
                     timeout_ms,
                     ..
                 } => {
-                    if !program.is_absolute() {
-                        return Err(ConfigError::new(
-                            format!("{key}.program"),
-                            "must be an absolute path",
-                        ));
-                    }
+                    check_program(&format!("{key}.program"), program)?;
                     check_timeout(&key, *timeout_ms)?;
                 }
                 Hook::Http {
@@ -422,6 +417,36 @@ impl Policy {
     }
 }
 
+/// An `exec` hook's program must be an absolute path to an executable regular file on the
+/// witness that validates the policy, so a typo is refused now rather than during a
+/// failover. (Every witness that may become leader needs it at the same path.)
+fn check_program(key: &str, program: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    /// Any of the owner, group and other execute bits.
+    const MODE_EXECUTE_ANY: u32 = 0o111;
+    if !program.is_absolute() {
+        return Err(ConfigError::new(key, "must be an absolute path"));
+    }
+    let shown = program.display();
+    let meta = std::fs::metadata(program).map_err(|e| {
+        ConfigError::new(key, format!("{shown} cannot be used on this witness: {e}"))
+    })?;
+    if !meta.is_file() {
+        return Err(ConfigError::new(
+            key,
+            format!("{shown} is not a regular file"),
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & MODE_EXECUTE_ANY == 0 {
+        return Err(ConfigError::new(
+            key,
+            format!("{shown} is not executable (mode {:o})", mode & 0o7777),
+        ));
+    }
+    Ok(())
+}
+
 fn check_timeout(key: &str, timeout_ms: u64) -> Result<(), ConfigError> {
     /// A hook that needs more than 10 minutes should report progress another way.
     const HOOK_TIMEOUT_MS_MAX: u64 = 600_000;
@@ -507,6 +532,43 @@ mode = "manual"
         let e = err(&src);
         assert_eq!(e.key, "hooks.notify.secret.file");
         assert!(e.reason.contains("/nonexistent/arbiter-secret"), "{e}");
+    }
+
+    fn exec_hook(program: &str) -> String {
+        format!("{GOOD}\n[hooks.fence-db]\nkind = \"exec\"\nprogram = \"{program}\"\n")
+    }
+
+    /// Goal: an exec hook's program is checked on the validating witness, so a typo or a
+    /// missing execute bit is refused with the key, not discovered during a failover.
+    #[test]
+    fn exec_hook_program_must_exist_and_be_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fence.sh");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        let script_str = script.to_str().unwrap();
+
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = err(&exec_hook(script_str));
+        assert_eq!(e.key, "hooks.fence-db.program");
+        assert!(e.reason.contains("not executable"), "{e}");
+
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Policy::parse("policy.toml", &exec_hook(script_str)).unwrap();
+        assert!(matches!(p.hooks["fence-db"], Hook::Exec { .. }));
+
+        let missing = dir.path().join("no-such-program");
+        let e = err(&exec_hook(missing.to_str().unwrap()));
+        assert_eq!(e.key, "hooks.fence-db.program");
+        assert!(e.reason.contains("no-such-program"), "{e}");
+
+        let e = err(&exec_hook(dir.path().to_str().unwrap()));
+        assert_eq!(e.key, "hooks.fence-db.program");
+        assert!(e.reason.contains("not a regular file"), "{e}");
+
+        let e = err(&exec_hook("bin/fence.sh"));
+        assert_eq!(e.key, "hooks.fence-db.program");
+        assert!(e.reason.contains("absolute"), "{e}");
     }
 
     #[test]

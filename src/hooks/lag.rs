@@ -1,0 +1,126 @@
+//! The replication lag an `rpo-check` hook reports: the last JSON object in its output, such
+//! as `{"lag_ms": 1200, "lag_bytes": 4096}`.
+//!
+//! This module owns reading that report. It must never guess: a report that is missing,
+//! malformed or has neither field is no report (`None`), so the step cannot pass on it.
+
+use serde::Deserialize;
+
+/// Replication lag of the target region, as its hook measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// How far behind the target is in time, in milliseconds.
+    pub ms: Option<u64>,
+    /// How far behind the target is in replicated data, in bytes.
+    pub bytes: Option<u64>,
+}
+
+/// The report as written by the hook; other fields (a note, a database name) are allowed.
+#[derive(Deserialize)]
+struct Report {
+    #[serde(default)]
+    lag_ms: Option<u64>,
+    #[serde(default)]
+    lag_bytes: Option<u64>,
+}
+
+/// Reads the lag from a hook's output: the whole output if it is one JSON object (an HTTP
+/// body, possibly pretty-printed), otherwise its last line that starts with `{`, so a
+/// program may log before printing its report. Values must be non-negative integers.
+///
+/// Returns `None` when there is no such object, when it does not parse, when a field has
+/// another type, or when it has neither `lag_ms` nor `lag_bytes`.
+pub fn parse_lag(output: &str) -> Option<Lag> {
+    let trimmed = output.trim();
+    let report = match serde_json::from_str::<Report>(trimmed) {
+        Ok(report) => report,
+        Err(_) => {
+            let line = trimmed
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| line.starts_with('{'))?;
+            serde_json::from_str::<Report>(line).ok()?
+        }
+    };
+    if report.lag_ms.is_none() && report.lag_bytes.is_none() {
+        return None;
+    }
+    Some(Lag {
+        ms: report.lag_ms,
+        bytes: report.lag_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_fields_are_read() {
+        assert_eq!(
+            parse_lag(r#"{"lag_ms": 1200, "lag_bytes": 4096}"#),
+            Some(Lag {
+                ms: Some(1200),
+                bytes: Some(4096)
+            })
+        );
+    }
+
+    #[test]
+    fn either_field_may_be_missing() {
+        assert_eq!(
+            parse_lag(r#"{"lag_ms": 0}"#),
+            Some(Lag {
+                ms: Some(0),
+                bytes: None
+            })
+        );
+        assert_eq!(
+            parse_lag(r#"{"lag_bytes": 7, "replica": "db-b"}"#),
+            Some(Lag {
+                ms: None,
+                bytes: Some(7)
+            })
+        );
+    }
+
+    #[test]
+    fn pretty_printed_body_is_read() {
+        let body = "{\n  \"lag_ms\": 15,\n  \"lag_bytes\": 0\n}\n";
+        assert_eq!(
+            parse_lag(body),
+            Some(Lag {
+                ms: Some(15),
+                bytes: Some(0)
+            })
+        );
+    }
+
+    #[test]
+    fn last_json_line_after_log_lines_is_read() {
+        let out = "checking replica db-b\n{\"lag_ms\": 1}\nstill checking\n{\"lag_ms\": 2}\n";
+        assert_eq!(parse_lag(out).and_then(|l| l.ms), Some(2));
+    }
+
+    #[test]
+    fn no_report_is_none() {
+        assert_eq!(parse_lag(""), None);
+        assert_eq!(parse_lag("replica is fine"), None);
+        assert_eq!(parse_lag("{}"), None, "neither field: no report");
+        assert_eq!(parse_lag(r#"{"other": 1}"#), None);
+    }
+
+    #[test]
+    fn malformed_values_are_refused_not_guessed() {
+        assert_eq!(parse_lag(r#"{"lag_ms": -5}"#), None);
+        assert_eq!(parse_lag(r#"{"lag_ms": 1.5}"#), None);
+        assert_eq!(parse_lag(r#"{"lag_ms": "12"}"#), None);
+        assert_eq!(parse_lag(r#"{"lag_ms": 12"#), None, "cut short");
+        // The last report is malformed: an earlier good one must not be used instead.
+        assert_eq!(
+            parse_lag("{\"lag_ms\": 1}\n{\"lag_ms\": null, \"lag_bytes\": \"x\"}"),
+            None
+        );
+    }
+}
