@@ -9,6 +9,8 @@
 //! - [`state`]: the replicated state machine, pure (no I/O): groups, epochs, modes, audit log.
 //! - [`raft`]: openraft glue. Type configuration, the redb-backed log and state-machine
 //!   stores, and the gRPC network between witnesses. openraft types never leave this module.
+//! - [`health`]: region probes (specs, probe loop on each witness), the leader's table of
+//!   probe reports, and the pure quorum verdict (`up`, `down`, `unknown`) on each region.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
 //! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a
@@ -24,6 +26,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod hooks;
 pub mod node;
 pub mod raft;

@@ -1,0 +1,25 @@
+//! Region health: probe specifications, the witness's probes and probe loop, the leader's
+//! table of reports, and the pure quorum verdict (S7).
+//!
+//! Witnesses probe every region and report what they see; the leader keeps the latest report
+//! of each witness and judges each region by a majority of voters. This module decides
+//! nothing about failover and never touches replicated state: it only says `up`, `down` or
+//! `unknown`, with evidence, for the failover policy to act on.
+//!
+//! - [`spec`]: the TOML form of a probe and its validation.
+//! - [`probe`]: one probe, run once with its deadline.
+//! - [`prober`]: the per-region probe loop on a witness.
+//! - [`table`]: the leader's latest report per (region, witness).
+//! - [`verdict`]: the pure quorum rule.
+
+pub mod probe;
+pub mod prober;
+pub mod spec;
+pub mod table;
+pub mod verdict;
+
+pub use probe::{probe_once, ProbeResult};
+pub use prober::{Prober, RegionObservation};
+pub use spec::{ProbeSpec, ProbeTarget};
+pub use table::{RecordError, RegionSummary, ReportTable};
+pub use verdict::{verdict, Evidence, Observation, Seen, Verdict, WitnessEvidence};

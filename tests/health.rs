@@ -1,0 +1,489 @@
+//! Region probes against real loopback endpoints started by the tests: an HTTP server that
+//! can answer 200 or 503 and be stopped, a TCP listener that can be closed, a gRPC health
+//! server whose status can be set, and a listener that accepts but never answers. Then the
+//! probe loop: its state follows the endpoint down and back up.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbiter::health::{probe_once, ProbeSpec, ProbeTarget, Prober, RegionObservation};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use common::{eventually, init_tracing, DEADLINE};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// An HTTP endpoint on loopback whose `/health` answers the current status with body
+/// `ok` (200) or `degraded` (anything else), and counts requests.
+struct HttpEndpoint {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicU64>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl HttpEndpoint {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut endpoint = Self {
+            addr,
+            status: Arc::new(AtomicU16::new(200)),
+            hits: Arc::default(),
+            server: None,
+        };
+        endpoint.serve(listener);
+        endpoint
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        async fn health(
+            State((status, hits)): State<(Arc<AtomicU16>, Arc<AtomicU64>)>,
+        ) -> (StatusCode, &'static str) {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let code = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
+            (
+                code,
+                if code == StatusCode::OK {
+                    "ok"
+                } else {
+                    "degraded"
+                },
+            )
+        }
+        let app = axum::Router::new()
+            .route("/health", get(health))
+            .with_state((self.status.clone(), self.hits.clone()));
+        self.server = Some(tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        }));
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/health", self.addr)
+    }
+
+    fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Stops serving and closes the listening socket (the serve task owns it).
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Serves again on the same address.
+    async fn restart(&mut self) {
+        let listener = bind_retry(self.addr).await;
+        self.serve(listener);
+    }
+}
+
+/// Binding a just-closed port can fail briefly; retry within the deadline.
+async fn bind_retry(addr: SocketAddr) -> TcpListener {
+    eventually("re-bind the endpoint's port", || async move {
+        TcpListener::bind(addr).await.ok()
+    })
+    .await
+}
+
+/// A gRPC server with only `grpc.health.v1.Health`, plaintext or TLS.
+struct GrpcEndpoint {
+    addr: SocketAddr,
+    reporter: HealthReporter,
+    server: JoinHandle<()>,
+}
+
+impl GrpcEndpoint {
+    async fn start(tls: Option<ServerTlsConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
+        let router = builder.add_service(service);
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            reporter,
+            server,
+        }
+    }
+}
+
+/// A listener that accepts connections and never writes a byte.
+async fn silent_listener() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test opens a handful of connections.
+        while held.len() < 64 {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+fn http(url: &str) -> ProbeSpec {
+    ProbeSpec::new(ProbeTarget::Http {
+        url: url.into(),
+        expect_status: 200,
+        body_contains: None,
+        ca: None,
+    })
+}
+
+fn tcp(addr: SocketAddr) -> ProbeSpec {
+    ProbeSpec::new(ProbeTarget::Tcp {
+        addr: addr.to_string(),
+    })
+}
+
+fn grpc(addr: &str, service: &str, tls: bool, ca: Option<PathBuf>) -> ProbeSpec {
+    ProbeSpec::new(ProbeTarget::Grpc {
+        addr: addr.into(),
+        service: service.into(),
+        tls,
+        ca,
+    })
+}
+
+/// Runs one probe, bounded by the test deadline so a hung probe fails the test.
+async fn probe(spec: &ProbeSpec) -> arbiter::health::ProbeResult {
+    spec.validate("test").expect("test specs are valid");
+    tokio::time::timeout(DEADLINE, probe_once(spec))
+        .await
+        .expect("a probe ends within its timeout")
+}
+
+/// Goal: an HTTP probe passes only on the expected status and body, and fails when the
+/// server is gone. Method: one endpoint, switched between 200 and 503, then stopped.
+#[tokio::test]
+async fn http_probe_checks_status_and_body() {
+    init_tracing();
+    let mut endpoint = HttpEndpoint::start().await;
+
+    tracing::info!("--- 200 with the expected body");
+    let r = probe(&http(&endpoint.url())).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "200");
+    let with_body = |text: &str| {
+        let mut spec = http(&endpoint.url());
+        if let ProbeTarget::Http { body_contains, .. } = &mut spec.target {
+            *body_contains = Some(text.into());
+        }
+        spec
+    };
+    assert!(probe(&with_body("ok")).await.ok);
+
+    tracing::info!("--- 200 but the body lacks the text");
+    let r = probe(&with_body("all systems go")).await;
+    assert!(!r.ok);
+    assert!(r.detail.contains("body lacks"), "{r:?}");
+
+    tracing::info!("--- wrong status");
+    endpoint.set_status(503);
+    let r = probe(&http(&endpoint.url())).await;
+    assert!(!r.ok);
+    assert_eq!(r.detail, "status 503, expected 200");
+    let mut expect_503 = http(&endpoint.url());
+    if let ProbeTarget::Http { expect_status, .. } = &mut expect_503.target {
+        *expect_status = 503;
+    }
+    assert!(
+        probe(&expect_503).await.ok,
+        "the expected status is what counts"
+    );
+
+    tracing::info!("--- server stopped");
+    endpoint.stop().await;
+    let r = probe(&http(&endpoint.url())).await;
+    assert!(!r.ok);
+    assert!(r.detail.starts_with("connect:"), "{r:?}");
+}
+
+/// Goal: a TCP probe passes while the listener accepts and fails once it is closed.
+#[tokio::test]
+async fn tcp_probe_follows_the_listener() {
+    init_tracing();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = probe(&tcp(addr)).await;
+    assert!(r.ok, "{r:?}");
+
+    drop(listener);
+    let r = probe(&tcp(addr)).await;
+    assert!(!r.ok);
+    assert!(r.detail.starts_with("connect:"), "{r:?}");
+}
+
+/// Goal: a gRPC probe passes only on SERVING. Method: a tonic-health server set to
+/// NOT_SERVING and back, asked about the whole server, a named service and an unknown one;
+/// then the server stops.
+#[tokio::test]
+async fn grpc_probe_reads_the_serving_status() {
+    init_tracing();
+    let endpoint = GrpcEndpoint::start(None).await;
+    let addr = endpoint.addr.to_string();
+    endpoint
+        .reporter
+        .set_service_status("checkout", ServingStatus::Serving)
+        .await;
+
+    tracing::info!("--- serving");
+    let r = probe(&grpc(&addr, "", false, None)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "SERVING");
+    assert!(probe(&grpc(&addr, "checkout", false, None)).await.ok);
+
+    tracing::info!("--- not serving");
+    endpoint
+        .reporter
+        .set_service_status("checkout", ServingStatus::NotServing)
+        .await;
+    let r = probe(&grpc(&addr, "checkout", false, None)).await;
+    assert!(!r.ok);
+    assert_eq!(r.detail, "NOT_SERVING");
+    assert!(
+        probe(&grpc(&addr, "", false, None)).await.ok,
+        "only checkout changed"
+    );
+
+    tracing::info!("--- unknown service");
+    let r = probe(&grpc(&addr, "catalog", false, None)).await;
+    assert!(!r.ok);
+    assert!(r.detail.contains("NotFound"), "{r:?}");
+
+    tracing::info!("--- server stopped");
+    endpoint.server.abort();
+    let _ = endpoint.server.await;
+    let r = probe(&grpc(&addr, "", false, None)).await;
+    assert!(!r.ok, "{r:?}");
+}
+
+/// Goal: TLS probes trust exactly the configured CA. Method: a gRPC health server with a
+/// development certificate; probed over TLS with its CA (pass), without it (the system roots
+/// do not know the dev CA: fail), and in plaintext (fail). An https probe against the same
+/// listener checks reqwest's CA handling the same way.
+#[tokio::test]
+async fn tls_probes_trust_the_configured_ca() {
+    init_tracing();
+    arbiter::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = arbiter::certs::init_dev_certs(dir.path(), 1, &[], false).unwrap();
+    let node = &certs.nodes[0];
+    let identity = Identity::from_pem(
+        std::fs::read(&node.cert).unwrap(),
+        std::fs::read(&node.key).unwrap(),
+    );
+    let endpoint = GrpcEndpoint::start(Some(ServerTlsConfig::new().identity(identity))).await;
+    let addr = format!("localhost:{}", endpoint.addr.port());
+    let ca = Some(certs.ca_cert.clone());
+
+    tracing::info!("--- grpc over TLS");
+    let r = probe(&grpc(&addr, "", true, ca.clone())).await;
+    assert!(r.ok, "{r:?}");
+    let r = probe(&grpc(&addr, "", true, None)).await;
+    assert!(!r.ok, "a certificate from an unknown CA must fail: {r:?}");
+    assert!(r.detail.contains("UnknownIssuer"), "{r:?}");
+    let r = probe(&grpc(&addr, "", false, None)).await;
+    assert!(!r.ok, "plaintext against a TLS server must fail: {r:?}");
+
+    tracing::info!("--- https");
+    // tonic answers any HTTP/2 request with status 200 (the gRPC error is in the trailers),
+    // which is enough to show the TLS handshake succeeded.
+    let url = format!("https://{addr}/health");
+    let mut with_ca = http(&url);
+    if let ProbeTarget::Http { ca: c, .. } = &mut with_ca.target {
+        *c = ca.clone();
+    }
+    let r = probe(&with_ca).await;
+    assert!(r.ok, "{r:?}");
+    let r = probe(&http(&url)).await;
+    assert!(!r.ok, "a certificate from an unknown CA must fail: {r:?}");
+    assert!(r.detail.contains("UnknownIssuer"), "{r:?}");
+}
+
+/// Goal: an endpoint that accepts connections but never answers fails by the probe's
+/// timeout rather than hanging. Method: a silent listener probed over HTTP and gRPC.
+#[tokio::test]
+async fn silent_endpoint_fails_by_the_timeout() {
+    init_tracing();
+    let (addr, _task) = silent_listener().await;
+    for mut spec in [
+        http(&format!("http://{addr}/health")),
+        grpc(&addr.to_string(), "", false, None),
+    ] {
+        spec.timeout_ms = 300;
+        let r = probe(&spec).await;
+        assert!(!r.ok, "{r:?}");
+        assert!(r.detail.contains("timeout"), "{r:?}");
+        assert!(r.latency >= Duration::from_millis(300), "{r:?}");
+    }
+}
+
+/// Fast schedule for the probe loop tests.
+fn fast(mut spec: ProbeSpec) -> ProbeSpec {
+    spec.interval_ms = 100;
+    spec.timeout_ms = 80;
+    spec.jitter_ms = 20;
+    spec.validate("test").unwrap();
+    spec
+}
+
+fn region(prober: &Prober, name: &str) -> Option<RegionObservation> {
+    prober.snapshot().into_iter().find(|o| o.region == name)
+}
+
+/// Goal: the probe loop's state follows the endpoint: failing after it stops, passing after
+/// it returns, with `since` moved to each change. Method: one region probed over HTTP and
+/// TCP; the HTTP server stops and restarts on the same port. `since` must fall after the
+/// moment the change was caused (orderings only, no absolute timings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prober_state_follows_the_endpoint_down_and_back() {
+    init_tracing();
+    let mut endpoint = HttpEndpoint::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = listener.local_addr().unwrap();
+    let specs = BTreeMap::from([(
+        "region-a".to_string(),
+        vec![fast(http(&endpoint.url())), fast(tcp(tcp_addr))],
+    )]);
+    let prober = Prober::start(specs);
+
+    tracing::info!("--- passing");
+    let first = eventually("region-a passes", || async {
+        region(&prober, "region-a").filter(|o| o.ok)
+    })
+    .await;
+    assert!(
+        first.detail.contains("200") && first.detail.contains("connected"),
+        "{first:?}"
+    );
+
+    tracing::info!("--- the HTTP endpoint stops");
+    let stopped_at = Instant::now();
+    endpoint.stop().await;
+    let down = eventually("region-a fails", || async {
+        region(&prober, "region-a").filter(|o| !o.ok)
+    })
+    .await;
+    let since_down = Instant::now() - down.since_age;
+    assert!(
+        since_down >= stopped_at,
+        "since moved to the failure: {down:?}"
+    );
+    assert!(
+        down.detail.contains("connect:"),
+        "only the failing probe is named: {down:?}"
+    );
+    assert!(!down.detail.contains("connected"), "{down:?}");
+
+    tracing::info!("--- it fails continuously: since does not move");
+    eventually("a few more probe rounds", || async {
+        let o = region(&prober, "region-a")?;
+        // Rounds are 100-120 ms apart; wait for several so `since` would have moved if it
+        // were reset on every failing round.
+        (o.since_age >= Duration::from_millis(500)).then_some(())
+    })
+    .await;
+    let still = region(&prober, "region-a").unwrap();
+    assert!(!still.ok);
+    let since_still = Instant::now() - still.since_age;
+    // Both `since` values come from subtracting ages from separate clock reads; allow the
+    // millisecond rounding of neither: they must be the same instant within a round.
+    assert!(
+        since_still <= since_down + Duration::from_millis(50),
+        "{since_still:?} vs {since_down:?}"
+    );
+
+    tracing::info!("--- the endpoint returns");
+    let restarted_at = Instant::now();
+    endpoint.restart().await;
+    let up = eventually("region-a passes again", || async {
+        region(&prober, "region-a").filter(|o| o.ok)
+    })
+    .await;
+    assert!(Instant::now() - up.since_age >= restarted_at, "{up:?}");
+
+    prober.stop().await;
+    drop(listener);
+}
+
+/// Goal: `update` replaces the schedule and dropping the prober stops probing. Method: an
+/// HTTP endpoint counts requests; a region is added, changed, removed; after the prober is
+/// dropped the count stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prober_update_and_drop_stop_probing() {
+    init_tracing();
+    let endpoint = HttpEndpoint::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = listener.local_addr().unwrap();
+    let mut prober = Prober::start(BTreeMap::from([(
+        "region-a".to_string(),
+        vec![fast(tcp(tcp_addr))],
+    )]));
+    eventually("region-a observed", || async {
+        region(&prober, "region-a")
+    })
+    .await;
+    assert_eq!(endpoint.hits.load(Ordering::SeqCst), 0);
+
+    tracing::info!("--- add region-b probing the HTTP endpoint");
+    prober.update(BTreeMap::from([
+        ("region-a".to_string(), vec![fast(tcp(tcp_addr))]),
+        ("region-b".to_string(), vec![fast(http(&endpoint.url()))]),
+    ]));
+    eventually("region-b observed", || async {
+        region(&prober, "region-b").filter(|o| o.ok)
+    })
+    .await;
+    assert!(
+        region(&prober, "region-a").is_some(),
+        "unchanged region keeps its state"
+    );
+
+    tracing::info!("--- remove region-a");
+    prober.update(BTreeMap::from([(
+        "region-b".to_string(),
+        vec![fast(http(&endpoint.url()))],
+    )]));
+    let regions: Vec<String> = prober.snapshot().into_iter().map(|o| o.region).collect();
+    assert_eq!(regions, ["region-b"]);
+
+    tracing::info!("--- drop the prober: no more requests");
+    drop(prober);
+    // Let any probe that was in flight when the task was aborted land, then check the count
+    // holds still across many intervals.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_drop = endpoint.hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(endpoint.hits.load(Ordering::SeqCst), after_drop);
+    drop(listener);
+}
