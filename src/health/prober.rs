@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::probe::{Probe, ProbeResult, DETAIL_BYTES_MAX};
-use super::spec::{ProbeSpec, PROBES_PER_REGION_MAX};
+use super::spec::{ProbeSpec, INTERVAL_MS_MIN, PROBES_PER_REGION_MAX};
 use super::table::TABLE_REGIONS_MAX;
 
 /// What this witness currently sees of one region, ready to report to the leader.
@@ -226,7 +226,9 @@ async fn run_region(region: String, specs: Vec<ProbeSpec>, slot: Slot) {
         for (&i, result) in ready.iter().zip(results) {
             latest[i] = Some(result);
             let spec = probes[i].spec();
-            next_due[i] = round + spec.interval() + jitter(spec.jitter_ms);
+            // Clamped so an unvalidated spec (interval 0) cannot turn this into a busy loop.
+            let interval = spec.interval().max(Duration::from_millis(INTERVAL_MS_MIN));
+            next_due[i] = round + interval + jitter(spec.jitter_ms);
         }
         if latest.iter().all(Option::is_some) {
             let results: Vec<(&ProbeSpec, &ProbeResult)> = probes
