@@ -68,7 +68,8 @@ enum Cmd {
     },
     /// Stream state changes as they are applied (one JSON object per line).
     Watch(Conn),
-    /// Make REGION the active region of GROUP (epoch + 1).
+    /// Fail GROUP over to REGION: revoke, fence, rpo-check, promote, activate (epoch + 1),
+    /// dns, validate. Waits for the operation and prints each step as it completes.
     Failover {
         #[command(flatten)]
         conn: Conn,
@@ -77,6 +78,66 @@ enum Cmd {
         to: String,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Move GROUP back to a higher-priority region (its first candidate by default).
+    Failback {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        #[arg(long, default_value = "")]
+        to: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Let an operation waiting for approval run, or accept a halted rpo-check.
+    Approve {
+        #[command(flatten)]
+        conn: Conn,
+        operation: u64,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Run a halted operation's step again.
+    Retry {
+        #[command(flatten)]
+        conn: Conn,
+        operation: u64,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Skip a halted operation's step (rpo-check, promote, dns or validate only).
+    Skip {
+        #[command(flatten)]
+        conn: Conn,
+        operation: u64,
+        #[arg(long)]
+        step: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Abort an operation before activation: the old region stays active.
+    Abort {
+        #[command(flatten)]
+        conn: Conn,
+        operation: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Running, halted and past operations with their steps.
+    Operations {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this group.
+        #[arg(long, default_value = "")]
+        group: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
     },
     /// Set a group's mode: auto, manual or frozen.
     Mode {
@@ -160,6 +221,17 @@ enum CertsCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Whether to wait for an operation to finish.
+#[derive(Args, Debug, Clone)]
+struct Wait {
+    /// Return once the operation is declared instead of waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this many seconds (the operation goes on).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
 }
 
 /// How to reach the cluster.
@@ -346,6 +418,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             group,
             to,
             reason,
+            wait,
         } => {
             let client = conn.client()?;
             let req = proto::FailoverRequest {
@@ -360,11 +433,122 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                     async move { c.failover(req).await }
                 })
                 .await?;
-            let g = reply.group.unwrap_or_default();
+            follow(&client, reply, &wait).await
+        }
+        Cmd::Failback {
+            conn,
+            group,
+            to,
+            reason,
+            wait,
+        } => {
+            let client = conn.client()?;
+            let req = proto::FailoverRequest {
+                group,
+                to,
+                reason,
+                request_id: crate::api::new_request_id(),
+            };
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.failback(req).await }
+                })
+                .await?;
+            follow(&client, reply, &wait).await
+        }
+        Cmd::Approve {
+            conn,
+            operation,
+            wait,
+        } => {
+            let client = conn.client()?;
+            let req = action(operation, "", "");
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.approve(req).await }
+                })
+                .await?;
+            follow(&client, reply, &wait).await
+        }
+        Cmd::Retry {
+            conn,
+            operation,
+            wait,
+        } => {
+            let client = conn.client()?;
+            let req = action(operation, "", "");
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.retry(req).await }
+                })
+                .await?;
+            follow(&client, reply, &wait).await
+        }
+        Cmd::Skip {
+            conn,
+            operation,
+            step,
+            wait,
+        } => {
+            let client = conn.client()?;
+            let req = action(operation, &step, "");
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.skip(req).await }
+                })
+                .await?;
+            follow(&client, reply, &wait).await
+        }
+        Cmd::Abort {
+            conn,
+            operation,
+            reason,
+        } => {
+            let client = conn.client()?;
+            let req = action(operation, "", &reason);
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.abort(req).await }
+                })
+                .await?;
+            let op = reply.operation.unwrap_or_default();
             println!(
-                "{}: active {} at epoch {} (log index {})",
-                g.name, g.active, g.epoch, reply.log_index
+                "operation {} aborted: {} stays active at epoch {}",
+                op.id, op.from, op.from_epoch
             );
+            Ok(())
+        }
+        Cmd::Operations {
+            conn,
+            group,
+            limit,
+            json,
+        } => {
+            let client = conn.client()?;
+            let req = proto::OperationsRequest {
+                group,
+                limit,
+                active_only: false,
+            };
+            let reply = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.operations(req).await }
+                })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(reply.operations.iter().map(operation_json).collect())
+                );
+            } else {
+                print!("{}", operations_table(&reply.operations));
+            }
             Ok(())
         }
         Cmd::Mode {
@@ -549,6 +733,148 @@ async fn members(cmd: MembersCmd) -> Result<(), Failure> {
     let _ = conn;
     print!("{}", witness_table(&reply.witnesses));
     Ok(())
+}
+
+fn action(operation: u64, step: &str, reason: &str) -> proto::OperationAction {
+    proto::OperationAction {
+        operation,
+        step: step.to_string(),
+        reason: reason.to_string(),
+        request_id: crate::api::new_request_id(),
+    }
+}
+
+/// Prints an operation's steps as they complete until it is done, aborted, halted or
+/// waiting for approval, or until the wait times out. Exit: 0 done (or not waiting),
+/// 1 halted, aborted or timed out.
+async fn follow(client: &Client, reply: proto::OperationReply, wait: &Wait) -> Result<(), Failure> {
+    /// How often the operation is polled while waiting.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+    let mut op = reply.operation.unwrap_or_default();
+    println!(
+        "operation {} ({}) of {}: {} -> {}, epoch {} -> {} [{}]",
+        op.id, op.kind, op.group, op.from, op.to, op.from_epoch, op.to_epoch, op.state
+    );
+    if wait.no_wait {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut printed = 0;
+    loop {
+        for s in op.steps.iter().skip(printed) {
+            println!(
+                "  {:>7.1}s  {:<10} {:<9} {}",
+                started.elapsed().as_secs_f64(),
+                s.step,
+                s.outcome,
+                s.detail.lines().next().unwrap_or("")
+            );
+        }
+        printed = op.steps.len();
+        match op.state.as_str() {
+            "done" => {
+                println!("done: {} active at epoch {} after {:.1}s", op.to, op.to_epoch, started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            "aborted" => {
+                return Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!("operation {} aborted: {}", op.id, op.error),
+                })
+            }
+            "halted" => {
+                return Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!(
+                        "operation {} halted at {}: {}\n  then: arbiter retry {} | arbiter skip {} --step {} | arbiter abort {} --reason ...",
+                        op.id, op.step, op.error, op.id, op.id, op.step, op.id
+                    ),
+                })
+            }
+            "awaiting-approval" => {
+                println!("waiting for approval: arbiter approve {}", op.id);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if started.elapsed() > std::time::Duration::from_secs(wait.timeout) {
+            return Err(Failure {
+                code: EXIT_REFUSED,
+                message: format!(
+                    "operation {} still at step {} after {}s; it goes on: arbiter operations",
+                    op.id, op.step, wait.timeout
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+        let req = proto::OperationsRequest {
+            group: op.group.clone(),
+            limit: 100,
+            active_only: false,
+        };
+        let reply = client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.operations(req).await }
+            })
+            .await?;
+        if let Some(o) = reply.operations.into_iter().find(|o| o.id == op.id) {
+            op = o;
+        }
+    }
+}
+
+fn operation_json(o: &proto::OperationStatus) -> serde_json::Value {
+    serde_json::json!({
+        "id": o.id, "group": o.group, "kind": o.kind, "from": o.from, "to": o.to,
+        "from_epoch": o.from_epoch, "to_epoch": o.to_epoch, "reason": o.reason, "actor": o.actor,
+        "state": o.state, "error": o.error, "step": o.step, "created_at_ms": o.created_at_ms,
+        "steps": o.steps.iter().map(|s| serde_json::json!({
+            "step": s.step, "outcome": s.outcome, "detail": s.detail,
+            "finished_at_ms": s.finished_at_ms, "index": s.index,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn operations_table(ops: &[proto::OperationStatus]) -> String {
+    let mut out = format!(
+        "{:<5} {:<12} {:<10} {:<22} {:<18} {:<10} {}\n",
+        "ID", "GROUP", "KIND", "FROM -> TO", "STATE", "STEP", "TOOK"
+    );
+    for o in ops {
+        let took = match (o.steps.first(), o.steps.last()) {
+            (Some(a), Some(b)) if b.finished_at_ms >= a.finished_at_ms => format!(
+                "{:.1}s",
+                (b.finished_at_ms - a.finished_at_ms) as f64 / 1000.0
+            ),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "{:<5} {:<12} {:<10} {:<22} {:<18} {:<10} {}\n",
+            o.id,
+            o.group,
+            o.kind,
+            format!("{} -> {}", o.from, o.to),
+            o.state,
+            o.step,
+            took
+        );
+        let mut prev = o.steps.first().map(|s| s.finished_at_ms).unwrap_or(0);
+        for s in &o.steps {
+            out += &format!(
+                "        {:<10} {:<9} +{:.1}s  {}\n",
+                s.step,
+                s.outcome,
+                s.finished_at_ms.saturating_sub(prev) as f64 / 1000.0,
+                s.detail.lines().next().unwrap_or("")
+            );
+            prev = s.finished_at_ms;
+        }
+        if !o.error.is_empty() {
+            out += &format!("        error: {}\n", o.error);
+        }
+    }
+    out
 }
 
 fn group_json(g: &proto::GroupStatus) -> serde_json::Value {

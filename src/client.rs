@@ -2,7 +2,9 @@
 //! Used by the CLI and the tests. A `not-leader` answer redirects to the leader's address;
 //! an unreachable witness is skipped for the next one. Attempts and total time are bounded.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -63,6 +65,8 @@ impl ClientError {
 pub struct Client {
     servers: Vec<String>,
     tls: ClientTlsConfig,
+    /// One channel per witness address, reused by every call (HTTP/2 multiplexes).
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Client {
@@ -80,10 +84,21 @@ impl Client {
         Ok(Client {
             servers,
             tls: material.client_config(None),
+            channels: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = self.new_channel(addr)?;
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn new_channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let endpoint = Endpoint::from_shared(format!("https://{addr}"))
             .and_then(|e| e.tls_config(self.tls.clone()))
             .map_err(|e| {
@@ -103,12 +118,22 @@ impl Client {
         F: FnMut(ArbiterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_channel(|channel| call(ArbiterClient::new(channel)))
+            .await
+    }
+
+    /// Like [`Client::call`] for any service on the witnesses (the `Fencing` service).
+    pub async fn call_channel<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut target = self.servers[0].clone();
         let mut next_server = 1;
         let mut last = ClientError::local("unavailable", "no witness answered".into());
         for _ in 0..ATTEMPTS_MAX {
             let channel = self.channel(&target)?;
-            match call(ArbiterClient::new(channel)).await {
+            match call(channel).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => {
                     let err = ClientError::from_status(&status);

@@ -13,8 +13,12 @@
 //!   probe reports, and the pure quorum verdict (`up`, `down`, `unknown`) on each region.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
+//! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints
+//!   for hooks, and the holder-side lease client (deadline = send time + lease).
 //! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a
 //!   deadline and bounded output, and reads the lag an `rpo-check` hook reports.
+//! - [`operations`]: the leader's executor of failover operations and its in-memory tables
+//!   (lease holders, region verdicts).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
 //!   client configurations, and the peer identity of a request.
@@ -26,9 +30,11 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fencing;
 pub mod health;
 pub mod hooks;
 pub mod node;
+pub mod operations;
 pub mod raft;
 pub mod state;
 pub mod tls;

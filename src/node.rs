@@ -14,7 +14,9 @@ use tonic::transport::Server;
 
 use crate::api::{now_ms, ApiService};
 use crate::config::NodeConfig;
+use crate::operations::LeaderTables;
 use crate::proto::arbiter_server::ArbiterServer;
+use crate::proto::fencing_server::FencingServer;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server::RaftServer;
 use crate::proto::HelloRequest;
@@ -90,21 +92,44 @@ impl Node {
         let local_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Server(e.to_string()))?;
+        let tables = Arc::new(LeaderTables::default());
         let raft_service = RaftServer::new(RaftService {
             consensus: consensus.clone(),
+            tables: tables.clone(),
         })
         .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);
-        let api = ArbiterServer::new(ApiService::new(consensus.clone(), config.peers.clone()))
-            .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
+        let api = ArbiterServer::new(ApiService::new(
+            consensus.clone(),
+            config.peers.clone(),
+            tables.clone(),
+        ))
+        .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
+        let fencing = crate::fencing::Fencing::new(consensus.clone(), tables.clone());
+        let routes =
+            tonic::service::Routes::from(crate::fencing::router(fencing.clone(), network.clone()))
+                .add_service(raft_service)
+                .add_service(api)
+                .add_service(FencingServer::new(crate::fencing::FencingService {
+                    fencing,
+                }));
         let router = Server::builder()
+            .accept_http1(true)
             .tls_config(tls.server_config())
             .map_err(|e| NodeError::Server(e.to_string()))?
-            .add_service(raft_service)
-            .add_service(api);
+            .add_routes(routes);
         let incoming = TcpListenerStream::new(listener);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
-        let duties = tokio::spawn(duties(consensus.clone()));
+        let duties = {
+            let (c, t, n) = (consensus.clone(), tables.clone(), network.clone());
+            tokio::spawn(async move {
+                tokio::join!(
+                    duties(c.clone()),
+                    crate::operations::executor::run(c.clone(), t.clone()),
+                    crate::operations::engine::run(c, t, n),
+                );
+            })
+        };
         tracing::info!(id = config.id, site = %config.site, addr = %local_addr, "witness listening");
         Ok(Node {
             consensus,
@@ -191,6 +216,8 @@ async fn duties(consensus: Arc<Consensus>) {
             _ => {}
         }
         // Wake on every apply, and at least every second (leadership changes are not applies).
-        let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }

@@ -43,11 +43,10 @@ async fn failover_commits_once_and_refusals_are_typed() {
     let client = cluster.client_of(2);
 
     tracing::info!("--- failover checkout to region-b");
-    let reply = failover(&client, "checkout", "region-b")
+    let op = failover(&client, "checkout", "region-b")
         .await
         .expect("failover");
-    let g = reply.group.unwrap();
-    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
+    assert_eq!((op.to.as_str(), op.to_epoch), ("region-b", 2));
     for w in &cluster.witnesses {
         let c = &w.node().consensus;
         eventually("witness applied the failover", || async {
@@ -56,13 +55,17 @@ async fn failover_commits_once_and_refusals_are_typed() {
         .await;
         c.with_state(|s| {
             assert_eq!(s.groups["checkout"].active, "region-b");
-            let failovers = s
+            let done = s
                 .audit
                 .iter()
-                .filter(|a| a.kind == "failover" && a.group == "checkout")
+                .filter(|a| a.kind == "operation-done" && a.group == "checkout")
                 .count();
-            assert_eq!(failovers, 1, "exactly one audit entry for the failover");
-            let entry = s.audit.iter().find(|a| a.kind == "failover").unwrap();
+            assert_eq!(done, 1, "the operation is recorded done exactly once");
+            let entry = s
+                .audit
+                .iter()
+                .find(|a| a.kind == "operation-declared")
+                .unwrap();
             assert_eq!(
                 entry.actor, "operator",
                 "the client certificate identity is recorded"
@@ -158,7 +161,13 @@ async fn leader_loss_and_full_restart_keep_every_acknowledged_decision() {
         "state intact after full restart"
     );
     assert_eq!(s.policy_version, 1);
-    assert!(s.audit.iter().filter(|a| a.kind == "failover").count() == 2);
+    assert_eq!(
+        s.audit
+            .iter()
+            .filter(|a| a.kind == "operation-done")
+            .count(),
+        2
+    );
     cluster.stop().await;
 }
 
@@ -345,7 +354,7 @@ async fn lagging_witness_catches_up_from_a_snapshot() {
 
     tracing::info!("--- commit while the follower is down");
     let client = cluster.client();
-    for i in 0..20 {
+    for i in 0..8 {
         let to = if i % 2 == 0 { "region-b" } else { "region-a" };
         failover(&client, "checkout", to).await.expect("failover");
     }
@@ -367,7 +376,7 @@ async fn lagging_witness_catches_up_from_a_snapshot() {
         .then_some(())
     })
     .await;
-    assert_eq!(follower_consensus.state().groups["checkout"].epoch, 21);
+    assert_eq!(follower_consensus.state().groups["checkout"].epoch, 9);
     cluster.stop().await;
 }
 
@@ -382,11 +391,20 @@ async fn watch_streams_applied_decisions() {
         .await
         .unwrap()
         .into_inner();
-    let first = stream.message().await.unwrap().expect("current state");
-    assert!(first
-        .groups
-        .iter()
-        .any(|g| g.name == "checkout" && g.epoch == 1));
+    // The first event is the witness's current state; it may not have applied the policy yet.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let e = stream.message().await.unwrap().expect("stream open");
+            if e.groups
+                .iter()
+                .any(|g| g.name == "checkout" && g.epoch == 1)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the policy's groups appear");
 
     failover(&cluster.client(), "checkout", "region-b")
         .await
@@ -394,7 +412,7 @@ async fn watch_streams_applied_decisions() {
     let event = tokio::time::timeout(DEADLINE, async {
         loop {
             let e = stream.message().await.unwrap().expect("stream open");
-            if e.audit.iter().any(|a| a.kind == "failover") {
+            if e.audit.iter().any(|a| a.kind == "operation-done") {
                 return e;
             }
         }

@@ -47,11 +47,15 @@ name = "region-c"
 name = "checkout"
 candidates = ["region-a", "region-b"]
 mode = "manual"
+lease_ms = 1000
+lease_margin_ms = 200
 
 [[groups]]
 name = "catalog"
 candidates = ["region-b", "region-a"]
 mode = "auto"
+lease_ms = 1000
+lease_margin_ms = 200
 "#;
 
 fn init_tracing() {
@@ -516,10 +520,7 @@ fn three_processes_driven_by_the_cli() {
             "failover", "checkout", "--to", "region-b", "--reason", "drill",
         ])
         .ok("failover");
-    assert!(
-        out.contains("checkout: active region-b at epoch 2"),
-        "{out}"
-    );
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
     let table = c.cli(&["status"]).ok("status");
     let row = table
         .lines()
@@ -552,10 +553,7 @@ fn three_processes_driven_by_the_cli() {
             ],
         )
         .ok("failover under the new leader");
-    assert!(
-        out.contains("checkout: active region-a at epoch 3"),
-        "{out}"
-    );
+    assert!(out.contains("done: region-a active at epoch 3"), "{out}");
 
     tracing::info!("--- restart the killed witness from its data dir; it catches up");
     c.start(leader);
@@ -645,10 +643,7 @@ fn members_add_and_remove() {
             "after removal",
         ])
         .ok("failover with two of three voters");
-    assert!(
-        out.contains("checkout: active region-b at epoch 2"),
-        "{out}"
-    );
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
 }
 
 /// Goal: every kind of bad input is refused with the documented exit code and a message

@@ -11,10 +11,14 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use crate::config::{Mode, Peer, Policy};
+use crate::operations::LeaderTables;
 use crate::proto;
 use crate::proto::arbiter_server::Arbiter;
 use crate::raft::{ClusterView, Consensus, MemberView};
-use crate::state::{AuditEntry, ClusterState, Command, GroupState, Outcome, Proposal};
+use crate::state::{
+    AuditEntry, ClusterState, Command, GroupState, Operation, OperationKind, OperationState,
+    Outcome, Proposal, Step, StepOutcome,
+};
 use crate::tls::peer_identity;
 
 /// Audit entries returned by `Status` when the caller does not say.
@@ -35,11 +39,37 @@ pub struct ApiService {
     consensus: Arc<Consensus>,
     /// Initial voters from the node file, used by `Init`.
     peers: Vec<Peer>,
+    /// Lease holders and region verdicts known to this witness as leader.
+    tables: Arc<LeaderTables>,
 }
 
 impl ApiService {
-    pub fn new(consensus: Arc<Consensus>, peers: Vec<Peer>) -> Self {
-        Self { consensus, peers }
+    pub fn new(consensus: Arc<Consensus>, peers: Vec<Peer>, tables: Arc<LeaderTables>) -> Self {
+        Self {
+            consensus,
+            peers,
+            tables,
+        }
+    }
+
+    async fn operation_command<T>(
+        &self,
+        req: &Request<T>,
+        request_id: String,
+        command: Command,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        check_request_id(&request_id)?;
+        let resp = self
+            .consensus
+            .propose(Self::proposal(req, request_id, command))
+            .await
+            .map_err(ApiError::from)?;
+        match resp.outcome.map_err(ApiError::from)? {
+            Outcome::Operation(op) => Ok(Response::new(proto::OperationReply {
+                operation: Some(operation_pb(&op)),
+            })),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
     }
 
     fn proposal<T>(req: &Request<T>, request_id: String, command: Command) -> Proposal {
@@ -99,6 +129,45 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+pub(crate) fn operation_pb(op: &Operation) -> proto::OperationStatus {
+    let error = match &op.state {
+        OperationState::Halted { error } => error.clone(),
+        OperationState::Aborted { reason } => reason.clone(),
+        _ => String::new(),
+    };
+    proto::OperationStatus {
+        id: op.id,
+        group: op.group.clone(),
+        kind: op.kind.as_str().to_string(),
+        from: op.from.clone(),
+        to: op.to.clone(),
+        from_epoch: op.from_epoch,
+        to_epoch: op.to_epoch,
+        reason: op.reason.clone(),
+        actor: op.actor.clone(),
+        state: op.state.name().to_string(),
+        error,
+        step: op.step.as_str().to_string(),
+        steps: op
+            .steps
+            .iter()
+            .map(|r| proto::StepStatus {
+                step: r.step.as_str().to_string(),
+                outcome: match r.outcome {
+                    StepOutcome::Completed => "completed",
+                    StepOutcome::NoOp => "no-op",
+                    StepOutcome::Skipped => "skipped",
+                }
+                .to_string(),
+                detail: r.detail.clone(),
+                finished_at_ms: r.finished_at_ms,
+                index: r.index,
+            })
+            .collect(),
+        created_at_ms: op.created_at_ms,
+    }
+}
+
 pub(crate) fn group_pb(g: &GroupState) -> proto::GroupStatus {
     proto::GroupStatus {
         name: g.name.clone(),
@@ -147,10 +216,50 @@ fn members_pb(view: &ClusterView) -> Vec<proto::WitnessStatus> {
 fn status_reply(
     state: &ClusterState,
     view: &ClusterView,
+    tables: &LeaderTables,
     audit_limit: u32,
     local: bool,
 ) -> proto::StatusReply {
+    let regions = tables
+        .regions()
+        .into_iter()
+        .map(|(name, r)| proto::RegionStatus {
+            name,
+            verdict: r.verdict.as_str().to_string(),
+            voters_seeing_down: r.summary.down as u32,
+            voters_seeing_up: r.summary.up as u32,
+            voters: r.summary.voters as u32,
+        })
+        .collect();
+    let now = tokio::time::Instant::now();
+    let leases = tables
+        .leases()
+        .into_iter()
+        .map(|((group, region), h)| {
+            let deadline = h.granted + std::time::Duration::from_millis(h.lease_ms);
+            let remaining_ms = if deadline >= now {
+                deadline.duration_since(now).as_millis() as i64
+            } else {
+                -(now.duration_since(deadline).as_millis() as i64)
+            };
+            proto::LeaseStatus {
+                group,
+                region,
+                holder: h.holder,
+                epoch: h.epoch,
+                remaining_ms,
+            }
+        })
+        .collect();
     proto::StatusReply {
+        regions,
+        leases,
+        operations: state
+            .operations
+            .values()
+            .filter(|o| !o.state.is_finished())
+            .map(operation_pb)
+            .collect(),
         cluster_id: state.cluster_id.clone().unwrap_or_default(),
         served_by: view.id,
         leader_id: view.leader,
@@ -191,7 +300,7 @@ impl Arbiter for ApiService {
         let view = self.consensus.view();
         let reply = self
             .consensus
-            .with_state(|s| status_reply(s, &view, limit, r.local));
+            .with_state(|s| status_reply(s, &view, &self.tables, limit, r.local));
         Ok(Response::new(reply))
     }
 
@@ -240,26 +349,151 @@ impl Arbiter for ApiService {
     async fn failover(
         &self,
         req: Request<proto::FailoverRequest>,
-    ) -> Result<Response<proto::DecisionReply>, Status> {
+    ) -> Result<Response<proto::OperationReply>, Status> {
         let r = req.get_ref().clone();
         check_name("group", &r.group)?;
         check_name("to", &r.to)?;
-        check_request_id(&r.request_id)?;
-        let p = Self::proposal(
+        let command = Command::StartOperation {
+            group: r.group,
+            to: r.to,
+            kind: OperationKind::Failover,
+            reason: r.reason,
+            approval_required: false,
+        };
+        let reply = self.operation_command(&req, r.request_id, command).await?;
+        if let Some(op) = &reply.get_ref().operation {
+            tracing::info!(group = %op.group, operation = op.id, from = %op.from, to = %op.to, "failover declared");
+        }
+        Ok(reply)
+    }
+
+    async fn failback(
+        &self,
+        req: Request<proto::FailoverRequest>,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        let r = req.get_ref().clone();
+        check_name("group", &r.group)?;
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
+        let to = if r.to.is_empty() {
+            self.consensus
+                .with_state(|s| s.groups.get(&r.group).map(|g| g.candidates[0].clone()))
+                .ok_or_else(|| {
+                    ApiError::from(crate::state::Refusal::UnknownGroup {
+                        group: r.group.clone(),
+                    })
+                })?
+        } else {
+            r.to
+        };
+        let command = Command::StartOperation {
+            group: r.group,
+            to,
+            kind: OperationKind::Failback,
+            reason: r.reason,
+            approval_required: false,
+        };
+        self.operation_command(&req, r.request_id, command).await
+    }
+
+    async fn approve(
+        &self,
+        req: Request<proto::OperationAction>,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        let r = req.get_ref().clone();
+        self.operation_command(
             &req,
             r.request_id,
-            Command::Failover {
-                group: r.group,
-                to: r.to,
+            Command::ApproveOperation {
+                operation: r.operation,
+            },
+        )
+        .await
+    }
+
+    async fn retry(
+        &self,
+        req: Request<proto::OperationAction>,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        let r = req.get_ref().clone();
+        self.operation_command(
+            &req,
+            r.request_id,
+            Command::RetryOperation {
+                operation: r.operation,
+            },
+        )
+        .await
+    }
+
+    async fn skip(
+        &self,
+        req: Request<proto::OperationAction>,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        let r = req.get_ref().clone();
+        let step: Step = r
+            .step
+            .parse()
+            .map_err(|e: String| ApiError::invalid("step", e))?;
+        self.operation_command(
+            &req,
+            r.request_id,
+            Command::SkipStep {
+                operation: r.operation,
+                step,
+            },
+        )
+        .await
+    }
+
+    async fn abort(
+        &self,
+        req: Request<proto::OperationAction>,
+    ) -> Result<Response<proto::OperationReply>, Status> {
+        let r = req.get_ref().clone();
+        if r.reason.is_empty() {
+            return Err(ApiError::invalid("reason", "say why the operation is aborted").into());
+        }
+        self.operation_command(
+            &req,
+            r.request_id,
+            Command::AbortOperation {
+                operation: r.operation,
                 reason: r.reason,
             },
-        );
-        let (g, index) = self.decide(p).await?;
-        tracing::info!(group = %g.name, epoch = g.epoch, to = %g.active, "failover committed");
-        Ok(Response::new(proto::DecisionReply {
-            group: Some(group_pb(&g)),
-            log_index: index,
-        }))
+        )
+        .await
+    }
+
+    async fn operations(
+        &self,
+        req: Request<proto::OperationsRequest>,
+    ) -> Result<Response<proto::OperationsReply>, Status> {
+        /// Operations listed when the caller does not say.
+        const OPERATIONS_LIMIT_DEFAULT: u32 = 20;
+        let r = req.into_inner();
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
+        let limit = if r.limit == 0 {
+            OPERATIONS_LIMIT_DEFAULT
+        } else {
+            r.limit.min(crate::state::FINISHED_OPERATIONS_MAX as u32)
+        };
+        let operations = self.consensus.with_state(|s| {
+            s.operations
+                .values()
+                .rev()
+                .filter(|o| r.group.is_empty() || o.group == r.group)
+                .filter(|o| !r.active_only || !o.state.is_finished())
+                .take(limit as usize)
+                .map(operation_pb)
+                .collect()
+        });
+        Ok(Response::new(proto::OperationsReply { operations }))
     }
 
     async fn set_mode(

@@ -11,6 +11,6 @@ pub use error::ConfigError;
 pub(crate) use node::check_addr;
 pub use node::{NodeConfig, Peer, Storage, Timing, EXIT_CONFIG};
 pub use policy::{
-    GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
+    GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
     LEASE_MS_MIN,
 };

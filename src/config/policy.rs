@@ -115,6 +115,10 @@ impl SecretRef {
 #[serde(deny_unknown_fields)]
 pub struct Region {
     pub name: String,
+    /// How witnesses check the region's health; a region without probes is never `down`
+    /// and never `up` by verdict (only operators fail it over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::health::ProbeSpec>,
 }
 
 /// A failover group as written in the policy.
@@ -131,9 +135,101 @@ pub struct GroupPolicy {
     /// Lease granted to the active region's primary.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
-    /// Hooks (by name) run by this group's failover steps.
+    /// Allowed clock-rate difference between a lease holder and the leader, in percent: the
+    /// leader waits `lease_ms x (1 + drift) + lease_margin_ms` after revoking a lease.
+    #[serde(default = "default_clock_drift_percent")]
+    pub clock_drift_percent: u64,
+    /// Extra wait after a revoked lease has certainly expired (network and scheduling slack).
+    #[serde(default = "default_lease_margin_ms")]
+    pub lease_margin_ms: u64,
+    /// A region is `down` for this group once a majority of voters have seen it failing for
+    /// this long.
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+    /// Anti-flap: no automatic failover of this group for this long after any failover.
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+    /// Automatic failback to a higher-priority candidate once it has been `up` this long.
+    /// Absent: never fail back automatically (an operator runs `arbiter failback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_after_ms: Option<u64>,
+    /// Recovery point objective: the most replication lag the target may have at promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_lag_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_lag_bytes: Option<u64>,
+    /// How long the rpo-check step waits for the lag to come within the RPO before halting
+    /// for an operator's approval.
+    #[serde(default = "default_rpo_wait_ms")]
+    pub rpo_wait_ms: u64,
+    /// Attempts of a failing step before the operation halts.
+    #[serde(default = "default_step_attempts")]
+    pub step_attempts: u32,
+    /// Hooks (by name) run by each failover step.
+    #[serde(default)]
+    pub hooks: GroupHooks,
+}
+
+/// Which hooks each step of a failover runs, by name from `[hooks]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupHooks {
+    /// Fence the old primary. All succeeding is positive confirmation of the fence, which
+    /// ends the lease wait early; a failure only means the wait runs to the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hooks: Vec<String>,
+    pub fence: Vec<String>,
+    /// Measures the target's replication lag; prints `{"lag_ms": .., "lag_bytes": ..}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_check: Option<String>,
+    /// Promote the standby and scale up services, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promote: Vec<String>,
+    /// Checks that the new region serves; the region's probes must pass too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validate: Vec<String>,
+}
+
+impl GroupHooks {
+    pub fn is_empty(&self) -> bool {
+        self.fence.is_empty()
+            && self.rpo_check.is_none()
+            && self.promote.is_empty()
+            && self.validate.is_empty()
+    }
+
+    /// Every hook name with the key it appears under.
+    fn names(&self) -> Vec<(&'static str, &String)> {
+        let mut out: Vec<(&'static str, &String)> = Vec::new();
+        out.extend(self.fence.iter().map(|n| ("fence", n)));
+        out.extend(self.rpo_check.iter().map(|n| ("rpo_check", n)));
+        out.extend(self.promote.iter().map(|n| ("promote", n)));
+        out.extend(self.validate.iter().map(|n| ("validate", n)));
+        out
+    }
+}
+
+fn default_clock_drift_percent() -> u64 {
+    5
+}
+
+fn default_lease_margin_ms() -> u64 {
+    1_000
+}
+
+fn default_down_after_ms() -> u64 {
+    5_000
+}
+
+fn default_cooldown_ms() -> u64 {
+    600_000
+}
+
+fn default_rpo_wait_ms() -> u64 {
+    60_000
+}
+
+fn default_step_attempts() -> u32 {
+    5
 }
 
 fn default_mode() -> Mode {
@@ -224,6 +320,7 @@ impl Policy {
                     format!("duplicate region {:?}", region.name),
                 ));
             }
+            crate::health::validate_region_probes(&format!("regions[{i}]"), &region.probes)?;
         }
         if self.groups.len() > GROUPS_MAX {
             return Err(ConfigError::new(
@@ -308,11 +405,40 @@ impl Policy {
                     ),
                 ));
             }
-            for hook in &group.hooks {
+            for (step, hook) in group.hooks.names() {
                 if !self.hooks.contains_key(hook) {
                     return Err(ConfigError::new(
-                        format!("{key}.hooks"),
+                        format!("{key}.hooks.{step}"),
                         format!("hook {hook:?} is not defined under [hooks]"),
+                    ));
+                }
+            }
+            let ranges: [(&str, u64, u64, u64); 5] = [
+                ("clock_drift_percent", group.clock_drift_percent, 0, 100),
+                ("lease_margin_ms", group.lease_margin_ms, 0, 600_000),
+                ("down_after_ms", group.down_after_ms, 100, 3_600_000),
+                ("cooldown_ms", group.cooldown_ms, 0, 86_400_000),
+                ("rpo_wait_ms", group.rpo_wait_ms, 0, 3_600_000),
+            ];
+            for (field, value, min, max) in ranges {
+                if !(min..=max).contains(&value) {
+                    return Err(ConfigError::new(
+                        format!("{key}.{field}"),
+                        format!("{value} is outside {min}..={max}"),
+                    ));
+                }
+            }
+            if !(1..=100).contains(&group.step_attempts) {
+                return Err(ConfigError::new(
+                    format!("{key}.step_attempts"),
+                    format!("{} is outside 1..=100", group.step_attempts),
+                ));
+            }
+            if let Some(ms) = group.failback_after_ms {
+                if ms < group.down_after_ms {
+                    return Err(ConfigError::new(
+                        format!("{key}.failback_after_ms"),
+                        "must be at least down_after_ms, or a flapping region would be failed back to",
                     ));
                 }
             }
@@ -380,13 +506,23 @@ impl Policy {
                         );
                     }
                     if o.hooks != g.hooks {
-                        let _ = writeln!(
-                            out,
-                            "~ group {}: hooks [{}] -> [{}]",
-                            g.name,
-                            o.hooks.join(", "),
-                            g.hooks.join(", ")
-                        );
+                        let _ = writeln!(out, "~ group {}: hooks", g.name);
+                    }
+                    let settings = |p: &GroupPolicy| {
+                        (
+                            p.clock_drift_percent,
+                            p.lease_margin_ms,
+                            p.down_after_ms,
+                            p.cooldown_ms,
+                            p.failback_after_ms,
+                            p.rpo_lag_ms,
+                            p.rpo_lag_bytes,
+                            p.rpo_wait_ms,
+                            p.step_attempts,
+                        )
+                    };
+                    if settings(o) != settings(g) {
+                        let _ = writeln!(out, "~ group {}: failover settings", g.name);
                     }
                 }
                 Some(_) => {}

@@ -20,6 +20,6 @@ pub mod verdict;
 
 pub use probe::{probe_once, ProbeResult};
 pub use prober::{Prober, RegionObservation};
-pub use spec::{ProbeSpec, ProbeTarget};
-pub use table::{RecordError, RegionSummary, ReportTable};
+pub use spec::{validate_region_probes, ProbeSpec, ProbeTarget};
+pub use table::{RecordError, RegionSummary, ReportTable, TABLE_REGIONS_MAX};
 pub use verdict::{verdict, Evidence, Observation, Seen, Verdict, WitnessEvidence};

@@ -11,7 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::Instant as _;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::network::Network;
 use super::store::{self, Applied, LogStore, StateMachineStore};
@@ -93,7 +93,63 @@ pub struct Consensus {
     applied: Arc<RwLock<Applied<TypeConfig, ClusterState>>>,
     /// Last applied log index, published after every apply batch.
     applied_index: watch::Receiver<u64>,
-    log_store: LogStore<TypeConfig>,
+    /// For the identity record; dropped at shutdown so the store's file is released even
+    /// while connection tasks still hold this handle.
+    log_store: std::sync::Mutex<Option<LogStore<TypeConfig>>>,
+    /// Queue of linearizable reads waiting for the next leadership confirmation.
+    reads: mpsc::Sender<oneshot::Sender<Result<(), ConsensusError>>>,
+}
+
+/// Reads waiting for one leadership confirmation; a full queue makes callers wait, which
+/// bounds memory under overload.
+const READ_QUEUE: usize = 65_536;
+/// Reads answered by one confirmation at most (the rest wait for the next round).
+const READ_BATCH_MAX: usize = 8_192;
+
+/// Confirms leadership once for every read that arrived before the confirmation started:
+/// the read's linearization point is after its arrival, as it must be. Uses the leader lease
+/// (no network round trip while the lease is valid) and falls back to ReadIndex.
+async fn read_batcher(
+    raft: ArbiterRaft,
+    mut rx: mpsc::Receiver<oneshot::Sender<Result<(), ConsensusError>>>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < READ_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(waiter) => batch.push(waiter),
+                Err(_) => break,
+            }
+        }
+        let result = confirm_leadership(&raft).await;
+        for waiter in batch.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+async fn confirm_leadership(raft: &ArbiterRaft) -> Result<(), ConsensusError> {
+    let first = match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    if let Some(f) = first.forward_to_leader() {
+        return Err(ConsensusError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        });
+    }
+    match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Err(ConsensusError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            }),
+            None => Err(ConsensusError::Unavailable(e.to_string())),
+        },
+    }
 }
 
 impl Consensus {
@@ -132,12 +188,15 @@ impl Consensus {
         )
         .await
         .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let (reads, rx) = mpsc::channel(READ_QUEUE);
+        tokio::spawn(read_batcher(raft.clone(), rx));
         Ok(Arc::new(Consensus {
             raft,
             id: config.id,
             applied,
             applied_index,
-            log_store,
+            log_store: std::sync::Mutex::new(Some(log_store)),
+            reads,
         }))
     }
 
@@ -188,6 +247,22 @@ impl Consensus {
                 Err(ConsensusError::Unavailable(e.to_string()))
             }
         }
+    }
+
+    /// A batched linearizable read for the hot path (fence checks, renewals): leader lease
+    /// with ReadIndex fallback; afterwards the local applied state is linearizable.
+    pub async fn batched_read(&self) -> Result<(), ConsensusError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(tx)
+            .await
+            .map_err(|_| ConsensusError::ShuttingDown)?;
+        rx.await.map_err(|_| ConsensusError::ShuttingDown)?
+    }
+
+    /// Whether this witness is the leader right now (by its own metrics; may be stale).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// A copy of the applied state (may be stale unless preceded by [`Self::linearizable_read`]).
@@ -376,7 +451,13 @@ impl Consensus {
     /// Records this node's identity in its store once the cluster id is known, and checks it
     /// on later starts (a data dir of another node or cluster is refused).
     pub fn record_identity(&self, cluster_id: &str) -> Result<(), ConsensusError> {
-        self.log_store
+        let store = self
+            .log_store
+            .lock()
+            .expect("log store lock")
+            .clone()
+            .ok_or(ConsensusError::ShuttingDown)?;
+        store
             .ensure_identity(self.id, cluster_id)
             .map(|_| ())
             .map_err(|e| ConsensusError::Storage(e.to_string()))
@@ -384,7 +465,13 @@ impl Consensus {
 
     /// The identity recorded in this node's store, if any.
     pub fn stored_identity(&self) -> Result<Option<(u64, String)>, ConsensusError> {
-        self.log_store
+        let store = self
+            .log_store
+            .lock()
+            .expect("log store lock")
+            .clone()
+            .ok_or(ConsensusError::ShuttingDown)?;
+        store
             .identity()
             .map_err(|e| ConsensusError::Storage(e.to_string()))
     }
@@ -418,5 +505,6 @@ impl Consensus {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        self.log_store.lock().expect("log store lock").take();
     }
 }

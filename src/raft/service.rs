@@ -10,11 +10,13 @@ use super::consensus::Consensus;
 use super::network::{collect_snapshot, decode, encode};
 use super::types::TypeConfig;
 use crate::proto::raft_server::Raft as RaftRpc;
-use crate::proto::{HelloReply, HelloRequest, RaftMessage, SnapshotChunk};
+use crate::proto::{HelloReply, HelloRequest, ProbeAck, ProbeReport, RaftMessage, SnapshotChunk};
 
 /// gRPC service for the Raft protocol between witnesses.
 pub struct RaftService {
     pub(crate) consensus: Arc<Consensus>,
+    /// Where probe reports from witnesses go (the leader's report table).
+    pub(crate) tables: Arc<crate::operations::LeaderTables>,
 }
 
 fn bad_request(e: serde_json::Error) -> Status {
@@ -83,6 +85,27 @@ impl RaftRpc for RaftService {
             .await
             .map_err(raft_error)?;
         reply(&resp)
+    }
+
+    async fn report_probes(&self, req: Request<ProbeReport>) -> Result<Response<ProbeAck>, Status> {
+        let report = req.into_inner();
+        if !self.consensus.is_leader() {
+            return Ok(Response::new(ProbeAck { accepted: false }));
+        }
+        if report.regions.len() > crate::health::TABLE_REGIONS_MAX {
+            return Err(Status::invalid_argument(
+                "too many regions in one probe report",
+            ));
+        }
+        let now = tokio::time::Instant::now();
+        let mut table = self.tables.reports.lock().expect("report table lock");
+        for r in &report.regions {
+            let age = std::time::Duration::from_millis(r.since_age_ms);
+            if let Err(e) = table.record(report.witness, &r.region, r.ok, age, &r.detail, now) {
+                tracing::warn!(witness = report.witness, error = %e, "probe report refused");
+            }
+        }
+        Ok(Response::new(ProbeAck { accepted: true }))
     }
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {

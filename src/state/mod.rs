@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Policy};
 
+mod operation;
+
+pub use operation::{Operation, OperationKind, OperationState, Step, StepOutcome, StepRecord};
+
 /// Audit entries kept in the replicated state; older ones are dropped (the full history is
 /// in the Raft log until it is compacted). Bounded so snapshots stay small.
 pub const AUDIT_ENTRIES_MAX: usize = 10_000;
@@ -18,6 +22,10 @@ pub const AUDIT_ENTRIES_MAX: usize = 10_000;
 pub const REQUEST_IDS_MAX: usize = 4_096;
 /// Reasons and actors are bounded: they are stored in every snapshot.
 pub const REASON_BYTES_MAX: usize = 1_024;
+/// Step details and halt errors (hook output excerpts) are bounded for the same reason.
+pub const DETAIL_BYTES_MAX: usize = 8 * 1_024;
+/// Finished operations kept in the replicated state for `arbiter operations`.
+pub const FINISHED_OPERATIONS_MAX: usize = 1_000;
 
 /// A command proposed through Raft, with who asked and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +50,44 @@ pub enum Command {
         /// Refuse unless the current version equals this (0: no check).
         if_version: u64,
     },
-    /// Operator-initiated change of the active region.
-    Failover {
+    /// Declares a failover operation of `group` to region `to`: reserves epoch + 1. The
+    /// operation waits for approval when `approval_required`, otherwise starts running.
+    StartOperation {
         group: String,
         to: String,
+        kind: OperationKind,
         reason: String,
+        approval_required: bool,
+    },
+    /// The leader finished `step` of an operation. A completion of a step already recorded
+    /// (a new leader resuming) is acknowledged and changes nothing.
+    CompleteStep {
+        operation: u64,
+        step: Step,
+        outcome: StepOutcome,
+        detail: String,
+    },
+    /// `step` kept failing: the operation waits for an operator.
+    HaltOperation {
+        operation: u64,
+        step: Step,
+        error: String,
+    },
+    /// Operator: run a halted operation's step again.
+    RetryOperation { operation: u64 },
+    /// Operator: skip a halted operation's step (only where safe, see `Step::skippable`).
+    SkipStep { operation: u64, step: Step },
+    /// Operator: let an operation waiting for approval run, or accept a halted rpo-check
+    /// (replication lag above the RPO) and continue.
+    ApproveOperation { operation: u64 },
+    /// Operator: stop an operation before the new region is activated; the old region stays
+    /// active and its lease may be renewed again.
+    AbortOperation { operation: u64, reason: String },
+    /// The leader's quorum verdict about a region changed.
+    RecordVerdict {
+        region: String,
+        verdict: String,
+        evidence: String,
     },
     SetMode {
         group: String,
@@ -86,6 +127,28 @@ pub enum Refusal {
     AlreadyBootstrapped { cluster_id: String },
     #[error("reason is {len} bytes, more than {REASON_BYTES_MAX}")]
     ReasonTooLong { len: usize },
+    #[error("group {group:?} already has operation {operation} in progress")]
+    OperationInProgress { group: String, operation: u64 },
+    #[error("unknown operation {operation}")]
+    UnknownOperation { operation: u64 },
+    #[error("operation {operation} is {state}, which does not allow this")]
+    OperationState { operation: u64, state: String },
+    #[error("operation {operation} is at step {current}, not {requested}")]
+    WrongStep {
+        operation: u64,
+        current: Step,
+        requested: Step,
+    },
+    #[error(
+        "step {step} of operation {operation} cannot be skipped: it guards single-writer safety"
+    )]
+    NotSkippable { operation: u64, step: Step },
+    #[error(
+        "operation {operation} has already activated {to}: run a failback instead of aborting"
+    )]
+    AlreadyActivated { operation: u64, to: String },
+    #[error("unknown region {region:?}")]
+    UnknownRegion { region: String },
 }
 
 /// The result of applying a command.
@@ -115,6 +178,9 @@ pub enum Outcome {
     },
     /// The group after the change.
     Group(GroupState),
+    /// The operation after the change.
+    Operation(Box<Operation>),
+    VerdictRecorded,
 }
 
 /// The replicated state of one group.
@@ -128,6 +194,58 @@ pub struct GroupState {
     pub mode: Mode,
     /// Log index of the last change of active region.
     pub changed_at_index: u64,
+    /// The active region's lease is revoked by a running operation: no acquire or renewal
+    /// succeeds until the operation activates another region or is aborted.
+    #[serde(default)]
+    pub revoked: bool,
+    /// The operation in progress, if any (at most one per group).
+    #[serde(default)]
+    pub operation: Option<u64>,
+    /// Proposer's wall clock of the last activation; anti-flap cooldown only, never safety.
+    #[serde(default)]
+    pub activated_at_ms: u64,
+}
+
+/// Why the lease of a (group, region) cannot be granted, renewed or confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaseRefusal {
+    #[error("unknown group {group:?}")]
+    UnknownGroup { group: String },
+    #[error(
+        "region {region:?} is not active for group {group:?}: {active:?} is, at epoch {epoch}"
+    )]
+    NotActive {
+        group: String,
+        region: String,
+        active: String,
+        epoch: u64,
+    },
+    #[error("epoch {requested} of group {group:?} is stale: the current epoch is {epoch} ({active:?} active)")]
+    StaleEpoch {
+        group: String,
+        requested: u64,
+        active: String,
+        epoch: u64,
+    },
+    #[error("the lease of {active:?} for group {group:?} is revoked by operation {operation}: a failover is under way")]
+    Revoked {
+        group: String,
+        active: String,
+        epoch: u64,
+        operation: u64,
+    },
+}
+
+impl LeaseRefusal {
+    /// The group's active region and epoch as known when refusing (empty/0 if unknown group).
+    pub fn current(&self) -> (&str, u64) {
+        match self {
+            LeaseRefusal::UnknownGroup { .. } => ("", 0),
+            LeaseRefusal::NotActive { active, epoch, .. }
+            | LeaseRefusal::StaleEpoch { active, epoch, .. }
+            | LeaseRefusal::Revoked { active, epoch, .. } => (active, *epoch),
+        }
+    }
 }
 
 /// One decision in the audit log.
@@ -165,6 +283,16 @@ pub struct ClusterState {
     pub retired_epochs: BTreeMap<String, u64>,
     /// Recent request ids and their responses, oldest first (bounded by REQUEST_IDS_MAX).
     pub requests: VecDeque<(String, Response)>,
+    /// Operations by id: every unfinished one, and the newest finished ones (bounded by
+    /// FINISHED_OPERATIONS_MAX).
+    #[serde(default)]
+    pub operations: BTreeMap<u64, Operation>,
+    /// Last operation id issued.
+    #[serde(default)]
+    pub last_operation_id: u64,
+    /// Last recorded quorum verdict per region (`up`, `down`, `unknown`).
+    #[serde(default)]
+    pub verdicts: BTreeMap<String, String>,
 }
 
 impl ClusterState {
@@ -213,47 +341,191 @@ impl ClusterState {
             Command::ApplyPolicy { policy, if_version } => {
                 self.apply_policy(index, p, policy, *if_version)
             }
-            Command::Failover { group, to, reason } => {
-                check_reason(reason)?;
-                let g = self.group_mut(group)?;
-                if g.mode == Mode::Frozen {
-                    return Err(Refusal::Frozen {
-                        group: group.clone(),
-                    });
+            Command::StartOperation {
+                group,
+                to,
+                kind,
+                reason,
+                approval_required,
+            } => self.start_operation(index, p, group, to, *kind, reason, *approval_required),
+            Command::CompleteStep {
+                operation,
+                step,
+                outcome,
+                detail,
+            } => self.complete_step(index, p, *operation, *step, *outcome, detail),
+            Command::HaltOperation {
+                operation,
+                step,
+                error,
+            } => {
+                let op = self.operation_mut(*operation)?;
+                if op.state != OperationState::Running || op.step != *step {
+                    // A stale report from an earlier leader, or the step moved on: no change.
+                    return Ok(Outcome::Operation(Box::new(op.clone())));
                 }
-                if !g.candidates.contains(to) {
-                    return Err(Refusal::NotCandidate {
-                        group: group.clone(),
-                        region: to.clone(),
-                        candidates: g.candidates.clone(),
-                    });
-                }
-                if g.active == *to {
-                    return Err(Refusal::AlreadyActive {
-                        group: group.clone(),
-                        region: to.clone(),
-                        epoch: g.epoch,
-                    });
-                }
-                let from = std::mem::replace(&mut g.active, to.clone());
-                let before = g.epoch;
-                g.epoch += 1;
-                g.changed_at_index = index;
-                assert!(
-                    g.epoch > before,
-                    "epoch monotonicity violated for group {group}"
-                );
-                let after = g.clone();
+                op.state = OperationState::Halted {
+                    error: bounded(error, DETAIL_BYTES_MAX),
+                };
+                let (group, epoch) = (op.group.clone(), op.from_epoch);
+                let out = op.clone();
                 self.audit(
                     index,
                     p,
-                    group,
-                    "failover",
-                    format!("active {from} -> {to}: {reason}"),
-                    after.epoch,
+                    &group,
+                    "operation-halted",
+                    format!("operation {operation} halted at {step}: {error}"),
+                    epoch,
                 );
-                self.check_invariants();
-                Ok(Outcome::Group(after))
+                Ok(Outcome::Operation(Box::new(out)))
+            }
+            Command::RetryOperation { operation } => {
+                let op = self.operation_mut(*operation)?;
+                if !matches!(op.state, OperationState::Halted { .. }) {
+                    return Err(Refusal::OperationState {
+                        operation: *operation,
+                        state: op.state.name().to_string(),
+                    });
+                }
+                op.state = OperationState::Running;
+                let (group, epoch, step) = (op.group.clone(), op.from_epoch, op.step);
+                let out = op.clone();
+                self.audit(
+                    index,
+                    p,
+                    &group,
+                    "operation-retry",
+                    format!("operation {operation}: retry {step}"),
+                    epoch,
+                );
+                Ok(Outcome::Operation(Box::new(out)))
+            }
+            Command::SkipStep { operation, step } => {
+                let op = self.operation_mut(*operation)?;
+                if !matches!(op.state, OperationState::Halted { .. }) {
+                    return Err(Refusal::OperationState {
+                        operation: *operation,
+                        state: op.state.name().to_string(),
+                    });
+                }
+                if op.step != *step {
+                    return Err(Refusal::WrongStep {
+                        operation: *operation,
+                        current: op.step,
+                        requested: *step,
+                    });
+                }
+                if !step.skippable() {
+                    return Err(Refusal::NotSkippable {
+                        operation: *operation,
+                        step: *step,
+                    });
+                }
+                op.state = OperationState::Running;
+                let detail = format!("skipped by {}", p.actor);
+                self.complete_step(index, p, *operation, *step, StepOutcome::Skipped, &detail)
+            }
+            Command::ApproveOperation { operation } => {
+                let op = self.operation_mut(*operation)?;
+                match (&op.state, op.step) {
+                    (OperationState::AwaitingApproval, _) => {
+                        op.state = OperationState::Running;
+                        let (group, epoch) = (op.group.clone(), op.from_epoch);
+                        let out = op.clone();
+                        self.audit(
+                            index,
+                            p,
+                            &group,
+                            "operation-approved",
+                            format!("operation {operation} approved"),
+                            epoch,
+                        );
+                        Ok(Outcome::Operation(Box::new(out)))
+                    }
+                    (OperationState::Halted { error }, Step::RpoCheck) => {
+                        let detail = format!(
+                            "replication lag above the RPO accepted by {} ({error})",
+                            p.actor
+                        );
+                        op.state = OperationState::Running;
+                        self.complete_step(
+                            index,
+                            p,
+                            *operation,
+                            Step::RpoCheck,
+                            StepOutcome::Skipped,
+                            &detail,
+                        )
+                    }
+                    (state, _) => Err(Refusal::OperationState {
+                        operation: *operation,
+                        state: state.name().to_string(),
+                    }),
+                }
+            }
+            Command::AbortOperation { operation, reason } => {
+                check_reason(reason)?;
+                let op = self.operation_mut(*operation)?;
+                if op.state.is_finished() {
+                    return Err(Refusal::OperationState {
+                        operation: *operation,
+                        state: op.state.name().to_string(),
+                    });
+                }
+                if op.has_completed(Step::Activate) {
+                    return Err(Refusal::AlreadyActivated {
+                        operation: *operation,
+                        to: op.to.clone(),
+                    });
+                }
+                op.state = OperationState::Aborted {
+                    reason: reason.clone(),
+                };
+                op.step = Step::Done;
+                let (group, epoch, from) = (op.group.clone(), op.from_epoch, op.from.clone());
+                let out = op.clone();
+                let g = self.group_mut(&group)?;
+                g.revoked = false;
+                g.operation = None;
+                self.audit(
+                    index,
+                    p,
+                    &group,
+                    "operation-aborted",
+                    format!("operation {operation} aborted, {from} stays active at epoch {epoch}: {reason}"),
+                    epoch,
+                );
+                self.trim_operations();
+                Ok(Outcome::Operation(Box::new(out)))
+            }
+            Command::RecordVerdict {
+                region,
+                verdict,
+                evidence,
+            } => {
+                let known = self
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| p.regions.iter().any(|r| r.name == *region));
+                if !known {
+                    return Err(Refusal::UnknownRegion {
+                        region: region.clone(),
+                    });
+                }
+                let previous = self.verdicts.insert(region.clone(), verdict.clone());
+                let from = previous.as_deref().unwrap_or("unknown");
+                self.audit(
+                    index,
+                    p,
+                    "",
+                    "verdict",
+                    format!(
+                        "region {region}: {from} -> {verdict}\n{}",
+                        bounded(evidence, DETAIL_BYTES_MAX)
+                    ),
+                    0,
+                );
+                Ok(Outcome::VerdictRecorded)
             }
             Command::SetMode {
                 group,
@@ -278,6 +550,255 @@ impl ClusterState {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn start_operation(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        group: &str,
+        to: &str,
+        kind: OperationKind,
+        reason: &str,
+        approval_required: bool,
+    ) -> Result<Outcome, Refusal> {
+        check_reason(reason)?;
+        let id = self.last_operation_id + 1;
+        let g = self.group_mut(group)?;
+        if g.mode == Mode::Frozen {
+            return Err(Refusal::Frozen {
+                group: group.to_string(),
+            });
+        }
+        if let Some(operation) = g.operation {
+            return Err(Refusal::OperationInProgress {
+                group: group.to_string(),
+                operation,
+            });
+        }
+        if !g.candidates.iter().any(|c| c == to) {
+            return Err(Refusal::NotCandidate {
+                group: group.to_string(),
+                region: to.to_string(),
+                candidates: g.candidates.clone(),
+            });
+        }
+        if g.active == to {
+            return Err(Refusal::AlreadyActive {
+                group: group.to_string(),
+                region: to.to_string(),
+                epoch: g.epoch,
+            });
+        }
+        g.operation = Some(id);
+        let (from, from_epoch) = (g.active.clone(), g.epoch);
+        self.last_operation_id = id;
+        let op = Operation {
+            id,
+            group: group.to_string(),
+            kind,
+            from: from.clone(),
+            to: to.to_string(),
+            from_epoch,
+            to_epoch: from_epoch + 1,
+            reason: reason.to_string(),
+            actor: p.actor.clone(),
+            state: if approval_required {
+                OperationState::AwaitingApproval
+            } else {
+                OperationState::Running
+            },
+            step: Step::Revoke,
+            steps: vec![StepRecord {
+                step: Step::Declare,
+                outcome: StepOutcome::Completed,
+                detail: format!("{} {from} -> {to}: {reason}", kind.as_str()),
+                finished_at_ms: p.at_ms,
+                index,
+            }],
+            created_at_ms: p.at_ms,
+        };
+        self.operations.insert(id, op.clone());
+        self.audit(
+            index,
+            p,
+            group,
+            "operation-declared",
+            format!(
+                "operation {id} ({}) {from} -> {to}, epoch {} reserved{}: {reason}",
+                kind.as_str(),
+                from_epoch + 1,
+                if approval_required {
+                    ", waiting for approval"
+                } else {
+                    ""
+                }
+            ),
+            from_epoch,
+        );
+        Ok(Outcome::Operation(Box::new(op)))
+    }
+
+    fn complete_step(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        operation: u64,
+        step: Step,
+        outcome: StepOutcome,
+        detail: &str,
+    ) -> Result<Outcome, Refusal> {
+        let op = self.operation_mut(operation)?;
+        if op.has_completed(step) {
+            // A resumed leader reporting a step that was already recorded: idempotent.
+            return Ok(Outcome::Operation(Box::new(op.clone())));
+        }
+        if op.state != OperationState::Running {
+            return Err(Refusal::OperationState {
+                operation,
+                state: op.state.name().to_string(),
+            });
+        }
+        if op.step != step {
+            return Err(Refusal::WrongStep {
+                operation,
+                current: op.step,
+                requested: step,
+            });
+        }
+        op.steps.push(StepRecord {
+            step,
+            outcome,
+            detail: bounded(detail, DETAIL_BYTES_MAX),
+            finished_at_ms: p.at_ms,
+            index,
+        });
+        op.step = step.next();
+        if op.step == Step::Done {
+            op.state = OperationState::Done;
+        }
+        let op = op.clone();
+        let g = self.group_mut(&op.group)?;
+        match step {
+            Step::Revoke => g.revoked = true,
+            Step::Activate => {
+                let before = g.epoch;
+                assert!(
+                    op.to_epoch > before,
+                    "epoch monotonicity violated for group {}",
+                    g.name
+                );
+                g.active = op.to.clone();
+                g.epoch = op.to_epoch;
+                g.revoked = false;
+                g.changed_at_index = index;
+                g.activated_at_ms = p.at_ms;
+            }
+            _ => {}
+        }
+        if op.state == OperationState::Done {
+            g.operation = None;
+        }
+        let kind = if op.state == OperationState::Done {
+            "operation-done"
+        } else {
+            "step"
+        };
+        let epoch = if op.has_completed(Step::Activate) {
+            op.to_epoch
+        } else {
+            op.from_epoch
+        };
+        let text = match step {
+            Step::Activate => format!(
+                "operation {operation}: {} active at epoch {}",
+                op.to, op.to_epoch
+            ),
+            _ => format!(
+                "operation {operation}: {step} {}: {detail}",
+                outcome_word(outcome)
+            ),
+        };
+        let group = op.group.clone();
+        self.audit(index, p, &group, kind, text, epoch);
+        if step == Step::Activate {
+            self.check_invariants();
+        }
+        if op.state == OperationState::Done {
+            self.trim_operations();
+        }
+        Ok(Outcome::Operation(Box::new(op)))
+    }
+
+    fn operation_mut(&mut self, operation: u64) -> Result<&mut Operation, Refusal> {
+        self.operations
+            .get_mut(&operation)
+            .ok_or(Refusal::UnknownOperation { operation })
+    }
+
+    /// Drops the oldest finished operations beyond FINISHED_OPERATIONS_MAX.
+    fn trim_operations(&mut self) {
+        let finished: Vec<u64> = self
+            .operations
+            .values()
+            .filter(|o| o.state.is_finished())
+            .map(|o| o.id)
+            .collect();
+        if finished.len() > FINISHED_OPERATIONS_MAX {
+            for id in &finished[..finished.len() - FINISHED_OPERATIONS_MAX] {
+                self.operations.remove(id);
+            }
+        }
+    }
+
+    /// May `region` hold (or keep) the lease of `group`? With `epoch`, the holder's epoch
+    /// must also be current. Pure: the caller makes the read linearizable first.
+    pub fn lease_check(
+        &self,
+        group: &str,
+        region: &str,
+        epoch: Option<u64>,
+    ) -> Result<(u64, u64), LeaseRefusal> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| LeaseRefusal::UnknownGroup {
+                group: group.to_string(),
+            })?;
+        if g.active != region {
+            return Err(LeaseRefusal::NotActive {
+                group: group.to_string(),
+                region: region.to_string(),
+                active: g.active.clone(),
+                epoch: g.epoch,
+            });
+        }
+        if let Some(e) = epoch {
+            if e != g.epoch {
+                return Err(LeaseRefusal::StaleEpoch {
+                    group: group.to_string(),
+                    requested: e,
+                    active: g.active.clone(),
+                    epoch: g.epoch,
+                });
+            }
+        }
+        if g.revoked {
+            return Err(LeaseRefusal::Revoked {
+                group: group.to_string(),
+                active: g.active.clone(),
+                epoch: g.epoch,
+                operation: g.operation.unwrap_or(0),
+            });
+        }
+        let lease_ms = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.group(group))
+            .map(|gp| gp.lease_ms)
+            .unwrap_or(crate::config::LEASE_MS_DEFAULT);
+        Ok((g.epoch, lease_ms))
+    }
+
     fn apply_policy(
         &mut self,
         index: u64,
@@ -292,6 +813,14 @@ impl ClusterState {
             });
         }
         // Check everything before changing anything: a refused policy changes nothing.
+        for g in self.groups.values() {
+            if let (None, Some(operation)) = (policy.group(&g.name), g.operation) {
+                return Err(Refusal::OperationInProgress {
+                    group: g.name.clone(),
+                    operation,
+                });
+            }
+        }
         for gp in &policy.groups {
             if let Some(g) = self.groups.get(&gp.name) {
                 if !gp.candidates.contains(&g.active) {
@@ -322,6 +851,9 @@ impl ClusterState {
                         epoch,
                         mode: gp.mode,
                         changed_at_index: index,
+                        revoked: false,
+                        operation: None,
+                        activated_at_ms: p.at_ms,
                     };
                     let detail = format!("group created, active {} at epoch {epoch}", g.active);
                     self.groups.insert(gp.name.clone(), g);
@@ -411,6 +943,26 @@ impl ClusterState {
     }
 }
 
+fn outcome_word(outcome: StepOutcome) -> &'static str {
+    match outcome {
+        StepOutcome::Completed => "completed",
+        StepOutcome::NoOp => "nothing to do",
+        StepOutcome::Skipped => "skipped",
+    }
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary, marking the cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...(truncated)", &text[..end])
+}
+
 fn check_reason(reason: &str) -> Result<(), Refusal> {
     if reason.len() > REASON_BYTES_MAX {
         return Err(Refusal::ReasonTooLong { len: reason.len() });
@@ -423,7 +975,14 @@ impl std::fmt::Display for Proposal {
         let kind = match &self.command {
             Command::Bootstrap { .. } => "bootstrap",
             Command::ApplyPolicy { .. } => "apply-policy",
-            Command::Failover { .. } => "failover",
+            Command::StartOperation { .. } => "start-operation",
+            Command::CompleteStep { .. } => "complete-step",
+            Command::HaltOperation { .. } => "halt-operation",
+            Command::RetryOperation { .. } => "retry-operation",
+            Command::SkipStep { .. } => "skip-step",
+            Command::ApproveOperation { .. } => "approve-operation",
+            Command::AbortOperation { .. } => "abort-operation",
+            Command::RecordVerdict { .. } => "record-verdict",
             Command::SetMode { .. } => "set-mode",
         };
         write!(f, "{kind} by {}", self.actor)

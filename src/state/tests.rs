@@ -15,6 +15,7 @@ name = "region-c"
 name = "checkout"
 candidates = ["region-a", "region-b"]
 mode = "manual"
+lease_ms = 1000
 "#;
 
 fn proposal(request_id: &str, command: Command) -> Proposal {
@@ -44,11 +45,46 @@ fn with_policy() -> ClusterState {
 }
 
 fn failover(to: &str) -> Command {
-    Command::Failover {
+    Command::StartOperation {
         group: "checkout".into(),
         to: to.into(),
+        kind: OperationKind::Failover,
         reason: "test".into(),
+        approval_required: false,
     }
+}
+
+fn complete(operation: u64, step: Step) -> Command {
+    Command::CompleteStep {
+        operation,
+        step,
+        outcome: StepOutcome::Completed,
+        detail: String::new(),
+    }
+}
+
+/// Starts a failover to `to` at log index `index` and completes every step; returns the
+/// next free index.
+fn run_failover(s: &mut ClusterState, index: u64, to: &str) -> u64 {
+    let r = s.apply(index, &proposal("", failover(to)));
+    let Ok(Outcome::Operation(op)) = r.outcome else {
+        panic!("{r:?}")
+    };
+    let mut i = index + 1;
+    for step in [
+        Step::Revoke,
+        Step::Fence,
+        Step::RpoCheck,
+        Step::Promote,
+        Step::Activate,
+        Step::Dns,
+        Step::Validate,
+    ] {
+        let r = s.apply(i, &proposal("", complete(op.id, step)));
+        assert!(r.outcome.is_ok(), "{step}: {r:?}");
+        i += 1;
+    }
+    i
 }
 
 #[test]
@@ -63,22 +99,215 @@ fn new_group_starts_on_first_candidate_at_epoch_one() {
 }
 
 #[test]
-fn failover_bumps_epoch_once_and_is_audited() {
+fn operation_runs_its_steps_in_order_and_bumps_the_epoch_once() {
     let mut s = with_policy();
     let r = s.apply(2, &proposal("req-1", failover("region-b")));
-    let Ok(Outcome::Group(g)) = r.outcome.clone() else {
+    let Ok(Outcome::Operation(op)) = r.outcome.clone() else {
         panic!("{r:?}")
     };
-    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
-    // The same request retried (e.g. after a leader change) is answered, not applied again.
-    let again = s.apply(3, &proposal("req-1", failover("region-b")));
-    assert_eq!(again, r);
-    assert_eq!(s.groups["checkout"].epoch, 2);
-    let last = s.audit.back().unwrap();
+    assert_eq!((op.from_epoch, op.to_epoch, op.step), (1, 2, Step::Revoke));
     assert_eq!(
-        (last.kind.as_str(), last.epoch, last.index),
-        ("failover", 2, 2)
+        s.groups["checkout"].epoch, 1,
+        "declaring reserves the epoch, it does not change it"
     );
+    // The same request retried (e.g. after a leader change) is answered, not applied again.
+    assert_eq!(s.apply(3, &proposal("req-1", failover("region-b"))), r);
+    assert_eq!(s.last_operation_id, 1);
+    // A second operation for the same group is refused while this one runs.
+    let busy = s.apply(4, &proposal("", failover("region-b")));
+    assert!(
+        matches!(busy.outcome, Err(Refusal::OperationInProgress { .. })),
+        "{busy:?}"
+    );
+
+    assert_eq!(
+        s.lease_check("checkout", "region-a", Some(1)),
+        Ok((1, 1000))
+    );
+    s.apply(5, &proposal("", complete(op.id, Step::Revoke)));
+    assert!(
+        matches!(
+            s.lease_check("checkout", "region-a", Some(1)),
+            Err(LeaseRefusal::Revoked { .. })
+        ),
+        "no renewal after revoke"
+    );
+    let wrong = s.apply(6, &proposal("", complete(op.id, Step::Promote)));
+    assert!(
+        matches!(wrong.outcome, Err(Refusal::WrongStep { .. })),
+        "{wrong:?}"
+    );
+    for (i, step) in [Step::Fence, Step::RpoCheck, Step::Promote]
+        .into_iter()
+        .enumerate()
+    {
+        s.apply(7 + i as u64, &proposal("", complete(op.id, step)));
+    }
+    assert_eq!(s.groups["checkout"].epoch, 1);
+    s.apply(10, &proposal("", complete(op.id, Step::Activate)));
+    let g = &s.groups["checkout"];
+    assert_eq!(
+        (g.active.as_str(), g.epoch, g.revoked),
+        ("region-b", 2, false)
+    );
+    assert_eq!(
+        s.lease_check("checkout", "region-b", Some(2)),
+        Ok((2, 1000))
+    );
+    assert!(matches!(
+        s.lease_check("checkout", "region-a", Some(1)),
+        Err(LeaseRefusal::NotActive { .. })
+    ));
+    assert!(matches!(
+        s.lease_check("checkout", "region-b", Some(1)),
+        Err(LeaseRefusal::StaleEpoch { epoch: 2, .. })
+    ));
+    // A resumed leader reporting a finished step again changes nothing.
+    let before = s.clone();
+    let dup = s.apply(11, &proposal("", complete(op.id, Step::Fence)));
+    assert!(dup.outcome.is_ok());
+    assert_eq!(s.operations, before.operations);
+    s.apply(12, &proposal("", complete(op.id, Step::Dns)));
+    s.apply(13, &proposal("", complete(op.id, Step::Validate)));
+    let op = &s.operations[&1];
+    assert_eq!(op.state, OperationState::Done);
+    let steps: Vec<Step> = op.steps.iter().map(|r| r.step).collect();
+    assert_eq!(
+        steps,
+        Step::ALL[..8].to_vec(),
+        "every step recorded once, in order"
+    );
+    assert_eq!(s.groups["checkout"].operation, None);
+    assert_eq!(
+        s.audit
+            .iter()
+            .filter(|a| a.kind == "operation-done")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn halted_operation_retries_skips_only_safe_steps_and_aborts_before_activation() {
+    let mut s = with_policy();
+    s.apply(2, &proposal("", failover("region-b")));
+    s.apply(3, &proposal("", complete(1, Step::Revoke)));
+    let halt = |step| Command::HaltOperation {
+        operation: 1,
+        step,
+        error: "hook failed".into(),
+    };
+    s.apply(4, &proposal("", halt(Step::Fence)));
+    assert!(matches!(
+        s.operations[&1].state,
+        OperationState::Halted { .. }
+    ));
+    let skip = s.apply(
+        5,
+        &proposal(
+            "",
+            Command::SkipStep {
+                operation: 1,
+                step: Step::Fence,
+            },
+        ),
+    );
+    assert!(
+        matches!(skip.outcome, Err(Refusal::NotSkippable { .. })),
+        "the lease wait is never skipped"
+    );
+    s.apply(6, &proposal("", Command::RetryOperation { operation: 1 }));
+    s.apply(7, &proposal("", complete(1, Step::Fence)));
+    s.apply(8, &proposal("", complete(1, Step::RpoCheck)));
+    s.apply(9, &proposal("", halt(Step::Promote)));
+    let skip = s.apply(
+        10,
+        &proposal(
+            "",
+            Command::SkipStep {
+                operation: 1,
+                step: Step::Promote,
+            },
+        ),
+    );
+    assert!(skip.outcome.is_ok(), "{skip:?}");
+    assert_eq!(s.operations[&1].step, Step::Activate);
+    let abort = |reason: &str| Command::AbortOperation {
+        operation: 1,
+        reason: reason.into(),
+    };
+    s.apply(11, &proposal("", abort("changed my mind")));
+    let op = &s.operations[&1];
+    assert!(matches!(op.state, OperationState::Aborted { .. }));
+    let g = &s.groups["checkout"];
+    assert_eq!(
+        (g.active.as_str(), g.epoch, g.revoked, g.operation),
+        ("region-a", 1, false, None)
+    );
+    assert_eq!(
+        s.lease_check("checkout", "region-a", Some(1)),
+        Ok((1, 1000)),
+        "the old region may renew again"
+    );
+
+    // After activation an abort is refused: the new region is already active.
+    run_failover(&mut s, 20, "region-b");
+    let late = s.apply(
+        40,
+        &proposal(
+            "",
+            Command::AbortOperation {
+                operation: 2,
+                reason: "too late".into(),
+            },
+        ),
+    );
+    assert!(
+        matches!(late.outcome, Err(Refusal::OperationState { .. })),
+        "{late:?}"
+    );
+}
+
+#[test]
+fn approval_gates_an_operation_and_accepts_a_halted_rpo_check() {
+    let mut s = with_policy();
+    let start = Command::StartOperation {
+        group: "checkout".into(),
+        to: "region-b".into(),
+        kind: OperationKind::Automatic,
+        reason: "region-a down".into(),
+        approval_required: true,
+    };
+    s.apply(2, &proposal("", start));
+    assert_eq!(s.operations[&1].state, OperationState::AwaitingApproval);
+    let early = s.apply(3, &proposal("", complete(1, Step::Revoke)));
+    assert!(early.outcome.is_err(), "nothing runs before approval");
+    s.apply(4, &proposal("", Command::ApproveOperation { operation: 1 }));
+    s.apply(5, &proposal("", complete(1, Step::Revoke)));
+    s.apply(6, &proposal("", complete(1, Step::Fence)));
+    s.apply(
+        7,
+        &proposal(
+            "",
+            Command::HaltOperation {
+                operation: 1,
+                step: Step::RpoCheck,
+                error: "lag 9000 ms".into(),
+            },
+        ),
+    );
+    s.apply(8, &proposal("", Command::ApproveOperation { operation: 1 }));
+    let op = &s.operations[&1];
+    assert_eq!(op.step, Step::Promote);
+    assert_eq!(op.steps.last().unwrap().outcome, StepOutcome::Skipped);
+    let unknown = s.apply(
+        9,
+        &proposal("", Command::ApproveOperation { operation: 77 }),
+    );
+    assert!(matches!(
+        unknown.outcome,
+        Err(Refusal::UnknownOperation { operation: 77 })
+    ));
 }
 
 #[test]
@@ -86,10 +315,12 @@ fn refusals_change_nothing() {
     type IsExpected = fn(&Refusal) -> bool;
     let cases: Vec<(Command, IsExpected)> = vec![
         (
-            Command::Failover {
+            Command::StartOperation {
                 group: "nope".into(),
                 to: "region-b".into(),
+                kind: OperationKind::Failover,
                 reason: String::new(),
+                approval_required: false,
             },
             |r| matches!(r, Refusal::UnknownGroup { .. }),
         ),
@@ -100,10 +331,12 @@ fn refusals_change_nothing() {
             matches!(r, Refusal::AlreadyActive { .. })
         }),
         (
-            Command::Failover {
+            Command::StartOperation {
                 group: "checkout".into(),
                 to: "region-b".into(),
+                kind: OperationKind::Failover,
                 reason: "x".repeat(REASON_BYTES_MAX + 1),
+                approval_required: false,
             },
             |r| matches!(r, Refusal::ReasonTooLong { .. }),
         ),
@@ -163,14 +396,14 @@ fn frozen_group_refuses_failover_until_mode_changes() {
 #[test]
 fn removed_and_readded_group_never_reuses_an_epoch() {
     let mut s = with_policy();
-    s.apply(2, &proposal("", failover("region-b")));
+    run_failover(&mut s, 2, "region-b");
 
     // A policy without the group (built in code: groups cleared).
     let mut empty = Policy::parse("p", POLICY).unwrap();
     empty.groups.clear();
 
     s.apply(
-        3,
+        30,
         &proposal(
             "",
             Command::ApplyPolicy {
@@ -182,7 +415,7 @@ fn removed_and_readded_group_never_reuses_an_epoch() {
     assert!(!s.groups.contains_key("checkout"));
     let policy = Policy::parse("p", POLICY).unwrap();
     s.apply(
-        4,
+        31,
         &proposal(
             "",
             Command::ApplyPolicy {
@@ -261,12 +494,15 @@ fn bootstrap_happens_once() {
 }
 
 #[test]
-fn audit_log_is_bounded() {
+fn audit_log_and_finished_operations_are_bounded() {
     let mut s = with_policy();
-    for i in 0..(AUDIT_ENTRIES_MAX as u64 + 10) {
+    let count = (AUDIT_ENTRIES_MAX / 8 + 10) as u64;
+    let mut index = 10;
+    for i in 0..count {
         let to = if i % 2 == 0 { "region-b" } else { "region-a" };
-        s.apply(10 + i, &proposal("", failover(to)));
+        index = run_failover(&mut s, index, to);
     }
     assert_eq!(s.audit.len(), AUDIT_ENTRIES_MAX);
-    assert_eq!(s.groups["checkout"].epoch, AUDIT_ENTRIES_MAX as u64 + 11);
+    assert_eq!(s.operations.len(), FINISHED_OPERATIONS_MAX);
+    assert_eq!(s.groups["checkout"].epoch, count + 1);
 }

@@ -61,11 +61,15 @@ name = "region-c"
 name = "checkout"
 candidates = ["region-a", "region-b"]
 mode = "manual"
+lease_ms = 1000
+lease_margin_ms = 200
 
 [[groups]]
 name = "catalog"
 candidates = ["region-b", "region-a"]
 mode = "auto"
+lease_ms = 1000
+lease_margin_ms = 200
 "#;
 
 /// Node file text for witness `id` of a cluster whose witnesses listen on `addrs`. Short
@@ -305,21 +309,59 @@ pub async fn status(client: &Client) -> proto::StatusReply {
         .expect("status")
 }
 
+/// Starts a failover of `group` to `to` and waits until the operation is done.
 pub async fn failover(
     client: &Client,
     group: &str,
     to: &str,
-) -> Result<proto::DecisionReply, arbiter::client::ClientError> {
+) -> Result<proto::OperationStatus, arbiter::client::ClientError> {
+    let op = start_failover(client, group, to).await?;
+    Ok(wait_operation(client, op.id, "done").await)
+}
+
+/// Starts a failover and returns the declared operation.
+pub async fn start_failover(
+    client: &Client,
+    group: &str,
+    to: &str,
+) -> Result<proto::OperationStatus, arbiter::client::ClientError> {
     let req = proto::FailoverRequest {
         group: group.into(),
         to: to.into(),
         reason: "test".into(),
         request_id: arbiter::api::new_request_id(),
     };
-    client
+    let reply = client
         .call(|mut c| {
             let req = req.clone();
             async move { c.failover(req).await }
         })
+        .await?;
+    Ok(reply.operation.expect("operation in reply"))
+}
+
+/// Polls an operation until its state is `state`.
+pub async fn wait_operation(client: &Client, id: u64, state: &str) -> proto::OperationStatus {
+    eventually(&format!("operation {id} is {state}"), || async {
+        let op = operation(client, id).await?;
+        (op.state == state).then_some(op)
+    })
+    .await
+}
+
+/// The operation `id`, if the cluster answers.
+pub async fn operation(client: &Client, id: u64) -> Option<proto::OperationStatus> {
+    let req = proto::OperationsRequest {
+        group: String::new(),
+        limit: 1000,
+        active_only: false,
+    };
+    let reply = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.operations(req).await }
+        })
         .await
+        .ok()?;
+    reply.operations.into_iter().find(|o| o.id == id)
 }

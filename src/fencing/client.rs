@@ -1,0 +1,132 @@
+//! [`LeaseClient`]: the holder's side of a lease, in one place for the agent, the CLI and
+//! the tests. The deadline of a granted lease is `t_sent + lease` on the holder's monotonic
+//! clock, where `t_sent` is when the granting request was *sent*: the grant was decided
+//! after that instant, so the holder's deadline is never later than the leader assumes.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{Client, ClientError};
+use crate::proto;
+use crate::proto::fencing_client::FencingClient;
+
+/// What the holder knows after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The lease is held at `epoch` until `deadline` (monotonic), unless renewed.
+    Held {
+        epoch: u64,
+        lease: Duration,
+        deadline: Instant,
+    },
+    /// Refused: `active` is the group's active region at `epoch`; `refusal` says why
+    /// (`not-active`, `stale-epoch`, `revoked`).
+    Refused {
+        active: String,
+        epoch: u64,
+        refusal: String,
+        message: String,
+    },
+}
+
+impl LeaseState {
+    /// Whether the lease is held at `now`: granted and its deadline not passed.
+    pub fn holds_at(&self, now: Instant) -> bool {
+        matches!(self, LeaseState::Held { deadline, .. } if now < *deadline)
+    }
+}
+
+/// A holder of the lease of one (group, region).
+#[derive(Clone)]
+pub struct LeaseClient {
+    client: Client,
+    group: String,
+    region: String,
+    holder: String,
+}
+
+impl LeaseClient {
+    pub fn new(client: Client, group: &str, region: &str, holder: &str) -> Self {
+        Self {
+            client,
+            group: group.to_string(),
+            region: region.to_string(),
+            holder: holder.to_string(),
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn request(&self, epoch: u64) -> proto::LeaseRequest {
+        proto::LeaseRequest {
+            group: self.group.clone(),
+            region: self.region.clone(),
+            epoch,
+            holder: self.holder.clone(),
+        }
+    }
+
+    /// Asks for the lease. `Held` only when the region is active and not revoked.
+    pub async fn acquire(&self) -> Result<LeaseState, ClientError> {
+        let req = self.request(0);
+        let sent = Instant::now();
+        let reply = self
+            .client
+            .call_channel(|ch| {
+                let req = req.clone();
+                async move { FencingClient::new(ch).acquire(req).await }
+            })
+            .await?;
+        Ok(state_from(sent, reply))
+    }
+
+    /// Renews the lease held at `epoch`.
+    pub async fn renew(&self, epoch: u64) -> Result<LeaseState, ClientError> {
+        let req = self.request(epoch);
+        let sent = Instant::now();
+        let reply = self
+            .client
+            .call_channel(|ch| {
+                let req = req.clone();
+                async move { FencingClient::new(ch).renew(req).await }
+            })
+            .await?;
+        Ok(state_from(sent, reply))
+    }
+
+    /// Is `epoch` still current for this region? (No lease is granted or extended.)
+    pub async fn check(&self, epoch: u64) -> Result<proto::LeaseReply, ClientError> {
+        let req = self.request(epoch);
+        self.client
+            .call_channel(|ch| {
+                let req = req.clone();
+                async move { FencingClient::new(ch).check(req).await }
+            })
+            .await
+    }
+}
+
+fn state_from(sent: Instant, reply: proto::LeaseReply) -> LeaseState {
+    if reply.allowed {
+        let lease = Duration::from_millis(reply.lease_ms);
+        LeaseState::Held {
+            epoch: reply.epoch,
+            lease,
+            deadline: sent + lease,
+        }
+    } else {
+        LeaseState::Refused {
+            active: reply.active,
+            epoch: reply.epoch,
+            refusal: reply.refusal,
+            message: reply.message,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! HTTP/JSON endpoints on the witness's TLS listener, for shell hooks and tools that do not
+//! speak gRPC (`curl --cert client.pem --key client.key --cacert ca.pem https://...`).
+//!
+//! - `GET  /v1/status`: groups with their active region, epoch and mode (linearizable).
+//! - `GET  /v1/groups/{group}`: one group.
+//! - `GET  /v1/groups/{group}/fence?region=R&epoch=E`: 200 allowed, 409 refused (JSON body
+//!   with the current active region and epoch), 400 bad input, 404 unknown group or region.
+//! - `POST /v1/groups/{group}/acquire` `{"region": R, "holder": H}`
+//! - `POST /v1/groups/{group}/renew` `{"region": R, "epoch": E, "holder": H}`
+//!
+//! A witness that is not the leader forwards fencing requests to the leader (one hop), so a
+//! hook can ask any witness.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::service::{Fencing, LeaseKind};
+use crate::api::ApiError;
+use crate::proto;
+use crate::proto::fencing_client::FencingClient;
+use crate::raft::{ConsensusError, Network};
+
+#[derive(Clone)]
+struct AppState {
+    fencing: Fencing,
+    /// Channels to the leader for forwarding.
+    network: Network,
+}
+
+/// The HTTP routes, to be served beside the gRPC services.
+pub fn router(fencing: Fencing, network: Network) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/groups/{group}", get(group))
+        .route("/v1/groups/{group}/fence", get(fence))
+        .route("/v1/groups/{group}/acquire", post(acquire))
+        .route("/v1/groups/{group}/renew", post(renew))
+        .with_state(AppState { fencing, network })
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let status = match e.kind() {
+        "invalid-argument" => StatusCode::BAD_REQUEST,
+        "unknown-group" | "unknown-region" => StatusCode::NOT_FOUND,
+        "not-leader" | "unavailable" | "shutting-down" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        status,
+        Json(json!({ "error": e.kind(), "message": e.to_string() })),
+    )
+        .into_response()
+}
+
+fn lease_response(reply: &proto::LeaseReply) -> Response {
+    let status = if reply.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    let body = json!({
+        "allowed": reply.allowed,
+        "epoch": reply.epoch,
+        "lease_ms": reply.lease_ms,
+        "active": reply.active,
+        "refusal": reply.refusal,
+        "message": reply.message,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Decides here, or asks the leader when this witness is not the leader.
+async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> Response {
+    match state.fencing.decide(kind, &req).await {
+        Ok(reply) => lease_response(&reply),
+        Err(ApiError::Consensus(ConsensusError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        })) => match forward(&state.network, &addr, kind, req).await {
+            Ok(reply) => lease_response(&reply),
+            Err(status) => {
+                let e = ApiError::from(ConsensusError::Unavailable(format!(
+                    "leader {addr}: {}",
+                    status.message()
+                )));
+                error_response(&e)
+            }
+        },
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn forward(
+    network: &Network,
+    addr: &str,
+    kind: LeaseKind,
+    req: proto::LeaseRequest,
+) -> Result<proto::LeaseReply, tonic::Status> {
+    let channel = network
+        .channel(addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = FencingClient::new(channel);
+    let reply = match kind {
+        LeaseKind::Acquire => client.acquire(req).await?,
+        LeaseKind::Renew => client.renew(req).await?,
+        LeaseKind::Check => client.check(req).await?,
+    };
+    Ok(reply.into_inner())
+}
+
+async fn fence(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let region = q.get("region").cloned().unwrap_or_default();
+    let epoch = match q.get("epoch").map(|e| e.parse::<u64>()) {
+        Some(Ok(e)) => e,
+        Some(Err(_)) => {
+            return error_response(&ApiError::invalid(
+                "epoch",
+                format!("{:?} is not a whole number", q["epoch"]),
+            ));
+        }
+        None => return error_response(&ApiError::invalid("epoch", "missing (?region=R&epoch=E)")),
+    };
+    let req = proto::LeaseRequest {
+        group,
+        region,
+        epoch,
+        holder: String::new(),
+    };
+    decide(&state, LeaseKind::Check, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    region: String,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    holder: String,
+}
+
+async fn acquire(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Json(body): Json<LeaseBody>,
+) -> Response {
+    let req = proto::LeaseRequest {
+        group,
+        region: body.region,
+        epoch: 0,
+        holder: body.holder,
+    };
+    decide(&state, LeaseKind::Acquire, req).await
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Json(body): Json<LeaseBody>,
+) -> Response {
+    let req = proto::LeaseRequest {
+        group,
+        region: body.region,
+        epoch: body.epoch,
+        holder: body.holder,
+    };
+    decide(&state, LeaseKind::Renew, req).await
+}
+
+fn group_json(g: &crate::state::GroupState) -> serde_json::Value {
+    json!({
+        "name": g.name, "active": g.active, "epoch": g.epoch, "mode": g.mode.as_str(),
+        "candidates": g.candidates, "revoked": g.revoked, "operation": g.operation,
+    })
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let consensus = state.fencing.consensus();
+    if let Err(e) = consensus.linearizable_read().await {
+        return error_response(&ApiError::from(e));
+    }
+    let view = consensus.view();
+    let body = consensus.with_state(|s| {
+        json!({
+            "cluster_id": s.cluster_id,
+            "leader_id": view.leader,
+            "policy_version": s.policy_version,
+            "groups": s.groups.values().map(group_json).collect::<Vec<_>>(),
+            "verdicts": s.verdicts,
+        })
+    });
+    Json(body).into_response()
+}
+
+async fn group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
+    let consensus = state.fencing.consensus();
+    if let Err(e) = consensus.linearizable_read().await {
+        return error_response(&ApiError::from(e));
+    }
+    match consensus.with_state(|s| s.groups.get(&group).map(group_json)) {
+        Some(body) => Json(body).into_response(),
+        None => error_response(&ApiError::from(crate::state::Refusal::UnknownGroup {
+            group,
+        })),
+    }
+}

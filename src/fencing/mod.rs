@@ -1,0 +1,16 @@
+//! Leases and fencing epochs for databases, their sidecar agents and shell hooks.
+//!
+//! The server side ([`Fencing`]) answers acquire, renew and check over gRPC and HTTP from a
+//! batched linearizable read of the committed state: a region may hold the lease only while
+//! it is the group's active region, at the current epoch, and not revoked by a failover.
+//! The client side ([`LeaseClient`]) keeps the holder's rule in one place: the deadline is
+//! the *send* time of the successful request plus the lease, on the holder's monotonic
+//! clock, so the holder stops before the leader can activate another region (S1).
+
+mod client;
+mod http;
+mod service;
+
+pub use client::{LeaseClient, LeaseState};
+pub use http::router;
+pub use service::{Fencing, FencingService, LeaseKind};

@@ -1,0 +1,340 @@
+//! Health and automatic decisions. On every witness: probes every region of the policy and
+//! reports what it sees to the leader. On the leader: turns the reports into quorum
+//! verdicts (S7), records verdict changes with their evidence, and starts failovers: in
+//! `auto` mode by itself, in `manual` mode as an operation waiting for approval. `frozen`
+//! groups are never touched. Anti-flap: a per-group cooldown after any activation or
+//! aborted operation; automatic failback only when the policy enables it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{LeaderTables, RegionView};
+use crate::api::now_ms;
+use crate::config::{Mode, Policy};
+use crate::health::{Evidence, ProbeSpec, Prober, Seen, Verdict};
+use crate::proto::raft_client::RaftClient;
+use crate::proto::{ProbeReport, RegionProbe};
+use crate::raft::{Consensus, Network};
+use crate::state::{ClusterState, Command, OperationKind, OperationState, Proposal};
+
+/// How often a witness reports its probe results and the leader re-evaluates verdicts.
+const ROUND: Duration = Duration::from_millis(250);
+/// A report older than this many probe intervals (plus one second) no longer counts.
+const STALE_INTERVALS: u32 = 3;
+
+/// Runs forever on every witness; spawn it once.
+pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, network: Network) {
+    let mut prober: Option<(u64, Prober)> = None;
+    let mut engine = Engine::default();
+    let mut ticker = tokio::time::interval(ROUND);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (version, policy) = consensus.with_state(|s| (s.policy_version, s.policy.clone()));
+        let Some(policy) = policy else { continue };
+        let specs: BTreeMap<String, Vec<ProbeSpec>> = policy
+            .regions
+            .iter()
+            .filter(|r| !r.probes.is_empty())
+            .map(|r| (r.name.clone(), r.probes.clone()))
+            .collect();
+        match &mut prober {
+            Some((v, p)) if *v != version => {
+                p.update(specs);
+                *v = version;
+            }
+            Some(_) => {}
+            None => prober = Some((version, Prober::start(specs))),
+        }
+        let observations = prober
+            .as_ref()
+            .map(|(_, p)| p.snapshot())
+            .unwrap_or_default();
+        let report = ProbeReport {
+            witness: consensus.id(),
+            regions: observations
+                .into_iter()
+                .map(|o| RegionProbe {
+                    region: o.region,
+                    ok: o.ok,
+                    since_age_ms: o.since_age.as_millis() as u64,
+                    detail: o.detail,
+                })
+                .collect(),
+        };
+        if consensus.is_leader() {
+            record_local(&tables, &report);
+            engine.evaluate(&consensus, &tables, &policy).await;
+        } else {
+            engine = Engine::default();
+            send_report(&consensus, &network, report).await;
+        }
+    }
+}
+
+fn record_local(tables: &LeaderTables, report: &ProbeReport) {
+    let now = Instant::now();
+    let mut table = tables.reports.lock().expect("report table lock");
+    for r in &report.regions {
+        let _ = table.record(
+            report.witness,
+            &r.region,
+            r.ok,
+            Duration::from_millis(r.since_age_ms),
+            &r.detail,
+            now,
+        );
+    }
+}
+
+async fn send_report(consensus: &Consensus, network: &Network, report: ProbeReport) {
+    let Some((_, addr)) = consensus.leader_addr() else {
+        return;
+    };
+    let Ok(channel) = network.channel(&addr) else {
+        return;
+    };
+    let mut req = tonic::Request::new(report);
+    req.set_timeout(ROUND * 4);
+    if let Err(e) = RaftClient::new(channel).report_probes(req).await {
+        tracing::debug!(leader = %addr, error = %e, "probe report not delivered");
+    }
+}
+
+/// The leader's memory between rounds (rebuilt by a new leader).
+#[derive(Default)]
+struct Engine {
+    /// Since when each region has been `up` without interruption (for automatic failback).
+    up_since: HashMap<String, Instant>,
+    /// Groups whose automatic operations are held back until then (after an abort).
+    hold_until: HashMap<String, Instant>,
+    /// Aborted operations already seen, so each holds its group back once.
+    aborted_seen: BTreeSet<u64>,
+}
+
+impl Engine {
+    async fn evaluate(&mut self, consensus: &Consensus, tables: &LeaderTables, policy: &Policy) {
+        let now = Instant::now();
+        let view = consensus.view();
+        let voters: BTreeSet<u64> = view
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        let stale_after = |region: &str| {
+            let interval = policy
+                .regions
+                .iter()
+                .find(|r| r.name == region)
+                .and_then(|r| r.probes.iter().map(|p| p.interval()).max())
+                .unwrap_or(Duration::from_secs(1));
+            interval * STALE_INTERVALS + Duration::from_secs(1)
+        };
+        // The region-level verdict uses the shortest down_after of the groups it serves.
+        let region_down_after = |region: &str| {
+            policy
+                .groups
+                .iter()
+                .filter(|g| g.candidates.iter().any(|c| c == region))
+                .map(|g| Duration::from_millis(g.down_after_ms))
+                .min()
+                .unwrap_or(Duration::from_millis(crate::config::LEASE_MS_DEFAULT))
+        };
+        let probed: BTreeSet<String> = policy
+            .regions
+            .iter()
+            .filter(|r| !r.probes.is_empty())
+            .map(|r| r.name.clone())
+            .collect();
+        let (verdicts, summaries) = {
+            let mut table = tables.reports.lock().expect("report table lock");
+            table.retain_regions(&probed);
+            let members: BTreeSet<u64> = view.members.iter().map(|m| m.id).collect();
+            table.retain_witnesses(&members);
+            let stale = probed
+                .iter()
+                .map(|r| stale_after(r))
+                .max()
+                .unwrap_or(Duration::from_secs(4));
+            (
+                table.verdicts(&voters, region_down_after, stale, now),
+                table.summary(&voters, stale, now),
+            )
+        };
+        let regions: BTreeMap<String, RegionView> = probed
+            .iter()
+            .map(|r| {
+                let verdict = verdicts.get(r).map(|(v, _)| *v).unwrap_or(Verdict::Unknown);
+                let summary = summaries.get(r).copied().unwrap_or_default();
+                (r.clone(), RegionView { verdict, summary })
+            })
+            .collect();
+        for (region, v) in &regions {
+            if v.verdict == Verdict::Up {
+                self.up_since.entry(region.clone()).or_insert(now);
+            } else {
+                self.up_since.remove(region);
+            }
+        }
+        tables.set_regions(regions);
+
+        let state = consensus.state();
+        // Record verdict changes between up and down, with the evidence.
+        for (region, (verdict, evidence)) in &verdicts {
+            if *verdict == Verdict::Unknown {
+                continue;
+            }
+            if state.verdicts.get(region).map(String::as_str) != Some(verdict.as_str()) {
+                let command = Command::RecordVerdict {
+                    region: region.clone(),
+                    verdict: verdict.as_str().to_string(),
+                    evidence: describe_evidence(evidence),
+                };
+                if let Err(e) = propose(consensus, command).await {
+                    tracing::debug!(error = %e, "verdict not recorded");
+                    return;
+                }
+                tracing::info!(%region, %verdict, "region verdict changed");
+            }
+        }
+        self.decide(consensus, policy, &state, &verdicts, now).await;
+    }
+
+    /// Starts at most one operation per group per round.
+    async fn decide(
+        &mut self,
+        consensus: &Consensus,
+        policy: &Policy,
+        state: &ClusterState,
+        verdicts: &BTreeMap<String, (Verdict, Evidence)>,
+        now: Instant,
+    ) {
+        for op in state.operations.values() {
+            if matches!(op.state, OperationState::Aborted { .. }) && self.aborted_seen.insert(op.id)
+            {
+                if let Some(gp) = policy.group(&op.group) {
+                    self.hold_until.insert(
+                        op.group.clone(),
+                        now + Duration::from_millis(gp.cooldown_ms),
+                    );
+                }
+            }
+        }
+        let verdict_of = |region: &str| {
+            verdicts
+                .get(region)
+                .map(|(v, _)| *v)
+                .unwrap_or(Verdict::Unknown)
+        };
+        for gp in &policy.groups {
+            let Some(g) = state.groups.get(&gp.name) else {
+                continue;
+            };
+            if g.mode == Mode::Frozen || g.operation.is_some() {
+                continue;
+            }
+            if self.hold_until.get(&gp.name).is_some_and(|t| now < *t) {
+                continue;
+            }
+            let cooled = now_ms().saturating_sub(g.activated_at_ms) >= gp.cooldown_ms;
+            if !cooled {
+                continue;
+            }
+            let target = gp
+                .candidates
+                .iter()
+                .find(|c| **c != g.active && verdict_of(c) == Verdict::Up);
+            let (kind, to, reason) = if verdict_of(&g.active) == Verdict::Down {
+                let Some(to) = target else { continue };
+                let evidence = verdicts
+                    .get(&g.active)
+                    .map(|(_, e)| describe_evidence(e))
+                    .unwrap_or_default();
+                (
+                    OperationKind::Automatic,
+                    to.clone(),
+                    format!(
+                        "{} is down by quorum verdict; {to} is up\n{evidence}",
+                        g.active
+                    ),
+                )
+            } else if let Some(after) = gp.failback_after_ms {
+                let preferred = &gp.candidates[0];
+                let stable = self
+                    .up_since
+                    .get(preferred)
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_millis(after));
+                if *preferred == g.active || !stable {
+                    continue;
+                }
+                (
+                    OperationKind::Failback,
+                    preferred.clone(),
+                    format!("{preferred} has been up for {after} ms: automatic failback"),
+                )
+            } else {
+                continue;
+            };
+            let approval_required = g.mode == Mode::Manual;
+            tracing::info!(group = %gp.name, from = %g.active, %to, approval_required, "starting an operation on quorum verdicts");
+            let command = Command::StartOperation {
+                group: gp.name.clone(),
+                to,
+                kind,
+                reason,
+                approval_required,
+            };
+            if let Err(e) = propose(consensus, command).await {
+                tracing::debug!(error = %e, "automatic operation not started");
+                return;
+            }
+        }
+    }
+}
+
+async fn propose(
+    consensus: &Consensus,
+    command: Command,
+) -> Result<(), crate::raft::ConsensusError> {
+    let proposal = Proposal {
+        actor: "arbiter".to_string(),
+        at_ms: now_ms(),
+        request_id: String::new(),
+        command,
+    };
+    let response = consensus.propose(proposal).await?;
+    if let Err(refusal) = response.outcome {
+        tracing::debug!(%refusal, "automatic proposal refused");
+    }
+    Ok(())
+}
+
+/// One line per voter: what it saw, for how long, how fresh its report is.
+fn describe_evidence(e: &Evidence) -> String {
+    let mut out = format!("{} voters, majority {}:", e.voters, e.majority);
+    for w in &e.witnesses {
+        let seen = match w.seen {
+            Seen::Up => "up",
+            Seen::Down => "down",
+            Seen::Failing => "failing (not yet long enough)",
+            Seen::Stale => "stale report",
+            Seen::Missing => "no report",
+        };
+        out += &format!(
+            "\n  witness {}: {seen} for {} ms (report {} ms old){}",
+            w.witness,
+            w.for_ms,
+            w.report_age_ms,
+            if w.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", w.detail)
+            }
+        );
+    }
+    out
+}
