@@ -139,6 +139,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the lease-holding sidecar of a database in REGION: acquire and renew the lease,
+    /// run --on-gain when it is gained and --on-lose (self-fence) the moment it lapses.
+    Agent {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        region: String,
+        /// Shown as the lease holder in `arbiter status` (default: the host name).
+        #[arg(long)]
+        holder: Option<String>,
+        /// Shell command run when the lease is lost (stop accepting writes).
+        #[arg(long)]
+        on_lose: Option<String>,
+        /// Shell command run when the lease is gained (accept writes).
+        #[arg(long)]
+        on_gain: Option<String>,
+        /// Write the current state here as JSON (atomically).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Milliseconds between acquire attempts while the lease is not held.
+        #[arg(long, default_value_t = 1000)]
+        retry_ms: u64,
+    },
+    /// Is EPOCH still current for REGION of GROUP? Exit 0 allowed, 1 refused (for hooks).
+    FenceCheck {
+        #[command(flatten)]
+        conn: Conn,
+        group: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        epoch: u64,
+    },
     /// Set a group's mode: auto, manual or frozen.
     Mode {
         #[command(flatten)]
@@ -577,6 +612,61 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Cmd::Agent {
+            conn,
+            group,
+            region,
+            holder,
+            on_lose,
+            on_gain,
+            state_file,
+            retry_ms,
+        } => {
+            let client = conn.client()?;
+            if retry_ms == 0 {
+                return Err(Failure::usage("--retry-ms must be at least 1".into()));
+            }
+            let holder = holder.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "agent".into())
+            });
+            let config = crate::agent::AgentConfig {
+                group,
+                region,
+                holder,
+                on_lose,
+                on_gain,
+                state_file,
+                retry: std::time::Duration::from_millis(retry_ms),
+            };
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => futures::future::pending().await } } => {}
+                }
+            };
+            crate::agent::run(config, client, shutdown).await;
+            Ok(())
+        }
+        Cmd::FenceCheck {
+            conn,
+            group,
+            region,
+            epoch,
+        } => {
+            let client = conn.client()?;
+            let lease = crate::fencing::LeaseClient::new(client, &group, &region, "");
+            let reply = lease.check(epoch).await?;
+            if reply.allowed {
+                println!("allowed: {region} is active for {group} at epoch {epoch}");
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!("refused ({}): {}", reply.refusal, reply.message),
+                })
+            }
+        }
         Cmd::Policy { command } => policy(command).await,
         Cmd::Members { command } => members(command).await,
         Cmd::Certs {
@@ -905,6 +995,15 @@ fn status_json(r: &proto::StatusReply) -> serde_json::Value {
             "last_contact_ms": w.last_contact_ms, "matched_index": w.matched_index,
         })).collect::<Vec<_>>(),
         "audit": r.audit.iter().map(audit_json).collect::<Vec<_>>(),
+        "regions": r.regions.iter().map(|g| serde_json::json!({
+            "name": g.name, "verdict": g.verdict, "voters_seeing_down": g.voters_seeing_down,
+            "voters_seeing_up": g.voters_seeing_up, "voters": g.voters,
+        })).collect::<Vec<_>>(),
+        "operations": r.operations.iter().map(operation_json).collect::<Vec<_>>(),
+        "leases": r.leases.iter().map(|l| serde_json::json!({
+            "group": l.group, "region": l.region, "holder": l.holder, "epoch": l.epoch,
+            "remaining_ms": l.remaining_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -969,6 +1068,34 @@ fn status_table(r: &proto::StatusReply, audit: u32) -> String {
     }
     if r.groups.is_empty() {
         out += "(no groups: apply a policy with `arbiter policy apply FILE`)\n";
+    }
+    if !r.regions.is_empty() {
+        out += &format!("\n{:<16} {:<8} {}\n", "REGION", "VERDICT", "WITNESSES (voters seeing it down / up)");
+        for g in &r.regions {
+            out += &format!("{:<16} {:<8} {} down / {} up of {}\n", g.name, g.verdict, g.voters_seeing_down, g.voters_seeing_up, g.voters);
+        }
+    }
+    if !r.operations.is_empty() {
+        out += "\nOPERATIONS IN PROGRESS\n";
+        for o in &r.operations {
+            out += &format!(
+                "#{:<4} {:<12} {} -> {}  {}  step {}{}\n",
+                o.id,
+                o.group,
+                o.from,
+                o.to,
+                o.state,
+                o.step,
+                if o.error.is_empty() { String::new() } else { format!(": {}", o.error) }
+            );
+        }
+    }
+    if !r.leases.is_empty() {
+        out += &format!("\n{:<16} {:<12} {:<20} {:>6} {:>12}\n", "LEASE GROUP", "REGION", "HOLDER", "EPOCH", "REMAINING");
+        for l in &r.leases {
+            let remaining = if l.remaining_ms >= 0 { format!("{} ms", l.remaining_ms) } else { "expired".into() };
+            out += &format!("{:<16} {:<12} {:<20} {:>6} {:>12}\n", l.group, l.region, l.holder, l.epoch, remaining);
+        }
     }
     out += "\n";
     out += &witness_table(&r.witnesses);

@@ -18,9 +18,13 @@ use crate::tls::{TlsMaterial, TlsPaths};
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect timeout per witness.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Total attempts across witnesses and redirects for one call.
-const ATTEMPTS_MAX: usize = 12;
-/// Pause between attempts when no leader is known (an election is likely under way).
+/// Attempts across witnesses and redirects for one call.
+const ATTEMPTS_MAX: usize = 60;
+/// Total time one call keeps trying: long enough to ride out a leader election with
+/// WAN-sized timeouts, short enough for an operator at a terminal.
+const CALL_DEADLINE: Duration = Duration::from_secs(20);
+/// Pause before trying again when no reachable leader is known (an election is likely
+/// under way, or the known leader just died).
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 /// An error from the cluster, with its machine-readable kind (`unknown-group`,
@@ -131,7 +135,14 @@ impl Client {
         let mut target = self.servers[0].clone();
         let mut next_server = 1;
         let mut last = ClientError::local("unavailable", "no witness answered".into());
+        let started = tokio::time::Instant::now();
+        // Addresses that just failed at the transport level: a redirect to one of them is
+        // not followed until an election had time to move on.
+        let mut failed: Vec<String> = Vec::new();
         for _ in 0..ATTEMPTS_MAX {
+            if started.elapsed() > CALL_DEADLINE {
+                break;
+            }
             let channel = self.channel(&target)?;
             match call(channel).await {
                 Ok(resp) => return Ok(resp.into_inner()),
@@ -153,12 +164,18 @@ impl Client {
                     if !retry {
                         return Err(last);
                     }
+                    if last.kind != "not-leader" && !failed.contains(&target) {
+                        failed.push(target.clone());
+                    }
                     match redirect {
-                        Some(leader) if leader != target => {
+                        Some(leader) if leader != target && !failed.contains(&leader) => {
                             tracing::debug!(from = %target, to = %leader, "following the leader");
                             target = leader;
                         }
                         _ => {
+                            if failed.len() >= self.servers.len() {
+                                failed.clear();
+                            }
                             target = self.servers[next_server % self.servers.len()].clone();
                             next_server += 1;
                             tokio::time::sleep(RETRY_PAUSE).await;

@@ -11,6 +11,8 @@
 //!   stores, and the gRPC network between witnesses. openraft types never leave this module.
 //! - [`health`]: region probes (specs, probe loop on each witness), the leader's table of
 //!   probe reports, and the pure quorum verdict (`up`, `down`, `unknown`) on each region.
+//! - [`agent`]: `arbiter agent`, the lease-holding sidecar that self-fences when its lease
+//!   lapses.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
 //! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints
@@ -25,6 +27,7 @@
 //! - [`certs`]: the development CA behind `arbiter certs init`.
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
 
+pub mod agent;
 pub mod api;
 pub mod certs;
 pub mod cli;

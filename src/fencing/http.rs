@@ -46,17 +46,18 @@ pub fn router(fencing: Fencing, network: Network) -> Router {
 }
 
 fn error_response(e: &ApiError) -> Response {
-    let status = match e.kind() {
+    kind_response(e.kind(), &e.to_string())
+}
+
+/// The one mapping of an error kind (see `api::ApiError::kind`) to an HTTP status.
+fn kind_response(kind: &str, message: &str) -> Response {
+    let status = match kind {
         "invalid-argument" => StatusCode::BAD_REQUEST,
         "unknown-group" | "unknown-region" => StatusCode::NOT_FOUND,
-        "not-leader" | "unavailable" | "shutting-down" => StatusCode::SERVICE_UNAVAILABLE,
+        "not-leader" | "unavailable" | "shutting-down" | "transport" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (
-        status,
-        Json(json!({ "error": e.kind(), "message": e.to_string() })),
-    )
-        .into_response()
+    (status, Json(json!({ "error": kind, "message": message }))).into_response()
 }
 
 fn lease_response(reply: &proto::LeaseReply) -> Response {
@@ -86,11 +87,13 @@ async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> 
         })) => match forward(&state.network, &addr, kind, req).await {
             Ok(reply) => lease_response(&reply),
             Err(status) => {
-                let e = ApiError::from(ConsensusError::Unavailable(format!(
-                    "leader {addr}: {}",
-                    status.message()
-                )));
-                error_response(&e)
+                let kind = status
+                    .metadata()
+                    .get(crate::api::META_ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("unavailable")
+                    .to_string();
+                kind_response(&kind, &format!("leader {addr}: {}", status.message()))
             }
         },
         Err(e) => error_response(&e),

@@ -230,19 +230,29 @@ impl Cluster {
         Client::new(vec![self.witnesses[i].addr.to_string()], &self.certs.client).unwrap()
     }
 
+    /// A client that knows every witness (dead ones are skipped).
+    pub fn client_for(cluster: &Cluster) -> Client {
+        cluster.client()
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.addrs(), &self.certs.client).unwrap()
     }
 
     /// Initialises the cluster through witness 1 and applies [`POLICY`].
     pub async fn init_with_policy(&self) -> String {
+        self.init_with(POLICY).await
+    }
+
+    /// Initialises the cluster and applies `policy`.
+    pub async fn init_with(&self, policy: &str) -> String {
         let client = self.client();
         let reply = client
             .call(|mut c| async move { c.init(proto::InitRequest {}).await })
             .await
             .expect("init");
         let req = proto::PolicyApplyRequest {
-            toml: POLICY.to_string(),
+            toml: policy.to_string(),
             dry_run: false,
             if_version: 0,
             request_id: "policy-1".into(),
