@@ -51,6 +51,11 @@ pub enum NodeError {
     },
     #[error("server: {0}")]
     Server(String),
+    #[error("probes.source_addr {addr} cannot be a probe source on this host: {reason}")]
+    ProbeSource {
+        addr: std::net::IpAddr,
+        reason: String,
+    },
 }
 
 /// A running witness.
@@ -70,6 +75,15 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Node, NodeError> {
         crate::tls::install_crypto_provider();
+        if let Some(addr) = config.probe_source {
+            crate::health::check_source(addr).map_err(|e| NodeError::ProbeSource {
+                addr,
+                reason: e.to_string(),
+            })?;
+        }
+        let probe_options = crate::health::ProbeOptions {
+            source: config.probe_source,
+        };
         let tls = TlsMaterial::load(&config.tls)?;
         let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
         let consensus = Consensus::start(&config, network.clone()).await?;
@@ -126,7 +140,7 @@ impl Node {
                 tokio::join!(
                     duties(c.clone()),
                     crate::operations::executor::run(c.clone(), t.clone()),
-                    crate::operations::engine::run(c, t, n),
+                    crate::operations::engine::run(c, t, n, probe_options),
                 );
             })
         };

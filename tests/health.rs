@@ -1,19 +1,22 @@
 //! Region probes against real loopback endpoints started by the tests: an HTTP server that
 //! can answer 200 or 503 and be stopped, a TCP listener that can be closed, a gRPC health
 //! server whose status can be set, and a listener that accepts but never answers. Then the
-//! probe loop: its state follows the endpoint down and back up.
+//! probe loop: its state follows the endpoint down and back up. Last, the probe source
+//! address: each protocol's connection must start from it, as the endpoint sees it.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbiter::health::{probe_once, ProbeSpec, ProbeTarget, Prober, RegionObservation};
-use axum::extract::State;
+use arbiter::health::{
+    check_source, probe_once, ProbeOptions, ProbeSpec, ProbeTarget, Prober, RegionObservation,
+};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::{eventually, init_tracing, DEADLINE};
@@ -21,17 +24,29 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+/// The peer IP address of each request an endpoint served, in order.
+type Peers = Arc<Mutex<Vec<IpAddr>>>;
+
 /// An HTTP endpoint on loopback whose `/health` answers the current status with body
-/// `ok` (200) or `degraded` (anything else), and counts requests.
+/// `ok` (200) or `degraded` (anything else), counts requests and records who sent them.
 struct HttpEndpoint {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
     hits: Arc<AtomicU64>,
+    peers: Peers,
     server: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct HttpShared {
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicU64>,
+    peers: Peers,
 }
 
 impl HttpEndpoint {
@@ -42,6 +57,7 @@ impl HttpEndpoint {
             addr,
             status: Arc::new(AtomicU16::new(200)),
             hits: Arc::default(),
+            peers: Arc::default(),
             server: None,
         };
         endpoint.serve(listener);
@@ -50,10 +66,12 @@ impl HttpEndpoint {
 
     fn serve(&mut self, listener: TcpListener) {
         async fn health(
-            State((status, hits)): State<(Arc<AtomicU16>, Arc<AtomicU64>)>,
+            State(shared): State<HttpShared>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
         ) -> (StatusCode, &'static str) {
-            hits.fetch_add(1, Ordering::SeqCst);
-            let code = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
+            shared.hits.fetch_add(1, Ordering::SeqCst);
+            shared.peers.lock().unwrap().push(peer.ip());
+            let code = StatusCode::from_u16(shared.status.load(Ordering::SeqCst)).unwrap();
             (
                 code,
                 if code == StatusCode::OK {
@@ -65,14 +83,28 @@ impl HttpEndpoint {
         }
         let app = axum::Router::new()
             .route("/health", get(health))
-            .with_state((self.status.clone(), self.hits.clone()));
+            .with_state(HttpShared {
+                status: self.status.clone(),
+                hits: self.hits.clone(),
+                peers: self.peers.clone(),
+            });
         self.server = Some(tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         }));
     }
 
     fn url(&self) -> String {
         format!("http://{}/health", self.addr)
+    }
+
+    /// The peer address of the latest request served.
+    fn last_peer(&self) -> Option<IpAddr> {
+        self.peers.lock().unwrap().last().copied()
     }
 
     fn set_status(&self, code: u16) {
@@ -102,10 +134,12 @@ async fn bind_retry(addr: SocketAddr) -> TcpListener {
     .await
 }
 
-/// A gRPC server with only `grpc.health.v1.Health`, plaintext or TLS.
+/// A gRPC server with only `grpc.health.v1.Health`, plaintext or TLS, that records the peer
+/// address of each request.
 struct GrpcEndpoint {
     addr: SocketAddr,
     reporter: HealthReporter,
+    peers: Peers,
     server: JoinHandle<()>,
 }
 
@@ -118,6 +152,14 @@ impl GrpcEndpoint {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).unwrap();
         }
+        let peers: Peers = Arc::default();
+        let record = peers.clone();
+        let service = InterceptedService::new(service, move |req: tonic::Request<()>| {
+            if let Some(peer) = req.remote_addr() {
+                record.lock().unwrap().push(peer.ip());
+            }
+            Ok(req)
+        });
         let router = builder.add_service(service);
         let server = tokio::spawn(async move {
             router
@@ -128,6 +170,7 @@ impl GrpcEndpoint {
         Self {
             addr,
             reporter,
+            peers,
             server,
         }
     }
@@ -174,12 +217,28 @@ fn grpc(addr: &str, service: &str, tls: bool, ca: Option<PathBuf>) -> ProbeSpec 
     })
 }
 
-/// Runs one probe, bounded by the test deadline so a hung probe fails the test.
+/// Runs one probe with default options, bounded by the test deadline so a hung probe fails
+/// the test.
 async fn probe(spec: &ProbeSpec) -> arbiter::health::ProbeResult {
+    probe_with(spec, ProbeOptions::default()).await
+}
+
+async fn probe_with(spec: &ProbeSpec, options: ProbeOptions) -> arbiter::health::ProbeResult {
     spec.validate("test").expect("test specs are valid");
-    tokio::time::timeout(DEADLINE, probe_once(spec))
+    tokio::time::timeout(DEADLINE, probe_once(spec, options))
         .await
         .expect("a probe ends within its timeout")
+}
+
+/// A loopback address other than 127.0.0.1: Linux routes all of 127.0.0.0/8 to the loopback
+/// interface, so it can be bound without setup, and a peer seen from it can only have come
+/// from a socket bound to it.
+const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+
+fn from_source() -> ProbeOptions {
+    ProbeOptions {
+        source: Some(SOURCE),
+    }
 }
 
 /// Goal: an HTTP probe passes only on the expected status and body, and fails when the
@@ -375,7 +434,7 @@ async fn prober_state_follows_the_endpoint_down_and_back() {
         "region-a".to_string(),
         vec![fast(http(&endpoint.url())), fast(tcp(tcp_addr))],
     )]);
-    let prober = Prober::start(specs);
+    let prober = Prober::start(specs, ProbeOptions::default());
 
     tracing::info!("--- passing");
     let first = eventually("region-a passes", || async {
@@ -445,10 +504,10 @@ async fn prober_update_and_drop_stop_probing() {
     let endpoint = HttpEndpoint::start().await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tcp_addr = listener.local_addr().unwrap();
-    let mut prober = Prober::start(BTreeMap::from([(
-        "region-a".to_string(),
-        vec![fast(tcp(tcp_addr))],
-    )]));
+    let mut prober = Prober::start(
+        BTreeMap::from([("region-a".to_string(), vec![fast(tcp(tcp_addr))])]),
+        ProbeOptions::default(),
+    );
     eventually("region-a observed", || async {
         region(&prober, "region-a")
     })
@@ -486,4 +545,130 @@ async fn prober_update_and_drop_stop_probing() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(endpoint.hits.load(Ordering::SeqCst), after_drop);
     drop(listener);
+}
+
+/// Goal: with a source address, an HTTP probe connects from it, and without one from the
+/// address the OS picks; the probe loop passes its options to every region task, including
+/// one added later by `update`. Method: an HTTP endpoint on 127.0.0.1 records the peer of
+/// each request; probes run with source 127.0.0.11 and with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_probe_connects_from_the_source_address() {
+    init_tracing();
+    let endpoint = HttpEndpoint::start().await;
+
+    tracing::info!("--- with a source address");
+    let r = probe_with(&http(&endpoint.url()), from_source()).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(endpoint.last_peer(), Some(SOURCE));
+
+    tracing::info!("--- without: the OS picks the loopback's own address");
+    let r = probe(&http(&endpoint.url())).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(endpoint.last_peer(), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+
+    tracing::info!("--- the probe loop, for a region added by update");
+    let mut prober = Prober::start(BTreeMap::new(), from_source());
+    prober.update(BTreeMap::from([(
+        "region-a".to_string(),
+        vec![fast(http(&endpoint.url()))],
+    )]));
+    let before = endpoint.peers.lock().unwrap().len();
+    eventually("region-a passes", || async {
+        region(&prober, "region-a").filter(|o| o.ok)
+    })
+    .await;
+    prober.stop().await;
+    let looped: Vec<IpAddr> = endpoint.peers.lock().unwrap()[before..].to_vec();
+    assert!(!looped.is_empty());
+    assert!(looped.iter().all(|&p| p == SOURCE), "{looped:?}");
+}
+
+/// Goal: a TCP probe with a source address connects from it, and refuses a target with no
+/// address of the source's family instead of silently connecting from elsewhere. Method: a
+/// listener on 127.0.0.1 accepts the probe's connection and reads its peer address.
+#[tokio::test]
+async fn tcp_probe_connects_from_the_source_address() {
+    init_tracing();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    tracing::info!("--- with a source address");
+    let r = probe_with(&tcp(addr), from_source()).await;
+    assert!(r.ok, "{r:?}");
+    // The connection completed before the probe returned; it waits in the backlog.
+    let (_, peer) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("the probe's connection is pending")
+        .unwrap();
+    assert_eq!(peer.ip(), SOURCE);
+
+    tracing::info!("--- without");
+    let r = probe(&tcp(addr)).await;
+    assert!(r.ok, "{r:?}");
+    let (_, peer) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("the probe's connection is pending")
+        .unwrap();
+    assert_eq!(peer.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+    tracing::info!("--- an IPv6 source cannot reach an IPv4 target");
+    let v6 = ProbeOptions {
+        source: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    };
+    let r = probe_with(&tcp(addr), v6).await;
+    assert!(!r.ok, "{r:?}");
+    assert!(r.detail.contains("no address of the family"), "{r:?}");
+}
+
+/// Goal: a gRPC probe with a source address connects from it, in plaintext and over TLS.
+/// Method: tonic-health servers record the peer of each request.
+#[tokio::test]
+async fn grpc_probe_connects_from_the_source_address() {
+    init_tracing();
+    arbiter::tls::install_crypto_provider();
+
+    tracing::info!("--- plaintext");
+    let endpoint = GrpcEndpoint::start(None).await;
+    let r = probe_with(
+        &grpc(&endpoint.addr.to_string(), "", false, None),
+        from_source(),
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(*endpoint.peers.lock().unwrap(), [SOURCE]);
+    let r = probe(&grpc(&endpoint.addr.to_string(), "", false, None)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        *endpoint.peers.lock().unwrap(),
+        [SOURCE, IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    );
+
+    tracing::info!("--- TLS");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = arbiter::certs::init_dev_certs(dir.path(), 1, &[], false).unwrap();
+    let node = &certs.nodes[0];
+    let identity = Identity::from_pem(
+        std::fs::read(&node.cert).unwrap(),
+        std::fs::read(&node.key).unwrap(),
+    );
+    let endpoint = GrpcEndpoint::start(Some(ServerTlsConfig::new().identity(identity))).await;
+    // `localhost` may resolve to ::1 first; the source's family picks 127.0.0.1.
+    let addr = format!("localhost:{}", endpoint.addr.port());
+    let r = probe_with(
+        &grpc(&addr, "", true, Some(certs.ca_cert.clone())),
+        from_source(),
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(*endpoint.peers.lock().unwrap(), [SOURCE]);
+}
+
+/// Goal: a source address that is not on this host is caught by `check_source` (which the
+/// witness runs at start), rather than failing every probe later.
+#[test]
+fn source_address_must_belong_to_this_host() {
+    check_source(SOURCE).expect("a loopback address is local");
+    // 192.0.2.0/24 is reserved for documentation (RFC 5737): never assigned to a host.
+    let e = check_source(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrNotAvailable, "{e}");
 }

@@ -1,8 +1,8 @@
 //! The node file: local settings of one witness (id, site, addresses, TLS files, initial
-//! peers, timing). Parsed and validated into [`NodeConfig`] before any port is bound.
+//! peers, timing, probe source address). Parsed and validated into [`NodeConfig`] before any port is bound.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +32,17 @@ struct RawNode {
     timing: RawTiming,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    probes: RawProbes,
+}
+
+/// How this witness runs its region probes. Local to the witness, not in the policy: the
+/// interface a site must probe from is a fact of that site's network.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProbes {
+    /// IP address probes connect from; absent lets the OS choose by its routing table.
+    source_addr: Option<String>,
 }
 
 /// Log compaction. Defaults keep restart replay short and let a briefly lagging peer catch
@@ -138,6 +149,10 @@ pub struct NodeConfig {
     pub peers: Vec<Peer>,
     pub timing: Timing,
     pub storage: Storage,
+    /// Local IP address every region probe connects from (`probes.source_addr`), for sites
+    /// where only one interface reaches the regions; `None` lets the OS choose. Never the
+    /// unspecified or a multicast address.
+    pub probe_source: Option<IpAddr>,
 }
 
 impl NodeConfig {
@@ -258,7 +273,14 @@ impl NodeConfig {
                 format!("{} is more than {ENTRIES_MAX}", st.log_keep_after_snapshot),
             ));
         }
+        let probe_source = raw
+            .probes
+            .source_addr
+            .as_deref()
+            .map(|a| check_source_addr("probes.source_addr", a))
+            .transpose()?;
         Ok(NodeConfig {
+            probe_source,
             storage: Storage {
                 snapshot_every_entries: st.snapshot_every_entries,
                 log_keep_after_snapshot: st.log_keep_after_snapshot,
@@ -278,6 +300,27 @@ impl NodeConfig {
             },
         })
     }
+}
+
+/// An IP address a socket can bind to as its source: not the unspecified address (omit the
+/// key to let the OS choose) and not multicast (never a source).
+fn check_source_addr(key: &str, addr: &str) -> Result<IpAddr, ConfigError> {
+    let ip: IpAddr = addr.parse().map_err(|e| {
+        ConfigError::new(key, format!("{addr:?} is not an IP address (no port): {e}"))
+    })?;
+    if ip.is_unspecified() {
+        return Err(ConfigError::new(
+            key,
+            format!("{ip} is the unspecified address; omit the key to let the OS choose"),
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(ConfigError::new(
+            key,
+            format!("{ip} is a multicast address, which cannot be a source"),
+        ));
+    }
+    Ok(ip)
 }
 
 /// `host:port` with a non-zero port.
@@ -356,5 +399,33 @@ peers = [
         )
         .unwrap_err();
         assert_eq!(e.key, "timing.election_timeout_min_ms");
+    }
+
+    #[test]
+    fn probe_source_addr_is_an_ip_address() {
+        let d = dir_with_tls();
+        let c = NodeConfig::parse("node.toml", GOOD, d.path()).unwrap();
+        assert_eq!(c.probe_source, None, "the OS chooses by default");
+        let with = |table: &str| format!("{GOOD}\n[probes]\n{table}\n");
+        let c = NodeConfig::parse("node.toml", &with("source_addr = \"127.0.0.11\""), d.path())
+            .unwrap();
+        assert_eq!(c.probe_source, Some("127.0.0.11".parse().unwrap()));
+        let c =
+            NodeConfig::parse("node.toml", &with("source_addr = \"fd00::7\""), d.path()).unwrap();
+        assert_eq!(c.probe_source, Some("fd00::7".parse().unwrap()));
+
+        for bad in ["127.0.0.11:0", "eth0", "0.0.0.0", "::", "224.0.0.1"] {
+            let e = NodeConfig::parse(
+                "node.toml",
+                &with(&format!("source_addr = \"{bad}\"")),
+                d.path(),
+            )
+            .unwrap_err();
+            assert_eq!(e.key, "probes.source_addr", "{bad}: {e}");
+        }
+
+        let e =
+            NodeConfig::parse("node.toml", &with("source = \"127.0.0.11\""), d.path()).unwrap_err();
+        assert!(e.reason.contains("unknown field `source`"), "{e}");
     }
 }

@@ -18,7 +18,7 @@ pub mod spec;
 pub mod table;
 pub mod verdict;
 
-pub use probe::{probe_once, ProbeResult};
+pub use probe::{check_source, probe_once, ProbeOptions, ProbeResult};
 pub use prober::{Prober, RegionObservation};
 pub use spec::{validate_region_probes, ProbeSpec, ProbeTarget};
 pub use table::{RecordError, RegionSummary, ReportTable, TABLE_REGIONS_MAX};

@@ -4,9 +4,11 @@
 //! This module owns the network side of probing. It must never run without a deadline, never
 //! follow redirects or use a proxy (the probe measures what this witness sees of the region,
 //! directly), never reuse a pooled connection (a probe must prove a new connection works),
-//! and never read more than [`BODY_BYTES_MAX`] bytes of a response.
+//! and never read more than [`BODY_BYTES_MAX`] bytes of a response. With a source address
+//! in [`ProbeOptions`], every probe's connection starts from it, whatever the protocol.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +25,24 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Probe details are cut to this many bytes: a status code or an error, not a document.
 pub const DETAIL_BYTES_MAX: usize = super::table::DETAIL_BYTES_MAX;
 
+/// How this witness runs its probes, the same for every probe: settings of the witness (its
+/// node file), not of the policy, since they describe the witness's own network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Local IP address every probe connects from, for a site where only one interface
+    /// reaches the regions. `None` lets the OS choose by its routes. With a source, only the
+    /// target's addresses of the same family (IPv4 or IPv6) are tried.
+    pub source: Option<IpAddr>,
+}
+
+/// Checks that `source` is an address of this host, so a typo in the node file stops the
+/// witness at start instead of failing every probe (which would report every region down).
+pub fn check_source(source: IpAddr) -> std::io::Result<()> {
+    // A UDP bind claims nothing beyond this call and fails with "cannot assign requested
+    // address" exactly when a TCP bind to the same address would.
+    std::net::UdpSocket::bind(SocketAddr::new(source, 0)).map(drop)
+}
+
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -38,8 +58,8 @@ pub struct ProbeResult {
 /// Runs `spec` once, within its timeout.
 ///
 /// Prepares a fresh client each call; the [`super::Prober`] prepares once per spec instead.
-pub async fn probe_once(spec: &ProbeSpec) -> ProbeResult {
-    match Probe::new(spec) {
+pub async fn probe_once(spec: &ProbeSpec, options: ProbeOptions) -> ProbeResult {
+    match Probe::new(spec, options) {
         Ok(probe) => probe.run().await,
         Err(detail) => ProbeResult {
             ok: false,
@@ -62,7 +82,9 @@ enum How {
         client: reqwest::Client,
         url: reqwest::Url,
     },
-    Tcp,
+    Tcp {
+        source: Option<IpAddr>,
+    },
     Grpc {
         /// Boxed: a tonic endpoint is several times larger than the other variants.
         endpoint: Box<Endpoint>,
@@ -72,7 +94,7 @@ enum How {
 impl Probe {
     /// Prepares `spec`. An error is a short reason (unreadable CA, bad URL) that the caller
     /// reports as a failing probe: a probe that cannot run is not a passing one.
-    pub(crate) fn new(spec: &ProbeSpec) -> Result<Self, String> {
+    pub(crate) fn new(spec: &ProbeSpec, options: ProbeOptions) -> Result<Self, String> {
         crate::tls::install_crypto_provider();
         let timeout = spec.timeout();
         let how = match &spec.target {
@@ -84,6 +106,7 @@ impl Probe {
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy()
                     .pool_max_idle_per_host(0)
+                    .local_address(options.source)
                     .user_agent(concat!("arbiter-probe/", env!("CARGO_PKG_VERSION")));
                 if let Some(path) = ca {
                     let pem = std::fs::read(path)
@@ -97,13 +120,16 @@ impl Probe {
                     .map_err(|e| format!("http client: {}", chain(&e)))?;
                 How::Http { client, url }
             }
-            ProbeTarget::Tcp { .. } => How::Tcp,
+            ProbeTarget::Tcp { .. } => How::Tcp {
+                source: options.source,
+            },
             ProbeTarget::Grpc { addr, tls, ca, .. } => {
                 let scheme = if *tls { "https" } else { "http" };
                 let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(|e| format!("bad addr: {e}"))?
                     .connect_timeout(timeout)
-                    .timeout(timeout);
+                    .timeout(timeout)
+                    .local_address(options.source);
                 if *tls {
                     let host = host_of(addr);
                     let mut config = ClientTlsConfig::new().domain_name(host);
@@ -194,10 +220,15 @@ impl Probe {
                     Err(format!("status {status}, body lacks the expected text"))
                 }
             }
-            (How::Tcp, ProbeTarget::Tcp { addr }) => {
-                tokio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
+            (How::Tcp { source }, ProbeTarget::Tcp { addr }) => {
+                match source {
+                    None => {
+                        tokio::net::TcpStream::connect(addr.as_str())
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?;
+                    }
+                    Some(source) => connect_from(*source, addr).await?,
+                }
                 Ok("connected".to_owned())
             }
             (How::Grpc { endpoint }, ProbeTarget::Grpc { service, .. }) => {
@@ -220,6 +251,35 @@ impl Probe {
             _ => unreachable!("Probe::new pairs each target with its own client"),
         }
     }
+}
+
+/// Connects to `addr` (`host:port`) from `source`: like `TcpStream::connect`, each resolved
+/// address in turn until one answers, but only those of the source's family (a socket bound
+/// to an IPv4 address cannot reach an IPv6 one), which is also what the HTTP and gRPC
+/// connectors do with a local address.
+async fn connect_from(source: IpAddr, addr: &str) -> Result<(), String> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("resolve: {e}"))?;
+    let mut last = None;
+    for target in resolved.filter(|t| t.is_ipv4() == source.is_ipv4()) {
+        let socket = match target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        match socket.connect(target).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("connect: {e}"),
+        None => format!("connect: {addr} has no address of the family of source {source}"),
+    })
 }
 
 /// The host part of `host:port`, without IPv6 brackets.

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::probe::{Probe, ProbeResult, DETAIL_BYTES_MAX};
+use super::probe::{Probe, ProbeOptions, ProbeResult, DETAIL_BYTES_MAX};
 use super::spec::{ProbeSpec, INTERVAL_MS_MIN, PROBES_PER_REGION_MAX};
 use super::table::TABLE_REGIONS_MAX;
 
@@ -58,21 +58,27 @@ struct RegionTask {
 /// witness has nothing to say about it. Dropping the `Prober` aborts its tasks.
 pub struct Prober {
     tasks: BTreeMap<String, RegionTask>,
+    /// Fixed for the prober's life: they come from the node file, which only a restart
+    /// changes. Every region task, including those `update` starts later, uses them.
+    options: ProbeOptions,
 }
 
 impl std::fmt::Debug for Prober {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prober")
             .field("regions", &self.tasks.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
             .finish()
     }
 }
 
 impl Prober {
-    /// Starts probing `specs` (region → its probes). Regions without probes are not probed.
-    pub fn start(specs: BTreeMap<String, Vec<ProbeSpec>>) -> Self {
+    /// Starts probing `specs` (region → its probes) with `options`. Regions without probes
+    /// are not probed.
+    pub fn start(specs: BTreeMap<String, Vec<ProbeSpec>>, options: ProbeOptions) -> Self {
         let mut prober = Self {
             tasks: BTreeMap::new(),
+            options,
         };
         prober.update(specs);
         prober
@@ -112,7 +118,12 @@ impl Prober {
                 continue;
             }
             let slot: Slot = Arc::default();
-            let handle = tokio::spawn(run_region(region.clone(), probes.clone(), slot.clone()));
+            let handle = tokio::spawn(run_region(
+                region.clone(),
+                probes.clone(),
+                self.options,
+                slot.clone(),
+            ));
             self.tasks.insert(
                 region,
                 RegionTask {
@@ -198,10 +209,10 @@ impl Prepared {
 /// Each probe is rescheduled `interval + jitter` after the round started. A round lasts at
 /// most the longest timeout, which validation keeps below the interval, so the next wait is
 /// never zero.
-async fn run_region(region: String, specs: Vec<ProbeSpec>, slot: Slot) {
+async fn run_region(region: String, specs: Vec<ProbeSpec>, options: ProbeOptions, slot: Slot) {
     let probes: Vec<Prepared> = specs
         .into_iter()
-        .map(|spec| match Probe::new(&spec) {
+        .map(|spec| match Probe::new(&spec, options) {
             Ok(probe) => Prepared::Ready(probe),
             Err(reason) => {
                 warn!(region = %region, probe = %spec.target, reason = %reason, "probe cannot be prepared; it fails until the policy changes");

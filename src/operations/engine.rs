@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{LeaderTables, RegionView};
 use crate::api::now_ms;
 use crate::config::{Mode, Policy};
-use crate::health::{Evidence, ProbeSpec, Prober, Seen, Verdict};
+use crate::health::{Evidence, ProbeOptions, ProbeSpec, Prober, Seen, Verdict};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{ProbeReport, RegionProbe};
 use crate::raft::{Consensus, Network};
@@ -25,8 +25,14 @@ const ROUND: Duration = Duration::from_millis(250);
 /// A report older than this many probe intervals (plus one second) no longer counts.
 const STALE_INTERVALS: u32 = 3;
 
-/// Runs forever on every witness; spawn it once.
-pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, network: Network) {
+/// Runs forever on every witness; spawn it once. `probe_options` are this witness's own
+/// (from its node file) and apply to every region the policy names.
+pub async fn run(
+    consensus: Arc<Consensus>,
+    tables: Arc<LeaderTables>,
+    network: Network,
+    probe_options: ProbeOptions,
+) {
     let mut prober: Option<(u64, Prober)> = None;
     let mut engine = Engine::default();
     let mut ticker = tokio::time::interval(ROUND);
@@ -47,7 +53,7 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, network: 
                 *v = version;
             }
             Some(_) => {}
-            None => prober = Some((version, Prober::start(specs))),
+            None => prober = Some((version, Prober::start(specs, probe_options))),
         }
         let observations = prober
             .as_ref()
