@@ -63,7 +63,11 @@ struct AgentState<'a> {
 
 /// Runs the agent until `shutdown` completes. On shutdown while holding, the lease is given
 /// up by running `on-lose` first.
-pub async fn run(config: AgentConfig, client: Client, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    config: AgentConfig,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let lease = LeaseClient::new(client, &config.group, &config.region, &config.holder);
     let agent = Agent { config, lease };
     tokio::pin!(shutdown);
@@ -78,19 +82,36 @@ pub async fn run(config: AgentConfig, client: Client, shutdown: impl std::future
                     r = agent.lease.acquire() => r,
                 };
                 match result {
-                    Ok(LeaseState::Held { epoch, lease, deadline }) if Instant::now() < deadline => {
+                    Ok(LeaseState::Held {
+                        epoch,
+                        lease,
+                        deadline,
+                    }) if Instant::now() < deadline => {
                         holding = Some((epoch, lease, deadline));
                         active = agent.config.region.clone();
                         last_epoch = epoch;
                         tracing::info!(group = %agent.config.group, region = %agent.config.region, epoch, "lease gained");
                         agent.write_state(true, epoch, Some(deadline), &active, "lease gained");
-                        agent.run_command("on-gain", agent.config.on_gain.as_deref(), epoch).await;
+                        agent
+                            .run_command("on-gain", agent.config.on_gain.as_deref(), epoch)
+                            .await;
                         continue;
                     }
                     Ok(LeaseState::Held { epoch, .. }) => {
-                        agent.write_state(false, epoch, None, &active, "lease granted but already expired on arrival");
+                        agent.write_state(
+                            false,
+                            epoch,
+                            None,
+                            &active,
+                            "lease granted but already expired on arrival",
+                        );
                     }
-                    Ok(LeaseState::Refused { active: a, epoch, message, .. }) => {
+                    Ok(LeaseState::Refused {
+                        active: a,
+                        epoch,
+                        message,
+                        ..
+                    }) => {
                         active = a;
                         last_epoch = epoch;
                         agent.write_state(false, epoch, None, &active, &message);
@@ -119,7 +140,9 @@ pub async fn run(config: AgentConfig, client: Client, shutdown: impl std::future
                 match outcome {
                     Renewal::Expired => {
                         holding = None;
-                        agent.lose(epoch, &active, "lease deadline passed without a renewal").await;
+                        agent
+                            .lose(epoch, &active, "lease deadline passed without a renewal")
+                            .await;
                     }
                     Renewal::Shutdown => {
                         agent.lose(epoch, &active, "agent stopping").await;
@@ -130,22 +153,32 @@ pub async fn run(config: AgentConfig, client: Client, shutdown: impl std::future
                         // while the answer was in flight) is no lease at all.
                         if Instant::now() >= next {
                             holding = None;
-                            agent.lose(epoch, &active, "renewal arrived after its own deadline").await;
+                            agent
+                                .lose(epoch, &active, "renewal arrived after its own deadline")
+                                .await;
                         } else {
                             holding = Some((epoch, lease, next));
                             agent.write_state(true, epoch, Some(next), &active, "lease renewed");
                         }
                     }
-                    Renewal::Answer(Ok(LeaseState::Refused { active: a, epoch: current, message, .. })) => {
+                    Renewal::Answer(Ok(LeaseState::Refused {
+                        active: a,
+                        epoch: current,
+                        message,
+                        ..
+                    })) => {
                         holding = None;
                         active = a;
                         last_epoch = current;
-                        agent.lose(epoch, &active, &format!("renewal refused: {message}")).await;
+                        agent
+                            .lose(epoch, &active, &format!("renewal refused: {message}"))
+                            .await;
                     }
                     Renewal::Answer(Err(e)) => {
                         // Keep the lease until its deadline; try again shortly.
                         tracing::warn!(error = %e, "renewal failed; retrying until the deadline");
-                        let retry_at = (Instant::now() + agent.config.retry.min(lease / 6)).min(deadline);
+                        let retry_at =
+                            (Instant::now() + agent.config.retry.min(lease / 6)).min(deadline);
                         tokio::select! {
                             biased;
                             _ = tokio::time::sleep_until(retry_at) => {}
@@ -176,18 +209,29 @@ impl Agent {
     async fn lose(&self, epoch: u64, active: &str, why: &str) {
         tracing::warn!(group = %self.config.group, region = %self.config.region, epoch, reason = why, "lease lost: self-fencing");
         self.write_state(false, epoch, None, active, why);
-        self.run_command("on-lose", self.config.on_lose.as_deref(), epoch).await;
+        self.run_command("on-lose", self.config.on_lose.as_deref(), epoch)
+            .await;
     }
 
-    fn write_state(&self, holding: bool, epoch: u64, deadline: Option<Instant>, active: &str, event: &str) {
-        let Some(path) = &self.config.state_file else { return };
+    fn write_state(
+        &self,
+        holding: bool,
+        epoch: u64,
+        deadline: Option<Instant>,
+        active: &str,
+        event: &str,
+    ) {
+        let Some(path) = &self.config.state_file else {
+            return;
+        };
         let state = AgentState {
             group: &self.config.group,
             region: &self.config.region,
             holder: &self.config.holder,
             holding,
             epoch,
-            deadline_in_ms: deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            deadline_in_ms: deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
             active,
             event,
             updated_at_ms: now_ms(),
@@ -236,7 +280,11 @@ impl Agent {
                 }
             }
             Ok(Err(e)) => tracing::error!(event, error = %e, "command failed"),
-            Err(_) => tracing::error!(event, timeout_s = COMMAND_TIMEOUT.as_secs(), "command timed out and was killed"),
+            Err(_) => tracing::error!(
+                event,
+                timeout_s = COMMAND_TIMEOUT.as_secs(),
+                "command timed out and was killed"
+            ),
         }
     }
 }

@@ -627,7 +627,9 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 return Err(Failure::usage("--retry-ms must be at least 1".into()));
             }
             let holder = holder.unwrap_or_else(|| {
-                std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "agent".into())
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "agent".into())
             });
             let config = crate::agent::AgentConfig {
                 group,
@@ -639,7 +641,8 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 retry: std::time::Duration::from_millis(retry_ms),
             };
             let shutdown = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => futures::future::pending().await } } => {}
@@ -1070,9 +1073,15 @@ fn status_table(r: &proto::StatusReply, audit: u32) -> String {
         out += "(no groups: apply a policy with `arbiter policy apply FILE`)\n";
     }
     if !r.regions.is_empty() {
-        out += &format!("\n{:<16} {:<8} {}\n", "REGION", "VERDICT", "WITNESSES (voters seeing it down / up)");
+        out += &format!(
+            "\n{:<16} {:<8} {}\n",
+            "REGION", "VERDICT", "WITNESSES (voters seeing it down / up)"
+        );
         for g in &r.regions {
-            out += &format!("{:<16} {:<8} {} down / {} up of {}\n", g.name, g.verdict, g.voters_seeing_down, g.voters_seeing_up, g.voters);
+            out += &format!(
+                "{:<16} {:<8} {} down / {} up of {}\n",
+                g.name, g.verdict, g.voters_seeing_down, g.voters_seeing_up, g.voters
+            );
         }
     }
     if !r.operations.is_empty() {
@@ -1086,15 +1095,29 @@ fn status_table(r: &proto::StatusReply, audit: u32) -> String {
                 o.to,
                 o.state,
                 o.step,
-                if o.error.is_empty() { String::new() } else { format!(": {}", o.error) }
+                if o.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", o.error)
+                }
             );
         }
     }
     if !r.leases.is_empty() {
-        out += &format!("\n{:<16} {:<12} {:<20} {:>6} {:>12}\n", "LEASE GROUP", "REGION", "HOLDER", "EPOCH", "REMAINING");
+        out += &format!(
+            "\n{:<16} {:<12} {:<20} {:>6} {:>12}\n",
+            "LEASE GROUP", "REGION", "HOLDER", "EPOCH", "REMAINING"
+        );
         for l in &r.leases {
-            let remaining = if l.remaining_ms >= 0 { format!("{} ms", l.remaining_ms) } else { "expired".into() };
-            out += &format!("{:<16} {:<12} {:<20} {:>6} {:>12}\n", l.group, l.region, l.holder, l.epoch, remaining);
+            let remaining = if l.remaining_ms >= 0 {
+                format!("{} ms", l.remaining_ms)
+            } else {
+                "expired".into()
+            };
+            out += &format!(
+                "{:<16} {:<12} {:<20} {:>6} {:>12}\n",
+                l.group, l.region, l.holder, l.epoch, remaining
+            );
         }
     }
     out += "\n";

@@ -73,7 +73,10 @@ cooldown_ms = 0
 
 async fn verdict(client: &arbiter::client::Client, region: &str) -> Option<String> {
     let s = status(client).await;
-    s.regions.iter().find(|r| r.name == region).map(|r| r.verdict.clone())
+    s.regions
+        .iter()
+        .find(|r| r.name == region)
+        .map(|r| r.verdict.clone())
 }
 
 /// Goal: a region whose endpoint stops answering is declared down by a majority and the
@@ -86,7 +89,9 @@ async fn region_down_by_quorum_fails_over_automatically() {
     cluster.init_with(&probed_policy(&a, &b, "auto", "")).await;
     let client = cluster.client();
     eventually("both regions are up by verdict", || async {
-        (verdict(&client, "region-a").await.as_deref() == Some("up") && verdict(&client, "region-b").await.as_deref() == Some("up")).then_some(())
+        (verdict(&client, "region-a").await.as_deref() == Some("up")
+            && verdict(&client, "region-b").await.as_deref() == Some("up"))
+        .then_some(())
     })
     .await;
 
@@ -101,16 +106,36 @@ async fn region_down_by_quorum_fails_over_automatically() {
     .await;
     assert_eq!(op.kind, "automatic");
     let steps: Vec<_> = op.steps.iter().map(|s| s.step.as_str()).collect();
-    assert_eq!(steps, ["declare", "revoke", "fence", "rpo-check", "promote", "activate", "dns", "validate"]);
+    assert_eq!(
+        steps,
+        [
+            "declare",
+            "revoke",
+            "fence",
+            "rpo-check",
+            "promote",
+            "activate",
+            "dns",
+            "validate"
+        ]
+    );
     let s = status(&client).await;
     let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
-    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2), "epoch incremented once");
+    assert_eq!(
+        (g.active.as_str(), g.epoch),
+        ("region-b", 2),
+        "epoch incremented once"
+    );
     let verdict_entry = s
         .audit
         .iter()
         .find(|e| e.kind == "verdict" && e.detail.starts_with("region region-a: up -> down"))
         .expect("the down verdict is in the audit log");
-    assert!(verdict_entry.detail.contains("witness 1: down"), "evidence per witness: {}", verdict_entry.detail);
+    assert!(
+        verdict_entry.detail.contains("witness 1: down"),
+        "evidence per witness: {}",
+        verdict_entry.detail
+    );
     cluster.stop().await;
 }
 
@@ -120,20 +145,39 @@ async fn region_down_by_quorum_fails_over_automatically() {
 async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
     let (a, b) = (Endpoint::start().await, Endpoint::start().await);
     let cluster = Cluster::start(3).await;
-    cluster.init_with(&probed_policy(&a, &b, "manual", "")).await;
+    cluster
+        .init_with(&probed_policy(&a, &b, "manual", ""))
+        .await;
     let client = cluster.client();
-    eventually("region-a is up by verdict", || async { (verdict(&client, "region-a").await.as_deref() == Some("up")).then_some(()) }).await;
+    eventually("region-a is up by verdict", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
 
     tracing::info!("--- region-a goes dark: an operation waits for approval");
     a.set(false);
     let op = wait_operation(&client, 1, "awaiting-approval").await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let still = operation(&client, op.id).await.unwrap();
-    assert_eq!(still.state, "awaiting-approval", "nothing runs without approval");
+    assert_eq!(
+        still.state, "awaiting-approval",
+        "nothing runs without approval"
+    );
     assert_eq!(still.steps.len(), 1, "only declared");
-    let act = |op: u64, reason: &str| proto::OperationAction { operation: op, step: String::new(), reason: reason.into(), request_id: String::new() };
+    let act = |op: u64, reason: &str| proto::OperationAction {
+        operation: op,
+        step: String::new(),
+        reason: reason.into(),
+        request_id: String::new(),
+    };
     let req = act(op.id, "");
-    client.call(|mut c| { let req = req.clone(); async move { c.approve(req).await } }).await.expect("approve");
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.approve(req).await }
+        })
+        .await
+        .expect("approve");
     wait_operation(&client, op.id, "done").await;
 
     tracing::info!("--- region-a back, region-b dark: the next proposal is aborted");
@@ -141,18 +185,41 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
     b.set(false);
     let next = eventually("a second operation awaits approval", || async {
         let s = status(&client).await;
-        s.operations.into_iter().find(|o| o.state == "awaiting-approval" && o.id > op.id)
+        s.operations
+            .into_iter()
+            .find(|o| o.state == "awaiting-approval" && o.id > op.id)
     })
     .await;
     let req = act(next.id, "region-b is being patched; not moving");
-    let aborted = client.call(|mut c| { let req = req.clone(); async move { c.abort(req).await } }).await.expect("abort");
+    let aborted = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.abort(req).await }
+        })
+        .await
+        .expect("abort");
     assert_eq!(aborted.operation.unwrap().state, "aborted");
     let s = status(&client).await;
     let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
-    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2), "the old region stays active");
-    assert!(s.audit.iter().any(|e| e.kind == "operation-aborted" && e.detail.contains("being patched")), "the reason is recorded");
+    assert_eq!(
+        (g.active.as_str(), g.epoch),
+        ("region-b", 2),
+        "the old region stays active"
+    );
+    assert!(
+        s.audit
+            .iter()
+            .any(|e| e.kind == "operation-aborted" && e.detail.contains("being patched")),
+        "the reason is recorded"
+    );
     let e = client
-        .call(|mut c| async move { c.approve(proto::OperationAction { operation: 999, ..Default::default() }).await })
+        .call(|mut c| async move {
+            c.approve(proto::OperationAction {
+                operation: 999,
+                ..Default::default()
+            })
+            .await
+        })
         .await
         .expect_err("approving an unknown operation is refused");
     assert_eq!(e.kind, "unknown-operation", "{e}");
@@ -180,25 +247,56 @@ async fn failing_hook_halts_visibly_and_retry_completes() {
         "{POLICY}\n[hooks.promote-db]\nkind = \"exec\"\nprogram = \"{}\"\ntimeout_ms = 5000\n",
         promote.display()
     )
-    .replace("lease_margin_ms = 200\n", "lease_margin_ms = 200\nstep_attempts = 2\nhooks = { promote = [\"promote-db\"] }\n");
+    .replace(
+        "lease_margin_ms = 200\n",
+        "lease_margin_ms = 200\nstep_attempts = 2\nhooks = { promote = [\"promote-db\"] }\n",
+    );
     cluster.init_with(&policy).await;
     let client = cluster.client();
-    let op = start_failover(&client, "checkout", "region-b").await.unwrap();
+    let op = start_failover(&client, "checkout", "region-b")
+        .await
+        .unwrap();
     let halted = wait_operation(&client, op.id, "halted").await;
     assert_eq!(halted.step, "promote");
-    assert!(halted.error.contains("promote-db") && halted.error.contains("exit code 3"), "{}", halted.error);
-    assert!(halted.error.contains("standby unreachable"), "hook output is kept: {}", halted.error);
+    assert!(
+        halted.error.contains("promote-db") && halted.error.contains("exit code 3"),
+        "{}",
+        halted.error
+    );
+    assert!(
+        halted.error.contains("standby unreachable"),
+        "hook output is kept: {}",
+        halted.error
+    );
     let s = status(&client).await;
-    assert!(s.operations.iter().any(|o| o.id == op.id && o.state == "halted"), "status shows the halted operation");
+    assert!(
+        s.operations
+            .iter()
+            .any(|o| o.id == op.id && o.state == "halted"),
+        "status shows the halted operation"
+    );
     assert!(s.audit.iter().any(|e| e.kind == "operation-halted"));
 
     tracing::info!("--- fix the cause and retry");
     std::fs::write(&fixed, "").unwrap();
-    let req = proto::OperationAction { operation: op.id, ..Default::default() };
-    client.call(|mut c| { let req = req.clone(); async move { c.retry(req).await } }).await.expect("retry");
+    let req = proto::OperationAction {
+        operation: op.id,
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.retry(req).await }
+        })
+        .await
+        .expect("retry");
     let done = wait_operation(&client, op.id, "done").await;
     let promote = done.steps.iter().find(|s| s.step == "promote").unwrap();
-    assert!(promote.detail.contains("promoting region-b at epoch 2"), "{}", promote.detail);
+    assert!(
+        promote.detail.contains("promoting region-b at epoch 2"),
+        "{}",
+        promote.detail
+    );
     cluster.stop().await;
 }
 
@@ -222,7 +320,10 @@ async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
     };
     let mut hooks = String::new();
     for step in ["fence", "promote", "validate"] {
-        hooks += &format!("\n[hooks.{step}-gate]\nkind = \"exec\"\nprogram = \"{}\"\ntimeout_ms = 120000\n", gate(step).display());
+        hooks += &format!(
+            "\n[hooks.{step}-gate]\nkind = \"exec\"\nprogram = \"{}\"\ntimeout_ms = 120000\n",
+            gate(step).display()
+        );
     }
     let policy = format!("{POLICY}{hooks}").replace(
         "lease_margin_ms = 200\n",
@@ -232,14 +333,29 @@ async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
     let client = cluster.client();
 
     let mut to = "region-b";
-    for (round, step) in ["fence", "promote", "validate"].into_iter().enumerate() {
+    let steps = ["fence", "promote", "validate"];
+    for (round, step) in steps.into_iter().enumerate() {
         tracing::info!(step, "--- an operation sits in {step}");
-        // Earlier gates stay open, so this round blocks only at `step`.
+        // Every gate but this round's is open, so the operation blocks only at `step`.
+        for other in steps {
+            let gate = dir.join(format!("{other}.open"));
+            if other == step {
+                let _ = std::fs::remove_file(&gate);
+            } else {
+                std::fs::write(&gate, "").unwrap();
+            }
+        }
         let op = start_failover(&client, "checkout", to).await.unwrap();
         let runs = dir.join(format!("{step}.runs"));
-        eventually(&format!("the {step} hook runs for operation {}", op.id), || async {
-            std::fs::read_to_string(&runs).ok().filter(|t| t.lines().any(|l| l.starts_with(&format!("{} ", op.id)))).map(|_| ())
-        })
+        eventually(
+            &format!("the {step} hook runs for operation {}", op.id),
+            || async {
+                std::fs::read_to_string(&runs)
+                    .ok()
+                    .filter(|t| t.lines().any(|l| l.starts_with(&format!("{} ", op.id))))
+                    .map(|_| ())
+            },
+        )
         .await;
         let leader = cluster.leader().await;
         tracing::info!(leader, "--- kill the leader mid-step");
@@ -253,15 +369,46 @@ async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
         std::fs::write(dir.join(format!("{step}.open")), "").unwrap();
         let done = wait_operation(&survivors, op.id, "done").await;
         assert_eq!(done.to_epoch, round as u64 + 2);
-        let ran = std::fs::read_to_string(&runs).unwrap().lines().filter(|l| l.starts_with(&format!("{} ", op.id))).count();
+        let ran = std::fs::read_to_string(&runs)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{} ", op.id)))
+            .count();
         assert!(ran >= 1, "{step} hook ran for operation {}", op.id);
         let s = status(&survivors).await;
-        let done_entries = s.audit.iter().filter(|e| e.kind == "operation-done" && e.detail.starts_with(&format!("operation {}:", op.id))).count();
-        assert_eq!(done_entries, 1, "operation {} recorded done exactly once", op.id);
+        let done_entries = s
+            .audit
+            .iter()
+            .filter(|e| {
+                e.kind == "operation-done" && e.detail.starts_with(&format!("operation {}:", op.id))
+            })
+            .count();
+        assert_eq!(
+            done_entries, 1,
+            "operation {} recorded done exactly once",
+            op.id
+        );
         let recorded: Vec<_> = done.steps.iter().map(|s| s.step.as_str()).collect();
-        assert_eq!(recorded, ["declare", "revoke", "fence", "rpo-check", "promote", "activate", "dns", "validate"], "each step recorded once");
+        assert_eq!(
+            recorded,
+            [
+                "declare",
+                "revoke",
+                "fence",
+                "rpo-check",
+                "promote",
+                "activate",
+                "dns",
+                "validate"
+            ],
+            "each step recorded once"
+        );
         cluster.witness(leader).restart().await;
-        to = if to == "region-b" { "region-a" } else { "region-b" };
+        to = if to == "region-b" {
+            "region-a"
+        } else {
+            "region-b"
+        };
     }
     cluster.stop().await;
 }
@@ -276,14 +423,25 @@ async fn stale_epochs_are_refused_over_grpc_and_http() {
     let client = cluster.client();
     let lease = arbiter::fencing::LeaseClient::new(client.clone(), "checkout", "region-a", "db-a");
     let held = lease.acquire().await.unwrap();
-    assert!(matches!(held, arbiter::fencing::LeaseState::Held { epoch: 1, .. }), "{held:?}");
+    assert!(
+        matches!(held, arbiter::fencing::LeaseState::Held { epoch: 1, .. }),
+        "{held:?}"
+    );
     assert!(lease.check(1).await.unwrap().allowed);
     failover(&client, "checkout", "region-b").await.unwrap();
 
     tracing::info!("--- gRPC");
     match lease.renew(1).await.unwrap() {
-        arbiter::fencing::LeaseState::Refused { active, epoch, refusal, .. } => {
-            assert_eq!((active.as_str(), epoch, refusal.as_str()), ("region-b", 2, "not-active"));
+        arbiter::fencing::LeaseState::Refused {
+            active,
+            epoch,
+            refusal,
+            ..
+        } => {
+            assert_eq!(
+                (active.as_str(), epoch, refusal.as_str()),
+                ("region-b", 2, "not-active")
+            );
         }
         other => panic!("stale renewal must be refused: {other:?}"),
     }
@@ -297,31 +455,61 @@ async fn stale_epochs_are_refused_over_grpc_and_http() {
 
     tracing::info!("--- HTTP, asking a follower (it forwards to the leader)");
     let leader = cluster.leader().await;
-    let follower = cluster.witnesses.iter().find(|w| w.id != leader).unwrap().addr;
+    let follower = cluster
+        .witnesses
+        .iter()
+        .find(|w| w.id != leader)
+        .unwrap()
+        .addr;
     let http = https_client(&cluster);
     let get = |q: String| {
         let http = http.clone();
         async move {
-            let r = http.get(format!("https://{follower}{q}")).send().await.unwrap();
+            let r = http
+                .get(format!("https://{follower}{q}"))
+                .send()
+                .await
+                .unwrap();
             let code = r.status().as_u16();
             let text = r.text().await.unwrap();
-            (code, serde_json::from_str::<serde_json::Value>(&text).unwrap())
+            (
+                code,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            )
         }
     };
     let (code, body) = get("/v1/groups/checkout/fence?region=region-b&epoch=2".into()).await;
-    assert_eq!((code, body["allowed"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(
+        (code, body["allowed"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
     let (code, body) = get("/v1/groups/checkout/fence?region=region-b&epoch=1".into()).await;
     assert_eq!(code, 409, "{body}");
-    assert_eq!((body["epoch"].as_u64(), body["active"].as_str()), (Some(2), Some("region-b")));
+    assert_eq!(
+        (body["epoch"].as_u64(), body["active"].as_str()),
+        (Some(2), Some("region-b"))
+    );
     let (code, body) = get("/v1/groups/checkout/fence?region=region-a&epoch=1".into()).await;
-    assert_eq!((code, body["refusal"].as_str()), (409, Some("not-active")), "{body}");
+    assert_eq!(
+        (code, body["refusal"].as_str()),
+        (409, Some("not-active")),
+        "{body}"
+    );
     let (code, body) = get("/v1/groups/checkout/fence?region=region-b&epoch=two".into()).await;
     assert_eq!(code, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("epoch"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("epoch"),
+        "{body}"
+    );
     let (code, body) = get("/v1/groups/nope/fence?region=region-b&epoch=2".into()).await;
     assert_eq!(code, 404, "{body}");
     let (code, body) = get("/v1/groups/checkout/fence?region=region-z&epoch=2".into()).await;
-    assert_eq!((code, body["error"].as_str()), (404, Some("unknown-region")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("unknown-region")),
+        "{body}"
+    );
     let renew = http
         .post(format!("https://{follower}/v1/groups/checkout/renew"))
         .header("content-type", "application/json")
@@ -329,7 +517,11 @@ async fn stale_epochs_are_refused_over_grpc_and_http() {
         .send()
         .await
         .unwrap();
-    assert_eq!(renew.status().as_u16(), 409, "stale renewal over HTTP is refused");
+    assert_eq!(
+        renew.status().as_u16(),
+        409,
+        "stale renewal over HTTP is refused"
+    );
     cluster.stop().await;
 }
 
@@ -340,7 +532,9 @@ fn https_client(cluster: &Cluster) -> reqwest::Client {
     let mut pem = std::fs::read(&c.cert).unwrap();
     pem.extend(std::fs::read(&c.key).unwrap());
     reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap(),
+        )
         .identity(reqwest::Identity::from_pem(&pem).unwrap())
         .build()
         .unwrap()
@@ -351,11 +545,108 @@ fn https_client(cluster: &Cluster) -> reqwest::Client {
 async fn policy_with_missing_hook_program_is_refused() {
     let cluster = Cluster::start(3).await;
     cluster.init_with_policy().await;
-    let policy = format!("{POLICY}\n[hooks.promote-db]\nkind = \"exec\"\nprogram = \"/nonexistent/promote\"\n");
-    let req = proto::PolicyApplyRequest { toml: policy, dry_run: false, if_version: 0, request_id: String::new() };
-    let e = cluster.client().call(|mut c| { let req = req.clone(); async move { c.policy_apply(req).await } }).await.unwrap_err();
+    let policy = format!(
+        "{POLICY}\n[hooks.promote-db]\nkind = \"exec\"\nprogram = \"/nonexistent/promote\"\n"
+    );
+    let req = proto::PolicyApplyRequest {
+        toml: policy,
+        dry_run: false,
+        if_version: 0,
+        request_id: String::new(),
+    };
+    let e = cluster
+        .client()
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.policy_apply(req).await }
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, "invalid-policy");
     assert!(e.message.contains("hooks.promote-db.program"), "{e}");
     assert_eq!(status(&cluster.client()).await.policy_version, 1);
+    cluster.stop().await;
+}
+
+/// A health endpoint that refuses requests coming from one source address: the link
+/// between that witness and the region is cut, everyone else still sees the region up.
+async fn endpoint_cut_from(blocked: std::net::IpAddr) -> Endpoint {
+    use axum::extract::ConnectInfo;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| async move {
+                if peer.ip() == blocked {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "link cut")
+                } else {
+                    (axum::http::StatusCode::OK, "ok")
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    Endpoint { url, healthy }
+}
+
+/// Goal: one witness's view never produces `down` (S7). Method: witnesses probe from
+/// their own loopback addresses; region-b's endpoint refuses only the region-a witness
+/// (127.0.0.11). The other two still see region-b up: no `down` verdict, no failover of
+/// the auto-mode group active in region-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_seen_by_one_witness_never_fails_over() {
+    let a = Endpoint::start().await;
+    let b = endpoint_cut_from("127.0.0.11".parse().unwrap()).await;
+    let cluster = Cluster::start_with(3, "\n[probes]\nsource_addr = \"127.0.0.1{id}\"\n").await;
+    let catalog = "\n[[groups]]\nname = \"catalog\"\ncandidates = [\"region-b\", \"region-a\"]\nmode = \"auto\"\nlease_ms = 1000\ndown_after_ms = 600\ncooldown_ms = 0\n";
+    cluster
+        .init_with(&probed_policy(&a, &b, "auto", catalog))
+        .await;
+    let client = cluster.client();
+    let s = eventually(
+        "region-b is up by verdict, with one witness seeing it down",
+        || async {
+            let s = status(&client).await;
+            let r = s.regions.iter().find(|r| r.name == "region-b")?;
+            (r.verdict == "up" && r.voters_seeing_down == 1 && r.voters_seeing_up == 2).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        s.regions
+            .iter()
+            .find(|r| r.name == "region-b")
+            .unwrap()
+            .voters,
+        3
+    );
+
+    tracing::info!("--- several down_after windows later: still up, no operation");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let s = status(&client).await;
+    assert_eq!(
+        s.regions
+            .iter()
+            .find(|r| r.name == "region-b")
+            .unwrap()
+            .verdict,
+        "up"
+    );
+    assert!(s.operations.is_empty(), "no failover: {:?}", s.operations);
+    let catalog = s.groups.iter().find(|g| g.name == "catalog").unwrap();
+    assert_eq!((catalog.active.as_str(), catalog.epoch), ("region-b", 1));
+    assert!(!s
+        .audit
+        .iter()
+        .any(|e| e.kind == "verdict" && e.detail.contains("region-b: up -> down")));
+    let _ = &b.healthy;
     cluster.stop().await;
 }

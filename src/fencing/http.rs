@@ -54,7 +54,9 @@ fn kind_response(kind: &str, message: &str) -> Response {
     let status = match kind {
         "invalid-argument" => StatusCode::BAD_REQUEST,
         "unknown-group" | "unknown-region" => StatusCode::NOT_FOUND,
-        "not-leader" | "unavailable" | "shutting-down" | "transport" => StatusCode::SERVICE_UNAVAILABLE,
+        "not-leader" | "unavailable" | "shutting-down" | "transport" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(json!({ "error": kind, "message": message }))).into_response()

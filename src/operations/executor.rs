@@ -52,7 +52,7 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) {
     let mut applied = consensus.subscribe_applied();
     // When this witness first saw each operation's revoke applied.
     let mut revoke_seen: HashMap<u64, Instant> = HashMap::new();
-    let mut tasks: HashMap<u64, (Step, JoinHandle<()>)> = HashMap::new();
+    let mut tasks: HashMap<u64, (Step, StepTask)> = HashMap::new();
     let mut was_leader = false;
     loop {
         let operations: Vec<Operation> = consensus.with_state(|s| {
@@ -98,12 +98,12 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) {
                     .get(&op.id)
                     .copied()
                     .unwrap_or_else(Instant::now);
-                let task = tokio::spawn(step_task(
+                let task = StepTask(tokio::spawn(step_task(
                     consensus.clone(),
                     tables.clone(),
                     op.clone(),
                     seen,
-                ));
+                )));
                 tasks.insert(op.id, (op.step, task));
             }
             // Halted, aborted or finished operations have no task.
@@ -121,6 +121,26 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) {
         if let Ok(Err(_)) = tokio::time::timeout(TICK, applied.changed()).await {
             tokio::time::sleep(TICK).await;
         }
+    }
+}
+
+/// A running step; aborted when dropped, so a stopped executor (this witness lost the
+/// leadership or is shutting down) issues no further hook calls (S3).
+struct StepTask(JoinHandle<()>);
+
+impl StepTask {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for StepTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -217,7 +217,8 @@ impl Cluster {
         extra: &str,
     ) -> NodeConfig {
         let data = dir.join(format!("node-{id}"));
-        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1]) + extra;
+        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1])
+            + &extra.replace("{id}", &id.to_string());
         NodeConfig::parse("node.toml", &text, dir).expect("valid node file")
     }
 
