@@ -650,3 +650,76 @@ async fn a_cut_link_seen_by_one_witness_never_fails_over() {
     let _ = &b.healthy;
     cluster.stop().await;
 }
+
+/// Goal: anti-flap. After an automatic failover, the group is not failed over again
+/// automatically within its cooldown, even when the new region goes down too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldown_holds_back_a_second_automatic_failover() {
+    let (a, b) = (Endpoint::start().await, Endpoint::start().await);
+    let cluster = Cluster::start(3).await;
+    cluster
+        .init_with(
+            &probed_policy(&a, &b, "auto", "").replace("cooldown_ms = 0", "cooldown_ms = 600000"),
+        )
+        .await;
+    let client = cluster.client();
+    eventually("both regions up", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("up")
+            && verdict(&client, "region-b").await.as_deref() == Some("up"))
+        .then_some(())
+    })
+    .await;
+    tracing::info!("--- region-a goes dark: automatic failover");
+    a.set(false);
+    wait_operation(&client, 1, "done").await;
+    tracing::info!("--- region-b goes dark while region-a is back up: the cooldown holds");
+    a.set(true);
+    eventually("region-a up again", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    b.set(false);
+    eventually("region-b is down by verdict", || async {
+        (verdict(&client, "region-b").await.as_deref() == Some("down")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let s = status(&client).await;
+    assert!(
+        s.operations.is_empty(),
+        "no automatic operation during the cooldown: {:?}",
+        s.operations
+    );
+    let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
+    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
+    cluster.stop().await;
+}
+
+/// Goal: with `failback_after_ms`, the group returns to its first candidate by itself once
+/// that region has been up for the stable period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_failback_after_the_stable_period() {
+    let (a, b) = (Endpoint::start().await, Endpoint::start().await);
+    let cluster = Cluster::start(3).await;
+    cluster
+        .init_with(&probed_policy(&a, &b, "auto", "").replace(
+            "cooldown_ms = 0",
+            "cooldown_ms = 0\nfailback_after_ms = 1500",
+        ))
+        .await;
+    let client = cluster.client();
+    eventually("region-a up", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    a.set(false);
+    wait_operation(&client, 1, "done").await;
+    tracing::info!("--- region-a recovers: failback after the stable period");
+    a.set(true);
+    let back = wait_operation(&client, 2, "done").await;
+    assert_eq!(
+        (back.kind.as_str(), back.to.as_str(), back.to_epoch),
+        ("failback", "region-a", 3)
+    );
+    cluster.stop().await;
+}

@@ -853,7 +853,8 @@ impl ClusterState {
                         changed_at_index: index,
                         revoked: false,
                         operation: None,
-                        activated_at_ms: p.at_ms,
+                        // No failover yet: the anti-flap cooldown does not hold back the first.
+                        activated_at_ms: 0,
                     };
                     let detail = format!("group created, active {} at epoch {epoch}", g.active);
                     self.groups.insert(gp.name.clone(), g);
