@@ -723,3 +723,69 @@ async fn automatic_failback_after_the_stable_period() {
     );
     cluster.stop().await;
 }
+
+/// Goal: the rpo-check step measures the target's lag with its hook: within the RPO it
+/// proceeds; above it, after `rpo_wait_ms`, it halts for approval, and `approve` accepts the
+/// data loss and lets the operation finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
+    let cluster = Cluster::start(3).await;
+    let dir = cluster.dir.path().to_path_buf();
+    let lag = dir.join("lag_ms");
+    std::fs::write(&lag, "200").unwrap();
+    let hook = script(
+        &dir,
+        "lag.sh",
+        &format!(
+            "echo \"{{\\\"lag_ms\\\": $(cat {}), \\\"lag_bytes\\\": 10}}\"",
+            lag.display()
+        ),
+    );
+    let policy = format!("{POLICY}\n[hooks.lag]\nkind = \"exec\"\nprogram = \"{}\"\n", hook.display()).replace(
+        "lease_margin_ms = 200\n",
+        "lease_margin_ms = 200\nrpo_lag_ms = 1000\nrpo_wait_ms = 1000\nhooks = { rpo_check = \"lag\" }\n",
+    );
+    cluster.init_with(&policy).await;
+    let client = cluster.client();
+    let done = failover(&client, "checkout", "region-b").await.unwrap();
+    let rpo = done.steps.iter().find(|s| s.step == "rpo-check").unwrap();
+    assert_eq!(rpo.outcome, "completed");
+    assert!(
+        rpo.detail.contains("lag 200 ms") && rpo.detail.contains("within"),
+        "{}",
+        rpo.detail
+    );
+
+    tracing::info!("--- lag above the RPO: halt, then approve");
+    std::fs::write(&lag, "5000").unwrap();
+    let op = start_failover(&client, "checkout", "region-a")
+        .await
+        .unwrap();
+    let halted = wait_operation(&client, op.id, "halted").await;
+    assert_eq!(halted.step, "rpo-check");
+    assert!(
+        halted.error.contains("lag 5000 ms") && halted.error.contains("arbiter approve"),
+        "{}",
+        halted.error
+    );
+    let req = proto::OperationAction {
+        operation: op.id,
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.approve(req).await }
+        })
+        .await
+        .expect("approve");
+    let done = wait_operation(&client, op.id, "done").await;
+    let rpo = done.steps.iter().find(|s| s.step == "rpo-check").unwrap();
+    assert_eq!(rpo.outcome, "skipped");
+    assert!(
+        rpo.detail.contains("accepted by operator"),
+        "{}",
+        rpo.detail
+    );
+    cluster.stop().await;
+}
