@@ -2,10 +2,15 @@
 //! Everything here turns raw TOML into validated, typed values; nothing here binds a port,
 //! proposes a command or reads a secret's contents.
 
+mod dns;
 mod error;
 mod node;
 mod policy;
 
+pub use dns::{
+    check_fqdn, in_zone, DnsPolicy, DnsServer, DnsZone, GroupDns, RecordKind, RecordSet,
+    TsigAlgorithm, WhenIsolated,
+};
 pub(crate) use error::check_name;
 pub use error::ConfigError;
 pub(crate) use node::check_addr;

@@ -82,7 +82,7 @@ pub struct SecretRef {
 
 impl SecretRef {
     /// Checks that the reference names exactly one source and that it resolves here.
-    fn check(&self, key: &str) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self, key: &str) -> Result<(), ConfigError> {
         match (&self.file, &self.env) {
             (Some(path), None) => match std::fs::metadata(path) {
                 Ok(m) if m.is_file() => Ok(()),
@@ -168,6 +168,9 @@ pub struct GroupPolicy {
     /// Hooks (by name) run by each failover step.
     #[serde(default)]
     pub hooks: GroupHooks,
+    /// The DNS record that follows this group's active region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<super::dns::GroupDns>,
 }
 
 /// Which hooks each step of a failover runs, by name from `[hooks]`.
@@ -274,6 +277,13 @@ pub struct Policy {
     pub groups: Vec<GroupPolicy>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hooks: BTreeMap<String, Hook>,
+    /// Zones, external servers and embedded-server behaviour.
+    #[serde(default, skip_serializing_if = "is_default_dns")]
+    pub dns: super::dns::DnsPolicy,
+}
+
+fn is_default_dns(dns: &super::dns::DnsPolicy) -> bool {
+    *dns == super::dns::DnsPolicy::default()
 }
 
 impl Policy {
@@ -362,6 +372,7 @@ impl Policy {
                 }
             }
         }
+        self.dns.validate()?;
         let mut groups = BTreeSet::new();
         for (i, group) in self.groups.iter().enumerate() {
             let key = format!("groups[{i}]");
@@ -404,6 +415,9 @@ impl Policy {
                         group.lease_ms
                     ),
                 ));
+            }
+            if let Some(dns) = &group.dns {
+                dns.validate(&format!("{key}.dns"), &self.dns, &group.candidates)?;
             }
             for (step, hook) in group.hooks.names() {
                 if !self.hooks.contains_key(hook) {
@@ -463,6 +477,7 @@ impl Policy {
             regions: Vec::new(),
             groups: Vec::new(),
             hooks: BTreeMap::new(),
+            dns: super::dns::DnsPolicy::default(),
         };
         let old = old.unwrap_or(&empty);
         let old_regions: BTreeSet<_> = old.regions.iter().map(|r| &r.name).collect();
@@ -505,6 +520,9 @@ impl Policy {
                             g.name, o.lease_ms, g.lease_ms
                         );
                     }
+                    if o.dns != g.dns {
+                        let _ = writeln!(out, "~ group {}: dns", g.name);
+                    }
                     if o.hooks != g.hooks {
                         let _ = writeln!(out, "~ group {}: hooks", g.name);
                     }
@@ -543,6 +561,9 @@ impl Policy {
                 }
                 Some(_) => {}
             }
+        }
+        if old.dns != self.dns {
+            let _ = writeln!(out, "~ dns zones, servers or settings");
         }
         for name in old.hooks.keys() {
             if !self.hooks.contains_key(name) {
