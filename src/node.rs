@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::{now_ms, ApiService};
@@ -132,7 +132,10 @@ impl Node {
             .tls_config(tls.server_config())
             .map_err(|e| NodeError::Server(e.to_string()))?
             .add_routes(routes);
-        let incoming = TcpListenerStream::new(listener);
+        // Accepted sockets do not inherit tonic's TCP_NODELAY default when we bring our own
+        // listener. Without it, Nagle holds back a reply's last small frame until the peer's
+        // delayed ACK (~40 ms on Linux): fence checks and Raft replies stall at the tail.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
         let duties = {
             let (c, t, n) = (consensus.clone(), tables.clone(), network.clone());
