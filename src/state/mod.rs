@@ -83,6 +83,13 @@ pub enum Command {
     /// Operator: stop an operation before the new region is activated; the old region stays
     /// active and its lease may be renewed again.
     AbortOperation { operation: u64, reason: String },
+    /// The leader found an external DNS server publishing something other than the
+    /// committed state for a group and repaired it.
+    RecordDnsRepair {
+        group: String,
+        server: String,
+        detail: String,
+    },
     /// The leader's quorum verdict about a region changed.
     RecordVerdict {
         region: String,
@@ -180,7 +187,8 @@ pub enum Outcome {
     Group(GroupState),
     /// The operation after the change.
     Operation(Box<Operation>),
-    VerdictRecorded,
+    /// An observation (verdict change, DNS repair) was recorded in the audit log.
+    Recorded,
 }
 
 /// The replicated state of one group.
@@ -498,6 +506,26 @@ impl ClusterState {
                 self.trim_operations();
                 Ok(Outcome::Operation(Box::new(out)))
             }
+            Command::RecordDnsRepair {
+                group,
+                server,
+                detail,
+            } => {
+                let epoch = self.groups.get(group).map(|g| g.epoch).ok_or_else(|| {
+                    Refusal::UnknownGroup {
+                        group: group.clone(),
+                    }
+                })?;
+                self.audit(
+                    index,
+                    p,
+                    group,
+                    "dns-repair",
+                    format!("server {server}: {}", bounded(detail, DETAIL_BYTES_MAX)),
+                    epoch,
+                );
+                Ok(Outcome::Recorded)
+            }
             Command::RecordVerdict {
                 region,
                 verdict,
@@ -525,7 +553,7 @@ impl ClusterState {
                     ),
                     0,
                 );
-                Ok(Outcome::VerdictRecorded)
+                Ok(Outcome::Recorded)
             }
             Command::SetMode {
                 group,
@@ -984,6 +1012,7 @@ impl std::fmt::Display for Proposal {
             Command::ApproveOperation { .. } => "approve-operation",
             Command::AbortOperation { .. } => "abort-operation",
             Command::RecordVerdict { .. } => "record-verdict",
+            Command::RecordDnsRepair { .. } => "record-dns-repair",
             Command::SetMode { .. } => "set-mode",
         };
         write!(f, "{kind} by {}", self.actor)
