@@ -42,12 +42,16 @@ pub enum DnsUpdateError {
          {key:?}; put the server's secret for this key into the secret reference"
     )]
     BadSignature { key: String },
-    /// TSIG error BADKEY: the server has no key of this name (or not with this algorithm).
+    /// TSIG error BADKEY: the server does not know a key of this name and algorithm. Knot
+    /// also answers BADKEY (not REFUSED) when it knows the key but no ACL of the zone lets
+    /// the key update it, and nothing in the answer tells the two apart, so the message
+    /// names both causes.
     #[error(
-        "the server does not know TSIG key {key:?} with this algorithm; configure the key on \
-         the server or fix the key name and algorithm in dns.servers"
+        "the server does not accept TSIG key {key:?} for zone {zone}: it does not know a key \
+         of this name and algorithm, or (Knot) no ACL of the zone lets this key update it; \
+         check the key in dns.servers against the server's key and update policy"
     )]
-    BadKey { key: String },
+    BadKey { key: String, zone: String },
     /// TSIG error BADTIME: the clocks of this witness and the server differ too much.
     #[error(
         "the server rejected the TSIG time: this witness's clock and the server's differ by more \
@@ -390,7 +394,10 @@ fn check_update_answer(
         let key = server.tsig_key.clone();
         return Err(match error {
             TsigError::BadSig => DnsUpdateError::BadSignature { key },
-            TsigError::BadKey => DnsUpdateError::BadKey { key },
+            TsigError::BadKey => DnsUpdateError::BadKey {
+                key,
+                zone: server.zone.clone(),
+            },
             TsigError::BadTime => DnsUpdateError::BadTime {
                 skew_s: server_time_s(&message.signature().expect("checked above").data.other)
                     .map(|t| t as i64 - unix_now_s() as i64),
@@ -638,6 +645,48 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    fn server_with_secret(secret: crate::config::SecretRef) -> DnsServer {
+        DnsServer {
+            // Nothing listens here; these tests fail before any packet is sent.
+            address: "127.0.0.1:9".into(),
+            zone: "shop.example.".into(),
+            tsig_key: "arbiter-key.".into(),
+            algorithm: TsigAlgorithm::HmacSha256,
+            secret,
+            timeout_ms: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_or_malformed_secret_is_a_secret_error_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = RecordSet {
+            kind: RecordKind::A,
+            values: vec!["192.0.2.1".into()],
+        };
+        let missing = server_with_secret(crate::config::SecretRef {
+            file: Some(dir.path().join("absent")),
+            env: None,
+        });
+        let e = replace_rrset(&missing, "a.shop.example.", 30, &set, &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DnsUpdateError::Secret { .. }), "{e:?}");
+        assert!(e.to_string().contains("absent"), "{e}");
+
+        let path = dir.path().join("tsig");
+        std::fs::write(&path, "not*base64*at-all\n").unwrap();
+        let malformed = server_with_secret(crate::config::SecretRef {
+            file: Some(path),
+            env: None,
+        });
+        let e = replace_rrset(&malformed, "a.shop.example.", 30, &set, &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DnsUpdateError::Secret { .. }), "{e:?}");
+        assert!(!e.to_string().contains("not*base64"), "{e}");
     }
 
     #[test]
