@@ -308,6 +308,8 @@ pub async fn drift(
 /// Replaces `name`'s record set on every server of `zone` concurrently and reports each
 /// server: the SOA serial after the update, or why it failed. A slow or failing server costs
 /// at most its own `timeout_ms` (twice: update, then serial read) and never blocks the others.
+/// An error from the serial read means the update itself may have been applied; publishing
+/// again is safe because the update is idempotent.
 pub async fn publish(
     servers: &[DnsServer],
     zone: &str,
@@ -379,9 +381,10 @@ pub fn normalise(kind: RecordKind, values: &[String]) -> Vec<String> {
 ///
 /// We read the TSIG error field and the RCODE ourselves instead of letting hickory verify the
 /// answer: a server that rejects our signature answers RCODE NOTAUTH with TSIG error BADSIG
-/// (or BADKEY) and, as RFC 8945 section 5.3.2 requires, leaves that answer unsigned. hickory's
-/// verifier then fails with a generic TSIG verification error, and the RCODE alone reads
-/// "Not authorized"; both send the operator to the zone's authority instead of the secret.
+/// (or BADKEY) and, as RFC 8945 section 5.3.2 requires, an empty MAC. hickory's verifier
+/// checks the MAC length first and reports that answer as a truncated HMAC it does not
+/// support, and the RCODE alone reads "Not authorized"; both send the operator away from
+/// the one thing to fix, the secret.
 fn check_update_answer(
     answer: &[u8],
     verifier: &mut TSigVerifier,
