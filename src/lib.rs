@@ -19,6 +19,8 @@
 //!   for hooks, and the holder-side lease client (deadline = send time + lease).
 //! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a
 //!   deadline and bounded output, and reads the lag an `rpo-check` hook reports.
+//! - [`dns`]: publishing group records in DNS: RFC 2136 updates (TSIG-signed) of external
+//!   authoritative servers and the drift check that reads back what they publish.
 //! - [`operations`]: the leader's executor of failover operations and its in-memory tables
 //!   (lease holders, region verdicts).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
@@ -33,6 +35,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod fencing;
 pub mod health;
 pub mod hooks;

@@ -57,7 +57,7 @@
 mod exec;
 mod http;
 mod lag;
-mod secret;
+pub(crate) mod secret;
 
 use std::time::Duration;
 

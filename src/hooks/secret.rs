@@ -1,5 +1,5 @@
-//! Reads a webhook secret from where its [`SecretRef`] points, at the moment a hook runs, so
-//! a rotated secret file takes effect without a restart.
+//! Reads a secret (a webhook key, a TSIG key) from where its [`SecretRef`] points, at the moment
+//! it is used, so a rotated secret file takes effect without a restart.
 //!
 //! This module owns the secret bytes while a request is signed. It must never put them into
 //! an error, a log line or a `Debug` rendering: errors name the file or variable only.
@@ -14,13 +14,13 @@ use crate::config::SecretRef;
 const SECRET_BYTES_MAX: u64 = 64 * 1024;
 
 /// Secret bytes. `Debug` shows only the length.
-pub(super) struct Secret(Vec<u8>);
+pub(crate) struct Secret(Vec<u8>);
 
 impl Secret {
     /// Reads the secret: the file's contents without trailing newline characters, or the
     /// environment variable's value. An empty secret is refused: it would sign with no key.
     /// The error is one line naming where the secret was looked for, never its content.
-    pub(super) fn read(reference: &SecretRef) -> Result<Secret, String> {
+    pub(crate) fn read(reference: &SecretRef) -> Result<Secret, String> {
         let (bytes, source) = match (&reference.file, &reference.env) {
             (Some(path), None) => {
                 let shown = path.display();
@@ -58,7 +58,7 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    pub(super) fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
