@@ -143,6 +143,7 @@ impl Node {
                 tokio::join!(
                     duties(c.clone()),
                     crate::operations::executor::run(c.clone(), t.clone()),
+                    crate::operations::reconciler::run(c.clone()),
                     crate::operations::engine::run(c, t, n, probe_options),
                 );
             })

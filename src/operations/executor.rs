@@ -244,10 +244,7 @@ impl StepContext<'_> {
                 outcome: StepOutcome::Completed,
                 detail: format!("{} active at epoch {}", self.op.to, self.op.to_epoch),
             },
-            Step::Dns => StepResult::Complete {
-                outcome: StepOutcome::NoOp,
-                detail: "no DNS provider configured".to_string(),
-            },
+            Step::Dns => self.dns().await,
             Step::Validate => self.validate().await,
         }
     }
@@ -457,6 +454,59 @@ impl StepContext<'_> {
         }
     }
 
+    /// Publishes the new region's record set on every external server of the group's zone
+    /// (one TSIG-signed UPDATE each, concurrently). The embedded servers follow the applied
+    /// state by themselves. A server that keeps failing halts the operation with its
+    /// specific error; the others are updated all the same.
+    async fn dns(&self) -> StepResult {
+        let Some(gd) = &self.group.dns else {
+            return StepResult::Complete {
+                outcome: StepOutcome::NoOp,
+                detail: "the group has no DNS record".to_string(),
+            };
+        };
+        let Some(set) = gd.records.get(&self.op.to) else {
+            return StepResult::Halt(format!("no DNS record set for {} in the policy", self.op.to));
+        };
+        let servers: Vec<_> = self.policy.dns.servers.iter().filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone)).cloned().collect();
+        if servers.is_empty() {
+            return StepResult::Complete {
+                outcome: StepOutcome::Completed,
+                detail: format!("{} served by the embedded servers only (no external server for {})", gd.name, gd.zone),
+            };
+        }
+        let old_kinds = record_kinds(gd);
+        let mut backoff = BACKOFF_FIRST;
+        let mut last = String::new();
+        for attempt in 1..=self.group.step_attempts {
+            if !self.consensus.is_leader() {
+                return StepResult::Abandon;
+            }
+            let report = crate::dns::publish(&servers, &gd.zone, &gd.name, gd.ttl, set, &old_kinds).await;
+            let summary: Vec<String> = report
+                .outcomes
+                .iter()
+                .map(|o| match &o.result {
+                    Ok(serial) => format!("{}: updated (serial {serial})", o.server),
+                    Err(e) => format!("{}: {e}", o.server),
+                })
+                .collect();
+            if report.all_ok() {
+                return StepResult::Complete {
+                    outcome: StepOutcome::Completed,
+                    detail: format!("{} -> {:?} {}: {}", gd.name, set.kind, set.values.join(" "), summary.join("; ")),
+                };
+            }
+            last = summary.join("; ");
+            tracing::warn!(operation = self.op.id, attempt, servers = %last, "DNS update failed");
+            if attempt < self.group.step_attempts {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        StepResult::Halt(format!("DNS update of {} failed after {} attempts: {last}", gd.name, self.group.step_attempts))
+    }
+
     /// Validate hooks pass, and the new region's probes pass (its verdict is `up`) when it
     /// has probes.
     async fn validate(&self) -> StepResult {
@@ -517,4 +567,15 @@ fn describe(name: &str, outcome: &HookOutcome) -> String {
             &output[..end]
         )
     }
+}
+
+/// Every record type the group's regions use, so a switch between types removes the old.
+pub(crate) fn record_kinds(gd: &crate::config::GroupDns) -> Vec<crate::config::RecordKind> {
+    let mut kinds: Vec<crate::config::RecordKind> = Vec::new();
+    for set in gd.records.values() {
+        if !kinds.contains(&set.kind) {
+            kinds.push(set.kind);
+        }
+    }
+    kinds
 }

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod executor;
+pub mod reconciler;
 mod tables;
 
 pub use tables::{LeaderTables, LeaseHolder, RegionView};
