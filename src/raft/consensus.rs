@@ -98,6 +98,10 @@ pub struct Consensus {
     log_store: std::sync::Mutex<Option<LogStore<TypeConfig>>>,
     /// Queue of linearizable reads waiting for the next leadership confirmation.
     reads: mpsc::Sender<oneshot::Sender<Result<(), ConsensusError>>>,
+    /// When this witness last accepted an AppendEntries (heartbeat or entries) from a leader
+    /// of the current or a newer term; openraft's metrics say this on the leader only.
+    /// Monotonic (`tokio::time::Instant`) so paused-time tests control it.
+    last_leader_append: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Reads waiting for one leadership confirmation; a full queue makes callers wait, which
@@ -197,6 +201,7 @@ impl Consensus {
             applied_index,
             log_store: std::sync::Mutex::new(Some(log_store)),
             reads,
+            last_leader_append: std::sync::Mutex::new(None),
         }))
     }
 
@@ -283,6 +288,16 @@ impl Consensus {
             .state)
     }
 
+    /// Runs `f` on the applied state and the index of the last log entry reflected in it, read
+    /// together under one lock (the applied-index watch may lag the state by one batch).
+    pub fn with_state_at<T>(&self, f: impl FnOnce(&ClusterState, u64) -> T) -> T {
+        let applied = self.applied.read().expect("applied state lock poisoned");
+        f(
+            &applied.state,
+            applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        )
+    }
+
     /// Last applied log index, updated after every apply.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied_index.clone()
@@ -334,6 +349,27 @@ impl Consensus {
             purged_index: m.purged.map(|l| l.index),
             members,
         }
+    }
+
+    /// How long ago this witness last had contact with a leader: on the leader, the age of
+    /// the newest quorum acknowledgement; on a follower, the age of the last AppendEntries
+    /// it accepted from a leader. `None`: no leader known, or no contact yet.
+    pub fn leader_contact_age(&self) -> Option<Duration> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return m.last_quorum_acked.map(|t| t.elapsed());
+        }
+        m.current_leader?;
+        self.last_leader_append
+            .lock()
+            .expect("leader contact lock")
+            .map(|t| t.elapsed())
+    }
+
+    /// Records that an AppendEntries from a leader was accepted (see [`Self::leader_contact_age`]).
+    pub(crate) fn note_leader_append(&self) {
+        *self.last_leader_append.lock().expect("leader contact lock") =
+            Some(tokio::time::Instant::now());
     }
 
     /// Address of the current leader, when known and not this node.
