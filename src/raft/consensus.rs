@@ -354,6 +354,10 @@ impl Consensus {
     /// How long ago this witness last had contact with a leader: on the leader, the age of
     /// the newest quorum acknowledgement; on a follower, the age of the last AppendEntries
     /// it accepted from a leader. `None`: no leader known, or no contact yet.
+    ///
+    /// A follower cannot tell whether its leader still holds a quorum: a follower cut off
+    /// together with a deposed leader (a minority of 2 in a 5-voter cluster) keeps seeing
+    /// contact until that leader steps down. The leader's own answer is quorum-based.
     pub fn leader_contact_age(&self) -> Option<Duration> {
         let m = self.raft.metrics().borrow_watched().clone();
         if m.state == ServerState::Leader {
