@@ -15,6 +15,8 @@
 //!   lapses.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
+//! - [`dns`]: the embedded authoritative DNS server, answering each group's record from the
+//!   applied state only.
 //! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints
 //!   for hooks, and the holder-side lease client (deadline = send time + lease).
 //! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a

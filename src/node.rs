@@ -14,6 +14,7 @@ use tonic::transport::Server;
 
 use crate::api::{now_ms, ApiService};
 use crate::config::NodeConfig;
+use crate::dns::{DnsListeners, EmbeddedServer as DnsServer};
 use crate::operations::LeaderTables;
 use crate::proto::arbiter_server::ArbiterServer;
 use crate::proto::fencing_server::FencingServer;
@@ -51,6 +52,8 @@ pub enum NodeError {
     },
     #[error("server: {0}")]
     Server(String),
+    #[error("{0}")]
+    Dns(#[from] crate::dns::server::DnsError),
     #[error("probes.source_addr {addr} cannot be a probe source on this host: {reason}")]
     ProbeSource {
         addr: std::net::IpAddr,
@@ -65,6 +68,8 @@ pub struct Node {
     pub local_addr: SocketAddr,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     duties: JoinHandle<()>,
+    /// The embedded DNS server, when the node file has `dns.listen`.
+    dns: Option<DnsServer>,
 }
 
 impl Node {
@@ -85,6 +90,11 @@ impl Node {
             source: config.probe_source,
         };
         let tls = TlsMaterial::load(&config.tls)?;
+        // Bind DNS before anything starts, so a port in use fails the start at once.
+        let dns_listeners = match config.dns_listen {
+            Some(addr) => Some(DnsListeners::bind(addr).await?),
+            None => None,
+        };
         let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
         let consensus = Consensus::start(&config, network.clone()).await?;
         if let Some((stored_id, _)) = consensus.stored_identity()? {
@@ -148,17 +158,27 @@ impl Node {
                 );
             })
         };
+        let dns = dns_listeners.map(|l| DnsServer::start(l, consensus.clone()));
         tracing::info!(id = config.id, site = %config.site, addr = %local_addr, "witness listening");
         Ok(Node {
             consensus,
             local_addr,
             server,
             duties,
+            dns,
         })
+    }
+
+    /// The address the embedded DNS server is bound to (UDP and TCP), if it runs.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.local_addr)
     }
 
     /// Stops serving and shuts Raft down.
     pub async fn stop(self) {
+        if let Some(dns) = self.dns {
+            dns.stop().await;
+        }
         self.duties.abort();
         self.server.abort();
         let _ = self.server.await;
@@ -171,6 +191,9 @@ impl Node {
             Ok(r) => r.map_err(|e| NodeError::Server(e.to_string())),
             Err(e) => Err(NodeError::Server(e.to_string())),
         };
+        if let Some(dns) = self.dns {
+            dns.stop().await;
+        }
         self.duties.abort();
         self.consensus.shutdown().await;
         result

@@ -73,26 +73,49 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
     if !available(&[Flavour::Bind, Flavour::Knot]) {
         return;
     }
-    let (bind, knot) = (Authoritative::start(Flavour::Bind).await, Authoritative::start(Flavour::Knot).await);
+    let (bind, knot) = (
+        Authoritative::start(Flavour::Bind).await,
+        Authoritative::start(Flavour::Knot).await,
+    );
     let cluster = Cluster::start(3).await;
     let dir = cluster.dir.path().to_path_buf();
     let (bs, ks) = (dir.join("bind.key"), dir.join("knot.key"));
     std::fs::write(&bs, &bind.secret).unwrap();
     std::fs::write(&ks, &knot.secret).unwrap();
-    cluster.init_with(&dns_policy(&[(&bind, &bs), (&knot, &ks)])).await;
+    cluster
+        .init_with(&dns_policy(&[(&bind, &bs), (&knot, &ks)]))
+        .await;
     let before = [
-        arbiter::dns::soa_serial(&server(&bind, &bs), ZONE).await.unwrap(),
-        arbiter::dns::soa_serial(&server(&knot, &ks), ZONE).await.unwrap(),
+        arbiter::dns::soa_serial(&server(&bind, &bs), ZONE)
+            .await
+            .unwrap(),
+        arbiter::dns::soa_serial(&server(&knot, &ks), ZONE)
+            .await
+            .unwrap(),
     ];
-    let op = failover(&cluster.client(), "checkout", "region-b").await.expect("failover");
+    let op = failover(&cluster.client(), "checkout", "region-b")
+        .await
+        .expect("failover");
     let dns_step = op.steps.iter().find(|s| s.step == "dns").unwrap();
     assert!(dns_step.detail.contains("updated"), "{}", dns_step.detail);
     for (i, (s, secret)) in [(&bind, &bs), (&knot, &ks)].into_iter().enumerate() {
         let srv = server(s, secret);
-        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A).await.unwrap();
-        assert_eq!(a, ["198.51.100.20"], "{:?} answers the new region", s.flavour);
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            ["198.51.100.20"],
+            "{:?} answers the new region",
+            s.flavour
+        );
         let serial = arbiter::dns::soa_serial(&srv, ZONE).await.unwrap();
-        assert!(serial > before[i], "{:?} serial {} -> {serial}", s.flavour, before[i]);
+        assert!(
+            serial > before[i],
+            "{:?} serial {} -> {serial}",
+            s.flavour,
+            before[i]
+        );
     }
     cluster.stop().await;
 }
@@ -111,18 +134,35 @@ async fn wrong_tsig_secret_halts_the_operation_until_fixed() {
     std::fs::write(&secret, common::authoritative::random_secret()).unwrap();
     cluster.init_with(&dns_policy(&[(&bind, &secret)])).await;
     let client = cluster.client();
-    let op = start_failover(&client, "checkout", "region-b").await.unwrap();
+    let op = start_failover(&client, "checkout", "region-b")
+        .await
+        .unwrap();
     let halted = wait_operation(&client, op.id, "halted").await;
     assert_eq!(halted.step, "dns");
-    assert!(halted.error.contains("rejected the TSIG signature"), "{}", halted.error);
+    assert!(
+        halted.error.contains("rejected the TSIG signature"),
+        "{}",
+        halted.error
+    );
     assert!(!halted.error.contains(&bind.secret), "no secret in errors");
 
     tracing::info!("--- fix the secret and retry");
     std::fs::write(&secret, &bind.secret).unwrap();
-    let req = proto::OperationAction { operation: op.id, ..Default::default() };
-    client.call(|mut c| { let req = req.clone(); async move { c.retry(req).await } }).await.expect("retry");
+    let req = proto::OperationAction {
+        operation: op.id,
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.retry(req).await }
+        })
+        .await
+        .expect("retry");
     wait_operation(&client, op.id, "done").await;
-    let a = arbiter::dns::query_rrset(&server(&bind, &secret), NAME, RecordKind::A).await.unwrap();
+    let a = arbiter::dns::query_rrset(&server(&bind, &secret), NAME, RecordKind::A)
+        .await
+        .unwrap();
     assert_eq!(a, ["198.51.100.20"]);
     cluster.stop().await;
 }
@@ -143,24 +183,39 @@ async fn reconciler_repairs_drift_and_audits_it() {
     let srv = server(&bind, &secret);
     let client = cluster.client();
     eventually("the committed region-a records are published", || async {
-        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A).await.ok()?;
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .ok()?;
         (a == ["192.0.2.10", "192.0.2.11"]).then_some(())
     })
     .await;
 
     tracing::info!("--- someone changes the record by hand");
-    let rogue = arbiter::config::RecordSet { kind: RecordKind::A, values: vec!["203.0.113.66".into()] };
-    arbiter::dns::replace_rrset(&srv, NAME, 30, &rogue, &[RecordKind::A]).await.unwrap();
+    let rogue = arbiter::config::RecordSet {
+        kind: RecordKind::A,
+        values: vec!["203.0.113.66".into()],
+    };
+    arbiter::dns::replace_rrset(&srv, NAME, 30, &rogue, &[RecordKind::A])
+        .await
+        .unwrap();
     eventually("the reconciler restores the committed records", || async {
-        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A).await.ok()?;
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .ok()?;
         (a == ["192.0.2.10", "192.0.2.11"]).then_some(())
     })
     .await;
     let s = eventually("the repair is audited", || async {
         let s = status(&client).await;
-        s.audit.iter().any(|e| e.kind == "dns-repair" && e.detail.contains("203.0.113.66")).then_some(s)
+        s.audit
+            .iter()
+            .any(|e| e.kind == "dns-repair" && e.detail.contains("203.0.113.66"))
+            .then_some(s)
     })
     .await;
-    assert!(s.audit.iter().any(|e| e.kind == "dns-repair" && e.group == "checkout"));
+    assert!(s
+        .audit
+        .iter()
+        .any(|e| e.kind == "dns-repair" && e.group == "checkout"));
     cluster.stop().await;
 }

@@ -34,6 +34,17 @@ struct RawNode {
     storage: RawStorage,
     #[serde(default)]
     probes: RawProbes,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+/// The embedded authoritative DNS server of this witness. Local: which address a witness
+/// answers DNS on is a fact of its host; what it answers is in the policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    /// `ip:port` for UDP and TCP; absent: no DNS server on this witness.
+    listen: Option<String>,
 }
 
 /// How this witness runs its region probes. Local to the witness, not in the policy: the
@@ -153,6 +164,9 @@ pub struct NodeConfig {
     /// where only one interface reaches the regions; `None` lets the OS choose. Never the
     /// unspecified or a multicast address.
     pub probe_source: Option<IpAddr>,
+    /// Where the embedded DNS server binds UDP and TCP (`dns.listen`); `None`: not started.
+    /// Port 0 picks one free port for both (tests).
+    pub dns_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -279,8 +293,19 @@ impl NodeConfig {
             .as_deref()
             .map(|a| check_source_addr("probes.source_addr", a))
             .transpose()?;
+        let dns_listen = raw
+            .dns
+            .listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|e| {
+                    ConfigError::new("dns.listen", format!("{a:?} is not ip:port: {e}"))
+                })
+            })
+            .transpose()?;
         Ok(NodeConfig {
             probe_source,
+            dns_listen,
             storage: Storage {
                 snapshot_every_entries: st.snapshot_every_entries,
                 log_keep_after_snapshot: st.log_keep_after_snapshot,
@@ -399,6 +424,24 @@ peers = [
         )
         .unwrap_err();
         assert_eq!(e.key, "timing.election_timeout_min_ms");
+    }
+
+    #[test]
+    fn dns_listen_is_optional_ip_and_port() {
+        let d = dir_with_tls();
+        let c = NodeConfig::parse("node.toml", GOOD, d.path()).unwrap();
+        assert_eq!(c.dns_listen, None, "no DNS server by default");
+        let with = |table: &str| format!("{GOOD}\n[dns]\n{table}\n");
+        let c =
+            NodeConfig::parse("node.toml", &with("listen = \"127.0.0.1:5353\""), d.path()).unwrap();
+        assert_eq!(c.dns_listen, Some("127.0.0.1:5353".parse().unwrap()));
+        for bad in ["127.0.0.1", "localhost:53", "nope"] {
+            let e = NodeConfig::parse("node.toml", &with(&format!("listen = \"{bad}\"")), d.path())
+                .unwrap_err();
+            assert_eq!(e.key, "dns.listen", "{bad}: {e}");
+        }
+        let e = NodeConfig::parse("node.toml", &with("port = 53"), d.path()).unwrap_err();
+        assert!(e.reason.contains("unknown field `port`"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! DNS: publishing the active region of each group.
+//! DNS: publishing the active region of each group (S5 in DESIGN.md: only committed,
+//! applied state is ever published).
 //!
-//! This module owns talking DNS to external authoritative servers: [`update`] replaces a
-//! group's record set with one TSIG-signed RFC 2136 UPDATE per server and reads back what
-//! a server publishes (the drift check). It must never decide *what* to publish: callers
-//! pass the record set of a region whose activation is already committed (S5 in
-//! DESIGN.md). It must never put a TSIG secret into an error, a log line or a report.
+//! - [`server`]: the embedded authoritative server of every witness, answering from the
+//!   applied state.
+//! - [`update`]: external authoritative servers: one TSIG-signed RFC 2136 UPDATE per server
+//!   replaces a group's record set, and a read-back compares what a server publishes (the
+//!   drift check). It never decides *what* to publish, and never puts a TSIG secret into an
+//!   error, a log line or a report.
 
+pub mod server;
 pub mod update;
 
+pub use server::{answer, Answer, DnsListeners, DnsServer as EmbeddedServer, Query, ZoneView};
 pub use update::{
     drift, publish, query_rrset, replace_rrset, soa_serial, DnsUpdateError, Drift, PublishReport,
     ServerOutcome, UpdateReport,

@@ -466,13 +466,26 @@ impl StepContext<'_> {
             };
         };
         let Some(set) = gd.records.get(&self.op.to) else {
-            return StepResult::Halt(format!("no DNS record set for {} in the policy", self.op.to));
+            return StepResult::Halt(format!(
+                "no DNS record set for {} in the policy",
+                self.op.to
+            ));
         };
-        let servers: Vec<_> = self.policy.dns.servers.iter().filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone)).cloned().collect();
+        let servers: Vec<_> = self
+            .policy
+            .dns
+            .servers
+            .iter()
+            .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
+            .cloned()
+            .collect();
         if servers.is_empty() {
             return StepResult::Complete {
                 outcome: StepOutcome::Completed,
-                detail: format!("{} served by the embedded servers only (no external server for {})", gd.name, gd.zone),
+                detail: format!(
+                    "{} served by the embedded servers only (no external server for {})",
+                    gd.name, gd.zone
+                ),
             };
         }
         let old_kinds = record_kinds(gd);
@@ -482,7 +495,8 @@ impl StepContext<'_> {
             if !self.consensus.is_leader() {
                 return StepResult::Abandon;
             }
-            let report = crate::dns::publish(&servers, &gd.zone, &gd.name, gd.ttl, set, &old_kinds).await;
+            let report =
+                crate::dns::publish(&servers, &gd.zone, &gd.name, gd.ttl, set, &old_kinds).await;
             let summary: Vec<String> = report
                 .outcomes
                 .iter()
@@ -494,7 +508,13 @@ impl StepContext<'_> {
             if report.all_ok() {
                 return StepResult::Complete {
                     outcome: StepOutcome::Completed,
-                    detail: format!("{} -> {:?} {}: {}", gd.name, set.kind, set.values.join(" "), summary.join("; ")),
+                    detail: format!(
+                        "{} -> {:?} {}: {}",
+                        gd.name,
+                        set.kind,
+                        set.values.join(" "),
+                        summary.join("; ")
+                    ),
                 };
             }
             last = summary.join("; ");
@@ -504,7 +524,10 @@ impl StepContext<'_> {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-        StepResult::Halt(format!("DNS update of {} failed after {} attempts: {last}", gd.name, self.group.step_attempts))
+        StepResult::Halt(format!(
+            "DNS update of {} failed after {} attempts: {last}",
+            gd.name, self.group.step_attempts
+        ))
     }
 
     /// Validate hooks pass, and the new region's probes pass (its verdict is `up`) when it

@@ -23,15 +23,27 @@ pub async fn run(consensus: Arc<Consensus>) {
         if !consensus.is_leader() || tokio::time::Instant::now() < next_round {
             continue;
         }
-        let Some((policy, groups)) = consensus.with_state(|s| s.policy.clone().map(|p| (p, s.groups.clone()))) else {
+        let Some((policy, groups)) =
+            consensus.with_state(|s| s.policy.clone().map(|p| (p, s.groups.clone())))
+        else {
             continue;
         };
-        next_round = tokio::time::Instant::now() + Duration::from_millis(policy.dns.reconcile_interval_ms);
+        next_round =
+            tokio::time::Instant::now() + Duration::from_millis(policy.dns.reconcile_interval_ms);
         for gp in &policy.groups {
-            let (Some(gd), Some(g)) = (&gp.dns, groups.get(&gp.name)) else { continue };
-            let Some(set) = gd.records.get(&g.active) else { continue };
+            let (Some(gd), Some(g)) = (&gp.dns, groups.get(&gp.name)) else {
+                continue;
+            };
+            let Some(set) = gd.records.get(&g.active) else {
+                continue;
+            };
             let kinds = record_kinds(gd);
-            for server in policy.dns.servers.iter().filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone)) {
+            for server in policy
+                .dns
+                .servers
+                .iter()
+                .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
+            {
                 if !consensus.is_leader() {
                     break;
                 }
@@ -45,9 +57,20 @@ pub async fn run(consensus: Arc<Consensus>) {
                 if drift.is_empty() {
                     continue;
                 }
-                let found: Vec<String> = drift.iter().map(|d| format!("{:?} {:?} (expected {:?})", d.kind, d.found, d.expected)).collect();
-                let detail = match crate::dns::replace_rrset(server, &gd.name, gd.ttl, set, &kinds).await {
-                    Ok(_) => format!("{} published {}; repaired to {} at epoch {}", gd.name, found.join(", "), g.active, g.epoch),
+                let found: Vec<String> = drift
+                    .iter()
+                    .map(|d| format!("{:?} {:?} (expected {:?})", d.kind, d.found, d.expected))
+                    .collect();
+                let detail = match crate::dns::replace_rrset(server, &gd.name, gd.ttl, set, &kinds)
+                    .await
+                {
+                    Ok(_) => format!(
+                        "{} published {}; repaired to {} at epoch {}",
+                        gd.name,
+                        found.join(", "),
+                        g.active,
+                        g.epoch
+                    ),
                     Err(e) => {
                         tracing::warn!(server = %server.address, name = %gd.name, error = %e, "DNS repair failed");
                         continue;

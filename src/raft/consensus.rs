@@ -96,8 +96,14 @@ pub struct Consensus {
     /// For the identity record; dropped at shutdown so the store's file is released even
     /// while connection tasks still hold this handle.
     log_store: std::sync::Mutex<Option<LogStore<TypeConfig>>>,
+    /// The store had no log, no purged prefix and no vote when this witness started.
+    pristine: bool,
     /// Queue of linearizable reads waiting for the next leadership confirmation.
     reads: mpsc::Sender<oneshot::Sender<Result<(), ConsensusError>>>,
+    /// When this witness last accepted an AppendEntries (heartbeat or entries) from a leader
+    /// of the current or a newer term; openraft's metrics say this on the leader only.
+    /// Monotonic (`tokio::time::Instant`) so paused-time tests control it.
+    last_leader_append: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Reads waiting for one leadership confirmation; a full queue makes callers wait, which
@@ -158,8 +164,24 @@ impl Consensus {
         config: &NodeConfig,
         network: Network,
     ) -> Result<Arc<Consensus>, ConsensusError> {
-        let (log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
+        let (mut log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
             .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        // Read from the store itself, before Raft starts: Raft's metrics are not loaded yet
+        // when `start` returns, and a witness with any log or vote is not pristine.
+        let pristine = {
+            use openraft::storage::{RaftLogReader, RaftLogStorage};
+            let state = log_store
+                .get_log_state()
+                .await
+                .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+            let vote = log_store
+                .get_log_reader()
+                .await
+                .read_vote()
+                .await
+                .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+            state.last_log_id.is_none() && state.last_purged_log_id.is_none() && vote.is_none()
+        };
         let applied = sm.applied();
         let applied_index = sm.applied_index();
         let t = config.timing;
@@ -197,6 +219,8 @@ impl Consensus {
             applied_index,
             log_store: std::sync::Mutex::new(Some(log_store)),
             reads,
+            pristine,
+            last_leader_append: std::sync::Mutex::new(None),
         }))
     }
 
@@ -283,6 +307,16 @@ impl Consensus {
             .state)
     }
 
+    /// Runs `f` on the applied state and the index of the last log entry reflected in it, read
+    /// together under one lock (the applied-index watch may lag the state by one batch).
+    pub fn with_state_at<T>(&self, f: impl FnOnce(&ClusterState, u64) -> T) -> T {
+        let applied = self.applied.read().expect("applied state lock poisoned");
+        f(
+            &applied.state,
+            applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        )
+    }
+
     /// Last applied log index, updated after every apply.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied_index.clone()
@@ -334,6 +368,31 @@ impl Consensus {
             purged_index: m.purged.map(|l| l.index),
             members,
         }
+    }
+
+    /// How long ago this witness last had contact with a leader: on the leader, the age of
+    /// the newest quorum acknowledgement; on a follower, the age of the last AppendEntries
+    /// it accepted from a leader. `None`: no leader known, or no contact yet.
+    ///
+    /// A follower cannot tell whether its leader still holds a quorum: a follower cut off
+    /// together with a deposed leader (a minority of 2 in a 5-voter cluster) keeps seeing
+    /// contact until that leader steps down. The leader's own answer is quorum-based.
+    pub fn leader_contact_age(&self) -> Option<Duration> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return m.last_quorum_acked.map(|t| t.elapsed());
+        }
+        m.current_leader?;
+        self.last_leader_append
+            .lock()
+            .expect("leader contact lock")
+            .map(|t| t.elapsed())
+    }
+
+    /// Records that an AppendEntries from a leader was accepted (see [`Self::leader_contact_age`]).
+    pub(crate) fn note_leader_append(&self) {
+        *self.last_leader_append.lock().expect("leader contact lock") =
+            Some(tokio::time::Instant::now());
     }
 
     /// Address of the current leader, when known and not this node.
@@ -478,8 +537,7 @@ impl Consensus {
 
     /// Whether this node has any Raft state at all (vote or log).
     pub fn is_pristine(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.last_log_index.is_none() && m.current_term == 0
+        self.pristine
     }
 
     /// Answers a peer asking whether the cluster counts it as a member.

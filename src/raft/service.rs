@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::Snapshot;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -47,6 +47,11 @@ impl RaftRpc for RaftService {
             .append_entries(rpc)
             .await
             .map_err(raft_error)?;
+        // Anything but HigherVote means the sender's leadership was accepted: contact with
+        // a leader (a log conflict is still contact; the leader will repair the log).
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.consensus.note_leader_append();
+        }
         reply(&resp)
     }
 

@@ -1,0 +1,350 @@
+//! The embedded authoritative DNS server of every witness, queried over real UDP and TCP
+//! sockets with hickory-proto messages: answers follow the committed active region through a
+//! failover (S5), negative answers carry the SOA, other zones are refused, large UDP answers
+//! are truncated and complete over TCP, and `when_isolated = "refuse"` answers SERVFAIL on a
+//! witness cut off from its leader.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use arbiter::dns::server::soa_serial;
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use common::*;
+
+/// Every witness runs its DNS server on a free port (UDP and TCP share it).
+const DNS_NODE: &str = "\n[dns]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Deadline of one query; loopback answers in microseconds.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// 16 AAAA values under a long name: about 530 bytes, over the 512 of plain UDP.
+const BIG_NAME: &str = "a-rather-long-label-that-makes-the-answer-exceed-512-bytes.shop.example.";
+
+fn policy(when_isolated: &str) -> String {
+    let big: Vec<String> = (1..=16).map(|i| format!("\"2001:db8::{i:x}\"")).collect();
+    format!(
+        r#"
+[[regions]]
+name = "region-a"
+[[regions]]
+name = "region-b"
+
+[dns]
+zones = [{{ name = "shop.example.", nameservers = ["ns1.shop.example.", "ns2.shop.example."] }}]
+when_isolated = "{when_isolated}"
+stale_after_ms = 1000
+
+[[groups]]
+name = "checkout"
+candidates = ["region-a", "region-b"]
+mode = "manual"
+lease_ms = 1000
+lease_margin_ms = 200
+[groups.dns]
+zone = "shop.example."
+name = "checkout.shop.example."
+ttl = 30
+records = {{ region-a = {{ type = "A", values = ["192.0.2.10", "192.0.2.11"] }}, region-b = {{ type = "A", values = ["198.51.100.10"] }} }}
+
+[[groups]]
+name = "big"
+candidates = ["region-a", "region-b"]
+mode = "manual"
+[groups.dns]
+zone = "shop.example."
+name = "{BIG_NAME}"
+records = {{ region-a = {{ type = "AAAA", values = [{big}] }}, region-b = {{ type = "AAAA", values = ["2001:db8::b"] }} }}
+"#,
+        big = big.join(", ")
+    )
+}
+
+fn request(name: &str, kind: RecordType, edns_size: Option<u16>) -> Message {
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_str(name).unwrap(), kind));
+    if let Some(size) = edns_size {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m
+}
+
+/// One query over UDP (`edns_size`: advertise that buffer size, or no EDNS at all).
+async fn udp(addr: SocketAddr, name: &str, kind: RecordType, edns_size: Option<u16>) -> Message {
+    let req = request(name, kind, edns_size);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(&req.to_vec().unwrap(), addr).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let (len, _) = tokio::time::timeout(QUERY_TIMEOUT, socket.recv_from(&mut buf))
+        .await
+        .expect("udp answer in time")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(reply.metadata.id, req.metadata.id);
+    if edns_size.is_none() {
+        assert!(len <= 512, "plain UDP answers fit 512 bytes, got {len}");
+    }
+    reply
+}
+
+/// One query over TCP (two-byte length prefix, RFC 1035 4.2.2).
+async fn tcp(addr: SocketAddr, name: &str, kind: RecordType) -> Message {
+    let req = request(name, kind, None);
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let bytes = req.to_vec().unwrap();
+        s.write_all(&(bytes.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let len = s.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await.unwrap();
+        Message::from_vec(&buf).unwrap()
+    };
+    let reply = tokio::time::timeout(QUERY_TIMEOUT, exchange)
+        .await
+        .expect("tcp answer in time");
+    assert_eq!(reply.metadata.id, req.metadata.id);
+    reply
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn soa_in_authority(m: &Message) -> Option<u32> {
+    m.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(s) => Some(s.serial),
+        _ => None,
+    })
+}
+
+fn dns_addrs(cluster: &Cluster) -> Vec<(u64, SocketAddr)> {
+    cluster
+        .witnesses
+        .iter()
+        .filter_map(|w| Some((w.id, w.node.as_ref()?.dns_addr()?)))
+        .collect()
+}
+
+/// Waits until every running witness answers `checkout` A with `want` over UDP and TCP.
+async fn all_answer(cluster: &Cluster, want: &[&str]) {
+    for (id, addr) in dns_addrs(cluster) {
+        eventually(&format!("witness {id} answers {want:?}"), || async move {
+            let u = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
+            let t = tcp(addr, "checkout.shop.example.", RecordType::A).await;
+            (addresses(&u) == want && addresses(&t) == want).then_some(())
+        })
+        .await;
+        let u = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
+        assert_eq!(u.metadata.response_code, ResponseCode::NoError);
+        assert!(u.metadata.authoritative, "witness {id}: AA set");
+    }
+}
+
+/// Goal: every witness answers the committed active region over UDP and TCP before and
+/// after a failover, never the new region before its activation is applied there (S5);
+/// negative answers and other zones follow the DNS rules; a large answer is truncated over
+/// UDP and complete over TCP.
+/// Method: 3 witnesses with `dns.listen`; query each; fail over while a sampler checks
+/// every `region-b` answer against the answering witness's applied state; query again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_witness_answers_the_committed_region_through_a_failover() {
+    let cluster = Cluster::start_with(3, DNS_NODE).await;
+    cluster.init_with(&policy("serve")).await;
+    let client = cluster.client();
+    let addrs = dns_addrs(&cluster);
+    assert_eq!(addrs.len(), 3, "every witness runs a DNS server");
+
+    tracing::info!("--- before the failover: region-a everywhere");
+    all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
+
+    tracing::info!("--- negative answers and other zones");
+    for (id, addr) in &addrs {
+        let nx = udp(*addr, "nope.shop.example.", RecordType::A, None).await;
+        assert_eq!(
+            nx.metadata.response_code,
+            ResponseCode::NXDomain,
+            "witness {id}"
+        );
+        assert!(nx.metadata.authoritative);
+        assert!(nx.answers.is_empty());
+        assert!(
+            soa_in_authority(&nx).is_some(),
+            "witness {id}: NXDOMAIN has the SOA"
+        );
+        let nodata = tcp(*addr, "checkout.shop.example.", RecordType::AAAA).await;
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        assert!(
+            soa_in_authority(&nodata).is_some(),
+            "witness {id}: NODATA has the SOA"
+        );
+        let other = udp(*addr, "www.example.org.", RecordType::A, None).await;
+        assert_eq!(
+            other.metadata.response_code,
+            ResponseCode::Refused,
+            "witness {id}"
+        );
+        assert!(!other.metadata.authoritative);
+    }
+
+    tracing::info!("--- a large answer: TC over plain UDP, complete over TCP and EDNS");
+    let (_, addr) = addrs[0];
+    let small = udp(addr, BIG_NAME, RecordType::AAAA, None).await;
+    assert!(small.metadata.truncation, "TC set over 512 bytes");
+    assert!(small.answers.len() < 16);
+    let full = tcp(addr, BIG_NAME, RecordType::AAAA).await;
+    assert!(!full.metadata.truncation);
+    assert_eq!(full.answers.len(), 16, "TCP carries the whole set");
+    let edns = udp(addr, BIG_NAME, RecordType::AAAA, Some(4096)).await;
+    assert!(
+        !edns.metadata.truncation,
+        "the client's EDNS size is honoured"
+    );
+    assert_eq!(edns.answers.len(), 16);
+
+    let serial_before = udp(addr, "shop.example.", RecordType::SOA, None)
+        .await
+        .answers[0]
+        .data
+        .clone();
+
+    tracing::info!("--- fail over while sampling every witness");
+    let sampler = {
+        let witnesses: Vec<_> = cluster
+            .witnesses
+            .iter()
+            .map(|w| {
+                (
+                    w.id,
+                    w.node().dns_addr().unwrap(),
+                    w.node().consensus.clone(),
+                )
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut region_b_answers = 0;
+            loop {
+                for (id, addr, consensus) in &witnesses {
+                    let m = udp(*addr, "checkout.shop.example.", RecordType::A, None).await;
+                    if addresses(&m) == ["198.51.100.10"] {
+                        // The view that answered was built from an applied state at or
+                        // before now: the activation must be applied on this witness.
+                        let active = consensus.with_state(|s| s.groups["checkout"].active.clone());
+                        assert_eq!(active, "region-b", "witness {id} published before applying");
+                        region_b_answers += 1;
+                    } else {
+                        assert_eq!(addresses(&m), ["192.0.2.10", "192.0.2.11"], "witness {id}");
+                    }
+                }
+                if region_b_answers >= 9 {
+                    return region_b_answers;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    failover(&client, "checkout", "region-b").await.unwrap();
+    let sampled = tokio::time::timeout(DEADLINE, sampler)
+        .await
+        .expect("every witness answers region-b in time")
+        .expect("sampler saw no premature answer");
+    tracing::info!(sampled, "sampler done");
+
+    tracing::info!("--- after the failover: region-b everywhere, serial grew");
+    all_answer(&cluster, &["198.51.100.10"]).await;
+    let after = udp(addr, "shop.example.", RecordType::SOA, None).await;
+    let (RData::SOA(before), RData::SOA(after)) = (&serial_before, &after.answers[0].data) else {
+        panic!("SOA answers");
+    };
+    assert!(
+        after.serial > before.serial,
+        "{} > {}",
+        after.serial,
+        before.serial
+    );
+    let applied = cluster.witnesses[0].node().consensus.view().applied_index;
+    assert!(after.serial <= soa_serial(applied));
+    let big = tcp(addr, BIG_NAME, RecordType::AAAA).await;
+    assert_eq!(
+        addresses(&big),
+        [
+            "2001:db8::1",
+            "2001:db8::10",
+            "2001:db8::2",
+            "2001:db8::3",
+            "2001:db8::4",
+            "2001:db8::5",
+            "2001:db8::6",
+            "2001:db8::7",
+            "2001:db8::8",
+            "2001:db8::9",
+            "2001:db8::a",
+            "2001:db8::b",
+            "2001:db8::c",
+            "2001:db8::d",
+            "2001:db8::e",
+            "2001:db8::f"
+        ],
+        "a group that did not fail over keeps its region"
+    );
+
+    cluster.stop().await;
+}
+
+/// Goal: with `when_isolated = "refuse"`, a witness cut off from any leader for longer than
+/// `stale_after_ms` answers SERVFAIL, and answers again once contact returns.
+/// Method: kill two of three witnesses; the survivor must turn to SERVFAIL; restart them;
+/// it must answer the committed region again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_witness_refuses_when_the_policy_says_so() {
+    let mut cluster = Cluster::start_with(3, DNS_NODE).await;
+    cluster.init_with(&policy("refuse")).await;
+    all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
+    let survivor = 3;
+    let addr = cluster.witness(survivor).node().dns_addr().unwrap();
+
+    tracing::info!("--- isolate witness {survivor}");
+    for id in [1, 2] {
+        cluster.witness(id).kill().await;
+    }
+    eventually("the isolated witness answers SERVFAIL", || async {
+        let m = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
+        (m.metadata.response_code == ResponseCode::ServFail).then_some(())
+    })
+    .await;
+    let m = tcp(addr, "checkout.shop.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "TCP too");
+    assert!(m.answers.is_empty());
+
+    tracing::info!("--- contact returns");
+    for id in [1, 2] {
+        cluster.witness(id).restart().await;
+    }
+    eventually("the witness answers again", || async {
+        let m = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
+        (addresses(&m) == ["192.0.2.10", "192.0.2.11"]).then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
