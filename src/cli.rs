@@ -193,6 +193,11 @@ enum Cmd {
         #[command(subcommand)]
         command: MembersCmd,
     },
+    /// DNS: compare what every source publishes with the committed state.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCmd,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
@@ -238,6 +243,17 @@ enum MembersCmd {
         conn: Conn,
         #[arg(long)]
         id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCmd {
+    /// Query every DNS source now; exit 1 when one does not match the committed state.
+    Check {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -416,10 +432,25 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                     .call(|mut c| async move { c.status(req).await })
                     .await?
             };
+            // What each DNS source publishes (only through the leader; best effort).
+            let dns = if local {
+                Vec::new()
+            } else {
+                client
+                    .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
+                    .await
+                    .map(|r| r.sources)
+                    .unwrap_or_default()
+            };
             if json {
-                println!("{}", status_json(&reply));
+                let mut value = status_json(&reply);
+                value["dns"] = serde_json::Value::Array(dns.iter().map(dns_json).collect());
+                println!("{value}");
             } else {
                 print!("{}", status_table(&reply, audit));
+                if !dns.is_empty() {
+                    print!("\n{}", dns_table(&dns));
+                }
             }
             Ok(())
         }
@@ -670,6 +701,30 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 })
             }
         }
+        Cmd::Dns {
+            command: DnsCmd::Check { conn, json },
+        } => {
+            let client = conn.client()?;
+            let reply = client
+                .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(reply.sources.iter().map(dns_json).collect())
+                );
+            } else {
+                print!("{}", dns_table(&reply.sources));
+            }
+            let bad = reply.sources.iter().filter(|s| !s.matches).count();
+            if bad > 0 {
+                return Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!("{bad} DNS source(s) do not publish the committed state"),
+                });
+            }
+            Ok(())
+        }
         Cmd::Policy { command } => policy(command).await,
         Cmd::Members { command } => members(command).await,
         Cmd::Certs {
@@ -826,6 +881,36 @@ async fn members(cmd: MembersCmd) -> Result<(), Failure> {
     let _ = conn;
     print!("{}", witness_table(&reply.witnesses));
     Ok(())
+}
+
+fn dns_json(s: &proto::DnsSourceStatus) -> serde_json::Value {
+    serde_json::json!({
+        "group": s.group, "name": s.name, "source": s.source, "expected": s.expected,
+        "found": s.found, "matches": s.matches, "error": s.error,
+    })
+}
+
+fn dns_table(sources: &[proto::DnsSourceStatus]) -> String {
+    if sources.is_empty() {
+        return "no group has a DNS record\n".to_string();
+    }
+    let mut out = format!(
+        "{:<12} {:<28} {:<24} {:<6} {}\n",
+        "GROUP", "NAME", "SOURCE", "MATCH", "PUBLISHES"
+    );
+    for s in sources {
+        let found = if !s.error.is_empty() {
+            format!("error: {}", s.error)
+        } else {
+            s.found.join(", ")
+        };
+        let matches = if s.matches { "yes" } else { "NO" };
+        out += &format!(
+            "{:<12} {:<28} {:<24} {:<6} {}\n",
+            s.group, s.name, s.source, matches, found
+        );
+    }
+    out
 }
 
 fn action(operation: u64, step: &str, reason: &str) -> proto::OperationAction {

@@ -14,6 +14,10 @@ use common::*;
 /// A policy whose group `checkout` publishes `checkout.shop.example.` on the given servers,
 /// each with its secret in a file.
 fn dns_policy(servers: &[(&Authoritative, &Path)]) -> String {
+    dns_policy_reconciling_every(servers, 1000)
+}
+
+fn dns_policy_reconciling_every(servers: &[(&Authoritative, &Path)], reconcile_ms: u64) -> String {
     let servers: Vec<String> = servers
         .iter()
         .map(|(s, secret)| {
@@ -37,7 +41,7 @@ name = "region-b"
 [dns]
 zones = [{{ name = "{ZONE}", nameservers = ["ns1.{ZONE}"] }}]
 servers = [{servers}]
-reconcile_interval_ms = 1000
+reconcile_interval_ms = {reconcile_ms}
 
 [[groups]]
 name = "checkout"
@@ -83,7 +87,10 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
     std::fs::write(&bs, &bind.secret).unwrap();
     std::fs::write(&ks, &knot.secret).unwrap();
     cluster
-        .init_with(&dns_policy(&[(&bind, &bs), (&knot, &ks)]))
+        .init_with(&dns_policy_reconciling_every(
+            &[(&bind, &bs), (&knot, &ks)],
+            3_600_000,
+        ))
         .await;
     let before = [
         arbiter::dns::soa_serial(&server(&bind, &bs), ZONE)
@@ -117,6 +124,41 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
             before[i]
         );
     }
+
+    tracing::info!("--- dns check: every source matches; then a hand edit on BIND shows up");
+    let client = cluster.client();
+    let check = || async {
+        client
+            .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
+            .await
+            .unwrap()
+            .sources
+    };
+    let sources = check().await;
+    assert_eq!(sources.len(), 3, "embedded + BIND + Knot: {sources:?}");
+    assert!(
+        sources
+            .iter()
+            .all(|s| s.matches && s.expected == ["A 198.51.100.20"]),
+        "{sources:?}"
+    );
+    let rogue = arbiter::config::RecordSet {
+        kind: RecordKind::A,
+        values: vec!["203.0.113.66".into()],
+    };
+    arbiter::dns::replace_rrset(&server(&bind, &bs), NAME, 30, &rogue, &[RecordKind::A])
+        .await
+        .unwrap();
+    let sources = check().await;
+    let b = sources
+        .iter()
+        .find(|s| s.source == format!("server {}", bind.addr))
+        .unwrap();
+    assert!(!b.matches && b.found == ["A 203.0.113.66"], "{b:?}");
+    assert!(sources
+        .iter()
+        .filter(|s| s.source != b.source)
+        .all(|s| s.matches));
     cluster.stop().await;
 }
 

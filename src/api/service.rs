@@ -467,6 +467,81 @@ impl Arbiter for ApiService {
         .await
     }
 
+    async fn dns_check(
+        &self,
+        _req: Request<proto::DnsCheckRequest>,
+    ) -> Result<Response<proto::DnsCheckReply>, Status> {
+        self.consensus
+            .linearizable_read()
+            .await
+            .map_err(ApiError::from)?;
+        let (policy, groups) = self
+            .consensus
+            .with_state(|s| (s.policy.clone(), s.groups.clone()));
+        let Some(policy) = policy else {
+            return Ok(Response::new(proto::DnsCheckReply::default()));
+        };
+        let view = self
+            .consensus
+            .with_state_at(crate::dns::ZoneView::from_state);
+        let mut sources = Vec::new();
+        for gp in &policy.groups {
+            let (Some(gd), Some(g)) = (&gp.dns, groups.get(&gp.name)) else {
+                continue;
+            };
+            let Some(set) = gd.records.get(&g.active) else {
+                continue;
+            };
+            let kind = format!("{:?}", set.kind);
+            let expected: Vec<String> = crate::dns::normalise(set.kind, &set.values)
+                .into_iter()
+                .map(|v| format!("{kind} {v}"))
+                .collect();
+            // This witness's embedded server, from its applied state.
+            let embedded = crate::dns::published(&view, &gd.name);
+            sources.push(proto::DnsSourceStatus {
+                group: gp.name.clone(),
+                name: gd.name.clone(),
+                source: format!("embedded (witness {})", self.consensus.id()),
+                matches: embedded == expected,
+                expected: expected.clone(),
+                found: embedded,
+                error: String::new(),
+            });
+            let kinds = crate::operations::executor::record_kinds(gd);
+            for server in policy
+                .dns
+                .servers
+                .iter()
+                .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
+            {
+                let mut found = Vec::new();
+                let mut error = String::new();
+                for k in &kinds {
+                    match crate::dns::query_rrset(server, &gd.name, *k).await {
+                        Ok(values) => {
+                            found.extend(values.into_iter().map(|v| format!("{k:?} {v}")))
+                        }
+                        Err(e) => error = e.to_string(),
+                    }
+                }
+                found.sort();
+                let mut want = expected.clone();
+                want.sort();
+                sources.push(proto::DnsSourceStatus {
+                    group: gp.name.clone(),
+                    name: gd.name.clone(),
+                    source: format!("server {}", server.address),
+                    matches: error.is_empty() && found == want,
+                    expected: expected.clone(),
+                    found,
+                    error,
+                });
+            }
+        }
+        Ok(Response::new(proto::DnsCheckReply { sources }))
+    }
+
     async fn operations(
         &self,
         req: Request<proto::OperationsRequest>,

@@ -11,8 +11,10 @@
 pub mod server;
 pub mod update;
 
-pub use server::{answer, Answer, DnsListeners, DnsServer as EmbeddedServer, Query, ZoneView};
+pub use server::{
+    answer, published, Answer, DnsListeners, DnsServer as EmbeddedServer, Query, ZoneView,
+};
 pub use update::{
-    drift, publish, query_rrset, replace_rrset, soa_serial, DnsUpdateError, Drift, PublishReport,
-    ServerOutcome, UpdateReport,
+    drift, normalise, publish, query_rrset, replace_rrset, soa_serial, DnsUpdateError, Drift,
+    PublishReport, ServerOutcome, UpdateReport,
 };

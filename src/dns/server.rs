@@ -605,3 +605,31 @@ async fn refresh(consensus: Arc<Consensus>, tx: watch::Sender<Arc<ZoneView>>) {
 
 #[cfg(test)]
 mod tests;
+
+/// What `view` publishes at exactly `name` (no CNAME chasing), as `"TYPE value"` strings
+/// sorted, in the same normal form as the drift check (lowercase, fully qualified targets).
+pub fn published(view: &ZoneView, name: &str) -> Vec<String> {
+    let Ok(owner) = Name::from_str(name) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for kind in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+        let a = answer(view, &Query::new(owner.clone(), kind));
+        for r in a
+            .answers
+            .iter()
+            .filter(|r| r.name == owner && r.record_type() == kind)
+        {
+            let value = match &r.data {
+                RData::A(a) => a.to_string(),
+                RData::AAAA(a) => a.to_string(),
+                RData::CNAME(c) => c.0.to_ascii().to_ascii_lowercase(),
+                other => other.to_string(),
+            };
+            out.push(format!("{kind} {value}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
