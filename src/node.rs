@@ -70,6 +70,8 @@ pub struct Node {
     duties: JoinHandle<()>,
     /// The embedded DNS server, when the node file has `dns.listen`.
     dns: Option<DnsServer>,
+    /// Cuts and heals this witness's outgoing Raft links (partition tests and drills).
+    pub link_faults: crate::raft::LinkFaults,
 }
 
 impl Node {
@@ -166,6 +168,7 @@ impl Node {
             server,
             duties,
             dns,
+            link_faults: network.faults(),
         })
     }
 

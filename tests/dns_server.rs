@@ -147,6 +147,26 @@ fn dns_addrs(cluster: &Cluster) -> Vec<(u64, SocketAddr)> {
 }
 
 /// Waits until every running witness answers `checkout` A with `want` over UDP and TCP.
+/// Cuts every Raft link between witness `id` and the others, both ways.
+fn isolate(cluster: &Cluster, id: u64) {
+    let target = cluster
+        .witnesses
+        .iter()
+        .find(|w| w.id == id)
+        .unwrap()
+        .addr
+        .to_string();
+    for w in &cluster.witnesses {
+        if w.id == id {
+            for other in cluster.witnesses.iter().filter(|o| o.id != id) {
+                w.node().link_faults.cut(&other.addr.to_string());
+            }
+        } else {
+            w.node().link_faults.cut(&target);
+        }
+    }
+}
+
 async fn all_answer(cluster: &Cluster, want: &[&str]) {
     for (id, addr) in dns_addrs(cluster) {
         eventually(&format!("witness {id} answers {want:?}"), || async move {
@@ -314,20 +334,21 @@ async fn every_witness_answers_the_committed_region_through_a_failover() {
 
 /// Goal: with `when_isolated = "refuse"`, a witness cut off from any leader for longer than
 /// `stale_after_ms` answers SERVFAIL, and answers again once contact returns.
-/// Method: kill two of three witnesses; the survivor must turn to SERVFAIL; restart them;
-/// it must answer the committed region again.
+/// Method: cut every Raft link of one witness (the others keep running); it must turn to
+/// SERVFAIL over UDP and TCP; heal the links; it must answer the committed region again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_witness_refuses_when_the_policy_says_so() {
-    let mut cluster = Cluster::start_with(3, DNS_NODE).await;
+    let cluster = Cluster::start_with(3, DNS_NODE).await;
     cluster.init_with(&policy("refuse")).await;
     all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
     let survivor = 3;
-    let addr = cluster.witness(survivor).node().dns_addr().unwrap();
+    let addr = cluster.witnesses[survivor as usize - 1]
+        .node()
+        .dns_addr()
+        .unwrap();
 
-    tracing::info!("--- isolate witness {survivor}");
-    for id in [1, 2] {
-        cluster.witness(id).kill().await;
-    }
+    tracing::info!("--- cut witness {survivor} off from the others (they keep running)");
+    isolate(&cluster, survivor);
     eventually("the isolated witness answers SERVFAIL", || async {
         let m = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
         (m.metadata.response_code == ResponseCode::ServFail).then_some(())
@@ -337,13 +358,89 @@ async fn isolated_witness_refuses_when_the_policy_says_so() {
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "TCP too");
     assert!(m.answers.is_empty());
 
-    tracing::info!("--- contact returns");
-    for id in [1, 2] {
-        cluster.witness(id).restart().await;
+    tracing::info!("--- its links heal");
+    for w in &cluster.witnesses {
+        w.node().link_faults.heal_all();
     }
     eventually("the witness answers again", || async {
         let m = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
         (addresses(&m) == ["192.0.2.10", "192.0.2.11"]).then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+/// Goal: S5 with a witness held back. A witness cut off from the others (its Raft links
+/// cut both ways) while the majority commits a failover keeps answering the old region: it
+/// never publishes an activation it has not applied. Once its links heal it catches up and
+/// answers the new region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
+    let cluster = Cluster::start_with(3, DNS_NODE).await;
+    cluster.init_with(&policy("serve")).await;
+    all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
+    let leader = cluster.leader().await;
+    let held = cluster.witnesses.iter().find(|w| w.id != leader).unwrap();
+    let held_id = held.id;
+    let held_dns = held.node().dns_addr().unwrap();
+
+    tracing::info!(
+        held_id,
+        "--- cut the witness off from the others, both ways"
+    );
+    isolate(&cluster, held_id);
+    let survivors = arbiter::client::Client::new(
+        cluster
+            .witnesses
+            .iter()
+            .filter(|w| w.id != held_id)
+            .map(|w| w.addr.to_string())
+            .collect(),
+        &cluster.certs.client,
+    )
+    .unwrap();
+    failover(&survivors, "checkout", "region-b")
+        .await
+        .expect("the majority fails over");
+    for w in cluster.witnesses.iter().filter(|w| w.id != held_id) {
+        let addr = w.node().dns_addr().unwrap();
+        let id = w.id;
+        eventually(&format!("witness {id} answers region-b"), || async move {
+            (addresses(&udp(addr, "checkout.shop.example.", RecordType::A, None).await)
+                == ["198.51.100.10"])
+            .then_some(())
+        })
+        .await;
+    }
+    let applied_epoch = held
+        .node()
+        .consensus
+        .with_state(|s| s.groups["checkout"].epoch);
+    assert_eq!(
+        applied_epoch, 1,
+        "the held-back witness has not applied the activation"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            addresses(&udp(held_dns, "checkout.shop.example.", RecordType::A, None).await),
+            ["192.0.2.10", "192.0.2.11"],
+            "the held-back witness answers only what it has applied"
+        );
+        assert_eq!(
+            addresses(&tcp(held_dns, "checkout.shop.example.", RecordType::A).await),
+            ["192.0.2.10", "192.0.2.11"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tracing::info!("--- heal: the witness catches up and answers region-b");
+    for w in &cluster.witnesses {
+        w.node().link_faults.heal_all();
+    }
+    eventually("the healed witness answers region-b", || async move {
+        (addresses(&udp(held_dns, "checkout.shop.example.", RecordType::A, None).await)
+            == ["198.51.100.10"])
+        .then_some(())
     })
     .await;
     cluster.stop().await;

@@ -8,7 +8,7 @@ pub mod store;
 mod types;
 
 pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView};
-pub use network::{Network, RAFT_MESSAGE_BYTES_MAX};
+pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
 pub use service::RaftService;
 
 /// The application state replicated by Raft. Pure: `apply` does no I/O and reads no clock.

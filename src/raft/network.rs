@@ -2,6 +2,8 @@
 //! peer, reused for every RPC; every RPC has a deadline; snapshots stream in chunks.
 //! Messages are openraft's own types, serialized with serde as opaque payloads.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -46,11 +48,47 @@ pub(crate) struct SnapshotHeader {
 pub struct Network {
     tls: ClientTlsConfig,
     rpc_timeout: Duration,
+    /// Links cut on purpose (tests, drills); empty in normal operation.
+    faults: LinkFaults,
+}
+
+/// Outgoing Raft links of one witness that are cut on purpose: an RPC to a cut address
+/// fails as unreachable without leaving the process. The seam for partition tests and
+/// drills; a new `Network` has none cut.
+#[derive(Clone, Debug, Default)]
+pub struct LinkFaults(Arc<RwLock<BTreeSet<String>>>);
+
+impl LinkFaults {
+    /// Cuts the link to the witness at `addr`.
+    pub fn cut(&self, addr: &str) {
+        self.0
+            .write()
+            .expect("link faults lock")
+            .insert(addr.to_string());
+    }
+
+    /// Restores every link.
+    pub fn heal_all(&self) {
+        self.0.write().expect("link faults lock").clear();
+    }
+
+    fn is_cut(&self, addr: &str) -> bool {
+        self.0.read().expect("link faults lock").contains(addr)
+    }
 }
 
 impl Network {
     pub fn new(tls: ClientTlsConfig, rpc_timeout: Duration) -> Self {
-        Self { tls, rpc_timeout }
+        Self {
+            tls,
+            rpc_timeout,
+            faults: LinkFaults::default(),
+        }
+    }
+
+    /// The handle that cuts and heals this witness's outgoing links.
+    pub fn faults(&self) -> LinkFaults {
+        self.faults.clone()
     }
 
     /// A lazily connected channel to `addr` (reconnects by itself after failures).
@@ -77,6 +115,7 @@ impl RaftNetworkFactory<C> for Network {
             target,
             addr: node.addr.clone(),
             client: client.map_err(|e| e.to_string()),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -87,10 +126,17 @@ pub struct Connection {
     addr: String,
     /// The channel, or why it could not be built (bad address).
     client: Result<RaftClient<Channel>, String>,
+    faults: LinkFaults,
 }
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable<C>> {
+        if self.faults.is_cut(&self.addr) {
+            return Err(Unreachable::new(&AnyError::error(format!(
+                "peer {} at {}: link cut",
+                self.target, self.addr
+            ))));
+        }
         self.client.clone().map_err(|e| {
             Unreachable::new(&AnyError::error(format!(
                 "peer {} at {}: {e}",
