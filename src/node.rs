@@ -149,6 +149,24 @@ impl Node {
         // delayed ACK (~40 ms on Linux): fence checks and Raft replies stall at the tail.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+        // Where other witnesses reach this one's DNS server: the bound address, or the
+        // advertised host with the bound port when bound to every interface.
+        let dns_addr = dns_listeners
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|bound| {
+                if bound.ip().is_unspecified() {
+                    let host = config
+                        .advertise
+                        .rsplit_once(':')
+                        .map(|(h, _)| h)
+                        .unwrap_or("127.0.0.1");
+                    format!("{host}:{}", bound.port())
+                } else {
+                    bound.to_string()
+                }
+            })
+            .unwrap_or_default();
         let duties = {
             let (c, t, n) = (consensus.clone(), tables.clone(), network.clone());
             tokio::spawn(async move {
@@ -156,7 +174,7 @@ impl Node {
                     duties(c.clone()),
                     crate::operations::executor::run(c.clone(), t.clone()),
                     crate::operations::reconciler::run(c.clone()),
-                    crate::operations::engine::run(c, t, n, probe_options),
+                    crate::operations::engine::run(c, t, n, probe_options, dns_addr),
                 );
             })
         };

@@ -433,6 +433,33 @@ async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    tracing::info!("--- dns check sees the held-back witness publishing the old region");
+    let held_source = format!("embedded witness {held_id} ({held_dns})");
+    let sources = eventually(
+        "dns check lists every witness's embedded server",
+        || async {
+            let reply = survivors
+                .call(|mut c| async move { c.dns_check(arbiter::proto::DnsCheckRequest {}).await })
+                .await
+                .ok()?;
+            let checkout: Vec<_> = reply
+                .sources
+                .into_iter()
+                .filter(|s| s.group == "checkout")
+                .collect();
+            (checkout.len() == 3).then_some(checkout)
+        },
+    )
+    .await;
+    for s in &sources {
+        if s.source == held_source {
+            assert!(!s.matches, "{s:?}");
+            assert_eq!(s.found, ["A 192.0.2.10", "A 192.0.2.11"]);
+        } else {
+            assert!(s.matches && s.found == ["A 198.51.100.10"], "{s:?}");
+        }
+    }
+
     tracing::info!("--- heal: the witness catches up and answers region-b");
     for w in &cluster.witnesses {
         w.node().link_faults.heal_all();

@@ -471,6 +471,8 @@ impl Arbiter for ApiService {
         &self,
         _req: Request<proto::DnsCheckRequest>,
     ) -> Result<Response<proto::DnsCheckReply>, Status> {
+        /// Deadline of one query to a DNS source.
+        const DNS_QUERY_TIMEOUT_MS: u64 = 2_000;
         self.consensus
             .linearizable_read()
             .await
@@ -484,6 +486,7 @@ impl Arbiter for ApiService {
         let view = self
             .consensus
             .with_state_at(crate::dns::ZoneView::from_state);
+        let embedded_addrs = self.tables.dns_addrs();
         let mut sources = Vec::new();
         for gp in &policy.groups {
             let (Some(gd), Some(g)) = (&gp.dns, groups.get(&gp.name)) else {
@@ -493,32 +496,57 @@ impl Arbiter for ApiService {
                 continue;
             };
             let kind = format!("{:?}", set.kind);
-            let expected: Vec<String> = crate::dns::normalise(set.kind, &set.values)
+            let mut expected: Vec<String> = crate::dns::normalise(set.kind, &set.values)
                 .into_iter()
                 .map(|v| format!("{kind} {v}"))
                 .collect();
-            // This witness's embedded server, from its applied state.
-            let embedded = crate::dns::published(&view, &gd.name);
-            sources.push(proto::DnsSourceStatus {
-                group: gp.name.clone(),
-                name: gd.name.clone(),
-                source: format!("embedded (witness {})", self.consensus.id()),
-                matches: embedded == expected,
-                expected: expected.clone(),
-                found: embedded,
-                error: String::new(),
-            });
+            expected.sort();
             let kinds = crate::operations::executor::record_kinds(gd);
-            for server in policy
-                .dns
-                .servers
+            let source =
+                |source: String, found: Vec<String>, error: String| proto::DnsSourceStatus {
+                    group: gp.name.clone(),
+                    name: gd.name.clone(),
+                    source,
+                    matches: error.is_empty() && found == expected,
+                    expected: expected.clone(),
+                    found,
+                    error,
+                };
+            if embedded_addrs.is_empty() {
+                // No witness has reported a DNS address (none runs one, or reports are not
+                // in yet): this witness's applied view.
+                let found = crate::dns::published(&view, &gd.name);
+                sources.push(source(
+                    format!("embedded (witness {}, applied state)", self.consensus.id()),
+                    found,
+                    String::new(),
+                ));
+            }
+            // Every witness's embedded server and every external server, asked over DNS.
+            let targets = embedded_addrs
                 .iter()
-                .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
-            {
+                .map(|(id, addr)| (format!("embedded witness {id} ({addr})"), addr.clone()))
+                .chain(
+                    policy
+                        .dns
+                        .servers
+                        .iter()
+                        .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
+                        .map(|s| (format!("server {}", s.address), s.address.clone())),
+                );
+            for (label, addr) in targets {
                 let mut found = Vec::new();
                 let mut error = String::new();
                 for k in &kinds {
-                    match crate::dns::query_rrset(server, &gd.name, *k).await {
+                    match crate::dns::query_rrset_at(
+                        &addr,
+                        &gd.zone,
+                        &gd.name,
+                        *k,
+                        DNS_QUERY_TIMEOUT_MS,
+                    )
+                    .await
+                    {
                         Ok(values) => {
                             found.extend(values.into_iter().map(|v| format!("{k:?} {v}")))
                         }
@@ -526,17 +554,7 @@ impl Arbiter for ApiService {
                     }
                 }
                 found.sort();
-                let mut want = expected.clone();
-                want.sort();
-                sources.push(proto::DnsSourceStatus {
-                    group: gp.name.clone(),
-                    name: gd.name.clone(),
-                    source: format!("server {}", server.address),
-                    matches: error.is_empty() && found == want,
-                    expected: expected.clone(),
-                    found,
-                    error,
-                });
+                sources.push(source(label, found, error));
             }
         }
         Ok(Response::new(proto::DnsCheckReply { sources }))

@@ -15,6 +15,6 @@ pub use server::{
     answer, published, Answer, DnsListeners, DnsServer as EmbeddedServer, Query, ZoneView,
 };
 pub use update::{
-    drift, normalise, publish, query_rrset, replace_rrset, soa_serial, DnsUpdateError, Drift,
-    PublishReport, ServerOutcome, UpdateReport,
+    drift, normalise, publish, query_rrset, query_rrset_at, replace_rrset, soa_serial,
+    DnsUpdateError, Drift, PublishReport, ServerOutcome, UpdateReport,
 };

@@ -698,3 +698,27 @@ mod tests {
         assert_eq!(server_time_s(&[]), None);
     }
 }
+
+/// What the server at `address` (an embedded witness server, or any authoritative server
+/// without TSIG) publishes for `name` and `kind`: an unsigned query, like [`query_rrset`].
+pub async fn query_rrset_at(
+    address: &str,
+    zone: &str,
+    name: &str,
+    kind: RecordKind,
+    timeout_ms: u64,
+) -> Result<Vec<String>, DnsUpdateError> {
+    let server = DnsServer {
+        address: address.to_string(),
+        zone: zone.to_string(),
+        // Queries are not signed: no key is used.
+        tsig_key: String::new(),
+        algorithm: crate::config::TsigAlgorithm::HmacSha256,
+        secret: crate::config::SecretRef {
+            file: None,
+            env: None,
+        },
+        timeout_ms,
+    };
+    query_rrset(&server, name, kind).await
+}

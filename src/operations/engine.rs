@@ -32,6 +32,7 @@ pub async fn run(
     tables: Arc<LeaderTables>,
     network: Network,
     probe_options: ProbeOptions,
+    dns_addr: String,
 ) {
     let mut prober: Option<(u64, Prober)> = None;
     let mut engine = Engine::default();
@@ -60,6 +61,7 @@ pub async fn run(
             .map(|(_, p)| p.snapshot())
             .unwrap_or_default();
         let report = ProbeReport {
+            dns_addr: dns_addr.clone(),
             witness: consensus.id(),
             regions: observations
                 .into_iter()
@@ -82,6 +84,7 @@ pub async fn run(
 }
 
 fn record_local(tables: &LeaderTables, report: &ProbeReport) {
+    tables.record_dns_addr(report.witness, &report.dns_addr);
     let now = Instant::now();
     let mut table = tables.reports.lock().expect("report table lock");
     for r in &report.regions {

@@ -38,6 +38,8 @@ pub struct LeaderTables {
     regions: Mutex<BTreeMap<String, RegionView>>,
     /// Latest probe report of each witness about each region (fed by `ReportProbes`).
     pub reports: Mutex<ReportTable>,
+    /// Where each witness's embedded DNS server answers, as reported with its probes.
+    dns_addrs: Mutex<BTreeMap<u64, String>>,
 }
 
 impl LeaderTables {
@@ -65,6 +67,24 @@ impl LeaderTables {
 
     pub fn regions(&self) -> BTreeMap<String, RegionView> {
         self.regions.lock().expect("region table lock").clone()
+    }
+
+    /// Records where witness `id` serves DNS (bounded like the report table: one per witness).
+    pub fn record_dns_addr(&self, id: u64, addr: &str) {
+        const WITNESSES_MAX: usize = 64;
+        let mut addrs = self.dns_addrs.lock().expect("dns address table lock");
+        if addr.is_empty() {
+            addrs.remove(&id);
+        } else if addrs.len() < WITNESSES_MAX || addrs.contains_key(&id) {
+            addrs.insert(id, addr.to_string());
+        }
+    }
+
+    pub fn dns_addrs(&self) -> BTreeMap<u64, String> {
+        self.dns_addrs
+            .lock()
+            .expect("dns address table lock")
+            .clone()
     }
 
     /// Forget everything (this witness stopped being the leader).

@@ -103,6 +103,10 @@ impl RaftRpc for RaftService {
             ));
         }
         let now = tokio::time::Instant::now();
+        if report.dns_addr.len() <= 256 {
+            self.tables
+                .record_dns_addr(report.witness, &report.dns_addr);
+        }
         let mut table = self.tables.reports.lock().expect("report table lock");
         for r in &report.regions {
             let age = std::time::Duration::from_millis(r.since_age_ms);
