@@ -609,6 +609,30 @@ fn server_time_s(other: &[u8]) -> Option<u64> {
     (other.len() == 6).then(|| other.iter().fold(0u64, |t, b| (t << 8) | u64::from(*b)))
 }
 
+/// What the server at `address` (an embedded witness server, or any authoritative server
+/// without TSIG) publishes for `name` and `kind`: an unsigned query, like [`query_rrset`].
+pub async fn query_rrset_at(
+    address: &str,
+    zone: &str,
+    name: &str,
+    kind: RecordKind,
+    timeout_ms: u64,
+) -> Result<Vec<String>, DnsUpdateError> {
+    let server = DnsServer {
+        address: address.to_string(),
+        zone: zone.to_string(),
+        // Queries are not signed: no key is used.
+        tsig_key: String::new(),
+        algorithm: crate::config::TsigAlgorithm::HmacSha256,
+        secret: crate::config::SecretRef {
+            file: None,
+            env: None,
+        },
+        timeout_ms,
+    };
+    query_rrset(&server, name, kind).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,28 +721,4 @@ mod tests {
         assert_eq!(server_time_s(&[0, 0, 0x65, 0, 0, 1]), Some(0x6500_0001));
         assert_eq!(server_time_s(&[]), None);
     }
-}
-
-/// What the server at `address` (an embedded witness server, or any authoritative server
-/// without TSIG) publishes for `name` and `kind`: an unsigned query, like [`query_rrset`].
-pub async fn query_rrset_at(
-    address: &str,
-    zone: &str,
-    name: &str,
-    kind: RecordKind,
-    timeout_ms: u64,
-) -> Result<Vec<String>, DnsUpdateError> {
-    let server = DnsServer {
-        address: address.to_string(),
-        zone: zone.to_string(),
-        // Queries are not signed: no key is used.
-        tsig_key: String::new(),
-        algorithm: crate::config::TsigAlgorithm::HmacSha256,
-        secret: crate::config::SecretRef {
-            file: None,
-            env: None,
-        },
-        timeout_ms,
-    };
-    query_rrset(&server, name, kind).await
 }
