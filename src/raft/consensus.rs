@@ -24,6 +24,10 @@ use crate::state::{ClusterState, Proposal, Response};
 pub(crate) type ArbiterRaft =
     openraft::Raft<TypeConfig, StateMachineStore<TypeConfig, ClusterState>>;
 
+/// Waiting for a store still locked by a stopping instance: 50 x 100 ms.
+const STORE_LOCK_WAIT_ATTEMPTS: u32 = 50;
+const STORE_LOCK_WAIT_PAUSE: Duration = Duration::from_millis(100);
+
 /// How long `members add` waits for a new witness to catch up as a learner before giving up.
 const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -164,8 +168,22 @@ impl Consensus {
         config: &NodeConfig,
         network: Network,
     ) -> Result<Arc<Consensus>, ConsensusError> {
-        let (mut log_store, sm) = store::open::<TypeConfig, ClusterState>(&config.data_dir)
-            .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        // A witness restarted in the same process (tests, drills) may find its previous
+        // instance still releasing the store's lock: wait a bounded moment for it.
+        let mut attempts = 0;
+        let (mut log_store, sm) = loop {
+            match store::open::<TypeConfig, ClusterState>(&config.data_dir) {
+                Ok(stores) => break stores,
+                Err(store::StoreError::Open {
+                    source: redb::DatabaseError::DatabaseAlreadyOpen,
+                    ..
+                }) if attempts < STORE_LOCK_WAIT_ATTEMPTS => {
+                    attempts += 1;
+                    tokio::time::sleep(STORE_LOCK_WAIT_PAUSE).await;
+                }
+                Err(e) => return Err(ConsensusError::Storage(e.to_string())),
+            }
+        };
         // Read from the store itself, before Raft starts: Raft's metrics are not loaded yet
         // when `start` returns, and a witness with any log or vote is not pristine.
         let pristine = {
