@@ -530,12 +530,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         } => {
             let client = conn.client()?;
             let req = action(operation, "", "");
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.approve(req).await }
-                })
-                .await?;
+            let reply = act(&client, Act::Approve, req).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Retry {
@@ -545,12 +540,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         } => {
             let client = conn.client()?;
             let req = action(operation, "", "");
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.retry(req).await }
-                })
-                .await?;
+            let reply = act(&client, Act::Retry, req).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Skip {
@@ -561,12 +551,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         } => {
             let client = conn.client()?;
             let req = action(operation, &step, "");
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.skip(req).await }
-                })
-                .await?;
+            let reply = act(&client, Act::Skip, req).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Abort {
@@ -576,12 +561,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         } => {
             let client = conn.client()?;
             let req = action(operation, "", &reason);
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.abort(req).await }
-                })
-                .await?;
+            let reply = act(&client, Act::Abort, req).await?;
             let op = reply.operation.unwrap_or_default();
             println!(
                 "operation {} aborted: {} stays active at epoch {}",
@@ -911,6 +891,36 @@ fn dns_table(sources: &[proto::DnsSourceStatus]) -> String {
         );
     }
     out
+}
+
+/// An operator's action on an operation.
+#[derive(Clone, Copy)]
+enum Act {
+    Approve,
+    Retry,
+    Skip,
+    Abort,
+}
+
+/// Sends `act` for the operation in `req` to the leader.
+async fn act(
+    client: &Client,
+    act: Act,
+    req: proto::OperationAction,
+) -> Result<proto::OperationReply, ClientError> {
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move {
+                match act {
+                    Act::Approve => c.approve(req).await,
+                    Act::Retry => c.retry(req).await,
+                    Act::Skip => c.skip(req).await,
+                    Act::Abort => c.abort(req).await,
+                }
+            }
+        })
+        .await
 }
 
 fn action(operation: u64, step: &str, reason: &str) -> proto::OperationAction {
