@@ -485,44 +485,14 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             to,
             reason,
             wait,
-        } => {
-            let client = conn.client()?;
-            let req = proto::FailoverRequest {
-                group,
-                to,
-                reason,
-                request_id: crate::api::new_request_id(),
-            };
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.failover(req).await }
-                })
-                .await?;
-            follow(&client, reply, &wait).await
-        }
+        } => start_operation(&conn, group, to, reason, false, &wait).await,
         Cmd::Failback {
             conn,
             group,
             to,
             reason,
             wait,
-        } => {
-            let client = conn.client()?;
-            let req = proto::FailoverRequest {
-                group,
-                to,
-                reason,
-                request_id: crate::api::new_request_id(),
-            };
-            let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.failback(req).await }
-                })
-                .await?;
-            follow(&client, reply, &wait).await
-        }
+        } => start_operation(&conn, group, to, reason, true, &wait).await,
         Cmd::Approve {
             conn,
             operation,
@@ -891,6 +861,37 @@ fn dns_table(sources: &[proto::DnsSourceStatus]) -> String {
         );
     }
     out
+}
+
+/// Starts a failover (or a failback) of `group` and follows it (see [`follow`]).
+async fn start_operation(
+    conn: &Conn,
+    group: String,
+    to: String,
+    reason: String,
+    failback: bool,
+    wait: &Wait,
+) -> Result<(), Failure> {
+    let client = conn.client()?;
+    let req = proto::FailoverRequest {
+        group,
+        to,
+        reason,
+        request_id: crate::api::new_request_id(),
+    };
+    let reply = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move {
+                if failback {
+                    c.failback(req).await
+                } else {
+                    c.failover(req).await
+                }
+            }
+        })
+        .await?;
+    follow(&client, reply, wait).await
 }
 
 /// An operator's action on an operation.

@@ -166,6 +166,34 @@ impl Connection {
     }
 }
 
+/// The request-reply Raft RPCs, all carrying a serialized openraft message.
+#[derive(Clone, Copy)]
+enum Unary {
+    AppendEntries,
+    Vote,
+    PreVote,
+}
+
+impl Connection {
+    /// Sends one request-reply Raft RPC with the option's deadline and decodes the reply.
+    async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: Unary,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<C>> {
+        let req = Self::request(encode_rpc(rpc)?, option);
+        let mut client = self.client()?;
+        let reply = match method {
+            Unary::AppendEntries => client.append_entries(req).await,
+            Unary::Vote => client.vote(req).await,
+            Unary::PreVote => client.pre_vote(req).await,
+        }
+        .map_err(|s| self.status_error(s))?;
+        self.decode_reply(reply.into_inner())
+    }
+}
+
 fn encode_rpc<T: Serialize>(value: &T) -> Result<RaftMessage, RPCError<C>> {
     encode(value)
         .map(|payload| RaftMessage { payload })
@@ -180,13 +208,7 @@ impl RaftNetworkV2<C> for Connection {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let msg = encode_rpc(&rpc)?;
-        let reply = self
-            .client()?
-            .append_entries(Self::request(msg, &option))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        self.decode_reply(reply.into_inner())
+        self.unary(Unary::AppendEntries, &rpc, &option).await
     }
 
     async fn vote(
@@ -194,13 +216,7 @@ impl RaftNetworkV2<C> for Connection {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        let msg = encode_rpc(&rpc)?;
-        let reply = self
-            .client()?
-            .vote(Self::request(msg, &option))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        self.decode_reply(reply.into_inner())
+        self.unary(Unary::Vote, &rpc, &option).await
     }
 
     async fn pre_vote(
@@ -208,13 +224,7 @@ impl RaftNetworkV2<C> for Connection {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        let msg = encode_rpc(&rpc)?;
-        let reply = self
-            .client()?
-            .pre_vote(Self::request(msg, &option))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        self.decode_reply(reply.into_inner())
+        self.unary(Unary::PreVote, &rpc, &option).await
     }
 
     async fn full_snapshot(
