@@ -241,7 +241,7 @@ impl Probe {
                         service: service.clone(),
                     })
                     .await
-                    .map_err(|status| format!("grpc {:?}: {}", status.code(), status.message()))?;
+                    .map_err(|status| grpc_error(&status, self.spec.timeout_ms))?;
                 let status = response.into_inner().status();
                 match status {
                     ServingStatus::Serving => Ok(status.as_str_name().to_owned()),
@@ -288,6 +288,20 @@ fn host_of(addr: &str) -> String {
     host.trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned()
+}
+
+/// A failed gRPC health check in words. The channel's own deadline (equal to the probe's)
+/// and the probe's outer deadline race; either way the probe timed out, and says so the
+/// same way.
+fn grpc_error(status: &tonic::Status, timeout_ms: u64) -> String {
+    let timed_out = status.code() == tonic::Code::DeadlineExceeded
+        || (status.code() == tonic::Code::Cancelled
+            && status.message().contains("Timeout expired"));
+    if timed_out {
+        format!("timeout after {timeout_ms} ms")
+    } else {
+        format!("grpc {:?}: {}", status.code(), status.message())
+    }
 }
 
 fn http_error(e: &reqwest::Error, timeout_ms: u64) -> String {
