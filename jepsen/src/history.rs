@@ -1,0 +1,121 @@
+//! The history of a run: every client, operator and nemesis operation as Jepsen records it,
+//! one JSON object per line in `history.jsonl`.
+//!
+//! An operation is written twice: an `invoke` when it starts and a completion (`ok`, `fail`
+//! or `info`) when it ends, both with the same `process` (a process has at most one
+//! operation outstanding, as in Jepsen). `fail` means it definitely did not happen; `info`
+//! means the outcome is unknown (it may take effect at any later time, or never).
+//!
+//! This module owns the format and its vocabulary; it never runs anything.
+//!
+//! # Vocabulary (`f` and `value`)
+//!
+//! | f | process | invoke value | completion value |
+//! |---|---|---|---|
+//! | `write` | `writer-<region>` | `{group, region, epoch, seq}` | same (ok once the record is durable on the host) |
+//! | `failover`, `failback` | `operator-<n>` | `{group, to?, request_id}` | ok: `{group, to, epoch, operation}` |
+//! | `mode` | `operator-<n>` | `{group, mode, request_id}` | ok: `{group, mode}` |
+//! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
+//! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
+//! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
+//! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
+//! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
+//! | `final` | `checker` | `{}` | ok: `{status, operations}`: the final `arbiter status --json` and `arbiter operations --json` after healing |
+//!
+//! `time_ns` is the host's `CLOCK_REALTIME` derived from its monotonic clock (all network
+//! namespaces share one kernel clock, so times from different hosts compare exactly), in
+//! nanoseconds since the start of the run.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+/// How an operation event ends (or that it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpType {
+    Invoke,
+    Ok,
+    Fail,
+    Info,
+}
+
+/// One event of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Position in the history, from 0, in the order events were recorded.
+    pub index: u64,
+    #[serde(rename = "type")]
+    pub kind: OpType,
+    /// What was done: see the vocabulary in the module docs.
+    pub f: String,
+    #[serde(default)]
+    pub value: serde_json::Value,
+    /// Who did it; one outstanding operation per process.
+    pub process: String,
+    /// The host (witness or database host) it ran on or was sent to, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Nanoseconds since the start of the run, on the shared kernel clock.
+    pub time_ns: u64,
+    /// Why a `fail` or `info` ended that way (error text), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A whole history, in recording order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    pub ops: Vec<Op>,
+}
+
+impl History {
+    /// Reads `history.jsonl`; a malformed line is an error naming its line number.
+    pub fn read(path: &Path) -> anyhow::Result<History> {
+        let file =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut ops = Vec::new();
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let op: Op = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+            ops.push(op);
+        }
+        Ok(History { ops })
+    }
+
+    /// Writes `history.jsonl`, one event per line.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for op in &self.ops {
+            serde_json::to_writer(&mut out, op)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Pairs every invocation with its completion (`None` when the run ended first, which
+    /// counts as `info`). Returned in invocation order.
+    pub fn pairs(&self) -> Vec<(&Op, Option<&Op>)> {
+        let mut open: std::collections::HashMap<&str, usize> = Default::default();
+        let mut out: Vec<(&Op, Option<&Op>)> = Vec::new();
+        for op in &self.ops {
+            match op.kind {
+                OpType::Invoke => {
+                    open.insert(op.process.as_str(), out.len());
+                    out.push((op, None));
+                }
+                _ => {
+                    if let Some(i) = open.remove(op.process.as_str()) {
+                        out[i].1 = Some(op);
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,6 @@
+//! `cargo run -p jepsen -- test|analyze ...`
+
+fn main() {
+    eprintln!("jepsen: not built yet");
+    std::process::exit(2);
+}
