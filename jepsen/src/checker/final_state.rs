@@ -77,6 +77,9 @@ pub struct DnsAnswer {
     pub error: Option<String>,
 }
 
+/// One epoch activated for two regions: `(epoch, first region, second region)`.
+pub type Conflict = (u64, String, String);
+
 /// The state read after healing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FinalState {
@@ -194,7 +197,7 @@ impl FinalState {
     /// operation whose `activate` step committed, the audit's activations, and the current
     /// `(active, epoch)`. A conflict (one epoch, two regions) keeps the first and is
     /// returned in the second list for S2.
-    pub fn activations(&self, group: &str) -> (BTreeMap<u64, String>, Vec<(u64, String, String)>) {
+    pub fn activations(&self, group: &str) -> (BTreeMap<u64, String>, Vec<Conflict>) {
         let mut map = BTreeMap::new();
         let mut conflicts = Vec::new();
         let mut add = |epoch: u64, region: &str| match map.get(&epoch) {

@@ -15,7 +15,7 @@
 //! history length (two different sets colliding on 128 bits is not a practical concern).
 
 use super::epochs::failover_done;
-use super::{fmt_s, CheckResult, Context, OpRef};
+use super::{CheckResult, Context, OpRef};
 use std::collections::HashSet;
 
 pub const NAME: &str = "linearizable";
@@ -47,6 +47,8 @@ pub struct LinOp {
     pub call_ns: u64,
     /// `None`: open-ended.
     pub ret_ns: Option<u64>,
+    /// History index of the completion, when there is one.
+    pub ret_index: Option<u64>,
     pub op: Option<OpRef>,
     /// For findings: what the operation is and did.
     pub describe: String,
@@ -270,7 +272,7 @@ impl GroupHistory {
         to: &str,
         epoch: Option<u64>,
         call_ns: u64,
-        ret_ns: Option<u64>,
+        ret: Option<&crate::history::Op>,
         op: Option<OpRef>,
         describe: String,
     ) {
@@ -278,7 +280,8 @@ impl GroupHistory {
         self.ops.push(LinOp {
             kind: Kind::Write { to, epoch },
             call_ns,
-            ret_ns,
+            ret_ns: ret.map(|c| c.time_ns),
+            ret_index: ret.map(|c| c.index),
             op,
             describe,
         });
@@ -339,6 +342,7 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
             kind: Kind::Read { active, epoch },
             call_ns: p.invoke.time_ns,
             ret_ns: Some(end),
+            ret_index: p.complete.map(|c| c.index),
             op: Some(p.op_ref()),
             describe: format!("{} read ({region}, {epoch})", p.describe()),
         });
@@ -381,9 +385,9 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
                 Some(k) => {
                     claimed[k] = true;
                     let p = commands[k];
-                    let ret = (p.is_ok() && failover_done(p.str_field("state")))
-                        .then(|| p.end_ns())
-                        .flatten();
+                    let ret = p
+                        .complete
+                        .filter(|_| p.is_ok() && failover_done(p.str_field("state")));
                     let d = format!("{}: {what}", p.describe());
                     g.write(
                         &o.to,
@@ -414,7 +418,7 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
             continue;
         };
         let epoch = p.u64_field("epoch").filter(|_| p.is_ok());
-        let ret = if done { p.end_ns() } else { None };
+        let ret = p.complete.filter(|_| done);
         let d = format!(
             "{}: activating ({to}, {})",
             p.describe(),
@@ -460,10 +464,12 @@ pub fn check(ctx: &Context, budget: u64) -> CheckResult {
                 let message = format!(
                     "group {group}: not linearizable: {} cannot be placed; with {linearized} \
                      operations linearized the register could hold {}{before}; \
-                     smallest failing prefix ends at {}",
+                     the smallest failing prefix of the history ends at event {}",
                     bad.describe,
                     g.describe_state(state),
-                    bad.ret_ns.map(fmt_s).unwrap_or_else(|| "the end".into())
+                    bad.ret_index
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "the end".into())
                 );
                 if g.complete {
                     r.offend(message, named);
@@ -488,6 +494,7 @@ mod tests {
             kind: Kind::Read { active, epoch },
             call_ns: call,
             ret_ns: Some(ret),
+            ret_index: None,
             op: None,
             describe: format!("read ({active},{epoch})"),
         }
@@ -498,6 +505,7 @@ mod tests {
             kind: Kind::Write { to, epoch },
             call_ns: call,
             ret_ns: ret,
+            ret_index: None,
             op: None,
             describe: format!("write ({to},{epoch:?})"),
         }

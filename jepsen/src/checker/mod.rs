@@ -287,9 +287,7 @@ impl<'a> Context<'a> {
     /// The pairs whose `f` is one of `fs`.
     pub fn pairs_of(&self, fs: &[&str]) -> impl Iterator<Item = &Pair<'a>> + '_ {
         let fs: Vec<String> = fs.iter().map(|f| f.to_string()).collect();
-        self.pairs
-            .iter()
-            .filter(move |p| fs.iter().any(|f| *f == p.invoke.f))
+        self.pairs.iter().filter(move |p| fs.contains(&p.invoke.f))
     }
 
     /// Every group the history or the final state mentions, sorted.
