@@ -4,7 +4,7 @@
 
 use super::{escape, fault_colour, fault_intervals, palette, TimeAxis};
 use crate::checker::{fmt_s, Pair};
-use crate::history::{History, OpType};
+use crate::history::{History, OpType, FINAL};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -127,7 +127,7 @@ pub fn latency(history: &History) -> String {
         .max(10_000_000);
     // Log scale from 0.1 ms to the largest latency.
     let lo = (100_000f64).log10();
-    let hi = (max_ns as f64).log10().max(lo + 1.0);
+    let hi = (max_ns as f64 * 1.5).log10().max(lo + 1.0);
     let plot_h = H - TOP - BOTTOM;
     let y_of = |ns: u64| TOP + plot_h * (1.0 - ((ns.max(100_000) as f64).log10() - lo) / (hi - lo));
     let mut decade = 0.1f64;
@@ -192,13 +192,13 @@ pub fn rate(history: &History) -> String {
         &axis,
         &pairs,
         end,
-        "completed operations per second, by kind",
+        "completed client and operator operations per second, by kind (faults shaded)",
     );
     // One-second buckets, wider for long runs so a line has at most ~600 points.
     let bucket_ns = 1_000_000_000u64.max(end / 600 + 1);
     let buckets = (end / bucket_ns + 1) as usize;
     let mut by_kind: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for p in &pairs {
+    for p in pairs.iter().filter(|p| !p.invoke.is_nemesis() && p.invoke.f != FINAL) {
         if let Some(c) = p.complete {
             let counts = by_kind
                 .entry(p.invoke.f.as_str())

@@ -140,6 +140,52 @@ fn checker_section(out: &mut String, results: &Results) {
     out.push_str("</table>");
 }
 
+/// Draws operations of one process as one bar: the first's invocation to the last's end.
+fn draw_run(svg: &mut String, axis: &TimeAxis, y: f64, run: &[&Pair], end_ns: u64) {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return;
+    };
+    let end = last.complete.map(|c| c.time_ns).unwrap_or(end_ns);
+    let (x1, x2) = (axis.x(first.invoke.time_ns), axis.x(end));
+    let dashed = if last.complete.is_none() {
+        " stroke=\"#000\" stroke-dasharray=\"2,2\""
+    } else {
+        ""
+    };
+    let title = if run.len() == 1 {
+        op_title(first)
+    } else {
+        format!(
+            "{} {} {:?}, #{} .. #{}, {} .. {}\nfirst: {}\nlast: {}",
+            run.len(),
+            first.invoke.f,
+            first.kind(),
+            first.invoke.index,
+            last.invoke.index,
+            fmt_s(first.invoke.time_ns),
+            fmt_s(end),
+            op_title(first),
+            op_title(last)
+        )
+    };
+    let _ = write!(
+        svg,
+        "<rect x=\"{x1:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{BAR_H}\" fill=\"{}\"{dashed}><title>{}</title></rect>",
+        (x2 - x1).max(1.5),
+        outcome_colour(first.kind()),
+        escape(&title)
+    );
+    if x2 - x1 > 40.0 && run.len() == 1 {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#fff\" font-size=\"9\">{}</text>",
+            x1 + 2.0,
+            y + BAR_H - 2.0,
+            escape(&first.invoke.f)
+        );
+    }
+}
+
 /// Renders the page.
 pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
     let ctx = Context::new(history, spec, None);
@@ -296,31 +342,31 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
     for p in &processes {
         label(&mut svg, row_of[p], p);
     }
+    // Per process, operations closer than a pixel with the same kind and outcome are drawn
+    // as one bar (a long run has tens of thousands of reads; the page must stay usable).
+    let mut by_process: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for p in ctx.pairs.iter().filter(|p| p.invoke.f != "write") {
-        let y = row_of[p.invoke.process.as_str()];
-        let end = p.complete.map(|c| c.time_ns).unwrap_or(end_ns);
-        let (x1, x2) = (axis.x(p.invoke.time_ns), axis.x(end));
-        let dashed = if p.complete.is_none() {
-            " stroke=\"#000\" stroke-dasharray=\"2,2\""
-        } else {
-            ""
-        };
-        let _ = write!(
-            svg,
-            "<rect x=\"{x1:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{BAR_H}\" fill=\"{}\"{dashed}><title>{}</title></rect>",
-            (x2 - x1).max(1.5),
-            outcome_colour(p.kind()),
-            escape(&op_title(p))
-        );
-        if x2 - x1 > 40.0 {
-            let _ = write!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#fff\" font-size=\"9\">{}</text>",
-                x1 + 2.0,
-                y + BAR_H - 2.0,
-                escape(&p.invoke.f)
-            );
+        by_process.entry(p.invoke.process.as_str()).or_default().push(p);
+    }
+    for (process, ops) in by_process {
+        let y = row_of[process];
+        let mut run: Vec<&Pair> = Vec::new();
+        for p in ops {
+            if let Some(last) = run.last() {
+                let last_end = last.complete.map(|c| c.time_ns).unwrap_or(end_ns);
+                let joins = last.complete.is_some()
+                    && p.complete.is_some()
+                    && last.invoke.f == p.invoke.f
+                    && last.kind() == p.kind()
+                    && axis.x(p.invoke.time_ns) - axis.x(last_end) < 1.0;
+                if !joins {
+                    draw_run(&mut svg, &axis, y, &run, end_ns);
+                    run.clear();
+                }
+            }
+            run.push(p);
         }
+        draw_run(&mut svg, &axis, y, &run, end_ns);
     }
     svg.push_str("</svg>");
 
