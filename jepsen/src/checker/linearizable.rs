@@ -589,5 +589,12 @@ mod tests {
             search(&ops, A1, 50).outcome,
             Outcome::Budget { .. }
         ));
+        // With room, the memoised search finishes: the read of epoch 99 after 12 writes of
+        // unknown epoch is possible, but then (0, 1) cannot be read again.
+        let full = search(&ops, A1, 10_000_000);
+        assert!(
+            matches!(full.outcome, Outcome::NotLinearizable { op: 13, .. }),
+            "{full:?}"
+        );
     }
 }

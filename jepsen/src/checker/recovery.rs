@@ -26,6 +26,14 @@ pub fn check(ctx: &Context) -> CheckResult {
     };
     r.note(format!("last heal completed at {}", fmt_s(healed_ns)));
     for group in ctx.groups() {
+        let reads = ctx
+            .pairs_of(&["status"])
+            .filter(|p| p.group() == Some(group.as_str()))
+            .count();
+        if reads == 0 {
+            r.unknown(format!("group {group}: the workload read no status"));
+            continue;
+        }
         let first = ctx
             .pairs_of(&["status"])
             .filter(|p| p.is_ok() && p.group() == Some(group.as_str()))

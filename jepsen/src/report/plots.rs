@@ -198,7 +198,10 @@ pub fn rate(history: &History) -> String {
     let bucket_ns = 1_000_000_000u64.max(end / 600 + 1);
     let buckets = (end / bucket_ns + 1) as usize;
     let mut by_kind: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for p in pairs.iter().filter(|p| !p.invoke.is_nemesis() && p.invoke.f != FINAL) {
+    for p in pairs
+        .iter()
+        .filter(|p| !p.invoke.is_nemesis() && p.invoke.f != FINAL)
+    {
         if let Some(c) = p.complete {
             let counts = by_kind
                 .entry(p.invoke.f.as_str())

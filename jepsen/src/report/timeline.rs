@@ -16,6 +16,9 @@ const LABEL_W: f64 = 190.0;
 const PLOT_W: f64 = 1300.0;
 const ROW_H: f64 = 16.0;
 const BAR_H: f64 = 11.0;
+/// At most this many operations are marked as checker findings (the rest are in
+/// results.json).
+const FINDINGS_DRAWN_MAX: usize = 500;
 /// Room above the rows for the axis and epoch labels.
 const TOP: f64 = 46.0;
 
@@ -209,7 +212,39 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
         .collect();
     processes.sort_by_key(|p| row_rank(p));
     processes.dedup();
-    let rows = window_rows.len() + processes.len();
+    // The active region per group, from the first sighting of each greater epoch.
+    let mut obs = epochs::observations(&ctx);
+    obs.sort_by_key(|o| o.end_ns);
+    let mut changes: BTreeMap<String, Vec<&epochs::Observation>> = BTreeMap::new();
+    for o in &obs {
+        let list = changes.entry(o.group.clone()).or_default();
+        if list.last().is_none_or(|l| o.epoch > l.epoch) {
+            list.push(o);
+        }
+    }
+    let mut regions: Vec<&str> = window_rows
+        .keys()
+        .map(|(_, r)| r.as_str())
+        .chain(obs.iter().map(|o| o.region.as_str()))
+        .collect();
+    regions.sort_unstable();
+    regions.dedup();
+    let region_colour = |r: &str| palette(regions.iter().position(|x| *x == r).unwrap_or(0));
+    // Operations the checkers named, with what they said about them.
+    let mut findings: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (name, r) in &results.checkers {
+        for e in &r.errors {
+            for o in &e.ops {
+                findings
+                    .entry(o.index)
+                    .or_default()
+                    .push(format!("{name}: {}", e.message));
+            }
+        }
+    }
+    let time_of: BTreeMap<u64, u64> = history.ops.iter().map(|o| (o.index, o.time_ns)).collect();
+    let finding_rows = usize::from(!findings.is_empty());
+    let rows = finding_rows + changes.len() + window_rows.len() + processes.len();
     let height = TOP + rows as f64 * ROW_H + 30.0;
     let svg_w = LABEL_W + PLOT_W + 20.0;
 
@@ -248,37 +283,27 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
         );
     }
     // Epoch changes: the first observation of each greater epoch, per group.
-    let mut obs = epochs::observations(&ctx);
-    obs.sort_by_key(|o| o.end_ns);
-    let mut highest: BTreeMap<String, u64> = BTreeMap::new();
-    for o in &obs {
-        let h = highest.entry(o.group.clone()).or_insert(0);
-        if o.epoch > *h {
-            *h = o.epoch;
-            let x = axis.x(o.end_ns);
-            let label = format!("{} e{}→{}", o.group, o.epoch, o.region);
-            let _ = write!(
-                svg,
-                "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-dasharray=\"3,3\"><title>{}</title></line>\
-                 <text x=\"{:.1}\" y=\"{}\" fill=\"#000\">{}</text>",
-                TOP - 14.0,
-                height - 30.0,
-                escape(&format!(
-                    "{label}: first seen by {} #{} ({}) at {}",
-                    o.op.f,
-                    o.op.index,
-                    o.op.process,
-                    fmt_s(o.end_ns)
-                )),
-                x + 2.0,
-                TOP - 16.0,
-                escape(&label)
-            );
-        }
+    for o in changes.values().flatten() {
+        let x = axis.x(o.end_ns);
+        let label = format!("{} e{}→{}", o.group, o.epoch, o.region);
+        let _ = write!(
+            svg,
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-dasharray=\"3,3\"><title>{}</title></line>\
+             <text x=\"{:.1}\" y=\"{}\" fill=\"#000\">{}</text>",
+            TOP - 14.0,
+            height - 30.0,
+            escape(&format!(
+                "{label}: first seen by {} #{} ({}) at {}",
+                o.op.f,
+                o.op.index,
+                o.op.process,
+                fmt_s(o.end_ns)
+            )),
+            x + 2.0,
+            TOP - 16.0,
+            escape(&label)
+        );
     }
-    let mut regions: Vec<&str> = window_rows.keys().map(|(_, r)| r.as_str()).collect();
-    regions.sort_unstable();
-    regions.dedup();
     let mut y = TOP;
     let label = |svg: &mut String, y: f64, text: &str| {
         let _ = write!(
@@ -291,9 +316,54 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
             y + ROW_H - 1.0
         );
     };
+    if !findings.is_empty() {
+        label(&mut svg, y, "checker findings");
+        for (index, messages) in findings.iter().take(FINDINGS_DRAWN_MAX) {
+            let x = axis.x(time_of.get(index).copied().unwrap_or(0));
+            let _ = write!(
+                svg,
+                "<path d=\"M{x:.1},{:.1} l5,-5 l-5,-5 l-5,5 z\" fill=\"#c62828\"><title>{}</title></path>",
+                y + BAR_H,
+                escape(&format!("event #{index}\n{}", messages.join("\n")))
+            );
+        }
+        y += ROW_H;
+    }
+    for (group, list) in &changes {
+        label(&mut svg, y, &format!("active {group}"));
+        for (k, o) in list.iter().enumerate() {
+            let end = list.get(k + 1).map(|n| n.end_ns).unwrap_or(end_ns);
+            let (x1, x2) = (axis.x(o.end_ns), axis.x(end));
+            let _ = write!(
+                svg,
+                "<rect x=\"{x1:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{BAR_H}\" fill=\"{}\" opacity=\"0.45\"><title>{}</title></rect>",
+                (x2 - x1).max(1.0),
+                region_colour(&o.region),
+                escape(&format!(
+                    "group {group}: {} active at epoch {} (first seen by {} #{} at {})",
+                    o.region,
+                    o.epoch,
+                    o.op.f,
+                    o.op.index,
+                    fmt_s(o.end_ns)
+                ))
+            );
+            if x2 - x1 > 40.0 {
+                let _ = write!(
+                    svg,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#000\" font-size=\"9\">{} e{}</text>",
+                    x1 + 2.0,
+                    y + BAR_H - 2.0,
+                    escape(&o.region),
+                    o.epoch
+                );
+            }
+        }
+        y += ROW_H;
+    }
     for ((group, region), wins) in &window_rows {
         label(&mut svg, y, &format!("writes {group}/{region}"));
-        let colour = palette(regions.iter().position(|r| r == region).unwrap_or(0));
+        let colour = region_colour(region);
         for w in wins {
             let (x1, x2) = (axis.x(w.start_ns), axis.x(w.end_ns));
             let _ = write!(
@@ -346,7 +416,10 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
     // as one bar (a long run has tens of thousands of reads; the page must stay usable).
     let mut by_process: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for p in ctx.pairs.iter().filter(|p| p.invoke.f != "write") {
-        by_process.entry(p.invoke.process.as_str()).or_default().push(p);
+        by_process
+            .entry(p.invoke.process.as_str())
+            .or_default()
+            .push(p);
     }
     for (process, ops) in by_process {
         let y = row_of[process];
