@@ -30,10 +30,12 @@
 //!   activated: the checkers treat its activation as open-ended, like an `info`.
 //! - `final.value.status` should be asked with an audit limit that covers the whole run
 //!   (`arbiter status --json --audit 10000`): S4 looks up acknowledged commands in it.
-//! - `final.value.dns`, when present, is `[{source, group, answer}]`: what each DNS source
-//!   (a witness's embedded server, BIND, ...) answers for the group after healing, `answer`
-//!   being the region its records belong to (or `null` when it answered nothing). Without it
-//!   the S5 checker falls back to `status.dns` (`matches` per source).
+//! - `final.value.dns`, when present and not empty, is what each DNS source (a witness's
+//!   embedded server, BIND, ...) answers for each group after healing, one entry per source
+//!   and group: either `{source, group, answer}`, `answer` being the region its records
+//!   belong to (`null` when it answered nothing), or the CLI's own entry as
+//!   `arbiter status --json` prints it (`{group, name, source, expected, found, matches,
+//!   error}`), judged by `matches`. Without it, S5 reads `status.dns`.
 //! - `lease` events count for the epoch checks only when `held` is true.
 //!
 //! `time_ns` is the host's `CLOCK_REALTIME` derived from its monotonic clock (all network

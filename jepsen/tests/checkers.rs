@@ -530,3 +530,37 @@ fn analyze_writes_results_and_report_and_reads_node_logs() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn dns_entries_as_the_cli_prints_them_are_judged_by_matches() {
+    let entry = |source: &str, matches: bool| {
+        json!({"group": "g", "name": "app.example.", "source": source,
+               "expected": ["A 10.0.0.2"], "found": if matches { "A 10.0.0.2" } else { "A 10.0.0.1" },
+               "matches": matches, "error": ""})
+    };
+    for (entries, valid) in [
+        (
+            vec![
+                entry("embedded (witness 1)", true),
+                entry("server 10.0.0.9:53", true),
+            ],
+            Valid::True,
+        ),
+        (
+            vec![
+                entry("embedded (witness 1)", true),
+                entry("server 10.0.0.9:53", false),
+            ],
+            Valid::False,
+        ),
+    ] {
+        let mut b = valid_without_final();
+        let mut v = final_value(vec![], "manual");
+        v["status"]["dns"] = json!(entries.clone());
+        v["dns"] = json!(entries);
+        add_final(&mut b, v);
+        let (history, _) = b.finish();
+        let r = run(&history);
+        assert_eq!(result(&r, "dns").valid, valid, "{:#?}", result(&r, "dns"));
+    }
+}

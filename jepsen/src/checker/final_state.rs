@@ -134,34 +134,26 @@ impl FinalState {
             .filter_map(|a| serde_json::from_value::<FinalAudit>(a).ok())
             .collect();
         let text = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let dns = if let Some(answers) = value.get("dns").and_then(|d| d.as_array()) {
-            Some(
-                answers
-                    .iter()
-                    .map(|a| DnsAnswer {
-                        source: text(a, "source").unwrap_or_default(),
-                        group: text(a, "group").unwrap_or_default(),
-                        answer: text(a, "answer"),
-                        matches: None,
-                        error: text(a, "error"),
-                    })
-                    .collect(),
-            )
-        } else {
-            let sources = list(status.get("dns"));
-            (!sources.is_empty()).then(|| {
-                sources
-                    .iter()
-                    .map(|s| DnsAnswer {
-                        source: text(s, "source").unwrap_or_default(),
-                        group: text(s, "group").unwrap_or_default(),
-                        answer: None,
-                        matches: s.get("matches").and_then(|m| m.as_bool()),
-                        error: text(s, "error").filter(|e| !e.is_empty()),
-                    })
-                    .collect()
-            })
-        };
+        // `final.value.dns` (`answer`), or the CLI's `status.dns` (`matches`); the runner may
+        // copy the latter into the former, so both shapes are read from either place.
+        let answers = value
+            .get("dns")
+            .and_then(|d| d.as_array())
+            .filter(|d| !d.is_empty())
+            .or_else(|| status.get("dns").and_then(|d| d.as_array()))
+            .filter(|d| !d.is_empty());
+        let dns = answers.map(|answers| {
+            answers
+                .iter()
+                .map(|a| DnsAnswer {
+                    source: text(a, "source").unwrap_or_default(),
+                    group: text(a, "group").unwrap_or_default(),
+                    answer: text(a, "answer"),
+                    matches: a.get("matches").and_then(|m| m.as_bool()),
+                    error: text(a, "error").filter(|e| !e.is_empty()),
+                })
+                .collect()
+        });
         FinalState {
             op: None,
             time_ns: 0,

@@ -177,6 +177,7 @@ pub fn fault_colour(kind: &str) -> &'static str {
         "clock" => "#e3f6e3",
         "loss" => "#f1e2fd",
         "delay" => "#d9f2f7",
+        "health" => "#f7e6d9",
         _ => "#eeeeee",
     }
 }

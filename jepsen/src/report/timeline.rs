@@ -482,7 +482,15 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
             "<span style=\"background:{colour};color:#fff\">{text}</span>"
         );
     }
-    for kind in ["partition", "kill", "pause", "clock", "loss", "delay"] {
+    for kind in [
+        "partition",
+        "kill",
+        "pause",
+        "clock",
+        "loss",
+        "delay",
+        "health",
+    ] {
         let _ = write!(
             out,
             "<span style=\"background:{}\">{kind}</span>",
