@@ -564,3 +564,21 @@ fn dns_entries_as_the_cli_prints_them_are_judged_by_matches() {
         assert_eq!(result(&r, "dns").valid, valid, "{:#?}", result(&r, "dns"));
     }
 }
+
+#[test]
+fn an_automatic_failover_known_only_from_the_final_state_explains_the_reads() {
+    let mut b = valid_without_final();
+    let mut v = final_value(vec![], "manual");
+    v["operations"][0]["kind"] = json!("automatic");
+    add_final(&mut b, v);
+    let (mut history, _) = b.finish();
+    history.ops.retain(|o| o.f != "failover");
+    let results = run(&history);
+    let r = result(&results, "linearizable");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    // Without the final state the activation is unknown: the new epoch's reads cannot be
+    // explained, which is `unknown`, not a violation.
+    history.ops.retain(|o| o.f != "final");
+    let results = run(&history);
+    assert_eq!(result(&results, "linearizable").valid, Valid::Unknown);
+}

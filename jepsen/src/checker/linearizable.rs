@@ -426,7 +426,34 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
         );
         g.write(to, epoch, p.invoke.time_ns, ret, Some(p.op_ref()), d);
     }
+    narrow_unknown_starts(&mut g.ops);
     g
+}
+
+/// An activation no command in the history explains (an automatic failover) may have
+/// happened any time; searching it from time 0 makes every step of the search consider it.
+/// The register's epoch only grows, so an activation of epoch e took effect after every
+/// read that saw a lower epoch had started: that read's invocation is a sound earliest
+/// start.
+fn narrow_unknown_starts(ops: &mut [LinOp]) {
+    let reads: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|o| match o.kind {
+            Kind::Read { epoch, .. } => Some((epoch, o.call_ns)),
+            Kind::Write { .. } => None,
+        })
+        .collect();
+    for o in ops.iter_mut().filter(|o| o.op.is_none()) {
+        if let Kind::Write { epoch: Some(e), .. } = o.kind {
+            let earliest = reads
+                .iter()
+                .filter(|(seen, _)| *seen < e)
+                .map(|(_, call)| *call)
+                .max()
+                .unwrap_or(0);
+            o.call_ns = o.call_ns.max(earliest);
+        }
+    }
 }
 
 pub fn check(ctx: &Context, budget: u64) -> CheckResult {
