@@ -66,7 +66,7 @@ pub fn observations(ctx: &Context) -> Vec<Observation> {
                     group: g.name.clone(),
                     region: g.active.clone(),
                     epoch: g.epoch,
-                    start_ns: f.time_ns,
+                    start_ns: f.invoke_ns,
                     end_ns: f.time_ns,
                     op: op.clone(),
                 });

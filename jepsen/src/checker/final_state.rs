@@ -85,6 +85,9 @@ pub type Conflict = (u64, String, String);
 pub struct FinalState {
     /// The `final` operation (its invocation).
     pub op: Option<OpRef>,
+    /// When the `final` operation was invoked.
+    pub invoke_ns: u64,
+    /// When it completed.
     pub time_ns: u64,
     pub groups: BTreeMap<String, FinalGroup>,
     /// By id, from `operations` and `status.operations`.
@@ -105,6 +108,7 @@ impl FinalState {
         let done = done.expect("found with a completion");
         let mut state = FinalState::parse(&done.value);
         state.op = Some(OpRef::of(invoke));
+        state.invoke_ns = invoke.time_ns;
         state.time_ns = done.time_ns;
         Some(state)
     }
@@ -156,6 +160,7 @@ impl FinalState {
         });
         FinalState {
             op: None,
+            invoke_ns: 0,
             time_ns: 0,
             groups,
             operations,
