@@ -7,11 +7,6 @@
 //!
 //! - `history`: the recorded operations and their vocabulary (the contract between the
 //!   runner and the checkers).
-//! - `spec`: `test.json`, the options of a run.
-//! - `checker`: one checker per property (S1, S2, S4, S5, S6, linearizability, faults,
-//!   node logs, recovery).
-//! - `analyze`: runs every checker on a stored run and writes `results.json` and the report.
-//! - `report`: `timeline.html`, `latency.svg`, `rate.svg`.
 
 pub mod analyze;
 pub mod checker;
