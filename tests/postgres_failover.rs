@@ -332,8 +332,9 @@ fn recorded_lag(detail: &str) -> (u64, u64) {
 /// standby is primary and writable, the old primary refuses writes, BIND answers region-b,
 /// the measured replication lag is in the operation and the audit log, and the rows written
 /// before the failure are on the new primary.
-/// Method: `mode = "auto"`; 100 rows written on region-a and seen replayed on region-b; the
-/// health endpoint is stopped; the operation's outcome is read through the CLI and the
+/// Method: `mode = "auto"`; 100 rows written on region-a and seen replayed on region-b, then
+/// replay is paused on region-b and 20 more rows are written and received but not replayed,
+/// so the lag at failover is real; the health endpoint is stopped; the operation's outcome is read through the CLI and the
 /// databases through `psql`.
 #[test]
 fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
@@ -344,6 +345,18 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
     insert(&s.a, "before", 1..=100);
     wait_replicated(&s.b, "before", 100);
     assert_eq!(s.bind_answer(), REGION_A_RECORDS, "BIND starts on region-a");
+
+    tracing::info!("--- the standby receives but does not replay 20 more rows: a real lag");
+    s.b.sql("SELECT pg_wal_replay_pause()");
+    insert(&s.a, "pending", 101..=120);
+    let written = s.a.sql("SELECT pg_current_wal_lsn()");
+    eventually("region-b has received the pending rows", || {
+        let behind = s.b.sql(&format!(
+            "SELECT pg_wal_lsn_diff('{written}', pg_last_wal_receive_lsn()) > 0"
+        ));
+        (behind == "f").then_some(())
+    });
+    assert_eq!(count(&s.b, "pending"), 0, "received, not replayed");
 
     tracing::info!("--- region-a's health endpoint goes dark; its PostgreSQL keeps running");
     s.health_a.stop();
@@ -367,7 +380,12 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
         100,
         "rows replicated before the failure"
     );
-    insert(&s.b, "after", 101..=110);
+    assert_eq!(
+        count(&s.b, "pending"),
+        20,
+        "rows received before the failure are replayed by the promotion"
+    );
+    insert(&s.b, "after", 201..=210);
     assert_eq!(count(&s.b, "after"), 10);
     let validated = s
         .b
@@ -389,6 +407,10 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
     let (lag_ms, lag_bytes) = recorded_lag(&rpo);
     assert!(rpo.contains("within RPO 60000 ms, 16777216 bytes"), "{rpo}");
     tracing::info!(lag_ms, lag_bytes, "measured replication lag at failover");
+    assert!(
+        lag_bytes > 0 && lag_ms > 0,
+        "the paused standby's lag was measured, not assumed: {rpo}"
+    );
     let promote = Setup::step_detail(&op, "promote");
     assert!(promote.contains("region-b promoted"), "{promote}");
     let validate = Setup::step_detail(&op, "validate");
