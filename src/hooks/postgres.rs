@@ -135,12 +135,20 @@ async fn connect(
     Ok(client)
 }
 
-/// One line for a PostgreSQL error: the server's SQLSTATE and message, or the client's cause.
+/// One line for a PostgreSQL error: the server's SQLSTATE and message, or the client's
+/// error with its causes (the client's own text is only "error connecting to server").
 fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
+    let mut line = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    line
 }
 
 /// A query that returns one row, with its error told in one line.
