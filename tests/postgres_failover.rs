@@ -433,6 +433,62 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
     );
 }
 
+/// Goal: when region-a goes dark with its database, the fence hook cannot confirm anything
+/// and the failover waits out region-a's lease before activating region-b: a failing fence
+/// never shortens the wait (S1). The standby is promoted with the rows it had.
+/// Method: `mode = "auto"`; region-a's PostgreSQL is stopped and its health endpoint turned
+/// off; the fence step's detail and the commit times of the revoke and fence steps are read
+/// from the operation.
+#[test]
+fn unreachable_old_primary_is_fenced_by_lease_expiry() {
+    if !(pg::available() && authoritative::available(&[Flavour::Bind])) {
+        return;
+    }
+    let mut s = Setup::start("auto");
+    insert(&s.a, "before", 1..=100);
+    wait_replicated(&s.b, "before", 100);
+
+    tracing::info!("--- region-a goes dark, database included");
+    s.a.stop();
+    s.health_a.stop();
+    let op = eventually("an automatic failover of checkout is done", || {
+        let ops = s.operations();
+        let op = ops.first()?.clone();
+        (op["state"] == "done").then_some(op)
+    });
+    assert_eq!(op["to"], "region-b", "{op}");
+    let fence = Setup::step_detail(&op, "fence");
+    assert!(
+        fence.contains("lease of region-a (epoch 1) expired")
+            && fence.contains("fence hooks did not confirm")
+            && fence.contains("cannot connect to region-a"),
+        "{fence}"
+    );
+    let finished = |step: &str| {
+        op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["step"] == step)
+            .and_then(|st| st["finished_at_ms"].as_u64())
+            .unwrap()
+    };
+    // lease_ms x (1 + 5 % drift) + lease_margin_ms of the policy: a lower bound on the
+    // wait, which starts after the revoke was applied.
+    let lease_wait_ms = 2000 * 105 / 100 + 200;
+    assert!(
+        finished("fence") - finished("revoke") >= lease_wait_ms,
+        "the fence step waited out the lease: {op}"
+    );
+    let rpo = Setup::step_detail(&op, "rpo-check");
+    let (_, lag_bytes) = recorded_lag(&rpo);
+    assert_eq!(lag_bytes, 0, "everything received was replayed: {rpo}");
+    assert!(!s.b.in_recovery(), "region-b was promoted");
+    assert_eq!(count(&s.b, "before"), 100);
+    insert(&s.b, "after", 101..=110);
+    assert_eq!(s.bind_answer(), REGION_B_RECORDS);
+}
+
 /// Goal: an operator moves the group to region-b and, once the old primary is rebuilt as a
 /// standby of the new one, back to region-a; both directions complete, each raises the
 /// epoch, and the rows written in every phase survive.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Where Debian installs each major version's server binaries.
 const VERSIONS_DIR: &str = "/usr/lib/postgresql";
 /// The programs the tests need from that directory.
-const PROGRAMS: [&str; 4] = ["initdb", "postgres", "pg_basebackup", "psql"];
+const PROGRAMS: [&str; 5] = ["initdb", "postgres", "pg_basebackup", "pg_ctl", "psql"];
 /// How long a server may take to accept sessions after it is started (a standby replays
 /// what it received first). Well under a few seconds here; the margin is for a loaded CI.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
