@@ -2,7 +2,8 @@
 # Assembles the arbiter container image without a container engine and without pulling any
 # base image:
 #
-#   1. builds the release binary (or takes --binary PATH);
+#   1. builds the release binary (or takes --binary PATH); --static links glibc statically
+#      (then no library is copied; see README.md for what that changes);
 #   2. writes OUT/rootfs: the binary, exactly the shared libraries `ldd` says it loads (with
 #      the dynamic loader), the system CA bundle, /etc/passwd and /etc/group for user 65532,
 #      /etc/nsswitch.conf, and an empty /var/lib/arbiter and /tmp;
@@ -14,24 +15,33 @@
 # OUT/ is also the build context of deploy/container/Containerfile for an engine (`podman
 # build`, `docker build`, `buildah bud`), which gives the same file tree.
 #
-#   deploy/container/build.sh [--binary PATH] [--out DIR] [--tag NAME:VERSION]
+#   deploy/container/build.sh [--static | --binary PATH] [--out DIR] [--tag NAME:VERSION]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 binary=""
+static=false
 out="$here/build"
 tag="arbiter:0.1.0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary=$2; shift 2 ;;
+    --static) static=true; shift ;;
     --out) out=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
-    *) echo "usage: $0 [--binary PATH] [--out DIR] [--tag NAME:VERSION]" >&2; exit 64 ;;
+    *) echo "usage: $0 [--static | --binary PATH] [--out DIR] [--tag NAME:VERSION]" >&2; exit 64 ;;
   esac
 done
 
-if [ -z "$binary" ]; then
+if [ -z "$binary" ] && $static; then
+  # An explicit --target keeps build scripts and proc-macros dynamically linked.
+  target=x86_64-unknown-linux-gnu
+  echo "==> cargo build --release --target $target --bin arbiter (+crt-static)"
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" cargo build --release --locked \
+    --quiet --manifest-path "$root/Cargo.toml" --target "$target" --bin arbiter
+  binary="$root/target/$target/release/arbiter"
+elif [ -z "$binary" ]; then
   echo "==> cargo build --release --bin arbiter"
   cargo build --release --locked --quiet --manifest-path "$root/Cargo.toml" --bin arbiter
   binary="$root/target/release/arbiter"
