@@ -264,6 +264,16 @@ pub enum Hook {
     },
 }
 
+impl Hook {
+    /// The `kind` of the hook as written in the policy (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hook::Exec { .. } => "exec",
+            Hook::Http { .. } => "http",
+        }
+    }
+}
+
 fn default_hook_timeout_ms() -> u64 {
     30_000
 }
