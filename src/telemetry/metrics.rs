@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -114,6 +115,11 @@ impl Metrics {
     /// A registry for the witness behind `consensus`, with the scrape-time gauges of its
     /// applied state and of the leader's `tables`.
     pub fn new(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) -> Arc<Metrics> {
+        Self::with_collector(Box::new(StateCollector::new(consensus, tables)))
+    }
+
+    /// The event metrics, plus `collector` for the scrape-time gauges.
+    fn with_collector(collector: Box<dyn Collector>) -> Arc<Metrics> {
         let mut registry = Registry::default();
 
         let fence = Family::<StaticLabels<2>, Counter>::default();
@@ -180,7 +186,7 @@ impl Metrics {
             "DNS drift repairs of external servers by this witness as leader, by result (the audit log names the group and server)",
             repairs,
         );
-        registry.register_collector(Box::new(StateCollector::new(consensus, tables)));
+        registry.register_collector(collector);
 
         Arc::new(Metrics {
             registry,
@@ -247,5 +253,143 @@ impl Metrics {
     /// One DNS drift repair attempt on an external server.
     pub fn dns_repair(&self, repaired: bool) {
         self.dns_repairs[usize::from(!repaired)].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No scrape-time gauges: the event metrics alone.
+    #[derive(Debug)]
+    struct Nothing;
+
+    impl Collector for Nothing {
+        fn encode(
+            &self,
+            _: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            Ok(())
+        }
+    }
+
+    fn line_value(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .map(str::to_string)
+        })
+    }
+
+    /// Goal: every pre-resolved series lands under its own labels (an index mix-up would
+    /// count a refusal as allowed, or SERVFAIL as NOERROR), and pre-resolved series show 0
+    /// before any event.
+    #[test]
+    fn events_land_under_their_labels() {
+        let m = Metrics::with_collector(Box::new(Nothing));
+        let text = m.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                r#"arbiter_fence_requests_total{kind="renew",result="not-leader"}"#
+            ),
+            Some("0".into())
+        );
+        assert_eq!(
+            line_value(&text, r#"arbiter_dns_repairs_total{result="failed"}"#),
+            Some("0".into())
+        );
+
+        m.fence(
+            LeaseKind::Renew,
+            FenceResult::Refused,
+            Duration::from_micros(300),
+        );
+        m.fence(
+            LeaseKind::Check,
+            FenceResult::Allowed,
+            Duration::from_millis(2),
+        );
+        m.fence(
+            LeaseKind::Check,
+            FenceResult::Allowed,
+            Duration::from_millis(2),
+        );
+        for (result, label) in [
+            (DnsResult::NoError, "noerror"),
+            (DnsResult::NxDomain, "nxdomain"),
+            (DnsResult::Refused, "refused"),
+            (DnsResult::ServFail, "servfail"),
+            (DnsResult::NotImp, "notimp"),
+            (DnsResult::FormErr, "formerr"),
+            (DnsResult::BadVers, "badvers"),
+            (DnsResult::Other, "other"),
+        ] {
+            m.dns_query(result);
+            let text = m.encode();
+            assert_eq!(
+                line_value(
+                    &text,
+                    &format!("arbiter_dns_queries_total{{result=\"{label}\"}}")
+                ),
+                Some("1".into()),
+                "{label}"
+            );
+        }
+        m.dns_repair(false);
+        m.step(Step::Fence, "completed", Duration::from_millis(1_200));
+        m.hook(Step::Promote, "exec", true);
+        m.probe_report("region-a", 3, false);
+        m.leader_changed();
+
+        let text = m.encode();
+        let expect = [
+            (
+                r#"arbiter_fence_requests_total{kind="renew",result="refused"}"#,
+                "1",
+            ),
+            (
+                r#"arbiter_fence_requests_total{kind="renew",result="allowed"}"#,
+                "0",
+            ),
+            (
+                r#"arbiter_fence_requests_total{kind="check",result="allowed"}"#,
+                "2",
+            ),
+            (
+                r#"arbiter_fence_request_duration_seconds_count{kind="check"}"#,
+                "2",
+            ),
+            (
+                r#"arbiter_fence_request_duration_seconds_bucket{kind="renew",le="0.0004"}"#,
+                "1",
+            ),
+            (
+                r#"arbiter_fence_request_duration_seconds_bucket{kind="renew",le="0.0002"}"#,
+                "0",
+            ),
+            (r#"arbiter_dns_repairs_total{result="failed"}"#, "1"),
+            (r#"arbiter_dns_repairs_total{result="repaired"}"#, "0"),
+            (
+                r#"arbiter_operation_step_duration_seconds_count{step="fence",outcome="completed"}"#,
+                "1",
+            ),
+            (
+                r#"arbiter_hook_calls_total{step="promote",kind="exec",result="success"}"#,
+                "1",
+            ),
+            (
+                r#"arbiter_probe_reports_total{region="region-a",witness="3",result="failing"}"#,
+                "1",
+            ),
+            ("arbiter_raft_leader_changes_total", "1"),
+        ];
+        for (series, value) in expect {
+            assert_eq!(
+                line_value(&text, series),
+                Some(value.into()),
+                "{series} in\n{text}"
+            );
+        }
     }
 }
