@@ -511,6 +511,27 @@ async fn readyz_follows_leader_contact() {
     cluster.stop().await;
 }
 
+/// Goal: the only voter of a one-witness cluster (a development setup) is its own quorum
+/// and is ready, although no other witness ever acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_witness_is_ready() {
+    let cluster = Cluster::start(1).await;
+    cluster.init_with_policy().await;
+    let http = cluster.https_client();
+    let addr = cluster.witnesses[0].addr;
+    let body = eventually("the single witness is ready", || async {
+        let (code, body) = get(&http, format!("https://{addr}/readyz")).await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (body["ready"].as_bool(), body["leader"].as_u64()),
+        (Some(true), Some(1))
+    );
+    cluster.stop().await;
+}
+
 /// Goal: with `[metrics] listen`, a witness serves `/metrics`, `/healthz` and `/readyz` in
 /// plaintext on that port, and nothing else there; its TLS listener does not answer
 /// plaintext HTTP.
