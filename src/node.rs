@@ -1,8 +1,8 @@
 //! One witness: opens storage, starts Raft, serves the Raft and public gRPC services over
 //! mutual TLS on an already-bound listener (with the HTTP routes beside them, and
 //! `/metrics`, `/healthz`, `/readyz` also in plaintext when the node file asks), and runs
-//! the leader's duties. The entry point
-//! takes the listener and a shutdown future so tests bind port 0 and own the lifetime.
+//! the leader's duties. The entry point takes the listener and a shutdown future so tests
+//! bind port 0 and own the lifetime.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! The node file: local settings of one witness (id, site, addresses, TLS files, initial
-//! peers, timing, probe source address, DNS and metrics listeners). Parsed and validated into [`NodeConfig`] before any port is bound.
+//! peers, timing, probe source address, DNS and metrics listeners). Parsed and validated
+//! into [`NodeConfig`] before any port is bound.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

@@ -89,8 +89,8 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
 }
 
-/// What Raft says this witness is doing, for metrics and readiness. Read from openraft's
-/// metrics in one go, so the fields are consistent with each other.
+/// What Raft says this witness is doing, for metrics and readiness. Role, term, leader and
+/// indexes come from one snapshot of openraft's metrics, so they agree with each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftStatus {
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.

@@ -43,14 +43,16 @@ impl StateCollector {
     }
 }
 
-/// Writes one gauge family.
+/// Writes one gauge family. The help text ends with a full stop, like the registered
+/// families' (the library adds theirs).
 fn gauges<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     rows: &[Row<L>],
 ) -> Result<(), fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let help = format!("{help}.");
+    let mut metric = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
     for (labels, value) in rows {
         metric.encode_family(labels)?.encode_gauge(value)?;
     }
@@ -65,7 +67,7 @@ fn gauge(
     value: i64,
 ) -> Result<(), fmt::Error> {
     encoder
-        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_descriptor(name, &format!("{help}."), None, MetricType::Gauge)?
         .encode_gauge(&value)
 }
 
@@ -184,7 +186,7 @@ impl Collector for StateCollector {
             encoder
                 .encode_descriptor(
                     "arbiter_raft_leader_contact_age_seconds",
-                    "Time since this witness last had contact with a leader (on the leader: since a quorum last acknowledged it)",
+                    "Time since this witness last had contact with a leader (on the leader: since a quorum last acknowledged it).",
                     None,
                     MetricType::Gauge,
                 )?
