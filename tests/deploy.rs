@@ -864,10 +864,6 @@ struct Set<'a> {
     ports: BTreeMap<String, (u64, String)>,
 }
 
-fn port_of(listen: &str) -> u64 {
-    listen.rsplit_once(':').unwrap().1.parse().unwrap()
-}
-
 /// Goal: the Kubernetes manifests parse and agree with each other and with the node files
 /// they carry: one StatefulSet per site with its headless Service, every Service selects
 /// witness pods on ports those pods declare, one disruption budget covers every witness, the
