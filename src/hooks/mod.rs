@@ -66,7 +66,7 @@ use tokio::time::Instant;
 
 use crate::config::Hook;
 
-pub use http::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use http::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use lag::{parse_lag, Lag};
 
 /// Captured output kept in an outcome, marker included: enough for an error message or a

@@ -1,0 +1,187 @@
+//! The demo's simulated regions: per region a tiny HTTP server whose `/health` the
+//! witnesses probe, which the demo (or a user, with `curl -X POST .../health/off`) can turn
+//! off, and one receiver of the signed promote hook that marks the target region's
+//! simulated database primary.
+//!
+//! It stands in for real workloads only: it must never be mistaken for a health check to
+//! copy (it answers whatever it is told to) and never act on an unsigned hook call.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::hooks::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+/// A hook call signed longer ago than this (or this far in the future) is refused as a
+/// possible replay.
+const HOOK_AGE_MAX: Duration = Duration::from_secs(300);
+
+/// What one simulated region is doing.
+#[derive(Debug, Clone)]
+struct RegionState {
+    /// Whether `/health` answers 200 (on) or 503 (off: the region went dark).
+    healthy: bool,
+    /// The epoch its simulated database was promoted at, if it ever was.
+    primary_epoch: Option<u64>,
+}
+
+/// Shared by the servers' handlers.
+#[derive(Clone)]
+struct Shared {
+    regions: Arc<Mutex<BTreeMap<String, RegionState>>>,
+    /// The promote hook's secret (the same bytes the policy's secret file holds).
+    secret: Arc<Vec<u8>>,
+}
+
+/// The running simulated regions and hook receiver. Stopped (its tasks aborted) on drop.
+pub struct SimulatedRegions {
+    shared: Shared,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SimulatedRegions {
+    /// Serves one region per `(name, listener)`, all healthy, the first one primary at
+    /// epoch 1, and the promote hook on `hooks`.
+    pub fn start(
+        regions: Vec<(String, TcpListener)>,
+        hooks: TcpListener,
+        secret: Vec<u8>,
+    ) -> SimulatedRegions {
+        let shared = Shared {
+            regions: Arc::new(Mutex::new(
+                regions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| {
+                        let state = RegionState {
+                            healthy: true,
+                            primary_epoch: (i == 0).then_some(1),
+                        };
+                        (name.clone(), state)
+                    })
+                    .collect(),
+            )),
+            secret: Arc::new(secret),
+        };
+        let mut tasks = Vec::new();
+        for (name, listener) in regions {
+            let router = Router::new()
+                .route("/health", get(health))
+                .route("/health/on", post(turn_on))
+                .route("/health/off", post(turn_off))
+                .with_state((shared.clone(), name));
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "simulated region stopped");
+                }
+            }));
+        }
+        let router = Router::new()
+            .route("/promote", post(promote))
+            .with_state(shared.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(hooks, router).await {
+                tracing::error!(error = %e, "hook receiver stopped");
+            }
+        }));
+        SimulatedRegions { shared, tasks }
+    }
+
+    /// Turns `region`'s health endpoint on (200) or off (503).
+    pub fn set_healthy(&self, region: &str, healthy: bool) {
+        set_healthy(&self.shared, region, healthy);
+    }
+}
+
+impl Drop for SimulatedRegions {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn set_healthy(shared: &Shared, region: &str, healthy: bool) {
+    if let Some(r) = shared.regions.lock().expect("regions lock").get_mut(region) {
+        r.healthy = healthy;
+    }
+    tracing::info!(%region, healthy, "simulated region health endpoint switched");
+}
+
+async fn health(State((shared, name)): State<(Shared, String)>) -> (StatusCode, String) {
+    let state = shared.regions.lock().expect("regions lock").get(&name).cloned();
+    match state {
+        Some(RegionState {
+            healthy: true,
+            primary_epoch,
+        }) => {
+            let role = match primary_epoch {
+                Some(epoch) => format!("primary since epoch {epoch}"),
+                None => "standby".to_string(),
+            };
+            (StatusCode::OK, format!("ok: {name} database {role}\n"))
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{name} is dark (simulated outage)\n"),
+        ),
+    }
+}
+
+async fn turn_on(State((shared, name)): State<(Shared, String)>) -> String {
+    set_healthy(&shared, &name, true);
+    format!("{name}: health endpoint on\n")
+}
+
+async fn turn_off(State((shared, name)): State<(Shared, String)>) -> String {
+    set_healthy(&shared, &name, false);
+    format!("{name}: health endpoint off\n")
+}
+
+/// The promote hook: verifies the signature and its age, then marks `to` primary at
+/// `epoch`. Idempotent, as every hook must be: a repeated call changes nothing more.
+async fn promote(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
+    if !verify_signature(&shared.secret, &timestamp, &body, &signature) {
+        return (StatusCode::UNAUTHORIZED, "bad signature\n".into());
+    }
+    let now_s = crate::api::now_ms() / 1000;
+    let fresh = timestamp
+        .parse::<u64>()
+        .is_ok_and(|t| t.abs_diff(now_s) <= HOOK_AGE_MAX.as_secs());
+    if !fresh {
+        return (StatusCode::UNAUTHORIZED, "stale timestamp\n".into());
+    }
+    let Ok(call) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON\n".into());
+    };
+    let (to, epoch) = (
+        call["to"].as_str().unwrap_or_default().to_string(),
+        call["epoch"].as_u64().unwrap_or_default(),
+    );
+    let mut regions = shared.regions.lock().expect("regions lock");
+    let Some(region) = regions.get_mut(&to) else {
+        return (StatusCode::NOT_FOUND, format!("no simulated region {to:?}\n"));
+    };
+    region.primary_epoch = Some(region.primary_epoch.unwrap_or(0).max(epoch));
+    tracing::info!(region = %to, epoch, "simulated database promoted");
+    (
+        StatusCode::OK,
+        format!("{to}'s simulated database is primary at epoch {epoch}\n"),
+    )
+}
