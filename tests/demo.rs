@@ -255,9 +255,15 @@ fn keep_running_answers_region_b_until_interrupted() {
     }
     let addr = format!("{server}:{port}");
     let answer = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        arbiter::dns::query_rrset_at(&addr, "demo.example.", name, arbiter::config::RecordKind::A, 2000)
-            .await
-            .expect("the demo's DNS answers")
+        arbiter::dns::query_rrset_at(
+            &addr,
+            "demo.example.",
+            name,
+            arbiter::config::RecordKind::A,
+            2000,
+        )
+        .await
+        .expect("the demo's DNS answers")
     });
     assert_eq!(answer, [expected.as_str()]);
 
@@ -284,7 +290,10 @@ fn keep_running_answers_region_b_until_interrupted() {
     assert!(dir.exists(), "the files stay while the demo runs");
     demo.interrupt();
     let exit = demo.wait_exit(STOP_DEADLINE);
-    assert!(exit.success(), "Ctrl-C after the scenario is a normal end: {exit:?}");
+    assert!(
+        exit.success(),
+        "Ctrl-C after the scenario is a normal end: {exit:?}"
+    );
     assert!(!dir.exists(), "{} is removed after Ctrl-C", dir.display());
 }
 

@@ -210,7 +210,9 @@ mod tests {
 
     #[test]
     fn node_files_parse_into_a_three_site_cluster() {
-        let dir = Path::new("/tmp/arbiter-demo-test");
+        let work = WorkDir::create().unwrap();
+        let dir = work.path();
+        crate::certs::init_dev_certs(&dir.join("certs"), 3, &[], false).unwrap();
         for id in 1..=3 {
             let text = node_toml(id, &layout());
             let config = NodeConfig::parse("node.toml", &text, dir).expect("valid node file");
@@ -236,10 +238,7 @@ mod tests {
         let g = policy.group(GROUP).expect("the demo group");
         assert_eq!(g.mode, Mode::Auto);
         assert_eq!(g.candidates, REGIONS);
-        assert_eq!(
-            (g.lease_ms, g.down_after_ms),
-            (LEASE_MS, DOWN_AFTER_MS)
-        );
+        assert_eq!((g.lease_ms, g.down_after_ms), (LEASE_MS, DOWN_AFTER_MS));
         let dns = g.dns.as_ref().expect("a DNS record");
         assert_eq!(dns.name, NAME);
         assert_eq!(dns.records["region-b"].values, ["127.0.0.12"]);

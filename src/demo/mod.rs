@@ -51,8 +51,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 40;
 /// Ports used from `--base-port` on: 3 witnesses, 3 DNS servers, 2 regions, 1 hook receiver.
 const PORTS_USED: u16 = 9;
-/// What the group's record publishes per region when the regions cannot listen on their own
-/// loopback addresses (127.0.0.11 and .12, outside Linux): documentation addresses.
+/// What the group's record publishes per region (in [`REGIONS`] order) when the regions
+/// cannot listen on their own loopback addresses (127.0.0.11 and .12, outside Linux):
+/// documentation addresses.
 const FALLBACK_ADDRESSES: [&str; 2] = ["192.0.2.10", "198.51.100.20"];
 /// Exit code of a demo stopped by Ctrl-C before its scenario finished (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -159,8 +160,8 @@ async fn interrupted() {
 /// only the timeline. `RUST_LOG` sets the filter as for `serve`.
 fn init_logging(dir: &Path) -> Result<(), DemoError> {
     let path = dir.join("demo.log");
-    let file =
-        std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+    let file = std::fs::File::create(&path)
+        .map_err(io_error(format!("cannot create {}", path.display())))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt()
@@ -198,7 +199,10 @@ impl Running {
             }
         }
         for node in self.nodes.drain(..) {
-            if tokio::time::timeout(STOP_TIMEOUT, node.stop()).await.is_err() {
+            if tokio::time::timeout(STOP_TIMEOUT, node.stop())
+                .await
+                .is_err()
+            {
                 tracing::warn!("a witness did not stop in time");
             }
         }
@@ -214,9 +218,7 @@ async fn play(
     finished: &mut bool,
 ) -> Result<(), DemoError> {
     let started = Instant::now();
-    println!(
-        "arbiter demo: 3 witnesses, 2 simulated regions and an agent per region, on loopback"
-    );
+    println!("arbiter demo: 3 witnesses, 2 simulated regions and an agent per region, on loopback");
     println!("files: {} (removed at exit)\n", dir.display());
 
     let certs = init_dev_certs(&dir.join("certs"), SITES.len() as u32, &[], false)?;
@@ -373,10 +375,13 @@ async fn bind(
     let mut regions = Vec::new();
     let mut region_addrs = Vec::new();
     let mut region_addresses = Vec::new();
-    for i in 0..REGIONS.len() {
+    for (i, fallback) in FALLBACK_ADDRESSES.iter().enumerate() {
         // Each region on its own loopback address, so the DNS answer names the address
         // its health endpoint is served on.
-        let own = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8)), port(6 + i as u16));
+        let own = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8)),
+            port(6 + i as u16),
+        );
         let (listener, address) = match TcpListener::bind(own).await {
             Ok(l) => (l, own.ip().to_string()),
             Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
@@ -384,7 +389,7 @@ async fn bind(
                 let l = TcpListener::bind(shared)
                     .await
                     .map_err(io_error(format!("cannot listen on {shared}")))?;
-                (l, FALLBACK_ADDRESSES[i].to_string())
+                (l, fallback.to_string())
             }
             Err(e) => return Err(io_error(format!("cannot listen on {own}"))(e)),
         };
@@ -455,11 +460,9 @@ async fn wait_ready(client: &Client, layout: &Layout, dir: &Path) -> Result<(), 
             .await
             .ok();
         let regions_up = status.as_ref().is_some_and(|s| {
-            REGIONS.iter().all(|r| {
-                s.regions
-                    .iter()
-                    .any(|v| v.name == *r && v.verdict == "up")
-            })
+            REGIONS
+                .iter()
+                .all(|r| s.regions.iter().any(|v| v.name == *r && v.verdict == "up"))
         });
         let holding = timeline::read_agent(&agent_file(dir, REGIONS[0]))
             .is_some_and(|a| a.holding && a.epoch == 1);
@@ -542,7 +545,7 @@ fn print_commands(options: &Options, dir: &Path, servers: &[String], layout: &La
     );
     if options.keep_running {
         println!(
-            "  curl -X POST http://{}/health/on    # {} comes back",
+            "  curl -s -X POST http://{}/health/on    # {} comes back",
             layout.regions[0], REGIONS[0]
         );
         println!(

@@ -117,7 +117,12 @@ fn set_healthy(shared: &Shared, region: &str, healthy: bool) {
 }
 
 async fn health(State((shared, name)): State<(Shared, String)>) -> (StatusCode, String) {
-    let state = shared.regions.lock().expect("regions lock").get(&name).cloned();
+    let state = shared
+        .regions
+        .lock()
+        .expect("regions lock")
+        .get(&name)
+        .cloned();
     match state {
         Some(RegionState {
             healthy: true,
@@ -148,7 +153,11 @@ async fn turn_off(State((shared, name)): State<(Shared, String)>) -> String {
 
 /// The promote hook: verifies the signature and its age, then marks `to` primary at
 /// `epoch`. Idempotent, as every hook must be: a repeated call changes nothing more.
-async fn promote(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+async fn promote(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -175,10 +184,20 @@ async fn promote(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         call["epoch"].as_u64().unwrap_or_default(),
     );
     let mut regions = shared.regions.lock().expect("regions lock");
-    let Some(region) = regions.get_mut(&to) else {
-        return (StatusCode::NOT_FOUND, format!("no simulated region {to:?}\n"));
-    };
-    region.primary_epoch = Some(region.primary_epoch.unwrap_or(0).max(epoch));
+    if !regions.contains_key(&to) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no simulated region {to:?}\n"),
+        );
+    }
+    for (name, region) in regions.iter_mut() {
+        if *name == to {
+            region.primary_epoch = Some(region.primary_epoch.unwrap_or(0).max(epoch));
+        } else if region.primary_epoch.is_some_and(|e| e < epoch) {
+            // A primary of an older epoch is fenced by the newer one: it follows as standby.
+            region.primary_epoch = None;
+        }
+    }
     tracing::info!(region = %to, epoch, "simulated database promoted");
     (
         StatusCode::OK,

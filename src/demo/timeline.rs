@@ -122,7 +122,10 @@ impl Timings {
             .take_while(|(at, _)| all || at.saturating_add(REORDER_MS) <= now)
             .count();
         for (at, text) in self.pending.drain(..ready) {
-            println!("  {:>+7.2}s  {text}", (at as f64 - self.t0_ms as f64) / 1000.0);
+            println!(
+                "  {:>+7.2}s  {text}",
+                (at as f64 - self.t0_ms as f64) / 1000.0
+            );
         }
     }
 
@@ -136,9 +139,7 @@ impl Timings {
     }
 
     fn first_missing(&self) -> Option<Phase> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| !self.at_ms.contains_key(p))
+        Phase::ALL.into_iter().find(|p| !self.at_ms.contains_key(p))
     }
 }
 
@@ -256,7 +257,9 @@ async fn observe(
     }
 }
 
-async fn next_event(stream: &mut Option<Streaming<proto::WatchEvent>>) -> Option<proto::WatchEvent> {
+async fn next_event(
+    stream: &mut Option<Streaming<proto::WatchEvent>>,
+) -> Option<proto::WatchEvent> {
     match stream {
         Some(s) => s.message().await.ok().flatten(),
         None => std::future::pending().await,
@@ -449,7 +452,10 @@ mod tests {
         assert_eq!(witnesses_seeing_down("region region-a: up -> down"), (0, 0));
         assert!(is_down_verdict(detail, "region-a"));
         assert!(!is_down_verdict(detail, "region-b"));
-        assert!(!is_down_verdict("region region-a: down -> up\n3 voters", "region-a"));
+        assert!(!is_down_verdict(
+            "region region-a: down -> up\n3 voters",
+            "region-a"
+        ));
     }
 
     #[test]
@@ -492,7 +498,10 @@ mod tests {
         t.at_ms.insert(Phase::Declared, 2);
         let missing = t.first_missing().unwrap();
         assert_eq!(missing, Phase::Revoked);
-        assert_eq!(missing.waiting_for("region-a", "region-b"), "the revoke step");
+        assert_eq!(
+            missing.waiting_for("region-a", "region-b"),
+            "the revoke step"
+        );
         for p in Phase::ALL {
             t.at_ms.insert(p, 3);
         }

@@ -293,7 +293,12 @@ mod tests {
         assert!(!verify_signature(b"key", "1700000001", body, &signature));
         assert!(!verify_signature(b"key", "1700000000", b"{}", &signature));
         assert!(!verify_signature(b"other", "1700000000", body, &signature));
-        assert!(!verify_signature(b"key", "1700000000", body, &signature[7..]));
+        assert!(!verify_signature(
+            b"key",
+            "1700000000",
+            body,
+            &signature[7..]
+        ));
         assert!(!verify_signature(b"key", "1700000000", body, "sha256=zz"));
     }
 }
