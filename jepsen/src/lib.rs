@@ -8,4 +8,8 @@
 //! - `history`: the recorded operations and their vocabulary (the contract between the
 //!   runner and the checkers).
 
+pub mod analyze;
+pub mod checker;
 pub mod history;
+pub mod report;
+pub mod spec;

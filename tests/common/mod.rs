@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod authoritative;
+pub mod postgres;
+pub mod processes;
 
 use std::future::Future;
 use std::net::SocketAddr;
