@@ -209,6 +209,11 @@ enum Cmd {
         /// their DNS servers +3..+5, the simulated regions +6 and +7, the hook receiver +8.
         #[arg(long)]
         base_port: Option<u16>,
+        /// Real PostgreSQL servers (primary in region-a, streaming standby in region-b) from
+        /// the installed server binaries, failed over by the built-in postgres hooks,
+        /// instead of simulated databases.
+        #[arg(long)]
+        postgres: bool,
     },
     /// Development certificates.
     Certs {
@@ -693,9 +698,11 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Demo {
             keep_running,
             base_port,
+            postgres,
         } => crate::demo::run(crate::demo::Options {
             keep_running,
             base_port,
+            postgres,
         })
         .await
         .map_err(|e| Failure {

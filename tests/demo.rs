@@ -310,3 +310,41 @@ fn base_port_without_room_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--base-port"), "{stderr}");
 }
+
+/// Goal: `arbiter demo --postgres` fails a real PostgreSQL primary over to its streaming
+/// standby: the built-in hooks fence, measure, promote and validate, and the demo's own
+/// checks by real sessions find the standby primary with every row written before the
+/// failure and the old primary refusing writes. Method: run the binary to its exit. Without
+/// PostgreSQL's server binaries the test is skipped, and fails under CI.
+#[test]
+fn postgres_demo_fails_a_real_primary_over() {
+    if arbiter::demo::postgres::bin_dir().is_none() {
+        let hint = "install them with `apt-get install -y postgresql`";
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but no PostgreSQL server binaries were found; {hint}");
+        }
+        eprintln!("SKIPPED: no PostgreSQL server binaries; {hint}");
+        return;
+    }
+    let mut demo = Demo::start(&["--postgres"]);
+    let status = demo.wait_exit(DEMO_DEADLINE);
+    let text = demo.text();
+    assert!(status.success(), "exit {status:?}; output:\n{text}");
+    for phase in PHASES {
+        assert!(text.contains(phase), "phase {phase:?} missing in:\n{text}");
+    }
+    for hook in ["hook pg-promote", "hook pg-validate", "rpo-check: lag "] {
+        assert!(text.contains(hook), "{hook:?} missing in:\n{text}");
+    }
+    assert!(
+        text.contains("region-b's PostgreSQL")
+            && text.contains("is primary and has 100 of the 100 rows"),
+        "{text}"
+    );
+    assert!(
+        text.contains("region-a's PostgreSQL") && text.contains("refuses writes"),
+        "{text}"
+    );
+    let dir = demo.files_dir();
+    assert!(!dir.exists(), "{} is removed at exit", dir.display());
+}

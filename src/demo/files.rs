@@ -26,6 +26,14 @@ pub const DOWN_AFTER_MS: u64 = 1_500;
 /// Time between two probes of a region by one witness.
 pub const PROBE_INTERVAL_MS: u64 = 250;
 
+/// The built-in PostgreSQL hooks of `--postgres`: name and action.
+const POSTGRES_HOOKS: [(&str, &str); 4] = [
+    ("pg-fence", "fence"),
+    ("pg-rpo", "rpo-check"),
+    ("pg-promote", "promote"),
+    ("pg-validate", "validate"),
+];
+
 /// A directory under the system's temporary directory, readable by this user only, that is
 /// removed with everything in it when dropped.
 #[derive(Debug)]
@@ -81,8 +89,26 @@ pub struct Layout {
     pub regions: [SocketAddr; 2],
     /// What the group's record publishes while each region is active.
     pub region_addresses: [String; 2],
-    /// The receiver of the promote hook.
-    pub hooks: SocketAddr,
+}
+
+/// The regions' databases, as the failover's hooks reach them.
+#[derive(Debug, Clone)]
+pub enum Databases {
+    /// Simulated databases: one receiver of the signed promote webhook for both regions.
+    Simulated {
+        /// Where the promote hook is sent.
+        hooks: SocketAddr,
+        /// The webhook's secret file.
+        secret: PathBuf,
+    },
+    /// Real PostgreSQL servers (primary in the first region, streaming standby in the
+    /// second), driven by the built-in `postgres` hooks.
+    Postgres {
+        /// Connection strings without the password, in [`REGIONS`] order.
+        dsn: [String; 2],
+        /// The superuser's password file.
+        password: PathBuf,
+    },
 }
 
 /// The node file of witness `id` (1-based). Paths are relative to the work directory, where
@@ -130,8 +156,8 @@ listen = "{dns}"
 }
 
 /// The demo policy: two probed regions, the group in automatic mode with demo timings, its
-/// DNS record served by the embedded servers, and a promote hook to the simulated regions.
-pub fn policy_toml(layout: &Layout, hook_secret: &Path) -> String {
+/// DNS record served by the embedded servers, and the hooks that act on the databases.
+pub fn policy_toml(layout: &Layout, databases: &Databases) -> String {
     let region = |i: usize| {
         format!(
             r#"[[regions]]
@@ -147,20 +173,53 @@ probes = [{{ kind = "http", url = "http://{addr}/health", expect_status = 200, i
         .zip(&layout.region_addresses)
         .map(|(r, a)| format!("{r} = {{ type = \"A\", values = [\"{a}\"] }}"))
         .collect();
+    let (hooks, group_hooks) = match databases {
+        Databases::Simulated { hooks, secret } => (
+            format!(
+                r#"# Promotes the target region's simulated database (a signed webhook).
+[hooks.promote]
+kind = "http"
+url = "http://{hooks}/promote"
+secret = {{ file = "{}" }}
+timeout_ms = 2000
+"#,
+                secret.display()
+            ),
+            "hooks = { promote = [\"promote\"] }\n".to_string(),
+        ),
+        Databases::Postgres { dsn, password } => {
+            let mut hooks = String::from(
+                "# The built-in PostgreSQL hooks: fence the old primary, measure the standby's lag,\n\
+                 # promote it, and write a row on the new primary.\n",
+            );
+            for (name, action) in POSTGRES_HOOKS {
+                hooks += &format!(
+                    "[hooks.{name}]\nkind = \"postgres\"\naction = \"{action}\"\ntimeout_ms = 20000\n"
+                );
+                for (region, dsn) in REGIONS.iter().zip(dsn) {
+                    hooks += &format!(
+                        "regions.{region} = {{ dsn = \"{dsn}\", password = {{ file = \"{}\" }} }}\n",
+                        password.display()
+                    );
+                }
+                hooks += "\n";
+            }
+            (
+                hooks,
+                "rpo_lag_bytes = 16777216\nrpo_lag_ms = 60000\nrpo_wait_ms = 30000\n\
+                 hooks = { fence = [\"pg-fence\"], rpo_check = \"pg-rpo\", promote = [\"pg-promote\"], validate = [\"pg-validate\"] }\n"
+                    .to_string(),
+            )
+        }
+    };
     format!(
-        r#"# The demo policy: two simulated regions probed over HTTP by every witness.
+        r#"# The demo policy: two regions probed over HTTP by every witness.
 {a}
 {b}
 [dns]
 zones = [{{ name = "{ZONE}", nameservers = ["ns1.{ZONE}"] }}]
 
-# Promotes the target region's simulated database (a signed webhook).
-[hooks.promote]
-kind = "http"
-url = "http://{hooks}/promote"
-secret = {{ file = "{secret}" }}
-timeout_ms = 2000
-
+{hooks}
 # Fails over by itself when a quorum of witnesses sees region-a down for down_after_ms.
 # Demo timings: production leases and windows are longer.
 [[groups]]
@@ -171,8 +230,7 @@ lease_ms = {LEASE_MS}
 lease_margin_ms = {LEASE_MARGIN_MS}
 down_after_ms = {DOWN_AFTER_MS}
 step_attempts = 3
-hooks = {{ promote = ["promote"] }}
-
+{group_hooks}
 [groups.dns]
 zone = "{ZONE}"
 name = "{NAME}"
@@ -181,8 +239,6 @@ records = {{ {records} }}
 "#,
         a = region(0),
         b = region(1),
-        hooks = layout.hooks,
-        secret = hook_secret.display(),
         ra = REGIONS[0],
         rb = REGIONS[1],
         records = records.join(", "),
@@ -204,7 +260,6 @@ mod tests {
                 SocketAddr::from(([127, 0, 0, 12], 7108)),
             ],
             region_addresses: ["127.0.0.11".into(), "127.0.0.12".into()],
-            hooks: a(7109),
         }
     }
 
@@ -231,10 +286,31 @@ mod tests {
             rand::random::<u32>()
         ));
         std::fs::write(&secret, "s3cret").unwrap();
-        let text = policy_toml(&layout(), &secret);
-        let parsed = Policy::parse("policy.toml", &text);
+        let simulated = Databases::Simulated {
+            hooks: SocketAddr::from(([127, 0, 0, 1], 7109)),
+            secret: secret.clone(),
+        };
+        let postgres = Databases::Postgres {
+            dsn: [7201, 7202]
+                .map(|p| format!("host=127.0.0.1 port={p} user=postgres dbname=postgres")),
+            password: secret.clone(),
+        };
+        let parsed = [simulated, postgres]
+            .map(|d| Policy::parse("policy.toml", &policy_toml(&layout(), &d)));
         std::fs::remove_file(&secret).unwrap();
-        let policy = parsed.expect("valid policy");
+        let [simulated, postgres] = parsed.map(|p| p.expect("valid policy"));
+        let hooks = |p: &Policy| {
+            let g = p.group(GROUP).unwrap();
+            (
+                g.hooks.fence.len(),
+                g.hooks.rpo_check.is_some(),
+                g.hooks.promote.len(),
+                g.hooks.validate.len(),
+            )
+        };
+        assert_eq!(hooks(&simulated), (0, false, 1, 0));
+        assert_eq!(hooks(&postgres), (1, true, 1, 1));
+        let policy = simulated;
         let g = policy.group(GROUP).expect("the demo group");
         assert_eq!(g.mode, Mode::Auto);
         assert_eq!(g.candidates, REGIONS);

@@ -11,10 +11,13 @@
 //!
 //! - [`files`]: the temporary directory, and the node files and policy written into it.
 //! - [`region`]: the simulated regions and the receiver of their promote hook.
+//! - [`postgres`]: with `--postgres`, a real PostgreSQL primary and standby instead of
+//!   simulated databases.
 //! - [`timeline`]: follows the scenario through the watch stream, the operation's steps,
 //!   the agents' state files and DNS queries.
 
 pub mod files;
+pub mod postgres;
 pub mod region;
 pub mod timeline;
 
@@ -33,7 +36,7 @@ use crate::client::{Client, ClientError};
 use crate::config::{ConfigError, NodeConfig};
 use crate::node::{Node, NodeError};
 use crate::proto;
-use files::{Layout, WorkDir, GROUP, NAME, REGIONS, SITES};
+use files::{Databases, Layout, WorkDir, GROUP, NAME, REGIONS, SITES};
 use region::SimulatedRegions;
 use timeline::{Phase, Scenario};
 
@@ -65,6 +68,8 @@ pub struct Options {
     pub keep_running: bool,
     /// Listen on fixed ports from this one instead of free ports.
     pub base_port: Option<u16>,
+    /// Real PostgreSQL servers instead of simulated databases.
+    pub postgres: bool,
 }
 
 /// Why the demo did not finish.
@@ -93,6 +98,8 @@ pub enum DemoError {
         step: String,
         error: String,
     },
+    #[error("postgres: {0}")]
+    Postgres(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -188,6 +195,7 @@ struct Running {
     agents: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
     nodes: Vec<Node>,
     regions: Option<SimulatedRegions>,
+    postgres: Option<postgres::Pair>,
 }
 
 impl Running {
@@ -207,6 +215,9 @@ impl Running {
             }
         }
         self.regions = None;
+        if let Some(mut pair) = self.postgres.take() {
+            pair.stop().await;
+        }
     }
 }
 
@@ -218,20 +229,57 @@ async fn play(
     finished: &mut bool,
 ) -> Result<(), DemoError> {
     let started = Instant::now();
-    println!("arbiter demo: 3 witnesses, 2 simulated regions and an agent per region, on loopback");
+    println!(
+        "arbiter demo: 3 witnesses, 2 regions ({}) and an agent per region, on loopback",
+        if options.postgres {
+            "simulated health endpoints, real PostgreSQL primary and standby"
+        } else {
+            "simulated health endpoints and databases"
+        }
+    );
     println!("files: {} (removed at exit)\n", dir.display());
 
     let certs = init_dev_certs(&dir.join("certs"), SITES.len() as u32, &[], false)?;
     let (mut layout, region_listeners, hooks_listener) = bind(options.base_port).await?;
-    let secret_path = dir.join("hook.secret");
     let secret = format!("{:032x}", rand::random::<u128>());
-    write_private(&secret_path, secret.as_bytes())?;
+    let databases = if options.postgres {
+        println!("setup");
+        let pair = postgres::Pair::start(dir, REGIONS).await?;
+        for (i, server) in pair.servers.iter().enumerate() {
+            println!(
+                "  {:<10}  PostgreSQL {} on 127.0.0.1:{}",
+                server.name,
+                if i == 0 {
+                    "primary"
+                } else {
+                    "streaming standby"
+                },
+                server.port
+            );
+        }
+        let databases = Databases::Postgres {
+            dsn: [pair.servers[0].dsn(), pair.servers[1].dsn()],
+            password: pair.password_file.clone(),
+        };
+        running.postgres = Some(pair);
+        databases
+    } else {
+        let secret_path = dir.join("hook.secret");
+        write_private(&secret_path, secret.as_bytes())?;
+        println!("setup");
+        Databases::Simulated {
+            hooks: hooks_listener
+                .local_addr()
+                .map_err(io_error("cannot read a bound address"))?,
+            secret: secret_path,
+        }
+    };
     for id in 1..=SITES.len() {
         let path = dir.join(format!("node-{id}.toml"));
         std::fs::write(&path, files::node_toml(id, &layout))
             .map_err(io_error(format!("cannot write {}", path.display())))?;
     }
-    let policy = files::policy_toml(&layout, &secret_path);
+    let policy = files::policy_toml(&layout, &databases);
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, &policy)
         .map_err(io_error(format!("cannot write {}", policy_path.display())))?;
@@ -242,10 +290,9 @@ async fn play(
             .map(|r| r.to_string())
             .zip(region_listeners)
             .collect(),
-        hooks_listener,
+        (!options.postgres).then_some(hooks_listener),
         secret.into_bytes(),
     ));
-    println!("setup");
     for id in 1..=SITES.len() {
         let config = NodeConfig::load(&dir.join(format!("node-{id}.toml")))?;
         let listener = TcpListener::bind(config.listen)
@@ -311,6 +358,9 @@ async fn play(
         running.agents.push((stop, task));
     }
     wait_ready(&client, &layout, dir).await?;
+    if let Some(pair) = &running.postgres {
+        pair.wait_replicated().await?;
+    }
     println!(
         "  ready after {:.1} s: both regions up by quorum verdict, agent {} holds the lease at epoch 1, DNS answers {}",
         started.elapsed().as_secs_f64(),
@@ -333,9 +383,15 @@ async fn play(
         agent_to: agent_file(dir, REGIONS[1]),
     };
     let t = timeline::follow(&scenario, stream, baseline, t0_ms).await?;
-    *finished = true;
     print_summary(&t);
-    print_commands(options, dir, &servers, &layout);
+    if let Some(pair) = &running.postgres {
+        println!("\nchecked with real sessions:");
+        for line in pair.check_after().await? {
+            println!("  {line}");
+        }
+    }
+    *finished = true;
+    print_commands(options, dir, &servers, &layout, running.postgres.as_ref());
     if options.keep_running {
         std::future::pending::<()>().await;
     }
@@ -410,9 +466,6 @@ async fn bind(
         dns,
         regions: [region_addrs[0], region_addrs[1]],
         region_addresses: [region_addresses[0].clone(), region_addresses[1].clone()],
-        hooks: hooks
-            .local_addr()
-            .map_err(io_error("cannot read a bound address"))?,
     };
     Ok((layout, regions, hooks))
 }
@@ -515,7 +568,13 @@ fn print_summary(t: &timeline::Timings) {
 }
 
 /// How to look at the cluster from another terminal.
-fn print_commands(options: &Options, dir: &Path, servers: &[String], layout: &Layout) {
+fn print_commands(
+    options: &Options,
+    dir: &Path,
+    servers: &[String],
+    layout: &Layout,
+    postgres: Option<&postgres::Pair>,
+) {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "arbiter".into());
@@ -543,6 +602,11 @@ fn print_commands(options: &Options, dir: &Path, servers: &[String], layout: &La
         layout.dns[0].ip(),
         layout.dns[0].port()
     );
+    if let Some(pair) = postgres {
+        for (i, region) in REGIONS.iter().enumerate() {
+            println!("  {}    # {region}", pair.psql(i));
+        }
+    }
     if options.keep_running {
         println!(
             "  curl -s -X POST http://{}/health/on    # {} comes back",

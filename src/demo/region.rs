@@ -39,6 +39,9 @@ struct Shared {
     regions: Arc<Mutex<BTreeMap<String, RegionState>>>,
     /// The promote hook's secret (the same bytes the policy's secret file holds).
     secret: Arc<Vec<u8>>,
+    /// Whether the regions have simulated databases (promoted by the hook); without, the
+    /// databases are real and `/health` says nothing about them.
+    databases: bool,
 }
 
 /// The running simulated regions and hook receiver. Stopped (its tasks aborted) on drop.
@@ -48,11 +51,11 @@ pub struct SimulatedRegions {
 }
 
 impl SimulatedRegions {
-    /// Serves one region per `(name, listener)`, all healthy, the first one primary at
-    /// epoch 1, and the promote hook on `hooks`.
+    /// Serves one region per `(name, listener)`, all healthy; with `hooks`, each with a
+    /// simulated database (the first one primary at epoch 1) and the promote hook there.
     pub fn start(
         regions: Vec<(String, TcpListener)>,
-        hooks: TcpListener,
+        hooks: Option<TcpListener>,
         secret: Vec<u8>,
     ) -> SimulatedRegions {
         let shared = Shared {
@@ -70,6 +73,7 @@ impl SimulatedRegions {
                     .collect(),
             )),
             secret: Arc::new(secret),
+            databases: hooks.is_some(),
         };
         let mut tasks = Vec::new();
         for (name, listener) in regions {
@@ -84,14 +88,16 @@ impl SimulatedRegions {
                 }
             }));
         }
-        let router = Router::new()
-            .route("/promote", post(promote))
-            .with_state(shared.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(hooks, router).await {
-                tracing::error!(error = %e, "hook receiver stopped");
-            }
-        }));
+        if let Some(hooks) = hooks {
+            let router = Router::new()
+                .route("/promote", post(promote))
+                .with_state(shared.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(hooks, router).await {
+                    tracing::error!(error = %e, "hook receiver stopped");
+                }
+            }));
+        }
         SimulatedRegions { shared, tasks }
     }
 
@@ -127,13 +133,17 @@ async fn health(State((shared, name)): State<(Shared, String)>) -> (StatusCode, 
         Some(RegionState {
             healthy: true,
             primary_epoch,
-        }) => {
+        }) if shared.databases => {
             let role = match primary_epoch {
                 Some(epoch) => format!("primary since epoch {epoch}"),
                 None => "standby".to_string(),
             };
-            (StatusCode::OK, format!("ok: {name} database {role}\n"))
+            (
+                StatusCode::OK,
+                format!("ok: {name} (simulated database: {role})\n"),
+            )
         }
+        Some(RegionState { healthy: true, .. }) => (StatusCode::OK, format!("ok: {name}\n")),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{name} is dark (simulated outage)\n"),

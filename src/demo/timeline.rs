@@ -293,7 +293,8 @@ fn audit_entry(t: &mut Timings, s: &Scenario, a: &proto::AuditEntry, operation: 
 /// Prints the operation's step records not printed yet.
 fn steps(t: &mut Timings, op: &proto::OperationStatus, seen: &mut usize) {
     for step in op.steps.iter().skip(*seen) {
-        let detail = step.detail.lines().next().unwrap_or_default();
+        let detail = without_json_outputs(step.detail.lines().next().unwrap_or_default());
+        let detail = detail.as_str();
         let at = step.finished_at_ms;
         match step.step.as_str() {
             "revoke" => t.happened(Phase::Revoked, at, &format!("revoked: {detail}")),
@@ -409,6 +410,25 @@ pub fn read_agent(path: &std::path::Path) -> Option<AgentView> {
     })
 }
 
+/// A step detail without the JSON reports hooks print (`; output: {...}`): the timeline
+/// keeps the hooks' one-line summaries; `arbiter operations` shows everything.
+fn without_json_outputs(detail: &str) -> String {
+    const MARK: &str = "; output: {";
+    let mut out = String::new();
+    let mut rest = detail;
+    while let Some(start) = rest.find(MARK) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + MARK.len()..];
+        // The report is one JSON object; it ends where the next part of the detail starts.
+        rest = match after.find("}; ") {
+            Some(end) => &after[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether a verdict entry says `region` became `down`.
 fn is_down_verdict(detail: &str, region: &str) -> bool {
     let first = detail.lines().next().unwrap_or_default();
@@ -456,6 +476,22 @@ mod tests {
             "region region-a: down -> up\n3 voters",
             "region-a"
         ));
+    }
+
+    #[test]
+    fn hook_json_reports_are_left_out_of_step_details() {
+        assert_eq!(
+            without_json_outputs(
+                "hook v: validate: ok (82 ms); output: {\"epoch\":2,\"x\":{\"y\":1}}; a majority of witnesses see region-b up"
+            ),
+            "hook v: validate: ok (82 ms); a majority of witnesses see region-b up"
+        );
+        assert_eq!(
+            without_json_outputs("fence confirmed by hooks: hook f: ok; output: {\"a\":1}"),
+            "fence confirmed by hooks: hook f: ok"
+        );
+        let plain = "hook promote: HTTP 200 OK after 16 ms; output: region-b is primary";
+        assert_eq!(without_json_outputs(plain), plain);
     }
 
     #[test]
