@@ -297,6 +297,24 @@ fn keep_running_answers_region_b_until_interrupted() {
     assert!(!dir.exists(), "{} is removed after Ctrl-C", dir.display());
 }
 
+/// Goal: Ctrl-C in the middle of the scenario stops everything at once: the demo exits
+/// with 130 (interrupted) and its temporary directory is gone. Method: SIGINT as soon as
+/// the scenario starts.
+#[test]
+fn interrupt_during_the_scenario_stops_everything() {
+    let mut demo = Demo::start(&[]);
+    demo.wait_for("scenario: region-a goes dark");
+    let dir = demo.files_dir();
+    demo.interrupt();
+    let exit = demo.wait_exit(STOP_DEADLINE);
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    assert!(
+        !demo.text().contains("failover done in"),
+        "interrupted before the end"
+    );
+    assert!(!dir.exists(), "{} is removed after Ctrl-C", dir.display());
+}
+
 /// Goal: a `--base-port` that leaves no room for the demo's ports is refused as bad usage
 /// (exit 64) naming the flag, before anything starts.
 #[test]

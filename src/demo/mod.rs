@@ -141,7 +141,7 @@ pub async fn run(options: Options) -> Result<(), DemoError> {
             print_log_tail(&dir.path().join("demo.log"));
         }
     }
-    println!("\nstopping the agents, witnesses and simulated regions");
+    println!("\nstopping the agents, the witnesses and the regions");
     running.stop().await;
     let shown = dir.path().display().to_string();
     drop(dir);
@@ -241,9 +241,8 @@ async fn play(
 
     let certs = init_dev_certs(&dir.join("certs"), SITES.len() as u32, &[], false)?;
     let (mut layout, region_listeners, hooks_listener) = bind(options.base_port).await?;
-    let secret = format!("{:032x}", rand::random::<u128>());
-    let databases = if options.postgres {
-        println!("setup");
+    println!("setup");
+    let (databases, hook_receiver) = if options.postgres {
         let pair = postgres::Pair::start(dir, REGIONS).await?;
         for (i, server) in pair.servers.iter().enumerate() {
             println!(
@@ -262,17 +261,18 @@ async fn play(
             password: pair.password_file.clone(),
         };
         running.postgres = Some(pair);
-        databases
+        (databases, None)
     } else {
+        let secret = format!("{:032x}", rand::random::<u128>());
         let secret_path = dir.join("hook.secret");
         write_private(&secret_path, secret.as_bytes())?;
-        println!("setup");
-        Databases::Simulated {
+        let databases = Databases::Simulated {
             hooks: hooks_listener
                 .local_addr()
                 .map_err(io_error("cannot read a bound address"))?,
             secret: secret_path,
-        }
+        };
+        (databases, Some((hooks_listener, secret.into_bytes())))
     };
     for id in 1..=SITES.len() {
         let path = dir.join(format!("node-{id}.toml"));
@@ -290,8 +290,7 @@ async fn play(
             .map(|r| r.to_string())
             .zip(region_listeners)
             .collect(),
-        (!options.postgres).then_some(hooks_listener),
-        secret.into_bytes(),
+        hook_receiver,
     ));
     for id in 1..=SITES.len() {
         let config = NodeConfig::load(&dir.join(format!("node-{id}.toml")))?;

@@ -51,12 +51,12 @@ pub struct SimulatedRegions {
 }
 
 impl SimulatedRegions {
-    /// Serves one region per `(name, listener)`, all healthy; with `hooks`, each with a
-    /// simulated database (the first one primary at epoch 1) and the promote hook there.
+    /// Serves one region per `(name, listener)`, all healthy. With `hooks` (a listener and
+    /// the webhook's secret), each region has a simulated database, the first one primary at
+    /// epoch 1, and the promote hook is received there.
     pub fn start(
         regions: Vec<(String, TcpListener)>,
-        hooks: Option<TcpListener>,
-        secret: Vec<u8>,
+        hooks: Option<(TcpListener, Vec<u8>)>,
     ) -> SimulatedRegions {
         let shared = Shared {
             regions: Arc::new(Mutex::new(
@@ -72,7 +72,7 @@ impl SimulatedRegions {
                     })
                     .collect(),
             )),
-            secret: Arc::new(secret),
+            secret: Arc::new(hooks.as_ref().map(|(_, s)| s.clone()).unwrap_or_default()),
             databases: hooks.is_some(),
         };
         let mut tasks = Vec::new();
@@ -88,7 +88,7 @@ impl SimulatedRegions {
                 }
             }));
         }
-        if let Some(hooks) = hooks {
+        if let Some((hooks, _)) = hooks {
             let router = Router::new()
                 .route("/promote", post(promote))
                 .with_state(shared.clone());
@@ -213,4 +213,80 @@ async fn promote(
         StatusCode::OK,
         format!("{to}'s simulated database is primary at epoch {epoch}\n"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Hook, SecretRef};
+    use crate::hooks::HookContext;
+
+    async fn get_health(addr: std::net::SocketAddr) -> (u16, String) {
+        let response = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Goal: the health endpoint answers what the demo sets, and the promote hook acts only
+    /// on a correctly signed call, sent by the real http hook runner. Method: serve on port
+    /// 0, switch region-a off and on, call the hook with the right and a wrong secret.
+    #[tokio::test]
+    async fn health_follows_the_switch_and_only_a_signed_promote_acts() {
+        crate::tls::install_crypto_provider();
+        let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let (a, b, hooks) = (bind().await, bind().await, bind().await);
+        let addrs = [a.local_addr().unwrap(), b.local_addr().unwrap()];
+        let hooks_addr = hooks.local_addr().unwrap();
+        let regions = SimulatedRegions::start(
+            vec![("region-a".into(), a), ("region-b".into(), b)],
+            Some((hooks, b"s3cret".to_vec())),
+        );
+        assert_eq!(
+            get_health(addrs[0]).await,
+            (
+                200,
+                "ok: region-a (simulated database: primary since epoch 1)\n".into()
+            )
+        );
+        regions.set_healthy("region-a", false);
+        assert_eq!(get_health(addrs[0]).await.0, 503);
+        regions.set_healthy("region-a", true);
+        assert_eq!(get_health(addrs[0]).await.0, 200);
+
+        let dir = super::super::files::WorkDir::create().unwrap();
+        let ctx = HookContext {
+            group: "checkout".into(),
+            from: "region-a".into(),
+            to: "region-b".into(),
+            epoch: 2,
+            operation: 1,
+            step: "promote".into(),
+        };
+        let hook = |secret: &str| {
+            let path = dir.path().join(format!("secret-{secret}"));
+            std::fs::write(&path, secret).unwrap();
+            Hook::Http {
+                url: format!("http://{hooks_addr}/promote"),
+                secret: SecretRef {
+                    file: Some(path),
+                    env: None,
+                },
+                timeout_ms: 5_000,
+            }
+        };
+        let refused = crate::hooks::run("promote", &hook("wrong"), &ctx).await;
+        assert!(!refused.success, "{refused:?}");
+        assert!(get_health(addrs[1]).await.1.contains("standby"));
+
+        let promoted = crate::hooks::run("promote", &hook("s3cret"), &ctx).await;
+        assert!(promoted.success, "{promoted:?}");
+        assert!(get_health(addrs[1])
+            .await
+            .1
+            .contains("primary since epoch 2"));
+        assert!(
+            get_health(addrs[0]).await.1.contains("standby"),
+            "the older primary follows"
+        );
+    }
 }

@@ -341,11 +341,9 @@ fn agents(t: &mut Timings, s: &Scenario, to_epoch: u64) {
 
 /// Asks every witness's DNS server; the phase happens when all of them answer `to`.
 async fn dns(t: &mut Timings, s: &Scenario) {
-    for addr in &s.dns {
-        let answer = answers(addr).await;
-        if answer != [s.to_address.as_str()] {
-            return;
-        }
+    let all = futures::future::join_all(s.dns.iter().map(answers)).await;
+    if !all.iter().all(|a| *a == [s.to_address.as_str()]) {
+        return;
     }
     t.happened(
         Phase::DnsAnswers,
