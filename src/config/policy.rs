@@ -267,6 +267,17 @@ pub enum Hook {
     Postgres(PostgresHook),
 }
 
+impl Hook {
+    /// The `kind` of the hook as written in the policy (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hook::Exec { .. } => "exec",
+            Hook::Http { .. } => "http",
+            Hook::Postgres(_) => "postgres",
+        }
+    }
+}
+
 pub(super) fn default_hook_timeout_ms() -> u64 {
     30_000
 }
