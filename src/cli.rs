@@ -206,7 +206,8 @@ enum Cmd {
         #[arg(long)]
         keep_running: bool,
         /// Use fixed loopback ports from this one instead of free ports: witnesses +0..+2,
-        /// their DNS servers +3..+5, the simulated regions +6 and +7, the hook receiver +8.
+        /// their DNS servers +3..+5, the simulated regions +6 and +7, the hook receiver +8,
+        /// the witnesses' plaintext metrics +9..+11.
         #[arg(long)]
         base_port: Option<u16>,
         /// Real PostgreSQL servers (primary in region-a, streaming standby in region-b) from

@@ -286,6 +286,19 @@ fn keep_running_answers_region_b_until_interrupted() {
     assert_eq!(group["active"], "region-b");
     assert_eq!(group["epoch"], 2);
 
+    // curl -s http://127.0.0.1:PORT/metrics | grep ...
+    let metrics_addr = demo
+        .output
+        .iter()
+        .find_map(|l| l.split("curl -s http://").nth(1)?.split("/metrics").next())
+        .expect("the metrics line")
+        .to_string();
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("arbiter_group_epoch{group=\"checkout\"} 2"),
+        "{metrics}"
+    );
+
     let dir = demo.files_dir();
     assert!(dir.exists(), "the files stay while the demo runs");
     demo.interrupt();
@@ -295,6 +308,23 @@ fn keep_running_answers_region_b_until_interrupted() {
         "Ctrl-C after the scenario is a normal end: {exit:?}"
     );
     assert!(!dir.exists(), "{} is removed after Ctrl-C", dir.display());
+}
+
+/// The body of a plain HTTP/1.0 GET of `path` on `addr`, read to the end.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the metrics port answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
 }
 
 /// Goal: Ctrl-C in the middle of the scenario stops everything at once: the demo exits

@@ -85,6 +85,9 @@ pub struct Layout {
     pub witnesses: [SocketAddr; 3],
     /// DNS of witnesses 1, 2 and 3 (port 0: any free port, read back after the start).
     pub dns: [SocketAddr; 3],
+    /// Plaintext `/metrics`, `/healthz` and `/readyz` of witnesses 1, 2 and 3 (port 0 as
+    /// for DNS).
+    pub metrics: [SocketAddr; 3],
     /// The health endpoint of each simulated region, in [`REGIONS`] order.
     pub regions: [SocketAddr; 2],
     /// What the group's record publishes while each region is active.
@@ -147,10 +150,15 @@ rpc_timeout_ms = 500
 # The embedded authoritative DNS server (UDP and TCP).
 [dns]
 listen = "{dns}"
+
+# /metrics, /healthz and /readyz in plaintext, for curl.
+[metrics]
+listen = "{metrics}"
 "#,
         site = SITES[id - 1],
         listen = layout.witnesses[id - 1],
         dns = layout.dns[id - 1],
+        metrics = layout.metrics[id - 1],
         peers = peers.join("\n"),
     )
 }
@@ -255,6 +263,7 @@ mod tests {
         Layout {
             witnesses: [a(7101), a(7102), a(7103)],
             dns: [a(0), a(0), a(0)],
+            metrics: [a(0), a(0), a(9464)],
             regions: [
                 SocketAddr::from(([127, 0, 0, 11], 7107)),
                 SocketAddr::from(([127, 0, 0, 12], 7108)),
@@ -275,6 +284,7 @@ mod tests {
             assert_eq!(config.site, SITES[id - 1]);
             assert_eq!(config.peers.len(), 3);
             assert_eq!(config.dns_listen, Some(layout().dns[id - 1]));
+            assert_eq!(config.metrics_listen, Some(layout().metrics[id - 1]));
             assert_eq!(config.tls.ca, dir.join("certs/ca.pem"));
         }
     }

@@ -52,8 +52,9 @@ const AGENT_RETRY: Duration = Duration::from_millis(200);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the demo's log shown when it fails.
 const LOG_TAIL_LINES: usize = 40;
-/// Ports used from `--base-port` on: 3 witnesses, 3 DNS servers, 2 regions, 1 hook receiver.
-const PORTS_USED: u16 = 9;
+/// Ports used from `--base-port` on: 3 witnesses, 3 DNS servers, 2 regions, 1 hook
+/// receiver, 3 metrics listeners.
+const PORTS_USED: u16 = 12;
 /// What the group's record publishes per region (in [`REGIONS`] order) when the regions
 /// cannot listen on their own loopback addresses (127.0.0.11 and .12, outside Linux):
 /// documentation addresses.
@@ -303,6 +304,9 @@ async fn play(
         if let Some(dns) = node.dns_addr() {
             layout.dns[id - 1] = dns;
         }
+        if let Some(metrics) = node.metrics_addr() {
+            layout.metrics[id - 1] = metrics;
+        }
         println!(
             "  witness {id}  {:<10}  grpc {}  dns {}",
             SITES[id - 1],
@@ -427,6 +431,7 @@ async fn bind(
         }
     };
     let dns = [3, 4, 5].map(|i| SocketAddr::new(loopback, port(i)));
+    let metrics = [9, 10, 11].map(|i| SocketAddr::new(loopback, port(i)));
     let mut regions = Vec::new();
     let mut region_addrs = Vec::new();
     let mut region_addresses = Vec::new();
@@ -463,6 +468,7 @@ async fn bind(
     let layout = Layout {
         witnesses,
         dns,
+        metrics,
         regions: [region_addrs[0], region_addrs[1]],
         region_addresses: [region_addresses[0].clone(), region_addresses[1].clone()],
     };
@@ -600,6 +606,10 @@ fn print_commands(
         "  dig @{} -p {} {NAME} A +short",
         layout.dns[0].ip(),
         layout.dns[0].port()
+    );
+    println!(
+        "  curl -s http://{}/metrics | grep -E '^arbiter_(group|region_verdict)'",
+        layout.metrics[0]
     );
     if let Some(pair) = postgres {
         for (i, region) in REGIONS.iter().enumerate() {
