@@ -560,14 +560,19 @@ fn print_summary(t: &timeline::Timings) {
         at(Phase::Validated) - t0,
         REGIONS[0]
     );
-    let gap = at(Phase::Gained) - at(Phase::Released);
-    if gap > 0.0 {
+    let (released, gained) = (at(Phase::Released) - t0, at(Phase::Gained) - t0);
+    let (from, to) = (REGIONS[0], REGIONS[1]);
+    if gained > released {
         println!(
-            "no region held the lease for {gap:.1} s: agent {} let go at {:+.2}s, agent {} took over at {:+.2}s",
-            REGIONS[0],
-            at(Phase::Released) - t0,
-            REGIONS[1],
-            at(Phase::Gained) - t0
+            "no region held the lease for {:.1} s: agent {from} let go at {released:+.2}s, agent {to} took over at {gained:+.2}s",
+            gained - released
+        );
+    } else {
+        // Only a fence hook's verified fence lets the activation come before the old lease
+        // ran out (DESIGN.md, leases and fencing, point 4): say so rather than hide it.
+        println!(
+            "agent {to} took over at {gained:+.2}s, before agent {from} let go at {released:+.2}s: \
+             the fence hook had verified that {from} refuses writes, which ends the lease wait early"
         );
     }
 }

@@ -70,7 +70,9 @@ impl Phase {
             Phase::Declared => "the failover decision to be committed".into(),
             Phase::Revoked => "the revoke step".into(),
             Phase::Released => format!("agent {from} to release its lease"),
-            Phase::Fenced => format!("the fence step (expiry of {from}'s lease)"),
+            Phase::Fenced => {
+                format!("the fence step (a verified fence, or {from}'s lease expiring)")
+            }
             Phase::RpoChecked => "the rpo-check step".into(),
             Phase::Promoted => "the promote step".into(),
             Phase::Activated => format!("the activation of {to}"),
@@ -100,14 +102,17 @@ pub struct Scenario {
 /// host), for the summary and the tests of the output.
 #[derive(Debug, Default)]
 pub struct Timings {
+    /// When the first region went dark: the +0.00s of the timeline.
     pub t0_ms: u64,
+    /// When each phase happened, as its source stamped it.
     pub at_ms: BTreeMap<Phase, u64>,
     /// Lines observed but not printed yet, with the time they stand for.
     pending: Vec<(u64, String)>,
 }
 
 impl Timings {
-    fn print(&mut self, at_ms: u64, text: &str) {
+    /// Queues a line of the timeline (see [`Timings::flush`]).
+    fn note(&mut self, at_ms: u64, text: &str) {
         self.pending.push((at_ms, text.to_string()));
     }
 
@@ -135,7 +140,7 @@ impl Timings {
             return;
         }
         self.at_ms.insert(phase, at_ms);
-        self.print(at_ms, text);
+        self.note(at_ms, text);
     }
 
     fn first_missing(&self) -> Option<Phase> {
@@ -186,7 +191,7 @@ async fn observe(
     baseline_seq: u64,
 ) -> Result<(), DemoError> {
     let t0_ms = t.t0_ms;
-    t.print(
+    t.note(
         t0_ms,
         &format!(
             "{} health endpoint stopped (it answers 503 from now on)",
@@ -306,7 +311,7 @@ fn steps(t: &mut Timings, op: &proto::OperationStatus, seen: &mut usize) {
                 at,
                 &format!("activated: epoch {}, {} is active", op.to_epoch, op.to),
             ),
-            "dns" => t.print(at, &format!("dns step: {detail}")),
+            "dns" => t.note(at, &format!("dns step: {detail}")),
             "validate" => t.happened(Phase::Validated, at, &format!("validated: {detail}")),
             _ => {}
         }
