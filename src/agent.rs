@@ -63,6 +63,9 @@ struct AgentState<'a> {
     active: &'a str,
     /// What happened last, in words.
     event: &'a str,
+    /// When `holding` last changed (wall-clock ms): when the lease was gained or lost,
+    /// even after later attempts rewrote the file.
+    since_ms: u64,
     updated_at_ms: u64,
 }
 
@@ -74,7 +77,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let lease = LeaseClient::new(client, &config.group, &config.region, &config.holder);
-    let agent = Agent { config, lease };
+    let agent = Agent {
+        config,
+        lease,
+        since: std::sync::Mutex::new(None),
+    };
     tokio::pin!(shutdown);
     let mut holding: Option<(u64, Duration, Instant)> = None;
     let mut active = String::new();
@@ -217,6 +224,8 @@ enum Renewal {
 struct Agent {
     config: AgentConfig,
     lease: LeaseClient,
+    /// The last `holding` written and since when (wall-clock ms), for the state file.
+    since: std::sync::Mutex<Option<(bool, u64)>>,
 }
 
 impl Agent {
@@ -238,6 +247,17 @@ impl Agent {
         let Some(path) = &self.config.state_file else {
             return;
         };
+        let now = now_ms();
+        let since_ms = {
+            let mut since = self.since.lock().expect("agent state lock");
+            match *since {
+                Some((was, at)) if was == holding => at,
+                _ => {
+                    *since = Some((holding, now));
+                    now
+                }
+            }
+        };
         let state = AgentState {
             group: &self.config.group,
             region: &self.config.region,
@@ -248,7 +268,8 @@ impl Agent {
                 .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
             active,
             event,
-            updated_at_ms: now_ms(),
+            since_ms,
+            updated_at_ms: now,
         };
         let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec_pretty(&state)

@@ -198,6 +198,24 @@ enum Cmd {
         #[command(subcommand)]
         command: DnsCmd,
     },
+    /// Watch a failover happen: starts 3 witnesses, 2 simulated regions and their agents on
+    /// loopback in this process, makes region-a go dark and prints the timeline. Needs
+    /// nothing but this binary; removes its temporary files at exit (Ctrl-C too).
+    Demo {
+        /// Leave everything running after the scenario for exploring, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+        /// Use fixed loopback ports from this one instead of free ports: witnesses +0..+2,
+        /// their DNS servers +3..+5, the simulated regions +6 and +7, the hook receiver +8,
+        /// the witnesses' plaintext metrics +9..+11.
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Real PostgreSQL servers (primary in region-a, streaming standby in region-b) from
+        /// the installed server binaries, failed over by the built-in postgres hooks,
+        /// instead of simulated databases.
+        #[arg(long)]
+        postgres: bool,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
@@ -363,7 +381,10 @@ impl From<ClientError> for Failure {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo writes its witnesses' logs to a file of its own: the terminal shows its timeline.
+    if !matches!(cli.command, Cmd::Demo { .. }) {
+        init_logging(cli.log_format);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -675,6 +696,20 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Demo {
+            keep_running,
+            base_port,
+            postgres,
+        } => crate::demo::run(crate::demo::Options {
+            keep_running,
+            base_port,
+            postgres,
+        })
+        .await
+        .map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }),
         Cmd::Policy { command } => policy(command).await,
         Cmd::Members { command } => members(command).await,
         Cmd::Certs {

@@ -38,7 +38,8 @@ pub struct ClientError {
 }
 
 impl ClientError {
-    fn from_status(s: &Status) -> Self {
+    /// The error a gRPC status from a witness stands for (its kind from the metadata).
+    pub fn from_status(s: &Status) -> Self {
         let kind = s
             .metadata()
             .get(META_ERROR)

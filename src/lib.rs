@@ -31,6 +31,8 @@
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
 //!   client configurations, and the peer identity of a request.
 //! - [`certs`]: the development CA behind `arbiter certs init`.
+//! - [`demo`]: `arbiter demo`, a whole cluster with simulated regions in one process, and
+//!   the live timeline of a failover.
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
 
 pub mod agent;
@@ -39,6 +41,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod fencing;
 pub mod health;

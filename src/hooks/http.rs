@@ -140,6 +140,25 @@ fn sign(secret: &Secret, timestamp: u64, body: &[u8]) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The receiver's side of [`sign`]: whether `signature` (the value of [`SIGNATURE_HEADER`])
+/// is the HMAC-SHA256 of `"<timestamp>.<body>"` under `secret`, compared in constant time.
+/// `timestamp` is the value of [`TIMESTAMP_HEADER`] as received; checking its age (replay
+/// protection) is the caller's business.
+pub fn verify_signature(secret: &[u8], timestamp: &str, body: &[u8], signature: &str) -> bool {
+    let Some(hex) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(tag) = data_encoding::HEXLOWER_PERMISSIVE.decode(hex.as_bytes()) else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut signed = Vec::with_capacity(timestamp.len() + 1 + body.len());
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    hmac::verify(&key, &signed, &tag).is_ok()
+}
+
 /// Wall-clock seconds for the signed timestamp only (replay protection at the receiver);
 /// never used for a decision here. A clock before 1970 signs 0 rather than failing.
 fn unix_seconds() -> u64 {
@@ -254,5 +273,32 @@ mod tests {
             sign(&secret, 1_700_000_000, br#"{"group":"g"}"#),
             "sha256=dd170b16c9ac5e38c7b98d3c7f454c547df29c8715300db11028eb478b65445b"
         );
+    }
+
+    /// Goal: a receiver verifying with [`verify_signature`] accepts exactly what [`sign`]
+    /// produced, and refuses another body, timestamp, secret or a malformed header.
+    #[test]
+    fn verify_signature_accepts_only_the_signed_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "key\n").unwrap();
+        let secret = Secret::read(&SecretRef {
+            file: Some(path),
+            env: None,
+        })
+        .unwrap();
+        let body = br#"{"group":"g"}"#;
+        let signature = sign(&secret, 1_700_000_000, body);
+        assert!(verify_signature(b"key", "1700000000", body, &signature));
+        assert!(!verify_signature(b"key", "1700000001", body, &signature));
+        assert!(!verify_signature(b"key", "1700000000", b"{}", &signature));
+        assert!(!verify_signature(b"other", "1700000000", body, &signature));
+        assert!(!verify_signature(
+            b"key",
+            "1700000000",
+            body,
+            &signature[7..]
+        ));
+        assert!(!verify_signature(b"key", "1700000000", body, "sha256=zz"));
     }
 }

@@ -75,7 +75,7 @@ use tokio::time::Instant;
 
 use crate::config::Hook;
 
-pub use http::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use http::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use lag::{parse_lag, Lag};
 pub use postgres::VALIDATE_TABLE;
 
