@@ -35,7 +35,12 @@ const TABLE: &str = "demo_orders";
 /// The directory holding [`PROGRAMS`]: the newest Debian-layout version, else the one on
 /// `PATH`. `None` when PostgreSQL's server binaries are not installed.
 pub fn bin_dir() -> Option<PathBuf> {
-    let has_all = |dir: &Path| PROGRAMS.iter().all(|p| dir.join(p).is_file());
+    bin_dir_with(&PROGRAMS)
+}
+
+/// The directory holding every one of `programs`, found as [`bin_dir`] finds the demo's.
+pub fn bin_dir_with(programs: &[&str]) -> Option<PathBuf> {
+    let has_all = |dir: &Path| programs.iter().all(|p| dir.join(p).is_file());
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(entries) = std::fs::read_dir(DEBIAN_VERSIONS_DIR) {
         for entry in entries.flatten() {
@@ -53,7 +58,7 @@ pub fn bin_dir() -> Option<PathBuf> {
 }
 
 /// The uid and gid the servers run as: `postgres` when the demo runs as root.
-fn server_user() -> Result<Option<(u32, u32)>, DemoError> {
+pub fn server_user() -> Result<Option<(u32, u32)>, DemoError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);

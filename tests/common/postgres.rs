@@ -31,25 +31,10 @@ const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// Statement timeout of the test's own queries, so a stuck query cannot hang a test.
 const STATEMENT_TIMEOUT_MS: u64 = 20_000;
 
-/// The newest installed version's bin directory that has every program in [`PROGRAMS`].
+/// The newest installed version's bin directory that has every program in [`PROGRAMS`]
+/// (the same search `arbiter demo --postgres` does).
 pub fn bin_dir() -> Option<PathBuf> {
-    let mut best: Option<(u32, PathBuf)> = None;
-    for entry in std::fs::read_dir(VERSIONS_DIR).ok()?.flatten() {
-        let Some(version) = entry
-            .file_name()
-            .to_str()
-            .and_then(|v| v.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let bin = entry.path().join("bin");
-        if PROGRAMS.iter().all(|p| bin.join(p).is_file())
-            && best.as_ref().is_none_or(|(v, _)| version > *v)
-        {
-            best = Some((version, bin));
-        }
-    }
-    best.map(|(_, bin)| bin)
+    arbiter::demo::postgres::bin_dir_with(&PROGRAMS)
 }
 
 /// Whether the tests can run here. Missing binaries skip a test with a clear message on a
@@ -69,21 +54,7 @@ pub fn available() -> bool {
 
 /// The uid and gid the servers run as: `postgres` when we are root, ourselves otherwise.
 fn server_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    // SAFETY: a valid NUL-terminated name; the result is read at once, before any other
-    // getpw* call could reuse the static buffer.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "running as root needs the `postgres` user (created by the postgresql package)"
-    );
-    // SAFETY: checked non-null above.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Some((uid, gid))
+    arbiter::demo::postgres::server_user().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A loopback port free right now.
