@@ -292,7 +292,7 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
         kinds: opts.nemeses.clone(),
         seed: opts.seed,
         hold: hold_for(opts),
-        quiet: (Duration::from_secs(2), Duration::from_secs(5)),
+        quiet: (Duration::from_secs(1), Duration::from_secs(3)),
     };
     let installed = crate::nemesis::run(ctx.clone(), schedule, run_until).await;
     eprintln!(
@@ -311,8 +311,8 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
 
 /// How long each fault stays installed: long enough for a failover to happen under it.
 fn hold_for(opts: &TestOpts) -> (Duration, Duration) {
-    let min = Duration::from_millis(opts.lease_ms + opts.down_after_ms + 1_000);
-    (min, min * 2)
+    let min = Duration::from_millis(opts.lease_ms + opts.down_after_ms + 500);
+    (min, min * 3 / 2)
 }
 
 /// Waits for every witness, initialises the cluster, applies the policy, starts the agents
@@ -412,7 +412,7 @@ async fn final_op(ctx: &Ctx) {
                     "status".into(),
                     "--json".into(),
                     "--audit".into(),
-                    "1000".into(),
+                    "10000".into(),
                 ],
                 SETUP_CALL,
             )

@@ -444,8 +444,13 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
     // Let the system settle before the first fault. Bounded by the time limit.
     let first = ms(&mut rng, schedule.quiet);
     sleep_until_or(first, until).await;
-    while !schedule.kinds.is_empty() && Instant::now() < until {
-        let kind = rng.pick(&schedule.kinds).clone();
+    // Kinds come round-robin in a seeded order, so a short run still has every kind.
+    let order = rng.sample(&schedule.kinds, schedule.kinds.len());
+    let mut turn = 0;
+    // A fault starts only if it can be held for its minimum before the time limit.
+    while !order.is_empty() && Instant::now() + schedule.hold.0 <= until {
+        let kind = order[turn % order.len()].clone();
+        turn += 1;
         let fault = plan(&kind, &mut rng, &ctx).await;
         let value = fault.describe();
         ctx.rec.invoke(fault.f(), value.clone(), PROCESS, None);
