@@ -13,14 +13,30 @@
 //! | f | process | invoke value | completion value |
 //! |---|---|---|---|
 //! | `write` | `writer-<region>` | `{group, region, epoch, seq}` | same (ok once the record is durable on the host) |
-//! | `failover`, `failback` | `operator-<n>` | `{group, to?, request_id}` | ok: `{group, to, epoch, operation}` |
+//! | `failover`, `failback` | `operator-<n>` | `{group, to?, request_id}` | ok: `{group, to, epoch, operation, state?}` |
 //! | `mode` | `operator-<n>` | `{group, mode, request_id}` | ok: `{group, mode}` |
 //! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
 //! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
 //! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
 //! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
 //! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
-//! | `final` | `checker` | `{}` | ok: `{status, operations}`: the final `arbiter status --json` and `arbiter operations --json` after healing |
+//! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing |
+//!
+//! Notes on values the checkers rely on:
+//!
+//! - `failover`/`failback` ok `state` is the operation's state when the command returned
+//!   (`done`, `awaiting-approval`, `halted`, ...). Absent means `done`: the CLI waits for the
+//!   operation by default. An ok whose state is not `done` was declared but has not (yet)
+//!   activated: the checkers treat its activation as open-ended, like an `info`.
+//! - `final.value.status` should be asked with an audit limit that covers the whole run
+//!   (`arbiter status --json --audit 10000`): S4 looks up acknowledged commands in it.
+//! - `final.value.dns`, when present and not empty, is what each DNS source (a witness's
+//!   embedded server, BIND, ...) answers for each group after healing, one entry per source
+//!   and group: either `{source, group, answer}`, `answer` being the region its records
+//!   belong to (`null` when it answered nothing), or the CLI's own entry as
+//!   `arbiter status --json` prints it (`{group, name, source, expected, found, matches,
+//!   error}`), judged by `matches`. Without it, S5 reads `status.dns`.
+//! - `lease` events count for the epoch checks only when `held` is true.
 //!
 //! `time_ns` is the host's `CLOCK_REALTIME` derived from its monotonic clock (all network
 //! namespaces share one kernel clock, so times from different hosts compare exactly), in
@@ -62,6 +78,46 @@ pub struct Op {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+impl Op {
+    /// `value[key]` as a string, when it is one.
+    pub fn str_field(&self, key: &str) -> Option<&str> {
+        self.value.get(key).and_then(|v| v.as_str())
+    }
+
+    /// `value[key]` as an unsigned integer, when it is one.
+    pub fn u64_field(&self, key: &str) -> Option<u64> {
+        self.value.get(key).and_then(|v| v.as_u64())
+    }
+
+    /// `value[key]` as a boolean, when it is one.
+    pub fn bool_field(&self, key: &str) -> Option<bool> {
+        self.value.get(key).and_then(|v| v.as_bool())
+    }
+
+    /// The group the operation is about, when it names one.
+    pub fn group(&self) -> Option<&str> {
+        self.str_field("group")
+    }
+
+    /// Whether this is a fault (or its healing) injected by the nemesis.
+    pub fn is_nemesis(&self) -> bool {
+        self.process == NEMESIS_PROCESS
+    }
+}
+
+/// The process that records every nemesis operation.
+pub const NEMESIS_PROCESS: &str = "nemesis";
+
+/// The nemesis operation that removes every fault.
+pub const HEAL: &str = "heal";
+
+/// The `f` of the operation carrying the state read after healing.
+pub const FINAL: &str = "final";
+
+/// Operator commands (S4 checks that every acknowledged one is in the final state).
+pub const OPERATOR_COMMANDS: [&str; 6] =
+    ["failover", "failback", "mode", "approve", "retry", "abort"];
 
 /// A whole history, in recording order.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -16,19 +16,24 @@
 //! - `nemesis`: faults on a seeded schedule, and healing.
 //! - `workload`: writers, readers and the operator.
 //! - `runner`: one test from setup to teardown; `store`: where runs are kept.
-//! - `judge`: the verdict of a stored run.
+//! - `spec`: `test.json`, the options of a run.
+//! - `checker`: the checkers (S1, S2, S4, S5, S6, linearizability, faults, logs, recovery).
+//! - `analyze`: judges a stored run; `report`: its HTML timeline and SVG plots.
 //! - `rng`: the seeded PRNG.
 
+pub mod analyze;
+pub mod checker;
 pub mod cluster;
 pub mod ctx;
 pub mod helpers;
 pub mod history;
 pub mod hosts;
-pub mod judge;
 pub mod nemesis;
 pub mod procs;
 pub mod recorder;
+pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod spec;
 pub mod store;
 pub mod workload;

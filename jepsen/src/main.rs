@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use jepsen::checker::Valid;
 use jepsen::runner::TestOpts;
 
 #[derive(Parser, Debug)]
@@ -127,11 +128,7 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Test(args) => {
             let opts = match &args.reproduce {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let v: serde_json::Value = serde_json::from_str(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let mut o = TestOpts::from_spec(&v)?;
+                    let mut o = TestOpts::from_spec(&jepsen::spec::TestSpec::read(path)?)?;
                     o.arbiter_bin = args.arbiter_bin.clone();
                     o
                 }
@@ -161,34 +158,42 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
     }
 }
 
+/// Short names of the safety invariants and the checkers that judge them.
+const INVARIANT_CHECKERS: &[(&str, &str)] = &[
+    ("S1", jepsen::checker::single_writer::NAME),
+    ("S2", jepsen::checker::epochs::NAME),
+    ("S4", jepsen::checker::acknowledged::NAME),
+    ("S5", jepsen::checker::dns::NAME),
+    ("S6", jepsen::checker::operations::NAME),
+];
+
 /// Judges `dir` and maps the result to an exit code.
 fn verdict(dir: &Path, expect_invalid: Option<&str>) -> anyhow::Result<u8> {
-    let results = jepsen::judge::judge(dir)?;
-    let valid = &results["valid"];
+    let results = jepsen::analyze::analyze(dir)?;
     eprintln!("jepsen: results in {}", dir.join("results.json").display());
-    if let Some(checkers) = results["checkers"].as_object() {
-        for (name, r) in checkers {
-            eprintln!("jepsen:   {name}: {}", r["valid"]);
+    for (name, r) in &results.checkers {
+        eprintln!("jepsen:   {name}: {}", serde_json::json!(r.valid));
+        for e in r.errors.iter().take(3) {
+            eprintln!("jepsen:     {}", e.message);
         }
     }
-    eprintln!("jepsen: valid: {valid}");
+    eprintln!("jepsen: valid: {}", serde_json::json!(results.valid));
     if let Some(expected) = expect_invalid {
-        let named = jepsen::judge::invalid_checkers(&results);
-        let hit = named
+        let checker = INVARIANT_CHECKERS
             .iter()
-            .any(|n| n.to_lowercase().starts_with(&expected.to_lowercase()));
-        if *valid == serde_json::json!(false) && hit {
-            eprintln!("jepsen: invalid as expected: {expected} names the violation");
+            .find(|(s, _)| s.eq_ignore_ascii_case(expected))
+            .map(|(_, c)| *c)
+            .unwrap_or(expected);
+        let hit = results
+            .checkers
+            .get(checker)
+            .is_some_and(|r| r.valid == Valid::False);
+        if results.valid == Valid::False && hit {
+            eprintln!("jepsen: invalid as expected: {checker} names the violation");
             return Ok(0);
         }
-        eprintln!(
-            "jepsen: expected {expected} to find the run invalid; invalid checkers: {named:?}"
-        );
+        eprintln!("jepsen: expected {checker} to find the run invalid; it did not");
         return Ok(1);
     }
-    Ok(match valid {
-        serde_json::Value::Bool(true) => 0,
-        serde_json::Value::Bool(false) => 1,
-        _ => 2,
-    })
+    Ok(results.exit_code() as u8)
 }

@@ -18,6 +18,7 @@ use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::hosts;
 use crate::recorder::Recorder;
+use crate::spec::TestSpec;
 
 /// Bound on waiting for every witness to answer after start.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -46,57 +47,52 @@ pub struct TestOpts {
 }
 
 impl TestOpts {
-    /// The `test.json` of this run (the fields `TestSpec` reads, plus the runner's own).
-    pub fn spec_json(&self) -> serde_json::Value {
-        json!({
-            "name": self.name,
-            "workload": self.workloads.join(","),
-            "nemeses": self.nemeses,
-            "time_limit_s": self.time_limit_s,
-            "seed": self.seed,
-            "nodes": self.nodes,
-            "regions": ["region-a", "region-b"],
-            "groups": [GROUP],
-            "git_commit": crate::store::git_commit(),
-            "recovery_s": self.recovery_s,
-            "lease_ms": self.lease_ms,
-            "down_after_ms": self.down_after_ms,
-            "unsafe_skip_lease_wait": self.unsafe_skip_lease_wait,
-        })
+    /// The `test.json` of this run: the fields the checkers read, plus the runner's own.
+    pub fn spec(&self) -> TestSpec {
+        let mut s = TestSpec::new(&self.name);
+        s.workload = self.workloads.join(",");
+        s.nemeses = self.nemeses.clone();
+        s.time_limit_s = self.time_limit_s;
+        s.seed = self.seed;
+        s.nodes = self.nodes as u32;
+        s.regions = vec!["region-a".into(), "region-b".into()];
+        s.groups = vec![GROUP.into()];
+        s.git_commit = crate::store::git_commit();
+        s.recovery_s = self.recovery_s;
+        s.extra.insert("lease_ms".into(), json!(self.lease_ms));
+        s.extra
+            .insert("down_after_ms".into(), json!(self.down_after_ms));
+        s.extra.insert(
+            "unsafe_skip_lease_wait".into(),
+            json!(self.unsafe_skip_lease_wait),
+        );
+        s
     }
 
     /// Options back from a stored `test.json` (for `--reproduce`).
-    pub fn from_spec(v: &serde_json::Value) -> anyhow::Result<TestOpts> {
-        let field = |k: &str| {
-            v.get(k)
-                .with_context(|| format!("test.json: missing field {k:?}"))
-        };
-        let u = |k: &str| -> anyhow::Result<u64> {
-            field(k)?
-                .as_u64()
-                .with_context(|| format!("test.json: {k:?} is not a number"))
-        };
-        let list = |x: &serde_json::Value| -> Vec<String> {
-            match x {
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect(),
-                serde_json::Value::String(s) => s.split(',').map(str::to_string).collect(),
-                _ => Vec::new(),
-            }
-        };
+    pub fn from_spec(s: &TestSpec) -> anyhow::Result<TestOpts> {
+        let extra_u64 =
+            |k: &str, default: u64| s.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(default);
         Ok(TestOpts {
-            name: field("name")?.as_str().unwrap_or("arbiter").to_string(),
-            workloads: list(field("workload")?),
-            nemeses: list(v.get("nemeses").unwrap_or(&json!([]))),
-            time_limit_s: u("time_limit_s")?,
-            seed: u("seed")?,
-            nodes: u("nodes")?,
-            recovery_s: v["recovery_s"].as_u64().unwrap_or(30),
-            lease_ms: v["lease_ms"].as_u64().unwrap_or(2_000),
-            down_after_ms: v["down_after_ms"].as_u64().unwrap_or(1_000),
-            unsafe_skip_lease_wait: v["unsafe_skip_lease_wait"].as_bool().unwrap_or(false),
+            name: s.name.clone(),
+            workloads: crate::workload::parse(
+                &s.workload
+                    .split(',')
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )?,
+            nemeses: crate::nemesis::parse_kinds(&s.nemeses)?,
+            time_limit_s: s.time_limit_s,
+            seed: s.seed,
+            nodes: u64::from(s.nodes),
+            recovery_s: s.recovery_s,
+            lease_ms: extra_u64("lease_ms", 2_000),
+            down_after_ms: extra_u64("down_after_ms", 1_000),
+            unsafe_skip_lease_wait: s
+                .extra
+                .get("unsafe_skip_lease_wait")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             arbiter_bin: None,
         })
     }
@@ -187,10 +183,7 @@ pub async fn run(opts: TestOpts) -> anyhow::Result<PathBuf> {
     }
     let dir = crate::store::create_run(&opts.name)?;
     eprintln!("jepsen: run directory {}", dir.display());
-    std::fs::write(
-        dir.join("test.json"),
-        serde_json::to_string_pretty(&opts.spec_json())? + "\n",
-    )?;
+    opts.spec().write(&dir.join("test.json"))?;
     let bin = arbiter_binary(&opts, &dir)?;
     let _teardown = Teardown;
     let result = tokio::select! {

@@ -101,7 +101,6 @@ enum Fault {
 impl Fault {
     fn f(&self) -> &'static str {
         match self {
-            Fault::Partition { variant, .. } if *variant == "split-brain" => "partition",
             Fault::Partition { .. } => "partition",
             Fault::Loss { .. } => "loss",
             Fault::Kill { .. } => "kill",
@@ -116,7 +115,16 @@ impl Fault {
         match self {
             Fault::Partition {
                 variant, targets, ..
-            } => json!({"kind": "partition", "variant": variant, "targets": targets}),
+            } => {
+                // The split-brain schedule is its own kind, so a run asking for it can see
+                // that it happened.
+                let kind = if *variant == "split-brain" {
+                    "split-brain"
+                } else {
+                    "partition"
+                };
+                json!({"kind": kind, "variant": variant, "targets": targets})
+            }
             Fault::Loss { hosts, probability } => {
                 json!({"kind": "loss", "targets": names(hosts), "probability": probability})
             }
