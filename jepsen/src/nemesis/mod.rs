@@ -444,7 +444,7 @@ pub struct Schedule {
 /// Runs faults until `until`, then heals everything (the `heal` of `all`). Returns how many
 /// faults were installed.
 pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
-    let mut rng = Rng::new(schedule.seed ^ 0x6E65_6D65_7369_73);
+    let mut rng = Rng::new(schedule.seed ^ 0x006E_656D_6573_6973);
     let mut installed = 0;
     let ms = |r: &mut Rng, (lo, hi): (Duration, Duration)| {
         Duration::from_millis(r.range(lo.as_millis() as u64, hi.as_millis() as u64))
@@ -460,6 +460,10 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         let kind = order[turn % order.len()].clone();
         turn += 1;
         let fault = plan(&kind, &mut rng, &ctx).await;
+        // Planning asks the cluster (leader, active region) and may take seconds.
+        if Instant::now() + schedule.hold.0 > until {
+            break;
+        }
         let value = fault.describe();
         ctx.rec.invoke(fault.f(), value.clone(), PROCESS, None);
         let result = {
