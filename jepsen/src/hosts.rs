@@ -20,6 +20,40 @@ pub const VETH_PREFIX: &str = "jpv-";
 pub const SUBNET: &str = "10.213.0";
 /// Name of the veth end inside each namespace.
 pub const INNER_IF: &str = "eth0";
+/// Held (flock) by the one run that owns the names above; the kernel releases it when that
+/// run's process ends, however it ends.
+const LOCK_FILE: &str = "/run/lock/arbiter-jepsen.lock";
+
+/// Exclusive use of the hosts' names by this process, until dropped.
+pub struct HostsLock {
+    _file: std::fs::File,
+}
+
+/// Takes the hosts lock, or says that another run holds it: a second run would otherwise
+/// tear down the first one's namespaces as leftovers.
+pub fn lock() -> anyhow::Result<HostsLock> {
+    use std::os::unix::io::AsRawFd;
+    let path = if std::path::Path::new("/run/lock").is_dir() {
+        std::path::PathBuf::from(LOCK_FILE)
+    } else {
+        std::env::temp_dir().join("arbiter-jepsen.lock")
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another jepsen run holds {} (it owns the bridge {BRIDGE}); wait for it to end",
+            path.display()
+        );
+    }
+    Ok(HostsLock { _file: file })
+}
 
 /// What a host runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

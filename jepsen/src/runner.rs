@@ -181,6 +181,7 @@ pub async fn run(opts: TestOpts) -> anyhow::Result<PathBuf> {
     if opts.nodes != 3 && opts.nodes != 5 {
         bail!("--nodes: {} witnesses; use 3 or 5", opts.nodes);
     }
+    let _lock = hosts::lock()?;
     let dir = crate::store::create_run(&opts.name)?;
     eprintln!("jepsen: run directory {}", dir.display());
     opts.spec().write(&dir.join("test.json"))?;
