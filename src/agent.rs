@@ -8,6 +8,11 @@
 //! self-fence timer runs independently of any request in flight: it fires on time even when
 //! no witness answers, and right away after the process was paused past its deadline. The
 //! current state is written atomically to a JSON file for the database and tools to read.
+//!
+//! An agent that starts without getting the lease (its region is not active, the lease is
+//! revoked, or no witness answers) runs `on-lose` once before anything else: the database
+//! may have been started before the agent, or left running by an agent that crashed, and
+//! must not keep accepting writes without a lease (fail closed).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -74,6 +79,10 @@ pub async fn run(
     let mut holding: Option<(u64, Duration, Instant)> = None;
     let mut active = String::new();
     let mut last_epoch = 0;
+    // Whether on-lose has run since the lease was last held. An agent starts "not fenced":
+    // the database may have been started before it (or left running by a crashed agent), so
+    // the first attempt that does not yield a lease fences it (fail closed), once.
+    let mut fenced = false;
     loop {
         match holding {
             None => {
@@ -81,13 +90,14 @@ pub async fn run(
                     _ = &mut shutdown => return,
                     r = agent.lease.acquire() => r,
                 };
-                match result {
+                let event = match result {
                     Ok(LeaseState::Held {
                         epoch,
                         lease,
                         deadline,
                     }) if Instant::now() < deadline => {
                         holding = Some((epoch, lease, deadline));
+                        fenced = false;
                         active = agent.config.region.clone();
                         last_epoch = epoch;
                         tracing::info!(group = %agent.config.group, region = %agent.config.region, epoch, "lease gained");
@@ -98,13 +108,8 @@ pub async fn run(
                         continue;
                     }
                     Ok(LeaseState::Held { epoch, .. }) => {
-                        agent.write_state(
-                            false,
-                            epoch,
-                            None,
-                            &active,
-                            "lease granted but already expired on arrival",
-                        );
+                        last_epoch = epoch;
+                        "lease granted but already expired on arrival".to_string()
                     }
                     Ok(LeaseState::Refused {
                         active: a,
@@ -114,12 +119,19 @@ pub async fn run(
                     }) => {
                         active = a;
                         last_epoch = epoch;
-                        agent.write_state(false, epoch, None, &active, &message);
+                        message
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot reach the cluster to acquire the lease");
-                        agent.write_state(false, last_epoch, None, &active, "no witness reachable");
+                        "no witness reachable".to_string()
                     }
+                };
+                if fenced {
+                    agent.write_state(false, last_epoch, None, &active, &event);
+                } else {
+                    fenced = true;
+                    let why = format!("started without the lease: {event}");
+                    agent.lose(last_epoch, &active, &why).await;
                 }
                 tokio::select! {
                     _ = &mut shutdown => return,
@@ -127,6 +139,8 @@ pub async fn run(
                 }
             }
             Some((epoch, lease, deadline)) => {
+                // Every way out of holding below runs on-lose.
+                fenced = true;
                 let renew_at = deadline.checked_sub(lease * 2 / 3).unwrap_or(deadline);
                 let outcome = tokio::select! {
                     biased;

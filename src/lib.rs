@@ -25,6 +25,8 @@
 //!   authoritative servers and the drift check that reads back what they publish.
 //! - [`operations`]: the leader's executor of failover operations and its in-memory tables
 //!   (lease holders, region verdicts).
+//! - [`telemetry`]: Prometheus metrics of each witness (its own registry), `/metrics`,
+//!   `/healthz` and `/readyz` (`docs/metrics.md`).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
 //!   client configurations, and the peer identity of a request.
@@ -45,6 +47,7 @@ pub mod node;
 pub mod operations;
 pub mod raft;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 
 /// Generated protobuf types and gRPC stubs (`proto/arbiter.proto`).

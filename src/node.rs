@@ -1,6 +1,8 @@
 //! One witness: opens storage, starts Raft, serves the Raft and public gRPC services over
-//! mutual TLS on an already-bound listener, and runs the leader's duties. The entry point
-//! takes the listener and a shutdown future so tests bind port 0 and own the lifetime.
+//! mutual TLS on an already-bound listener (with the HTTP routes beside them, and
+//! `/metrics`, `/healthz`, `/readyz` also in plaintext when the node file asks), and runs
+//! the leader's duties. The entry point takes the listener and a shutdown future so tests
+//! bind port 0 and own the lifetime.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use crate::proto::raft_server::RaftServer;
 use crate::proto::HelloRequest;
 use crate::raft::{Consensus, ConsensusError, Network, RaftService};
 use crate::state::{Command, Proposal};
+use crate::telemetry::{Metrics, PlaintextServer};
 use crate::tls::{TlsError, TlsMaterial};
 
 /// How long a witness with an empty data dir asks its peers whether they count it as a
@@ -54,6 +57,11 @@ pub enum NodeError {
     Server(String),
     #[error("{0}")]
     Dns(#[from] crate::dns::server::DnsError),
+    #[error("metrics.listen {addr}: cannot bind: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("probes.source_addr {addr} cannot be a probe source on this host: {reason}")]
     ProbeSource {
         addr: std::net::IpAddr,
@@ -72,6 +80,11 @@ pub struct Node {
     dns: Option<DnsServer>,
     /// Cuts and heals this witness's outgoing Raft links (partition tests and drills).
     pub link_faults: crate::raft::LinkFaults,
+    /// This witness's registry (what `/metrics` shows).
+    pub metrics: Arc<Metrics>,
+    /// The plaintext `/metrics`, `/healthz`, `/readyz` port, when the node file has
+    /// `metrics.listen`.
+    plaintext: Option<PlaintextServer>,
 }
 
 impl Node {
@@ -97,6 +110,14 @@ impl Node {
             Some(addr) => Some(DnsListeners::bind(addr).await?),
             None => None,
         };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
         let consensus = Consensus::start(&config, network.clone()).await?;
         if let Some((stored_id, _)) = consensus.stored_identity()? {
@@ -119,9 +140,16 @@ impl Node {
             .local_addr()
             .map_err(|e| NodeError::Server(e.to_string()))?;
         let tables = Arc::new(LeaderTables::default());
+        let metrics = Metrics::new(consensus.clone(), tables.clone());
+        let telemetry = crate::telemetry::router(crate::telemetry::Endpoints {
+            metrics: metrics.clone(),
+            consensus: consensus.clone(),
+            contact_max: config.timing.election_timeout_max,
+        });
         let raft_service = RaftServer::new(RaftService {
             consensus: consensus.clone(),
             tables: tables.clone(),
+            metrics: metrics.clone(),
         })
         .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);
@@ -131,14 +159,16 @@ impl Node {
             tables.clone(),
         ))
         .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
-        let fencing = crate::fencing::Fencing::new(consensus.clone(), tables.clone());
-        let routes =
-            tonic::service::Routes::from(crate::fencing::router(fencing.clone(), network.clone()))
-                .add_service(raft_service)
-                .add_service(api)
-                .add_service(FencingServer::new(crate::fencing::FencingService {
-                    fencing,
-                }));
+        let fencing =
+            crate::fencing::Fencing::new(consensus.clone(), tables.clone(), metrics.clone());
+        let http =
+            crate::fencing::router(fencing.clone(), network.clone()).merge(telemetry.clone());
+        let routes = tonic::service::Routes::from(http)
+            .add_service(raft_service)
+            .add_service(api)
+            .add_service(FencingServer::new(crate::fencing::FencingService {
+                fencing,
+            }));
         let router = Server::builder()
             .accept_http1(true)
             .tls_config(tls.server_config())
@@ -168,17 +198,30 @@ impl Node {
             })
             .unwrap_or_default();
         let duties = {
-            let (c, t, n) = (consensus.clone(), tables.clone(), network.clone());
+            let (c, t, n, m) = (
+                consensus.clone(),
+                tables.clone(),
+                network.clone(),
+                metrics.clone(),
+            );
             tokio::spawn(async move {
                 tokio::join!(
                     duties(c.clone()),
-                    crate::operations::executor::run(c.clone(), t.clone()),
-                    crate::operations::reconciler::run(c.clone()),
-                    crate::operations::engine::run(c, t, n, probe_options, dns_addr),
+                    crate::telemetry::count_leader_changes(c.clone(), m.clone()),
+                    crate::operations::executor::run(c.clone(), t.clone(), m.clone()),
+                    crate::operations::reconciler::run(c.clone(), m.clone()),
+                    crate::operations::engine::run(c, t, n, probe_options, dns_addr, m),
                 );
             })
         };
-        let dns = dns_listeners.map(|l| DnsServer::start(l, consensus.clone()));
+        let dns = dns_listeners.map(|l| DnsServer::start(l, consensus.clone(), metrics.clone()));
+        let plaintext = match metrics_listener {
+            Some(l) => Some(
+                PlaintextServer::start(l, telemetry)
+                    .map_err(|e| NodeError::Server(e.to_string()))?,
+            ),
+            None => None,
+        };
         tracing::info!(id = config.id, site = %config.site, addr = %local_addr, "witness listening");
         Ok(Node {
             consensus,
@@ -187,7 +230,14 @@ impl Node {
             duties,
             dns,
             link_faults: network.faults(),
+            metrics,
+            plaintext,
         })
+    }
+
+    /// The address of the plaintext `/metrics`, `/healthz`, `/readyz` port, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.plaintext.as_ref().map(|p| p.local_addr)
     }
 
     /// The address the embedded DNS server is bound to (UDP and TCP), if it runs.
@@ -197,6 +247,7 @@ impl Node {
 
     /// Stops serving and shuts Raft down.
     pub async fn stop(self) {
+        drop(self.plaintext);
         if let Some(dns) = self.dns {
             dns.stop().await;
         }
@@ -212,6 +263,7 @@ impl Node {
             Ok(r) => r.map_err(|e| NodeError::Server(e.to_string())),
             Err(e) => Err(NodeError::Server(e.to_string())),
         };
+        drop(self.plaintext);
         if let Some(dns) = self.dns {
             dns.stop().await;
         }

@@ -1,7 +1,8 @@
 //! The real `arbiter agent` binary against an in-process witness cluster: lease safety
 //! (S1) as seen from the databases' side. The old region's agent must run its on-lose
 //! command before the new region's agent runs on-gain, and an agent frozen with SIGSTOP
-//! past its deadline must not believe it still holds the lease when it resumes.
+//! past its deadline must not believe it still holds the lease when it resumes. An agent
+//! that starts without the lease fences its database once (fail closed).
 
 mod common;
 
@@ -112,6 +113,15 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
     .await;
     assert!(!b.holding());
     assert!(b.events("gain").is_empty());
+    tracing::info!("--- region-b's agent, started without the lease, fenced its database once");
+    eventually("region-b's agent self-fences at start", || async {
+        (b.events("lose").len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        a.events("lose").is_empty(),
+        "region-a's agent holds: no on-lose"
+    );
 
     tracing::info!("--- fail over to region-b");
     failover(&client, "checkout", "region-b")
@@ -166,6 +176,11 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(!b.holding());
     assert_eq!(b.events("gain").len(), 1);
+    assert_eq!(
+        b.events("lose").len(),
+        b_lost_before + 1,
+        "on-lose runs once per loss, not at every refused acquire"
+    );
     drop((a, b));
     cluster.stop().await;
 }

@@ -147,26 +147,6 @@ fn dns_addrs(cluster: &Cluster) -> Vec<(u64, SocketAddr)> {
 }
 
 /// Waits until every running witness answers `checkout` A with `want` over UDP and TCP.
-/// Cuts every Raft link between witness `id` and the others, both ways.
-fn isolate(cluster: &Cluster, id: u64) {
-    let target = cluster
-        .witnesses
-        .iter()
-        .find(|w| w.id == id)
-        .unwrap()
-        .addr
-        .to_string();
-    for w in &cluster.witnesses {
-        if w.id == id {
-            for other in cluster.witnesses.iter().filter(|o| o.id != id) {
-                w.node().link_faults.cut(&other.addr.to_string());
-            }
-        } else {
-            w.node().link_faults.cut(&target);
-        }
-    }
-}
-
 async fn all_answer(cluster: &Cluster, want: &[&str]) {
     for (id, addr) in dns_addrs(cluster) {
         eventually(&format!("witness {id} answers {want:?}"), || async move {
@@ -348,7 +328,7 @@ async fn isolated_witness_refuses_when_the_policy_says_so() {
         .unwrap();
 
     tracing::info!("--- cut witness {survivor} off from the others (they keep running)");
-    isolate(&cluster, survivor);
+    cluster.isolate(survivor);
     eventually("the isolated witness answers SERVFAIL", || async {
         let m = udp(addr, "checkout.shop.example.", RecordType::A, None).await;
         (m.metadata.response_code == ResponseCode::ServFail).then_some(())
@@ -388,7 +368,7 @@ async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
         held_id,
         "--- cut the witness off from the others, both ways"
     );
-    isolate(&cluster, held_id);
+    cluster.isolate(held_id);
     let survivors = arbiter::client::Client::new(
         cluster
             .witnesses

@@ -461,7 +461,7 @@ async fn stale_epochs_are_refused_over_grpc_and_http() {
         .find(|w| w.id != leader)
         .unwrap()
         .addr;
-    let http = https_client(&cluster);
+    let http = cluster.https_client();
     let get = |q: String| {
         let http = http.clone();
         async move {
@@ -523,21 +523,6 @@ async fn stale_epochs_are_refused_over_grpc_and_http() {
         "stale renewal over HTTP is refused"
     );
     cluster.stop().await;
-}
-
-/// An HTTPS client presenting the cluster's client certificate.
-fn https_client(cluster: &Cluster) -> reqwest::Client {
-    arbiter::tls::install_crypto_provider();
-    let c = &cluster.certs.client;
-    let mut pem = std::fs::read(&c.cert).unwrap();
-    pem.extend(std::fs::read(&c.key).unwrap());
-    reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
 }
 
 /// Goal: hooks with a missing program are refused when the policy is applied.

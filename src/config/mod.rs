@@ -6,6 +6,7 @@ mod dns;
 mod error;
 mod node;
 mod policy;
+mod postgres;
 
 pub use dns::{
     check_fqdn, in_zone, DnsPolicy, DnsServer, DnsZone, GroupDns, RecordKind, RecordSet,
@@ -19,3 +20,4 @@ pub use policy::{
     GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
     LEASE_MS_MIN,
 };
+pub use postgres::{PostgresAction, PostgresHook, PostgresRegion, StopCommand};

@@ -1,5 +1,6 @@
 //! The node file: local settings of one witness (id, site, addresses, TLS files, initial
-//! peers, timing, probe source address). Parsed and validated into [`NodeConfig`] before any port is bound.
+//! peers, timing, probe source address, DNS and metrics listeners). Parsed and validated
+//! into [`NodeConfig`] before any port is bound.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,18 @@ struct RawNode {
     probes: RawProbes,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// The plaintext port for `/metrics`, `/healthz` and `/readyz`. Off unless the node file
+/// asks for it: every other listener speaks mutual TLS, and these three endpoints are
+/// always served there too.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    /// `ip:port`; absent: no plaintext port.
+    listen: Option<String>,
 }
 
 /// The embedded authoritative DNS server of this witness. Local: which address a witness
@@ -167,6 +180,9 @@ pub struct NodeConfig {
     /// Where the embedded DNS server binds UDP and TCP (`dns.listen`); `None`: not started.
     /// Port 0 picks one free port for both (tests).
     pub dns_listen: Option<SocketAddr>,
+    /// Where the plaintext port serving only `/metrics`, `/healthz` and `/readyz` binds
+    /// (`metrics.listen`); `None`: not served in plaintext. Port 0 picks a free port (tests).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -303,9 +319,20 @@ impl NodeConfig {
                 })
             })
             .transpose()?;
+        let metrics_listen = raw
+            .metrics
+            .listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|e| {
+                    ConfigError::new("metrics.listen", format!("{a:?} is not ip:port: {e}"))
+                })
+            })
+            .transpose()?;
         Ok(NodeConfig {
             probe_source,
             dns_listen,
+            metrics_listen,
             storage: Storage {
                 snapshot_every_entries: st.snapshot_every_entries,
                 log_keep_after_snapshot: st.log_keep_after_snapshot,
@@ -441,6 +468,28 @@ peers = [
             assert_eq!(e.key, "dns.listen", "{bad}: {e}");
         }
         let e = NodeConfig::parse("node.toml", &with("port = 53"), d.path()).unwrap_err();
+        assert!(e.reason.contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_ip_and_port() {
+        let d = dir_with_tls();
+        let c = NodeConfig::parse("node.toml", GOOD, d.path()).unwrap();
+        assert_eq!(
+            c.metrics_listen, None,
+            "no plaintext metrics port by default"
+        );
+        let with = |table: &str| format!("{GOOD}\n[metrics]\n{table}\n");
+        let c =
+            NodeConfig::parse("node.toml", &with("listen = \"127.0.0.1:9464\""), d.path()).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        for bad in ["127.0.0.1", "localhost:9464", "9464", ""] {
+            let e = NodeConfig::parse("node.toml", &with(&format!("listen = \"{bad}\"")), d.path())
+                .unwrap_err();
+            assert_eq!(e.key, "metrics.listen", "{bad}: {e}");
+            assert!(e.reason.contains("ip:port"), "{bad}: {e}");
+        }
+        let e = NodeConfig::parse("node.toml", &with("port = 9464"), d.path()).unwrap_err();
         assert!(e.reason.contains("unknown field `port`"), "{e}");
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, ConfigError};
+use super::postgres::PostgresHook;
 
 /// At most this many regions: a failover group is a handful of regions, not a fleet.
 pub const REGIONS_MAX: usize = 16;
@@ -262,9 +263,22 @@ pub enum Hook {
         #[serde(default = "default_hook_timeout_ms")]
         timeout_ms: u64,
     },
+    /// A built-in PostgreSQL action (rpo-check, promote, fence or validate).
+    Postgres(PostgresHook),
 }
 
-fn default_hook_timeout_ms() -> u64 {
+impl Hook {
+    /// The `kind` of the hook as written in the policy (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hook::Exec { .. } => "exec",
+            Hook::Http { .. } => "http",
+            Hook::Postgres(_) => "postgres",
+        }
+    }
+}
+
+pub(super) fn default_hook_timeout_ms() -> u64 {
     30_000
 }
 
@@ -370,6 +384,10 @@ impl Policy {
                     secret.check(&format!("{key}.secret"))?;
                     check_timeout(&key, *timeout_ms)?;
                 }
+                Hook::Postgres(pg) => {
+                    pg.validate(&key, &regions)?;
+                    check_timeout(&key, pg.timeout_ms)?;
+                }
             }
         }
         self.dns.validate()?;
@@ -420,11 +438,20 @@ impl Policy {
                 dns.validate(&format!("{key}.dns"), &self.dns, &group.candidates)?;
             }
             for (step, hook) in group.hooks.names() {
-                if !self.hooks.contains_key(hook) {
-                    return Err(ConfigError::new(
-                        format!("{key}.hooks.{step}"),
-                        format!("hook {hook:?} is not defined under [hooks]"),
-                    ));
+                match self.hooks.get(hook) {
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{key}.hooks.{step}"),
+                            format!("hook {hook:?} is not defined under [hooks]"),
+                        ))
+                    }
+                    Some(Hook::Postgres(pg)) => pg.check_use(
+                        &format!("{key}.hooks.{step}"),
+                        hook,
+                        step,
+                        &group.candidates,
+                    )?,
+                    Some(_) => {}
                 }
             }
             let ranges: [(&str, u64, u64, u64); 5] = [
@@ -577,7 +604,7 @@ impl Policy {
 /// An `exec` hook's program must be an absolute path to an executable regular file on the
 /// witness that validates the policy, so a typo is refused now rather than during a
 /// failover. (Every witness that may become leader needs it at the same path.)
-fn check_program(key: &str, program: &Path) -> Result<(), ConfigError> {
+pub(super) fn check_program(key: &str, program: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     /// Any of the owner, group and other execute bits.
     const MODE_EXECUTE_ANY: u32 = 0o111;
@@ -726,6 +753,80 @@ mode = "manual"
         let e = err(&exec_hook("bin/fence.sh"));
         assert_eq!(e.key, "hooks.fence-db.program");
         assert!(e.reason.contains("absolute"), "{e}");
+    }
+
+    fn pg_hook(action: &str, extra: &str) -> String {
+        format!(
+            "{GOOD}\n[groups.hooks]\n{step} = {list}\n\n[hooks.pg]\nkind = \"postgres\"\naction = \"{action}\"\n\
+             regions.region-a = {{ dsn = \"host=127.0.0.1 port=5432 user=arbiter\" }}\n{extra}",
+            step = match action {
+                "rpo-check" => "rpo_check",
+                other => other,
+            },
+            list = if action == "rpo-check" { "\"pg\"" } else { "[\"pg\"]" },
+        )
+    }
+
+    /// Goal: a postgres hook is wired and validated like the others: it round-trips, and a
+    /// wrong step, a missing candidate, a password in the connection string or a stop
+    /// command on a non-fence hook is refused with the key that is wrong.
+    #[test]
+    fn postgres_hook_is_validated_with_keys_named() {
+        let b = "regions.region-b = { dsn = \"host=127.0.0.1 port=5433 user=arbiter\" }\n";
+        let p = Policy::parse("policy.toml", &pg_hook("promote", b)).unwrap();
+        let Hook::Postgres(pg) = &p.hooks["pg"] else {
+            panic!("postgres hook: {:?}", p.hooks["pg"]);
+        };
+        assert_eq!(pg.action, super::super::PostgresAction::Promote);
+        assert_eq!(Policy::parse("x", &p.to_toml()).unwrap(), p, "round-trips");
+        Policy::parse("policy.toml", &pg_hook("rpo-check", b)).unwrap();
+
+        // The hook is listed under promote but says fence.
+        let wrong_step =
+            pg_hook("promote", b).replace("action = \"promote\"", "action = \"fence\"");
+        let e = err(&wrong_step);
+        assert_eq!(e.key, "groups[0].hooks.promote");
+        assert!(e.reason.contains("list it under fence"), "{e}");
+
+        let e = err(&pg_hook("promote", ""));
+        assert_eq!(e.key, "groups[0].hooks.promote");
+        assert!(e.reason.contains("region-b"), "{e}");
+
+        let e = err(&pg_hook(
+            "promote",
+            "regions.region-b = { dsn = \"host=h password=hunter2\" }\n",
+        ));
+        assert_eq!(e.key, "hooks.pg.regions.region-b.dsn");
+        assert!(!e.reason.contains("hunter2"), "{e}");
+
+        let e = err(&pg_hook(
+            "promote",
+            "regions.region-z = { dsn = \"host=h\" }\n",
+        ));
+        assert_eq!(e.key, "hooks.pg.regions.region-z");
+
+        let e = err(&pg_hook(
+            "promote",
+            "regions.region-b = { dsn = \"host=h\", password = { file = \"/nonexistent/pg-pass\" } }\n",
+        ));
+        assert_eq!(e.key, "hooks.pg.regions.region-b.password.file");
+
+        let e = err(&pg_hook(
+            "validate",
+            "regions.region-b = { dsn = \"host=h\", stop = { program = \"/bin/true\" } }\n",
+        ));
+        assert_eq!(e.key, "hooks.pg.regions.region-b.stop");
+        Policy::parse(
+            "policy.toml",
+            &pg_hook(
+                "fence",
+                "regions.region-b = { dsn = \"host=h\", stop = { program = \"/bin/true\", args = [\"{from}\"] } }\n",
+            ),
+        )
+        .unwrap();
+
+        let e = err(&pg_hook("fence", &format!("{b}bogus = 1\n")));
+        assert!(e.reason.contains("bogus"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use crate::config::{DnsPolicy, RecordKind, WhenIsolated};
 use crate::raft::Consensus;
 use crate::state::ClusterState;
+use crate::telemetry::{DnsResult, Metrics};
 
 /// TTL of the SOA record and of negative answers (its `minimum` field): short, so a name
 /// that appears with a new policy is not hidden by a cached NXDOMAIN for long.
@@ -383,6 +384,22 @@ impl LeaderContact for Consensus {
 struct Handler {
     view: watch::Receiver<Arc<ZoneView>>,
     contact: Arc<dyn LeaderContact>,
+    /// Counts every query answered, by response code.
+    metrics: Arc<Metrics>,
+}
+
+/// The metric label of a response code.
+fn dns_result(code: ResponseCode) -> DnsResult {
+    match code {
+        ResponseCode::NoError => DnsResult::NoError,
+        ResponseCode::NXDomain => DnsResult::NxDomain,
+        ResponseCode::Refused => DnsResult::Refused,
+        ResponseCode::ServFail => DnsResult::ServFail,
+        ResponseCode::NotImp => DnsResult::NotImp,
+        ResponseCode::FormErr => DnsResult::FormErr,
+        ResponseCode::BADVERS => DnsResult::BadVers,
+        _ => DnsResult::Other,
+    }
 }
 
 #[async_trait::async_trait]
@@ -447,7 +464,7 @@ impl RequestHandler for Handler {
                 }
             }
         };
-        match sent {
+        let info = match sent {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(error = %e, src = %request.src(), "dns response not sent");
@@ -458,7 +475,9 @@ impl RequestHandler for Handler {
                     counts: Default::default(),
                 })
             }
-        }
+        };
+        self.metrics.dns_query(dns_result(info.response_code));
+        info
     }
 }
 
@@ -531,9 +550,13 @@ impl DnsServer {
     /// Serves `listeners` from the applied state of `consensus`, rebuilding the view every
     /// time the applied index moves, so an activation is published the moment it is applied
     /// here (and not before).
-    pub fn start(listeners: DnsListeners, consensus: Arc<Consensus>) -> DnsServer {
+    pub fn start(
+        listeners: DnsListeners,
+        consensus: Arc<Consensus>,
+        metrics: Arc<Metrics>,
+    ) -> DnsServer {
         let contact: Arc<dyn LeaderContact> = consensus.clone();
-        Self::start_with(listeners, consensus, contact)
+        Self::start_with(listeners, consensus, contact, metrics)
     }
 
     /// [`Self::start`] with another source of leader contact (tests).
@@ -541,6 +564,7 @@ impl DnsServer {
         listeners: DnsListeners,
         consensus: Arc<Consensus>,
         contact: Arc<dyn LeaderContact>,
+        metrics: Arc<Metrics>,
     ) -> DnsServer {
         let local_addr = listeners
             .local_addr()
@@ -551,6 +575,7 @@ impl DnsServer {
         let mut server = Server::new(Handler {
             view: view.clone(),
             contact,
+            metrics,
         });
         server.register_socket(listeners.udp);
         server.register_listener(listeners.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);

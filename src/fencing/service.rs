@@ -10,6 +10,7 @@ use crate::proto;
 use crate::proto::fencing_server::Fencing as FencingRpc;
 use crate::raft::Consensus;
 use crate::state::LeaseRefusal;
+use crate::telemetry::{FenceResult, Metrics};
 
 /// Bound on holder names and other strings from the network.
 const FIELD_BYTES_MAX: usize = 128;
@@ -27,11 +28,21 @@ pub enum LeaseKind {
 pub struct Fencing {
     consensus: Arc<Consensus>,
     tables: Arc<LeaderTables>,
+    /// Counts and times every decision (gRPC and HTTP share [`Fencing::decide`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Fencing {
-    pub fn new(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) -> Self {
-        Self { consensus, tables }
+    pub fn new(
+        consensus: Arc<Consensus>,
+        tables: Arc<LeaderTables>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            consensus,
+            tables,
+            metrics,
+        }
     }
 
     pub(crate) fn consensus(&self) -> &Consensus {
@@ -42,6 +53,25 @@ impl Fencing {
     /// answer with `allowed: false` and the current active region and epoch; an unknown
     /// group or region, a bad field or no leader is an error.
     pub async fn decide(
+        &self,
+        kind: LeaseKind,
+        req: &proto::LeaseRequest,
+    ) -> Result<proto::LeaseReply, ApiError> {
+        let started = std::time::Instant::now();
+        let decision = self.decide_uncounted(kind, req).await;
+        let result = match &decision {
+            Ok(reply) if reply.allowed => FenceResult::Allowed,
+            Ok(_) => FenceResult::Refused,
+            Err(ApiError::Consensus(crate::raft::ConsensusError::NotLeader { .. })) => {
+                FenceResult::NotLeader
+            }
+            Err(_) => FenceResult::Error,
+        };
+        self.metrics.fence(kind, result, started.elapsed());
+        decision
+    }
+
+    async fn decide_uncounted(
         &self,
         kind: LeaseKind,
         req: &proto::LeaseRequest,

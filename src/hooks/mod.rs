@@ -1,6 +1,7 @@
 //! Hooks: how a failover step acts on the world. [`run`] executes one configured [`Hook`]
-//! (a program or a signed webhook) for one step of one operation and reports a
-//! [`HookOutcome`]; [`parse_lag`] reads the replication lag an `rpo-check` hook reports.
+//! (a program, a signed webhook or a built-in PostgreSQL action) for one step of one
+//! operation and reports a [`HookOutcome`]; [`parse_lag`] reads the replication lag an
+//! `rpo-check` hook reports.
 //!
 //! This module owns running hooks and bounding them (deadline, captured output size). It must
 //! never decide whether a step may run (that is the operation's job, after the decision is
@@ -49,6 +50,13 @@
 //! clock so a captured request cannot be replayed later. The timestamp is wall-clock time and
 //! is used for nothing else: no safety decision of the arbiter depends on it.
 //!
+//! ## `postgres` hooks
+//!
+//! Built-in PostgreSQL actions, one per hook: `rpo-check` and `promote` and `validate` act
+//! on the server of `to`, `fence` on the server of `from`. Each prints a one-line JSON
+//! report; `rpo-check`'s carries `lag_ms` and `lag_bytes`. What each guarantees, and what it
+//! does not, is in `docs/postgres.md`.
+//!
 //! ## Output and outcome
 //!
 //! The outcome keeps at most [`OUTPUT_BYTES_MAX`] bytes of output (the program's stdout and
@@ -57,6 +65,7 @@
 mod exec;
 mod http;
 mod lag;
+mod postgres;
 pub(crate) mod secret;
 
 use std::time::Duration;
@@ -68,6 +77,7 @@ use crate::config::Hook;
 
 pub use http::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use lag::{parse_lag, Lag};
+pub use postgres::VALIDATE_TABLE;
 
 /// Captured output kept in an outcome, marker included: enough for an error message or a
 /// small JSON report, small enough to keep in the audit log of every step.
@@ -157,6 +167,7 @@ pub async fn run(name: &str, hook: &Hook, ctx: &HookContext) -> HookOutcome {
             secret,
             timeout_ms,
         } => http::run(url, secret, *timeout_ms, ctx).await,
+        Hook::Postgres(pg) => postgres::run(pg, ctx).await,
     };
     tracing::info!(
         hook = name,

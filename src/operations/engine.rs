@@ -19,6 +19,7 @@ use crate::proto::raft_client::RaftClient;
 use crate::proto::{ProbeReport, RegionProbe};
 use crate::raft::{Consensus, Network};
 use crate::state::{ClusterState, Command, OperationKind, OperationState, Proposal};
+use crate::telemetry::Metrics;
 
 /// How often a witness reports its probe results and the leader re-evaluates verdicts.
 const ROUND: Duration = Duration::from_millis(250);
@@ -33,6 +34,7 @@ pub async fn run(
     network: Network,
     probe_options: ProbeOptions,
     dns_addr: String,
+    metrics: Arc<Metrics>,
 ) {
     let mut prober: Option<(u64, Prober)> = None;
     let mut engine = Engine::default();
@@ -74,7 +76,7 @@ pub async fn run(
                 .collect(),
         };
         if consensus.is_leader() {
-            record_local(&tables, &report);
+            record_local(&tables, &metrics, &report);
             engine.evaluate(&consensus, &tables, &policy).await;
         } else {
             engine = Engine::default();
@@ -83,12 +85,12 @@ pub async fn run(
     }
 }
 
-fn record_local(tables: &LeaderTables, report: &ProbeReport) {
+fn record_local(tables: &LeaderTables, metrics: &Metrics, report: &ProbeReport) {
     tables.record_dns_addr(report.witness, &report.dns_addr);
     let now = Instant::now();
     let mut table = tables.reports.lock().expect("report table lock");
     for r in &report.regions {
-        let _ = table.record(
+        let recorded = table.record(
             report.witness,
             &r.region,
             r.ok,
@@ -96,6 +98,9 @@ fn record_local(tables: &LeaderTables, report: &ProbeReport) {
             &r.detail,
             now,
         );
+        if recorded.is_ok() {
+            metrics.probe_report(&r.region, report.witness, r.ok);
+        }
     }
 }
 

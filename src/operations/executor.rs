@@ -21,6 +21,7 @@ use crate::config::{GroupPolicy, Hook, Policy};
 use crate::hooks::{self, HookContext, HookOutcome};
 use crate::raft::{Consensus, ConsensusError};
 use crate::state::{Command, Operation, OperationState, Proposal, Step, StepOutcome};
+use crate::telemetry::Metrics;
 
 /// How often the executor looks at the state when nothing is applied (leadership changes
 /// are not applies).
@@ -56,7 +57,7 @@ enum StepResult {
 }
 
 /// Runs forever; spawn it once per witness.
-pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) {
+pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: Arc<Metrics>) {
     let mut applied = consensus.subscribe_applied();
     // When this witness first saw each operation's revoke applied.
     let mut revoke_seen: HashMap<u64, Instant> = HashMap::new();
@@ -109,6 +110,7 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) {
                 let task = StepTask(tokio::spawn(step_task(
                     consensus.clone(),
                     tables.clone(),
+                    metrics.clone(),
                     op.clone(),
                     seen,
                 )));
@@ -156,6 +158,7 @@ impl Drop for StepTask {
 async fn step_task(
     consensus: Arc<Consensus>,
     tables: Arc<LeaderTables>,
+    metrics: Arc<Metrics>,
     op: Operation,
     revoke_seen: Instant,
 ) {
@@ -177,12 +180,23 @@ async fn step_task(
     let ctx = StepContext {
         consensus: &consensus,
         tables: &tables,
+        metrics: &metrics,
         op: &op,
         policy: &policy,
         group: &group_policy,
         revoke_seen,
     };
     let result = ctx.perform().await;
+    let outcome = match &result {
+        StepResult::Complete {
+            outcome: StepOutcome::NoOp,
+            ..
+        } => "no-op",
+        StepResult::Complete { .. } => "completed",
+        StepResult::Halt(_) => "halted",
+        StepResult::Abandon => "abandoned",
+    };
+    metrics.step(op.step, outcome, started.elapsed());
     let command = match result {
         StepResult::Complete { outcome, detail } => {
             tracing::info!(operation = op.id, group = %op.group, step = %op.step, took_ms = started.elapsed().as_millis() as u64, %detail, "step finished");
@@ -225,6 +239,7 @@ async fn propose(consensus: &Consensus, command: Command) -> Result<(), Consensu
 struct StepContext<'a> {
     consensus: &'a Consensus,
     tables: &'a LeaderTables,
+    metrics: &'a Metrics,
     op: &'a Operation,
     policy: &'a Policy,
     group: &'a GroupPolicy,
@@ -286,6 +301,8 @@ impl StepContext<'_> {
             });
         };
         let outcome = hooks::run(name, hook, &self.hook_context()).await;
+        self.metrics
+            .hook(self.op.step, hook.kind(), outcome.success);
         tracing::info!(operation = self.op.id, step = %self.op.step, hook = name, success = outcome.success, summary = %outcome.summary, "hook ran");
         Some(outcome)
     }

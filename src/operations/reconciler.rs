@@ -11,12 +11,13 @@ use super::executor::record_kinds;
 use crate::api::now_ms;
 use crate::raft::Consensus;
 use crate::state::{Command, Proposal};
+use crate::telemetry::Metrics;
 
 /// How often the reconciler wakes to see whether a round is due.
 const TICK: Duration = Duration::from_millis(250);
 
 /// Runs forever on every witness; acts only while it is the leader.
-pub async fn run(consensus: Arc<Consensus>) {
+pub async fn run(consensus: Arc<Consensus>, metrics: Arc<Metrics>) {
     let mut next_round = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(TICK).await;
@@ -73,10 +74,12 @@ pub async fn run(consensus: Arc<Consensus>) {
                     ),
                     Err(e) => {
                         tracing::warn!(server = %server.address, name = %gd.name, error = %e, "DNS repair failed");
+                        metrics.dns_repair(false);
                         continue;
                     }
                 };
                 tracing::info!(server = %server.address, group = %gp.name, %detail, "DNS drift repaired");
+                metrics.dns_repair(true);
                 let proposal = Proposal {
                     actor: "arbiter".to_string(),
                     at_ms: now_ms(),

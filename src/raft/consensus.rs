@@ -89,6 +89,27 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
 }
 
+/// What Raft says this witness is doing, for metrics and readiness. Role, term, leader and
+/// indexes come from one snapshot of openraft's metrics, so they agree with each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    pub term: u64,
+    /// The leader this witness knows of, if any.
+    pub leader: Option<u64>,
+    /// Last log index appended here.
+    pub last_log_index: u64,
+    /// Last log index this witness knows is committed (and may apply).
+    pub committed_index: u64,
+    /// Last log index a quorum acknowledged, as last reported by the leader: ahead of
+    /// `committed_index` while this witness is missing entries.
+    pub cluster_committed_index: u64,
+    pub applied_index: u64,
+    /// See [`Consensus::leader_contact_age`].
+    pub leader_contact_age: Option<Duration>,
+}
+
 /// The node's handle on Raft.
 pub struct Consensus {
     pub(crate) raft: ArbiterRaft,
@@ -405,6 +426,45 @@ impl Consensus {
             .lock()
             .expect("leader contact lock")
             .map(|t| t.elapsed())
+    }
+
+    /// Role, term, leader and log indexes of this witness right now.
+    pub fn raft_status(&self) -> RaftStatus {
+        let leader_contact_age = self.leader_contact_age();
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        RaftStatus {
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            cluster_committed_index: m.cluster_committed.as_ref().map_or(0, |l| l.index),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            leader_contact_age,
+        }
+    }
+
+    /// Calls `observe(leader, term)` now and after every change of Raft's metrics, until Raft
+    /// stops. The caller decides what counts as a change of leader.
+    pub async fn watch_leader(&self, mut observe: impl FnMut(Option<u64>, u64)) {
+        let mut rx = self.raft.metrics();
+        loop {
+            let (leader, term) = {
+                let m = rx.borrow_watched();
+                (m.current_leader, m.current_term)
+            };
+            observe(leader, term);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Records that an AppendEntries from a leader was accepted (see [`Self::leader_contact_age`]).

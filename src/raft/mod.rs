@@ -7,7 +7,7 @@ mod service;
 pub mod store;
 mod types;
 
-pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView};
+pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView, RaftStatus};
 pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
 pub use service::RaftService;
 

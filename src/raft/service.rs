@@ -17,6 +17,8 @@ pub struct RaftService {
     pub(crate) consensus: Arc<Consensus>,
     /// Where probe reports from witnesses go (the leader's report table).
     pub(crate) tables: Arc<crate::operations::LeaderTables>,
+    /// Counts the probe reports recorded.
+    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
 }
 
 fn bad_request(e: serde_json::Error) -> Status {
@@ -110,8 +112,11 @@ impl RaftRpc for RaftService {
         let mut table = self.tables.reports.lock().expect("report table lock");
         for r in &report.regions {
             let age = std::time::Duration::from_millis(r.since_age_ms);
-            if let Err(e) = table.record(report.witness, &r.region, r.ok, age, &r.detail, now) {
-                tracing::warn!(witness = report.witness, error = %e, "probe report refused");
+            match table.record(report.witness, &r.region, r.ok, age, &r.detail, now) {
+                Ok(()) => self.metrics.probe_report(&r.region, report.witness, r.ok),
+                Err(e) => {
+                    tracing::warn!(witness = report.witness, error = %e, "probe report refused")
+                }
             }
         }
         Ok(Response::new(ProbeAck { accepted: true }))

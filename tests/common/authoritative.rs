@@ -50,7 +50,7 @@ impl Flavour {
 
 /// Finds a server binary on PATH or in the sbin directories Debian installs daemons into
 /// (not on a non-root PATH).
-fn find_binary(name: &str) -> Option<PathBuf> {
+pub fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))

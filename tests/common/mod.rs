@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod authoritative;
+pub mod postgres;
+pub mod processes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -289,6 +291,49 @@ impl Cluster {
             (running.contains(&first) && views.iter().all(|v| *v == Some(first))).then_some(first)
         })
         .await
+    }
+
+    /// An HTTPS client presenting the cluster's client certificate (mutual TLS).
+    pub fn https_client(&self) -> reqwest::Client {
+        arbiter::tls::install_crypto_provider();
+        let c = &self.certs.client;
+        let mut pem = std::fs::read(&c.cert).unwrap();
+        pem.extend(std::fs::read(&c.key).unwrap());
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    /// Cuts every Raft link between witness `id` and the others, both ways; they keep
+    /// running. [`Self::heal`] restores them.
+    pub fn isolate(&self, id: u64) {
+        let target = self
+            .witnesses
+            .iter()
+            .find(|w| w.id == id)
+            .unwrap()
+            .addr
+            .to_string();
+        for w in &self.witnesses {
+            if w.id == id {
+                for other in self.witnesses.iter().filter(|o| o.id != id) {
+                    w.node().link_faults.cut(&other.addr.to_string());
+                }
+            } else {
+                w.node().link_faults.cut(&target);
+            }
+        }
+    }
+
+    /// Restores every cut Raft link of the running witnesses.
+    pub fn heal(&self) {
+        for w in self.witnesses.iter().filter(|w| w.node.is_some()) {
+            w.node().link_faults.heal_all();
+        }
     }
 
     pub fn witness(&mut self, id: u64) -> &mut Witness {
