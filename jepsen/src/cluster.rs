@@ -347,7 +347,17 @@ step_attempts = 3
 
     /// Creates the process objects of every host and starts them all.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let me = std::env::current_exe()?.display().to_string();
+        // The helpers run from a link to this very binary in the run directory, so a
+        // rebuild during the run cannot remove or change what a restart executes.
+        let me = {
+            let exe = std::env::current_exe()?;
+            let link = self.dir.join("bin").join("jepsen");
+            std::fs::create_dir_all(self.dir.join("bin"))?;
+            if !link.exists() && std::fs::hard_link(&exe, &link).is_err() {
+                std::fs::copy(&exe, &link)?;
+            }
+            link.display().to_string()
+        };
         let servers = self.cli().servers.join(",");
         for h in self.hosts.clone() {
             let nd = self.node_dir(&h.name);

@@ -1,5 +1,6 @@
-//! The operator workload: failovers, failbacks, mode changes and approvals through the
-//! `arbiter` CLI, one at a time, from a random witness host.
+//! The operator workload: failovers, failbacks, mode changes, approvals and the retry or
+//! abort of halted operations through the `arbiter` CLI, one at a time, from a random
+//! witness host.
 //!
 //! Outcomes are classified like Jepsen's: `ok` when the CLI reports success, `fail` when
 //! the cluster definitely refused (an `arbiter-error` kind from [`super::DEFINITE_KINDS`],
@@ -92,7 +93,7 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
             let mode = *rng.pick(&["auto", "auto", "manual", "frozen"]);
             set_mode(&ctx, &mut rng, mode, n).await;
         } else {
-            approve(&ctx, &mut rng).await;
+            resolve(&ctx, &mut rng).await;
         }
     }
     set_mode(&ctx, &mut rng, "auto", n + 1).await;
@@ -160,35 +161,42 @@ async fn set_mode(ctx: &Ctx, rng: &mut Rng, mode: &str, n: u64) {
     ctx.rec.complete(kind, "mode", done, PROCESS, None, error);
 }
 
-/// Approves the oldest operation awaiting approval, if there is one.
-async fn approve(ctx: &Ctx, rng: &mut Rng) {
+/// Approves the oldest operation awaiting approval; otherwise retries (or, less often,
+/// aborts) the oldest halted operation, which would block the group until someone does.
+/// Records nothing when no operation waits for an operator.
+async fn resolve(ctx: &Ctx, rng: &mut Rng) {
     let args: Vec<String> = ["operations", "--json", "--group", GROUP, "--limit", "20"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     let out = on_random_host(ctx, rng, args, Duration::from_secs(5)).await;
-    let waiting = serde_json::from_str::<serde_json::Value>(out.stdout.trim())
-        .ok()
-        .and_then(|v| {
+    let listed = serde_json::from_str::<serde_json::Value>(out.stdout.trim()).ok();
+    let oldest = |state: &str| {
+        listed.as_ref().and_then(|v| {
             v.as_array()?
                 .iter()
-                .filter(|o| o["state"] == "awaiting-approval")
+                .filter(|o| o["state"] == state)
                 .filter_map(|o| o["id"].as_u64())
                 .min()
-        });
-    let Some(id) = waiting else { return };
+        })
+    };
+    let (f, id) = match (oldest("awaiting-approval"), oldest("halted")) {
+        (Some(id), _) => ("approve", id),
+        (None, Some(id)) if rng.chance(0.75) => ("retry", id),
+        (None, Some(id)) => ("abort", id),
+        (None, None) => return,
+    };
     let value = json!({"operation": id});
-    ctx.rec.invoke("approve", value.clone(), PROCESS, None);
-    let args: Vec<String> = vec![
-        "approve".into(),
-        id.to_string(),
-        "--timeout".into(),
-        WAIT_S.to_string(),
-    ];
+    ctx.rec.invoke(f, value.clone(), PROCESS, None);
+    let mut args: Vec<String> = vec![f.into(), id.to_string()];
+    if f == "abort" {
+        args.extend(["--reason".into(), "jepsen operator".into()]);
+    } else {
+        args.extend(["--timeout".into(), WAIT_S.to_string()]);
+    }
     let out = on_random_host(ctx, rng, args, KILL_AFTER).await;
     let (kind, error) = classify(&out);
-    ctx.rec
-        .complete(kind, "approve", value, PROCESS, None, error);
+    ctx.rec.complete(kind, f, value, PROCESS, None, error);
 }
 
 #[cfg(test)]
