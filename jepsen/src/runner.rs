@@ -290,7 +290,7 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
         kinds: opts.nemeses.clone(),
         seed: opts.seed,
         hold: hold_for(opts),
-        quiet: (Duration::from_secs(1), Duration::from_secs(3)),
+        quiet: (Duration::from_millis(500), Duration::from_secs(2)),
     };
     let installed = crate::nemesis::run(ctx.clone(), schedule, run_until).await;
     eprintln!(
@@ -310,7 +310,7 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
 /// How long each fault stays installed: long enough for a failover to happen under it.
 fn hold_for(opts: &TestOpts) -> (Duration, Duration) {
     let min = Duration::from_millis(opts.lease_ms + opts.down_after_ms + 500);
-    (min, min * 3 / 2)
+    (min, min * 5 / 4)
 }
 
 /// Waits for every witness, initialises the cluster, applies the policy, starts the agents
