@@ -48,6 +48,10 @@ enum Cmd {
         /// Validate the node file and exit (0 valid, 64 invalid).
         #[arg(long)]
         check: bool,
+        /// UNSAFE, test builds only: the fence step skips the lease wait (breaks S1).
+        #[cfg(feature = "unsafe-skip-lease-wait")]
+        #[arg(long, hide = true)]
+        unsafe_skip_lease_wait: bool,
     },
     /// Initialise a new cluster, once, from the initial peers of the witness's node file.
     Init(Conn),
@@ -415,7 +419,23 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cmd: Cmd) -> Result<(), Failure> {
     match cmd {
+        #[cfg(not(feature = "unsafe-skip-lease-wait"))]
         Cmd::Serve { config, check } => serve(&config, check).await,
+        #[cfg(feature = "unsafe-skip-lease-wait")]
+        Cmd::Serve {
+            config,
+            check,
+            unsafe_skip_lease_wait,
+        } => {
+            if unsafe_skip_lease_wait {
+                tracing::warn!(
+                    "UNSAFE: the fence step skips the lease wait (split brain possible)"
+                );
+                crate::operations::executor::UNSAFE_SKIP_LEASE_WAIT
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            serve(&config, check).await
+        }
         Cmd::Init(conn) => {
             let client = conn.client()?;
             let reply = client

@@ -275,6 +275,24 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
         &["serve", "--check", "--config", node1.to_str().unwrap()],
     );
     assert!(out.ok("serve --check").contains("ok (node 1"));
+    // The switch that skips the lease wait (jepsen's split-brain demonstration) exists only
+    // in builds with the `unsafe-skip-lease-wait` feature: a normal build refuses it.
+    #[cfg(not(feature = "unsafe-skip-lease-wait"))]
+    run(
+        c.path(),
+        &[
+            "serve",
+            "--unsafe-skip-lease-wait",
+            "--check",
+            "--config",
+            node1.to_str().unwrap(),
+        ],
+    )
+    .refused(
+        "serve --unsafe-skip-lease-wait in a normal build",
+        2,
+        &["--unsafe-skip-lease-wait"],
+    );
 
     tracing::info!("--- bad policies are refused before anything is proposed");
     let bad_policies = [

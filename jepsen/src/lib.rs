@@ -7,9 +7,33 @@
 //!
 //! - `history`: the recorded operations and their vocabulary (the contract between the
 //!   runner and the checkers).
+//! - `recorder`: appends operations to `history.jsonl` as they happen, on one clock.
+//! - `hosts`: the bridge and one network namespace per witness and database host.
+//! - `procs`: long-running processes inside the namespaces (start, kill -9, pause, stop).
+//! - `cluster`: certificates, node files, policy and the processes of the system under test.
+//! - `helpers`: the health endpoint and the delay proxy (`jepsen health-server`, `jepsen proxy`).
+//! - `ctx`: what workloads and the nemesis share; who is leader, which region is active.
+//! - `nemesis`: faults on a seeded schedule, and healing.
+//! - `workload`: writers, readers and the operator.
+//! - `runner`: one test from setup to teardown; `store`: where runs are kept.
+//! - `spec`: `test.json`, the options of a run.
+//! - `checker`: the checkers (S1, S2, S4, S5, S6, linearizability, faults, logs, recovery).
+//! - `analyze`: judges a stored run; `report`: its HTML timeline and SVG plots.
+//! - `rng`: the seeded PRNG.
 
 pub mod analyze;
 pub mod checker;
+pub mod cluster;
+pub mod ctx;
+pub mod helpers;
 pub mod history;
+pub mod hosts;
+pub mod nemesis;
+pub mod procs;
+pub mod recorder;
 pub mod report;
+pub mod rng;
+pub mod runner;
 pub mod spec;
+pub mod store;
+pub mod workload;

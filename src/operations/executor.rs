@@ -34,6 +34,14 @@ const RPO_POLL: Duration = Duration::from_secs(1);
 /// Hook output kept in a step's detail or a halt error.
 const OUTPUT_EXCERPT_BYTES: usize = 1_024;
 
+/// UNSAFE, only in builds with the `unsafe-skip-lease-wait` feature (the jepsen split-brain
+/// demonstration): when set (by `serve --unsafe-skip-lease-wait`), the fence step does not
+/// wait for the old region's lease to expire, which breaks S1 on purpose. Normal builds
+/// contain neither this switch nor the code path that reads it.
+#[cfg(feature = "unsafe-skip-lease-wait")]
+pub static UNSAFE_SKIP_LEASE_WAIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Who the executor's proposals are from, in the audit log.
 const ACTOR: &str = "arbiter";
 
@@ -377,6 +385,18 @@ impl StepContext<'_> {
                     ),
                 };
             }
+        }
+        // UNSAFE (feature `unsafe-skip-lease-wait` only): activate while the old lease may
+        // still be held, so the jepsen S1 checker has a real split brain to catch.
+        #[cfg(feature = "unsafe-skip-lease-wait")]
+        if UNSAFE_SKIP_LEASE_WAIT.load(std::sync::atomic::Ordering::Relaxed) {
+            return StepResult::Complete {
+                outcome: StepOutcome::Completed,
+                detail: format!(
+                    "UNSAFE: lease wait of {} ms skipped (unsafe-skip-lease-wait)",
+                    wait.as_millis()
+                ),
+            };
         }
         tokio::time::sleep_until(deadline).await;
         if !self.consensus.is_leader() {

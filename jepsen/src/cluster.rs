@@ -1,0 +1,469 @@
+//! The system under test: certificates, node files and policy for every witness, and the
+//! processes on every host (witnesses under `arbiter serve`, per region an `arbiter agent`, a
+//! health endpoint and a delay proxy in front of each witness).
+//!
+//! Layout of a run directory: `certs/`, `policy.toml`, and `nodes/<host>/` with the node
+//! file, data dir, logs, the agent's state file, the writer's log and the libfaketime control
+//! file. This module starts and stops things; when to do so is the nemesis's business.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::hosts::{Host, Role};
+use crate::procs::Proc;
+
+/// The group every workload uses.
+pub const GROUP: &str = "checkout";
+/// Port of each witness's gRPC/HTTP listener (inside its namespace).
+pub const WITNESS_PORT: u16 = 7101;
+/// Port of the delay proxy in front of each witness: the address every peer and client uses.
+pub const PROXY_PORT: u16 = 7201;
+/// Port of each region's health endpoint on its database host.
+pub const HEALTH_PORT: u16 = 8080;
+/// Where Debian's libfaketime lives (the multithreaded variant: arbiter is multithreaded).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Timing and build choices of the system under test.
+#[derive(Debug, Clone)]
+pub struct SystemOpts {
+    pub lease_ms: u64,
+    pub down_after_ms: u64,
+    /// Start every witness with the hidden `--unsafe-skip-lease-wait` flag.
+    pub unsafe_skip_lease_wait: bool,
+    /// Run witnesses and agents under libfaketime (needed by the clock nemesis).
+    pub faketime: bool,
+}
+
+/// The processes and files of one run.
+pub struct Cluster {
+    pub hosts: Vec<Host>,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub opts: SystemOpts,
+    /// By host name.
+    pub witnesses: BTreeMap<String, Proc>,
+    pub agents: BTreeMap<String, Proc>,
+    pub health: BTreeMap<String, Proc>,
+    pub proxies: BTreeMap<String, Proc>,
+}
+
+/// The arbiter CLI as run from inside a host's namespace.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub bin: PathBuf,
+    pub tls_dir: PathBuf,
+    /// Every witness's client address (its proxy).
+    pub servers: Vec<String>,
+}
+
+/// How one CLI call ended.
+#[derive(Debug, Clone)]
+pub struct CliOut {
+    /// Exit code; `None` when it was killed at its deadline.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOut {
+    /// The `arbiter-error` kind of a failure, as printed at the end of `error: ... (kind)`.
+    pub fn error_kind(&self) -> Option<String> {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("error:"))?;
+        let open = line.rfind('(')?;
+        let close = line.rfind(')')?;
+        (close > open).then(|| line[open + 1..close].to_string())
+    }
+
+    /// One line describing the failure.
+    pub fn error_text(&self) -> String {
+        match self.code {
+            None => "timed out (killed)".to_string(),
+            Some(c) => {
+                let last = self
+                    .stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or("");
+                format!("exit {c}: {}", last.trim())
+            }
+        }
+    }
+}
+
+impl Cli {
+    /// Runs `arbiter ARGS --server S...` inside `host`'s namespace, killed at `timeout`.
+    pub async fn run(&self, host: &Host, args: &[String], timeout: Duration) -> CliOut {
+        self.run_servers(host, args, &self.servers, timeout).await
+    }
+
+    pub async fn run_servers(
+        &self,
+        host: &Host,
+        args: &[String],
+        servers: &[String],
+        timeout: Duration,
+    ) -> CliOut {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns()])
+            .arg(&self.bin)
+            .args(args)
+            .arg("--server")
+            .arg(servers.join(","))
+            .env("ARBITER_TLS_DIR", &self.tls_dir)
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return CliOut {
+                    code: Some(127),
+                    stdout: String::new(),
+                    stderr: format!("error: cannot start the CLI: {e} (spawn)"),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => CliOut {
+                code: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            },
+            Ok(Err(e)) => CliOut {
+                code: Some(127),
+                stdout: String::new(),
+                stderr: format!("error: {e} (wait)"),
+            },
+            Err(_) => CliOut {
+                code: None,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+        }
+    }
+}
+
+/// The witness's client address: its delay proxy.
+pub fn client_addr(h: &Host) -> String {
+    format!("{}:{PROXY_PORT}", h.ip)
+}
+
+impl Cluster {
+    /// Writes certificates, node files and the policy under `dir`; starts nothing.
+    pub fn prepare(
+        hosts: Vec<Host>,
+        dir: &Path,
+        bin: &Path,
+        opts: SystemOpts,
+    ) -> anyhow::Result<Cluster> {
+        let witnesses: Vec<&Host> = hosts.iter().filter(|h| h.witness_id().is_some()).collect();
+        let certs = dir.join("certs");
+        let mut args: Vec<String> = vec![
+            "certs".into(),
+            "init".into(),
+            "--out".into(),
+            certs.display().to_string(),
+            "--nodes".into(),
+            witnesses.len().to_string(),
+        ];
+        for h in &hosts {
+            args.push("--host".into());
+            args.push(h.ip.clone());
+        }
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .context("arbiter certs init")?;
+        if !out.status.success() {
+            bail!(
+                "arbiter certs init: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let peers: Vec<String> = witnesses
+            .iter()
+            .map(|h| {
+                format!(
+                    "  {{ id = {}, addr = \"{}\", site = \"{}\" }},",
+                    h.witness_id().unwrap_or_default(),
+                    client_addr(h),
+                    h.site
+                )
+            })
+            .collect();
+        for h in &hosts {
+            let nd = dir.join("nodes").join(&h.name);
+            std::fs::create_dir_all(&nd)?;
+            std::fs::write(nd.join("faketime"), "+0\n")?;
+            if let Some(id) = h.witness_id() {
+                let node = format!(
+                    r#"# Witness {id} of the jepsen run (generated).
+id = {id}
+site = "{site}"
+data_dir = "data"
+listen = "0.0.0.0:{WITNESS_PORT}"
+advertise = "{adv}"
+tls = {{ ca = "{certs}/ca.pem", cert = "{certs}/node-{id}.pem", key = "{certs}/node-{id}.key" }}
+peers = [
+{peers}
+]
+
+# Short timings so that many elections and failovers happen in a short run.
+[timing]
+heartbeat_ms = 100
+election_timeout_min_ms = 500
+election_timeout_max_ms = 1000
+rpc_timeout_ms = 500
+"#,
+                    site = h.site,
+                    adv = client_addr(h),
+                    certs = certs.display(),
+                    peers = peers.join("\n"),
+                );
+                std::fs::write(nd.join("node.toml"), node)?;
+            }
+        }
+        let probes = |octet_host: &str| {
+            format!(
+                "probes = [ {{ kind = \"http\", url = \"http://{octet_host}:{HEALTH_PORT}/health\", expect_status = 200, interval_ms = 200, timeout_ms = 150, jitter_ms = 50 }} ]"
+            )
+        };
+        let db_ip = |region: &str| {
+            hosts
+                .iter()
+                .find(|h| {
+                    h.role
+                        == Role::Database {
+                            region: region.into(),
+                        }
+                })
+                .map(|h| h.ip.clone())
+                .unwrap_or_default()
+        };
+        let policy = format!(
+            r#"# Policy of the jepsen run (generated): one automatic group with short timings.
+[[regions]]
+name = "region-a"
+{pa}
+
+[[regions]]
+name = "region-b"
+{pb}
+
+[[groups]]
+name = "{GROUP}"
+candidates = ["region-a", "region-b"]
+mode = "auto"
+lease_ms = {lease}
+clock_drift_percent = 5
+lease_margin_ms = 500
+down_after_ms = {down}
+cooldown_ms = 2000
+failback_after_ms = {failback}
+step_attempts = 3
+"#,
+            pa = probes(&db_ip("region-a")),
+            pb = probes(&db_ip("region-b")),
+            lease = opts.lease_ms,
+            down = opts.down_after_ms,
+            failback = (opts.down_after_ms * 4).max(4_000),
+        );
+        std::fs::write(dir.join("policy.toml"), policy)?;
+        Ok(Cluster {
+            hosts,
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            opts,
+            witnesses: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            health: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+        })
+    }
+
+    pub fn node_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("nodes").join(host)
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .expect("host names come from the plan")
+    }
+
+    pub fn witness_hosts(&self) -> Vec<Host> {
+        self.hosts
+            .iter()
+            .filter(|h| h.witness_id().is_some())
+            .cloned()
+            .collect()
+    }
+
+    pub fn db_hosts(&self) -> Vec<Host> {
+        self.hosts
+            .iter()
+            .filter(|h| h.witness_id().is_none())
+            .cloned()
+            .collect()
+    }
+
+    pub fn cli(&self) -> Cli {
+        Cli {
+            bin: self.bin.clone(),
+            tls_dir: self.dir.join("certs"),
+            servers: self.witness_hosts().iter().map(client_addr).collect(),
+        }
+    }
+
+    /// Environment of a process that the clock nemesis may fault: libfaketime reads the
+    /// host's control file (re-read every second) and leaves the monotonic clock alone, which
+    /// arbiter uses for every safety decision (DESIGN: wall-clock time is never used for
+    /// safety; a monotonic clock that jumps is outside the model).
+    fn clock_env(&self, host: &str) -> Vec<(String, String)> {
+        if !self.opts.faketime {
+            return Vec::new();
+        }
+        vec![
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".into(),
+                self.node_dir(host).join("faketime").display().to_string(),
+            ),
+            ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ]
+    }
+
+    /// Creates the process objects of every host and starts them all.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        // The helpers run from a link to this very binary in the run directory, so a
+        // rebuild during the run cannot remove or change what a restart executes.
+        let me = {
+            let exe = std::env::current_exe()?;
+            let link = self.dir.join("bin").join("jepsen");
+            std::fs::create_dir_all(self.dir.join("bin"))?;
+            if !link.exists() && std::fs::hard_link(&exe, &link).is_err() {
+                std::fs::copy(&exe, &link)?;
+            }
+            link.display().to_string()
+        };
+        let servers = self.cli().servers.join(",");
+        for h in self.hosts.clone() {
+            let nd = self.node_dir(&h.name);
+            match &h.role {
+                Role::Witness { .. } => {
+                    let mut argv = vec![
+                        self.bin.display().to_string(),
+                        "serve".into(),
+                        "--config".into(),
+                        nd.join("node.toml").display().to_string(),
+                    ];
+                    if self.opts.unsafe_skip_lease_wait {
+                        argv.push("--unsafe-skip-lease-wait".into());
+                    }
+                    let mut env = self.clock_env(&h.name);
+                    env.push(("RUST_LOG".into(), "info,openraft=warn".into()));
+                    let p = Proc::new(&h.name, &h.ns(), argv, env, nd.join("serve.log"));
+                    self.witnesses.insert(h.name.clone(), p);
+                    let proxy = Proc::new(
+                        &h.name,
+                        &h.ns(),
+                        vec![
+                            me.clone(),
+                            "proxy".into(),
+                            "--listen".into(),
+                            format!("0.0.0.0:{PROXY_PORT}"),
+                            "--to".into(),
+                            format!("127.0.0.1:{WITNESS_PORT}"),
+                            "--delay-file".into(),
+                            nd.join("delay_ms").display().to_string(),
+                        ],
+                        Vec::new(),
+                        nd.join("proxy.log"),
+                    );
+                    self.proxies.insert(h.name.clone(), proxy);
+                }
+                Role::Database { region } => {
+                    let argv = vec![
+                        self.bin.display().to_string(),
+                        "agent".into(),
+                        "--server".into(),
+                        servers.clone(),
+                        "--group".into(),
+                        GROUP.into(),
+                        "--region".into(),
+                        region.clone(),
+                        "--holder".into(),
+                        h.name.clone(),
+                        "--state-file".into(),
+                        nd.join("agent.json").display().to_string(),
+                        "--retry-ms".into(),
+                        "200".into(),
+                    ];
+                    let mut env = self.clock_env(&h.name);
+                    env.push((
+                        "ARBITER_TLS_DIR".into(),
+                        self.dir.join("certs").display().to_string(),
+                    ));
+                    let p = Proc::new(&h.name, &h.ns(), argv, env, nd.join("agent.log"));
+                    self.agents.insert(h.name.clone(), p);
+                    let health = Proc::new(
+                        &h.name,
+                        &h.ns(),
+                        vec![
+                            me.clone(),
+                            "health-server".into(),
+                            "--listen".into(),
+                            format!("0.0.0.0:{HEALTH_PORT}"),
+                        ],
+                        Vec::new(),
+                        nd.join("health.log"),
+                    );
+                    self.health.insert(h.name.clone(), health);
+                }
+            }
+        }
+        for p in self.proxies.values_mut() {
+            p.start()?;
+        }
+        for p in self.health.values_mut() {
+            p.start()?;
+        }
+        for p in self.witnesses.values_mut() {
+            p.start()?;
+        }
+        Ok(())
+    }
+
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        for p in self.agents.values_mut() {
+            p.start()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every process (agents first, so they give up their leases).
+    pub fn stop_all(&mut self) {
+        for set in [
+            &mut self.agents,
+            &mut self.witnesses,
+            &mut self.health,
+            &mut self.proxies,
+        ] {
+            for p in set.values_mut() {
+                p.stop();
+            }
+        }
+    }
+}

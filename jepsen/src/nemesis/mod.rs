@@ -1,0 +1,541 @@
+//! Nemeses: faults injected into the running system, one at a time, on a seeded schedule.
+//! Every fault is recorded as a nemesis operation (`invoke`, then `ok` with
+//! `installed: true` or `info` with `installed: false` and the error), and its end as a
+//! `heal` operation naming it. A final `heal` of everything ends the schedule.
+//!
+//! Kinds (`--nemesis`): `partition` (isolate one witness, isolate the leader, minority /
+//! majority halves, majorities ring, region-a cut from region-b while the tiebreaker sees
+//! both, one-way drops, the active region's database host cut off), `kill` (`kill -9` of a
+//! minority, of the leader, or of the whole cluster, then restart), `pause` (`SIGSTOP` of the
+//! leader, of a witness, or of the active region's agent, then `SIGCONT`), `clock`
+//! (libfaketime jumps and rate changes of the wall clock on witnesses and agents), `loss`
+//! (random packet drops), `delay` (the witnesses' proxies delay every chunk), `health` (the
+//! active region's health endpoint stops, which makes the cluster fail over by itself), and
+//! `split-brain` (not in `all`: the active region's database host is cut from every witness
+//! again and again, the fault that breaks S1 when the lease wait is skipped).
+
+pub mod partition;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::ctx::Ctx;
+use crate::history::OpType;
+use crate::hosts::{Host, Role};
+use crate::rng::Rng;
+
+/// Every nemesis kind `all` stands for.
+pub const ALL: &[&str] = &[
+    "partition",
+    "kill",
+    "pause",
+    "clock",
+    "loss",
+    "delay",
+    "health",
+];
+/// Kinds that exist but are not part of `all`.
+pub const EXTRA: &[&str] = &["split-brain"];
+
+const PROCESS: &str = "nemesis";
+
+/// Expands `all` and checks every name.
+pub fn parse_kinds(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for k in list {
+        let k = k.trim();
+        if k == "all" {
+            out.extend(ALL.iter().map(|s| s.to_string()));
+        } else if k == "none" || k.is_empty() {
+        } else if ALL.contains(&k) || EXTRA.contains(&k) {
+            out.push(k.to_string());
+        } else {
+            anyhow::bail!(
+                "--nemesis: unknown kind {k:?} (known: all, none, {}, {})",
+                ALL.join(", "),
+                EXTRA.join(", ")
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// One fault, planned with its targets.
+#[derive(Debug, Clone)]
+enum Fault {
+    Partition {
+        variant: &'static str,
+        drops: Vec<partition::Drop>,
+        targets: Vec<String>,
+    },
+    Loss {
+        hosts: Vec<Host>,
+        probability: f64,
+    },
+    Kill {
+        variant: &'static str,
+        hosts: Vec<String>,
+    },
+    Pause {
+        variant: &'static str,
+        /// (host, is the agent rather than the witness)
+        procs: Vec<(String, bool)>,
+    },
+    Clock {
+        variant: &'static str,
+        hosts: Vec<String>,
+        spec: String,
+    },
+    Delay {
+        hosts: Vec<String>,
+        ms: u64,
+    },
+    Health {
+        host: String,
+    },
+}
+
+impl Fault {
+    fn f(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "partition",
+            Fault::Loss { .. } => "loss",
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
+            Fault::Clock { .. } => "clock",
+            Fault::Delay { .. } => "delay",
+            Fault::Health { .. } => "health",
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Fault::Partition {
+                variant, targets, ..
+            } => {
+                // The split-brain schedule is its own kind, so a run asking for it can see
+                // that it happened.
+                let kind = if *variant == "split-brain" {
+                    "split-brain"
+                } else {
+                    "partition"
+                };
+                json!({"kind": kind, "variant": variant, "targets": targets})
+            }
+            Fault::Loss { hosts, probability } => {
+                json!({"kind": "loss", "targets": names(hosts), "probability": probability})
+            }
+            Fault::Kill { variant, hosts } => {
+                json!({"kind": "kill", "variant": variant, "targets": hosts})
+            }
+            Fault::Pause { variant, procs } => json!({"kind": "pause", "variant": variant,
+                "targets": procs.iter().map(|(h, agent)| if *agent { format!("{h}/agent") } else { h.clone() }).collect::<Vec<_>>()}),
+            Fault::Clock {
+                variant,
+                hosts,
+                spec,
+            } => json!({"kind": "clock", "variant": variant, "targets": hosts, "faketime": spec}),
+            Fault::Delay { hosts, ms } => {
+                json!({"kind": "delay", "targets": hosts, "delay_ms": ms})
+            }
+            Fault::Health { host } => {
+                json!({"kind": "health", "variant": "endpoint-stopped", "targets": [host]})
+            }
+        }
+    }
+}
+
+fn names(hosts: &[Host]) -> Vec<String> {
+    hosts.iter().map(|h| h.name.clone()).collect()
+}
+
+/// Plans one fault of `kind` against the current system.
+async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
+    let w = ctx.witnesses();
+    let n = w.len();
+    let minority = (n - 1) / 2;
+    match kind {
+        "partition" => {
+            let variant = *rng.pick(&[
+                "isolate-one",
+                "isolate-leader",
+                "halves",
+                "ring",
+                "region-cut",
+                "one-way",
+                "db-cut",
+            ]);
+            match variant {
+                "isolate-one" | "isolate-leader" => {
+                    let leader = if variant == "isolate-leader" {
+                        ctx.leader().await
+                    } else {
+                        None
+                    };
+                    let x = leader
+                        .and_then(|l| ctx.host(&l))
+                        .unwrap_or_else(|| rng.pick(&w).clone());
+                    let rest: Vec<Host> = ctx
+                        .hosts
+                        .iter()
+                        .filter(|h| h.name != x.name)
+                        .cloned()
+                        .collect();
+                    Fault::Partition {
+                        variant,
+                        drops: partition::cut(std::slice::from_ref(&x), &rest),
+                        targets: vec![x.name.clone()],
+                    }
+                }
+                "halves" => {
+                    let shuffled = rng.sample(&w, n);
+                    let (small, big) = shuffled.split_at(minority.max(1));
+                    Fault::Partition {
+                        variant,
+                        drops: partition::cut(small, big),
+                        targets: names(small),
+                    }
+                }
+                "ring" => Fault::Partition {
+                    variant,
+                    drops: partition::ring(&w),
+                    targets: names(&w),
+                },
+                "region-cut" => {
+                    let side = |site: &str| -> Vec<Host> {
+                        ctx.hosts
+                            .iter()
+                            .filter(|h| h.site == site)
+                            .cloned()
+                            .collect()
+                    };
+                    let (a, b) = (side("region-a"), side("region-b"));
+                    Fault::Partition {
+                        variant,
+                        drops: partition::cut(&a, &b),
+                        targets: names(&a),
+                    }
+                }
+                "one-way" => {
+                    let x = rng.pick(&w).clone();
+                    Fault::Partition {
+                        variant,
+                        drops: partition::one_way(&x, &ctx.hosts),
+                        targets: vec![x.name.clone()],
+                    }
+                }
+                _ => db_cut(ctx, "db-cut").await,
+            }
+        }
+        "split-brain" => db_cut(ctx, "split-brain").await,
+        "loss" => {
+            let k = rng.range(1, n as u64) as usize;
+            Fault::Loss {
+                hosts: rng.sample(&w, k),
+                probability: rng.range(10, 40) as f64 / 100.0,
+            }
+        }
+        "kill" => {
+            let variant = *rng.pick(&["minority", "leader", "all"]);
+            let hosts = match variant {
+                "leader" => match ctx.leader().await {
+                    Some(l) => vec![l],
+                    None => names(&rng.sample(&w, 1)),
+                },
+                "all" => names(&w),
+                _ => {
+                    let k = rng.range(1, minority as u64) as usize;
+                    names(&rng.sample(&w, k))
+                }
+            };
+            Fault::Kill { variant, hosts }
+        }
+        "pause" => {
+            let variant = *rng.pick(&["leader", "witness", "agent"]);
+            let procs = match variant {
+                "leader" => vec![(
+                    ctx.leader()
+                        .await
+                        .unwrap_or_else(|| rng.pick(&w).name.clone()),
+                    false,
+                )],
+                "witness" => vec![(rng.pick(&w).name.clone(), false)],
+                _ => vec![(active_db(ctx).await.name, true)],
+            };
+            Fault::Pause { variant, procs }
+        }
+        "clock" => {
+            let mut candidates = names(&w);
+            candidates.extend(names(&ctx.dbs()));
+            let k = rng.range(1, candidates.len() as u64) as usize;
+            let hosts = rng.sample(&candidates, k);
+            let (variant, spec) = if rng.chance(0.5) {
+                let s = rng.range(5, 600) as i64 * if rng.chance(0.5) { 1 } else { -1 };
+                ("jump", format!("{s:+}s"))
+            } else {
+                let rate = *rng.pick(&["0.5", "0.9", "1.1", "2.0", "5.0"]);
+                ("rate", format!("+0 x{rate}"))
+            };
+            Fault::Clock {
+                variant,
+                hosts,
+                spec,
+            }
+        }
+        "delay" => {
+            let k = rng.range(1, n as u64) as usize;
+            Fault::Delay {
+                hosts: names(&rng.sample(&w, k)),
+                ms: rng.range(20, 400),
+            }
+        }
+        _ => Fault::Health {
+            host: active_db(ctx).await.name,
+        },
+    }
+}
+
+/// The database host of the active region (region-a when nobody answers).
+async fn active_db(ctx: &Ctx) -> Host {
+    let region = ctx
+        .active_region()
+        .await
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| "region-a".into());
+    ctx.dbs()
+        .into_iter()
+        .find(|h| {
+            h.role
+                == Role::Database {
+                    region: region.clone(),
+                }
+        })
+        .unwrap_or_else(|| ctx.dbs()[0].clone())
+}
+
+/// The active region's database host cut from every witness: its agent cannot renew and
+/// every probe of the region fails, so the cluster fails over while the agent may still
+/// hold its lease.
+async fn db_cut(ctx: &Ctx, variant: &'static str) -> Fault {
+    let db = active_db(ctx).await;
+    Fault::Partition {
+        variant,
+        drops: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
+        targets: vec![db.name.clone()],
+    }
+}
+
+fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
+    let dir = ctx.cluster().dir.clone();
+    match fault {
+        Fault::Partition { drops, .. } => partition::install(drops),
+        Fault::Loss { hosts, probability } => {
+            for h in hosts {
+                partition::loss(h, *probability)?;
+            }
+            Ok(())
+        }
+        Fault::Kill { hosts, .. } => {
+            let mut c = ctx.cluster();
+            for h in hosts {
+                if let Some(p) = c.witnesses.get_mut(h) {
+                    p.kill9();
+                }
+            }
+            Ok(())
+        }
+        Fault::Pause { procs, .. } => {
+            let mut c = ctx.cluster();
+            for (h, agent) in procs {
+                let set = if *agent {
+                    &mut c.agents
+                } else {
+                    &mut c.witnesses
+                };
+                match set.get_mut(h) {
+                    Some(p) => {
+                        if !p.running() {
+                            anyhow::bail!("{h} is not running");
+                        }
+                        p.pause()
+                    }
+                    None => anyhow::bail!("{h} is not running"),
+                }
+            }
+            Ok(())
+        }
+        Fault::Clock { hosts, spec, .. } => {
+            for h in hosts {
+                std::fs::write(
+                    dir.join("nodes").join(h).join("faketime"),
+                    format!("{spec}\n"),
+                )?;
+            }
+            Ok(())
+        }
+        Fault::Delay { hosts, ms } => {
+            for h in hosts {
+                std::fs::write(
+                    dir.join("nodes").join(h).join("delay_ms"),
+                    format!("{ms}\n"),
+                )?;
+            }
+            Ok(())
+        }
+        Fault::Health { host } => {
+            let mut c = ctx.cluster();
+            match c.health.get_mut(host) {
+                Some(p) => {
+                    p.kill9();
+                    Ok(())
+                }
+                None => anyhow::bail!("no health endpoint on {host}"),
+            }
+        }
+    }
+}
+
+/// Heals everything any fault could have done: rules flushed, clocks and delays reset,
+/// paused processes continued, killed witnesses and stopped endpoints started again.
+pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut first_error = partition::heal(&ctx.hosts).err();
+    let mut guard = ctx.cluster();
+    let c = &mut *guard;
+    let dir = c.dir.clone();
+    for h in &ctx.hosts {
+        let nd = dir.join("nodes").join(&h.name);
+        let _ = std::fs::write(nd.join("faketime"), "+0\n");
+        let _ = std::fs::write(nd.join("delay_ms"), "0\n");
+    }
+    for set in [&mut c.witnesses, &mut c.agents] {
+        for p in set.values_mut() {
+            if p.paused {
+                p.resume();
+            }
+        }
+    }
+    for set in [&mut c.proxies, &mut c.health, &mut c.witnesses] {
+        for p in set.values_mut() {
+            if let Err(e) = p.start() {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Settings of the schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub kinds: Vec<String>,
+    pub seed: u64,
+    /// How long each fault stays installed.
+    pub hold: (Duration, Duration),
+    /// Quiet time between faults.
+    pub quiet: (Duration, Duration),
+}
+
+/// Runs faults until `until`, then heals everything (the `heal` of `all`). Returns how many
+/// faults were installed.
+pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
+    let mut rng = Rng::new(schedule.seed ^ 0x006E_656D_6573_6973);
+    let mut installed = 0;
+    let ms = |r: &mut Rng, (lo, hi): (Duration, Duration)| {
+        Duration::from_millis(r.range(lo.as_millis() as u64, hi.as_millis() as u64))
+    };
+    // Let the system settle before the first fault. Bounded by the time limit.
+    let first = ms(&mut rng, schedule.quiet);
+    sleep_until_or(first, until).await;
+    // Kinds come round-robin in a seeded order, so a short run still has every kind.
+    let order = rng.sample(&schedule.kinds, schedule.kinds.len());
+    let mut turn = 0;
+    // A fault starts only if it can be held for its minimum before the time limit.
+    while !order.is_empty() && Instant::now() + schedule.hold.0 <= until {
+        let kind = order[turn % order.len()].clone();
+        turn += 1;
+        let fault = plan(&kind, &mut rng, &ctx).await;
+        // Planning asks the cluster (leader, active region) and may take seconds.
+        if Instant::now() + schedule.hold.0 > until {
+            break;
+        }
+        let value = fault.describe();
+        ctx.rec.invoke(fault.f(), value.clone(), PROCESS, None);
+        let result = {
+            let ctx = ctx.clone();
+            let fault = fault.clone();
+            tokio::task::spawn_blocking(move || install(&fault, &ctx))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("install panicked: {e}")))
+        };
+        let mut done = value.clone();
+        match result {
+            Ok(()) => {
+                installed += 1;
+                done["installed"] = json!(true);
+                ctx.rec
+                    .complete(OpType::Ok, fault.f(), done, PROCESS, None, None);
+            }
+            Err(e) => {
+                done["installed"] = json!(false);
+                ctx.rec.complete(
+                    OpType::Info,
+                    fault.f(),
+                    done,
+                    PROCESS,
+                    None,
+                    Some(format!("{e:#}")),
+                );
+            }
+        }
+        eprintln!(
+            "jepsen: [{:>6.1}s] nemesis {} {} (ops so far: {})",
+            ctx.rec.now_ns() as f64 / 1e9,
+            fault.f(),
+            value,
+            ctx.rec.count()
+        );
+        let hold = ms(&mut rng, schedule.hold);
+        sleep_until_or(hold, until).await;
+        heal(&ctx, value).await;
+        let quiet = ms(&mut rng, schedule.quiet);
+        sleep_until_or(quiet, until).await;
+    }
+    installed
+}
+
+/// Heals everything and records it as a `heal` of `fault`.
+pub async fn heal(ctx: &Ctx, fault: serde_json::Value) {
+    ctx.rec.invoke(
+        "heal",
+        json!({"kind": "heal", "heals": fault}),
+        PROCESS,
+        None,
+    );
+    let c = ctx.clone();
+    let result = tokio::task::spawn_blocking(move || heal_all(&c))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("heal panicked: {e}")));
+    let (kind, error) = match result {
+        Ok(()) => (OpType::Ok, None),
+        Err(e) => (OpType::Info, Some(format!("{e:#}"))),
+    };
+    ctx.rec.complete(
+        kind,
+        "heal",
+        json!({"kind": "heal", "heals": fault, "installed": error.is_none()}),
+        PROCESS,
+        None,
+        error,
+    );
+}
+
+async fn sleep_until_or(d: Duration, until: Instant) {
+    let end = (Instant::now() + d).min(until);
+    tokio::time::sleep_until(end.into()).await;
+}

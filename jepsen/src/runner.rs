@@ -1,0 +1,461 @@
+//! One test run from start to verdict: build the arbiter binary, create the hosts, start
+//! and initialise the cluster, run the workloads against the nemesis schedule for the time
+//! limit, heal, let the system recover, record the `final` operation, tear everything down,
+//! and judge the stored history.
+//!
+//! Teardown happens on every path out (success, error, Ctrl-C, panic): processes are
+//! killed by pid and the namespaces and bridge removed by name.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::cluster::{client_addr, Cluster, SystemOpts, GROUP};
+use crate::ctx::Ctx;
+use crate::history::OpType;
+use crate::hosts;
+use crate::recorder::Recorder;
+use crate::spec::TestSpec;
+
+/// Bound on waiting for every witness to answer after start.
+const STARTUP: Duration = Duration::from_secs(60);
+/// Bound on waiting for the first lease after the policy is applied.
+const FIRST_LEASE: Duration = Duration::from_secs(60);
+/// Deadline of one setup or final CLI call.
+const SETUP_CALL: Duration = Duration::from_secs(10);
+/// How often progress is printed while running.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What a test run is asked to do (the options of `jepsen test`, and of `test.json`).
+#[derive(Debug, Clone)]
+pub struct TestOpts {
+    pub name: String,
+    pub workloads: Vec<String>,
+    pub nemeses: Vec<String>,
+    pub time_limit_s: u64,
+    pub seed: u64,
+    pub nodes: u64,
+    pub recovery_s: u64,
+    pub lease_ms: u64,
+    pub down_after_ms: u64,
+    pub unsafe_skip_lease_wait: bool,
+    /// Use this arbiter binary instead of building one.
+    pub arbiter_bin: Option<PathBuf>,
+}
+
+impl TestOpts {
+    /// The `test.json` of this run: the fields the checkers read, plus the runner's own.
+    pub fn spec(&self) -> TestSpec {
+        let mut s = TestSpec::new(&self.name);
+        s.workload = self.workloads.join(",");
+        s.nemeses = self.nemeses.clone();
+        s.time_limit_s = self.time_limit_s;
+        s.seed = self.seed;
+        s.nodes = self.nodes as u32;
+        s.regions = vec!["region-a".into(), "region-b".into()];
+        s.groups = vec![GROUP.into()];
+        s.git_commit = crate::store::git_commit();
+        s.recovery_s = self.recovery_s;
+        s.extra.insert("lease_ms".into(), json!(self.lease_ms));
+        s.extra
+            .insert("down_after_ms".into(), json!(self.down_after_ms));
+        s.extra.insert(
+            "unsafe_skip_lease_wait".into(),
+            json!(self.unsafe_skip_lease_wait),
+        );
+        s
+    }
+
+    /// Options back from a stored `test.json` (for `--reproduce`).
+    pub fn from_spec(s: &TestSpec) -> anyhow::Result<TestOpts> {
+        let extra_u64 =
+            |k: &str, default: u64| s.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(default);
+        Ok(TestOpts {
+            name: s.name.clone(),
+            workloads: crate::workload::parse(
+                &s.workload
+                    .split(',')
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )?,
+            nemeses: crate::nemesis::parse_kinds(&s.nemeses)?,
+            time_limit_s: s.time_limit_s,
+            seed: s.seed,
+            nodes: u64::from(s.nodes),
+            recovery_s: s.recovery_s,
+            lease_ms: extra_u64("lease_ms", 2_000),
+            down_after_ms: extra_u64("down_after_ms", 1_000),
+            unsafe_skip_lease_wait: s
+                .extra
+                .get("unsafe_skip_lease_wait")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            arbiter_bin: None,
+        })
+    }
+}
+
+/// Builds the arbiter binary (with the unsafe feature when asked) and copies it into the
+/// run directory, so a rebuild during the run cannot change what runs.
+fn arbiter_binary(opts: &TestOpts, dir: &Path) -> anyhow::Result<PathBuf> {
+    let built = match &opts.arbiter_bin {
+        Some(p) => p.clone(),
+        None => {
+            let mut cmd =
+                std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+            cmd.current_dir(crate::store::workspace()).args([
+                "build",
+                "-p",
+                "arbiter",
+                "--bin",
+                "arbiter",
+                "--message-format=json-render-diagnostics",
+            ]);
+            // Variables `cargo run` set for this crate would make every build script that
+            // watches them (ring's watches CARGO_MANIFEST_DIR) run again, and the next plain
+            // `cargo build` too: the build must see the environment a shell would.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if [
+                    "CARGO_MANIFEST_",
+                    "CARGO_PKG_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                    "CARGO_PRIMARY_",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+                {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
+            if opts.unsafe_skip_lease_wait {
+                cmd.args(["--features", "unsafe-skip-lease-wait"]);
+            }
+            eprintln!(
+                "jepsen: building arbiter{}",
+                if opts.unsafe_skip_lease_wait {
+                    " (UNSAFE: unsafe-skip-lease-wait)"
+                } else {
+                    ""
+                }
+            );
+            let out = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("cannot run cargo build")?;
+            if !out.status.success() {
+                bail!("cargo build -p arbiter failed");
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "arbiter")
+                .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+                .next_back()
+                .context("cargo build printed no arbiter executable")?
+        }
+    };
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    let copy = bin_dir.join("arbiter");
+    // A hard link costs nothing and keeps this inode when cargo later replaces the file; a
+    // copy where linking is not possible (another file system).
+    if std::fs::hard_link(&built, &copy).is_err() {
+        std::fs::copy(&built, &copy).with_context(|| format!("copy {}", built.display()))?;
+    }
+    Ok(copy)
+}
+
+/// Removes the hosts on every way out, panics included.
+struct Teardown;
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        hosts::teardown();
+    }
+}
+
+/// Runs a test and returns its run directory (judged or not).
+pub async fn run(opts: TestOpts) -> anyhow::Result<PathBuf> {
+    if opts.nodes != 3 && opts.nodes != 5 {
+        bail!("--nodes: {} witnesses; use 3 or 5", opts.nodes);
+    }
+    let _lock = hosts::lock()?;
+    let dir = crate::store::create_run(&opts.name)?;
+    eprintln!("jepsen: run directory {}", dir.display());
+    opts.spec().write(&dir.join("test.json"))?;
+    let bin = arbiter_binary(&opts, &dir)?;
+    let _teardown = Teardown;
+    let result = tokio::select! {
+        r = run_in(&opts, &dir, &bin) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    hosts::teardown();
+    result.map(|()| dir)
+}
+
+async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let plan = hosts::plan(opts.nodes);
+    eprintln!(
+        "jepsen: phase setup: {} hosts on bridge {}",
+        plan.len(),
+        hosts::BRIDGE
+    );
+    {
+        let p = plan.clone();
+        tokio::task::spawn_blocking(move || hosts::setup(&p)).await??;
+    }
+    let system = SystemOpts {
+        lease_ms: opts.lease_ms,
+        down_after_ms: opts.down_after_ms,
+        unsafe_skip_lease_wait: opts.unsafe_skip_lease_wait,
+        faketime: opts.nemeses.iter().any(|n| n == "clock"),
+    };
+    let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;
+    cluster.start()?;
+    let start = Instant::now();
+    let rec = Arc::new(Recorder::create(&dir.join("history.jsonl"), start)?);
+    let ctx = Ctx {
+        cli: cluster.cli(),
+        cluster: Arc::new(Mutex::new(cluster)),
+        rec,
+        hosts: plan,
+    };
+    let result = drive(opts, &ctx).await;
+    eprintln!("jepsen: phase teardown");
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || c.cluster().stop_all()).await?;
+    result
+}
+
+async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
+    bring_up(ctx).await?;
+    let limit = Duration::from_secs(opts.time_limit_s);
+    let recovery = Duration::from_secs(opts.recovery_s);
+    let run_until = Instant::now() + limit;
+    let reads_until = run_until + recovery;
+    eprintln!(
+        "jepsen: phase run: {} s, workloads {:?}, nemeses {:?}, seed {}",
+        opts.time_limit_s, opts.workloads, opts.nemeses, opts.seed
+    );
+    let mut tasks = Vec::new();
+    let has = |w: &str| opts.workloads.iter().any(|x| x == w);
+    if has("writes") {
+        for db in ctx.dbs() {
+            tasks.push(tokio::spawn({
+                let ctx = ctx.clone();
+                async move {
+                    crate::workload::writer::run(ctx, db, reads_until).await;
+                }
+            }));
+        }
+    }
+    if has("reads") {
+        for (i, h) in ctx.witnesses().into_iter().enumerate() {
+            tasks.push(tokio::spawn(crate::workload::reader::run(
+                ctx.clone(),
+                h,
+                opts.seed.wrapping_add(100 + i as u64),
+                reads_until,
+            )));
+        }
+    }
+    if has("operator") {
+        tasks.push(tokio::spawn(crate::workload::operator::run(
+            ctx.clone(),
+            opts.seed.wrapping_add(7),
+            run_until,
+        )));
+    }
+    let progress = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            // Bounded by the run: aborted once the run ends.
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                eprintln!(
+                    "jepsen: [{:>6.1}s] running: {} history events",
+                    ctx.rec.now_ns() as f64 / 1e9,
+                    ctx.rec.count()
+                );
+            }
+        }
+    });
+    let schedule = crate::nemesis::Schedule {
+        kinds: opts.nemeses.clone(),
+        seed: opts.seed,
+        hold: hold_for(opts),
+        quiet: (Duration::from_millis(500), Duration::from_secs(2)),
+    };
+    let installed = crate::nemesis::run(ctx.clone(), schedule, run_until).await;
+    eprintln!(
+        "jepsen: phase heal: {installed} faults were installed; healing everything, then {} s of recovery",
+        opts.recovery_s
+    );
+    crate::nemesis::heal(ctx, json!({"kind": "all"})).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    final_op(ctx).await;
+    eprintln!("jepsen: {} history events recorded", ctx.rec.count());
+    Ok(())
+}
+
+/// How long each fault stays installed: long enough for a failover to happen under it.
+fn hold_for(opts: &TestOpts) -> (Duration, Duration) {
+    let min = Duration::from_millis(opts.lease_ms + opts.down_after_ms + 500);
+    (min, min * 5 / 4)
+}
+
+/// Waits for every witness, initialises the cluster, applies the policy, starts the agents
+/// and waits for the first lease.
+async fn bring_up(ctx: &Ctx) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP;
+    for h in ctx.witnesses() {
+        let args: Vec<String> = vec!["status".into(), "--local".into(), "--json".into()];
+        loop {
+            let out = ctx
+                .cli
+                .run_servers(&h, &args, &[client_addr(&h)], SETUP_CALL)
+                .await;
+            if out.code == Some(0) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "witness {} did not answer within {STARTUP:?}: {}",
+                    h.name,
+                    out.error_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let first = ctx.witnesses()[0].clone();
+    let policy = ctx.cluster().dir.join("policy.toml").display().to_string();
+    for (what, args) in [
+        ("init", vec!["init".to_string()]),
+        (
+            "policy apply",
+            vec!["policy".into(), "apply".into(), policy],
+        ),
+    ] {
+        // Bounded retries: an election may be under way right after start.
+        let mut done = false;
+        let mut last = String::new();
+        for _ in 0..60 {
+            let servers = if what == "init" {
+                vec![client_addr(&first)]
+            } else {
+                ctx.cli.servers.clone()
+            };
+            let out = ctx
+                .cli
+                .run_servers(&first, &args, &servers, SETUP_CALL)
+                .await;
+            if out.code == Some(0) || out.error_kind().as_deref() == Some("already-initialized") {
+                done = true;
+                break;
+            }
+            last = out.error_text();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !done {
+            bail!("{what} did not succeed: {last}");
+        }
+        eprintln!("jepsen: {what}: ok");
+    }
+    {
+        let c = ctx.clone();
+        tokio::task::spawn_blocking(move || c.cluster().start_agents()).await??;
+    }
+    let deadline = Instant::now() + FIRST_LEASE;
+    loop {
+        let held = ctx.dbs().iter().any(|db| {
+            let path = ctx.cluster().node_dir(&db.name).join("agent.json");
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v["holding"] == true)
+        });
+        if held {
+            eprintln!("jepsen: first lease held");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no agent held the lease within {FIRST_LEASE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `final` operation: status and operations after recovery, through the first witness
+/// that answers.
+async fn final_op(ctx: &Ctx) {
+    const PROCESS: &str = "checker";
+    ctx.rec.invoke("final", json!({}), PROCESS, None);
+    let mut last = String::new();
+    for h in ctx.witnesses() {
+        let status = ctx
+            .cli
+            .run(
+                &h,
+                &[
+                    "status".into(),
+                    "--json".into(),
+                    "--audit".into(),
+                    "10000".into(),
+                ],
+                SETUP_CALL,
+            )
+            .await;
+        let operations = ctx
+            .cli
+            .run(
+                &h,
+                &[
+                    "operations".into(),
+                    "--json".into(),
+                    "--limit".into(),
+                    "1000".into(),
+                ],
+                SETUP_CALL,
+            )
+            .await;
+        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).ok();
+        match (
+            status.code == Some(0),
+            parse(&status.stdout),
+            operations.code == Some(0),
+            parse(&operations.stdout),
+        ) {
+            (true, Some(s), true, Some(o)) => {
+                let dns = s.get("dns").cloned().unwrap_or(json!([]));
+                ctx.rec.complete(
+                    OpType::Ok,
+                    "final",
+                    json!({"status": s, "operations": o, "dns": dns}),
+                    PROCESS,
+                    Some(&h.name),
+                    None,
+                );
+                return;
+            }
+            _ => {
+                last = format!(
+                    "status: {}; operations: {}",
+                    status.error_text(),
+                    operations.error_text()
+                );
+            }
+        }
+    }
+    ctx.rec
+        .complete(OpType::Info, "final", json!({}), PROCESS, None, Some(last));
+}
