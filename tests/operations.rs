@@ -774,3 +774,57 @@ async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
     );
     cluster.stop().await;
 }
+
+/// Goal: an operation halted after its activation (here a validate hook that keeps failing)
+/// does not keep its group from failing over again: the next failover supersedes it, the
+/// halted one ends done with its remaining step recorded as skipped, and epochs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_supersedes_an_operation_halted_after_activation() {
+    let cluster = Cluster::start(3).await;
+    let dir = cluster.dir.path().to_path_buf();
+    let validate = script(
+        &dir,
+        "validate.sh",
+        "test \"$ARBITER_TO\" = region-a || { echo \"$ARBITER_TO serves errors\" >&2; exit 4; }",
+    );
+    let policy = format!(
+        "{POLICY}\n[hooks.smoke]\nkind = \"exec\"\nprogram = \"{}\"\ntimeout_ms = 5000\n",
+        validate.display()
+    )
+    .replace(
+        "lease_margin_ms = 200\n",
+        "lease_margin_ms = 200\nstep_attempts = 2\nhooks = { validate = [\"smoke\"] }\n",
+    );
+    cluster.init_with(&policy).await;
+    let client = cluster.client();
+
+    tracing::info!("--- region-b is activated, then validate halts the operation");
+    let first = start_failover(&client, "checkout", "region-b")
+        .await
+        .unwrap();
+    let halted = wait_operation(&client, first.id, "halted").await;
+    assert_eq!(halted.step, "validate");
+    let s = status(&client).await;
+    let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
+    assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
+
+    tracing::info!("--- a failover back to region-a is accepted and completes");
+    let second = failover(&client, "checkout", "region-a")
+        .await
+        .expect("the halted operation does not block the group");
+    assert_eq!(second.state, "done");
+    let old = operation(&client, first.id).await.expect("still listed");
+    assert_eq!(old.state, "done", "{old:?}");
+    let last = old.steps.last().unwrap();
+    assert_eq!(last.step, "validate");
+    assert!(
+        last.detail
+            .contains(&format!("superseded by operation {}", second.id)),
+        "{}",
+        last.detail
+    );
+    let s = status(&client).await;
+    let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
+    assert_eq!((g.active.as_str(), g.epoch), ("region-a", 3));
+    cluster.stop().await;
+}

@@ -248,7 +248,8 @@ impl Engine {
             let Some(g) = state.groups.get(&gp.name) else {
                 continue;
             };
-            if g.mode == Mode::Frozen || g.operation.is_some() {
+            let busy = g.operation.is_some() && state.supersedable_operation(&gp.name).is_none();
+            if g.mode == Mode::Frozen || busy {
                 continue;
             }
             if self.hold_until.get(&gp.name).is_some_and(|t| now < *t) {

@@ -591,13 +591,14 @@ impl ClusterState {
     ) -> Result<Outcome, Refusal> {
         check_reason(reason)?;
         let id = self.last_operation_id + 1;
+        let superseded = self.supersedable_operation(group);
         let g = self.group_mut(group)?;
         if g.mode == Mode::Frozen {
             return Err(Refusal::Frozen {
                 group: group.to_string(),
             });
         }
-        if let Some(operation) = g.operation {
+        if let Some(operation) = g.operation.filter(|op| Some(*op) != superseded) {
             return Err(Refusal::OperationInProgress {
                 group: group.to_string(),
                 operation,
@@ -617,6 +618,10 @@ impl ClusterState {
                 epoch: g.epoch,
             });
         }
+        if let Some(old) = superseded {
+            self.supersede(index, p, old, id)?;
+        }
+        let g = self.group_mut(group)?;
         g.operation = Some(id);
         let (from, from_epoch) = (g.active.clone(), g.epoch);
         self.last_operation_id = id;
@@ -755,6 +760,44 @@ impl ClusterState {
             self.trim_operations();
         }
         Ok(Outcome::Operation(Box::new(op)))
+    }
+
+    /// The operation of `group` that a new operation may supersede: one halted after its
+    /// activation. Its new region is already active at its epoch and only skippable steps
+    /// (`dns`, `validate`) remain, which the new operation does again for its own target.
+    /// Without this a halted `validate` would keep the group from failing over at all, even
+    /// automatically, until an operator came.
+    pub fn supersedable_operation(&self, group: &str) -> Option<u64> {
+        let id = self.groups.get(group)?.operation?;
+        let op = self.operations.get(&id)?;
+        let halted = matches!(op.state, OperationState::Halted { .. });
+        (halted && op.has_completed(Step::Activate)).then_some(id)
+    }
+
+    /// Ends operation `old` (halted after activation) as done, its remaining steps recorded
+    /// as skipped because operation `by` supersedes it.
+    fn supersede(&mut self, index: u64, p: &Proposal, old: u64, by: u64) -> Result<(), Refusal> {
+        let op = self.operation_mut(old)?;
+        let error = match &op.state {
+            OperationState::Halted { error } => error.clone(),
+            other => unreachable!(
+                "only a halted operation is superseded, not {}",
+                other.name()
+            ),
+        };
+        let detail = format!("superseded by operation {by} (halted: {error})");
+        while let Some(step) = {
+            let op = self.operation_mut(old)?;
+            (op.step != Step::Done).then_some(op.step)
+        } {
+            assert!(
+                step.skippable(),
+                "superseding operation {old} would skip {step}"
+            );
+            self.operation_mut(old)?.state = OperationState::Running;
+            self.complete_step(index, p, old, step, StepOutcome::Skipped, &detail)?;
+        }
+        Ok(())
     }
 
     fn operation_mut(&mut self, operation: u64) -> Result<&mut Operation, Refusal> {

@@ -506,3 +506,87 @@ fn audit_log_and_finished_operations_are_bounded() {
     assert_eq!(s.operations.len(), FINISHED_OPERATIONS_MAX);
     assert_eq!(s.groups["checkout"].epoch, count + 1);
 }
+
+/// Goal: an operation halted after its activation (a failing `validate` or `dns`) does not
+/// keep its group from failing over again; one halted before activation still does.
+#[test]
+fn new_operation_supersedes_one_halted_after_activation_only() {
+    let mut s = with_policy();
+    let halt = |operation, step| Command::HaltOperation {
+        operation,
+        step,
+        error: "region-b is not seen up by a majority".into(),
+    };
+
+    // Halted before activation (lease revoked, fence pending): still in progress.
+    s.apply(2, &proposal("", failover("region-b")));
+    s.apply(3, &proposal("", complete(1, Step::Revoke)));
+    s.apply(4, &proposal("", halt(1, Step::Fence)));
+    assert_eq!(s.supersedable_operation("checkout"), None);
+    let busy = s.apply(5, &proposal("", failover("region-c")));
+    assert!(
+        matches!(busy.outcome, Err(Refusal::OperationInProgress { .. })),
+        "{busy:?}"
+    );
+    s.apply(6, &proposal("", Command::RetryOperation { operation: 1 }));
+    let mut i = 7;
+    for step in [
+        Step::Fence,
+        Step::RpoCheck,
+        Step::Promote,
+        Step::Activate,
+        Step::Dns,
+    ] {
+        let r = s.apply(i, &proposal("", complete(1, step)));
+        assert!(r.outcome.is_ok(), "{step}: {r:?}");
+        i += 1;
+    }
+
+    // Halted at validate, after region-b was activated at epoch 2.
+    s.apply(i, &proposal("", halt(1, Step::Validate)));
+    assert_eq!(s.supersedable_operation("checkout"), Some(1));
+    assert_eq!(s.groups["checkout"].operation, Some(1));
+    let audit_before = s.audit.len();
+
+    // A refused request changes nothing, even with a supersedable operation around.
+    let refused = s.apply(i + 1, &proposal("", failover("region-b")));
+    assert!(
+        matches!(refused.outcome, Err(Refusal::AlreadyActive { .. })),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        s.operations[&1].state,
+        OperationState::Halted { .. }
+    ));
+    assert_eq!(s.audit.len(), audit_before);
+
+    let next = s.apply(i + 2, &proposal("", failover("region-a")));
+    let Ok(Outcome::Operation(op)) = next.outcome else {
+        panic!("{next:?}")
+    };
+    assert_eq!((op.id, op.from_epoch, op.to_epoch), (2, 2, 3));
+    let old = &s.operations[&1];
+    assert_eq!(old.state, OperationState::Done);
+    let last = old.steps.last().unwrap();
+    assert_eq!(
+        (last.step, last.outcome),
+        (Step::Validate, StepOutcome::Skipped)
+    );
+    assert!(
+        last.detail.contains("superseded by operation 2"),
+        "{last:?}"
+    );
+    assert_eq!(
+        old.steps
+            .iter()
+            .filter(|r| r.step == Step::Validate)
+            .count(),
+        1,
+        "each step recorded once"
+    );
+    let g = &s.groups["checkout"];
+    assert_eq!(
+        (g.active.as_str(), g.epoch, g.operation),
+        ("region-b", 2, Some(2))
+    );
+}
