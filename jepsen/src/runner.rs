@@ -134,7 +134,11 @@ fn arbiter_binary(opts: &TestOpts, dir: &Path) -> anyhow::Result<PathBuf> {
                 }
             }
             if opts.unsafe_skip_lease_wait {
-                cmd.args(["--features", "unsafe-skip-lease-wait"]);
+                // A target dir of its own: the unsafe binary must never replace the normal
+                // `target/debug/arbiter` that scripts and other runs use.
+                let target = crate::store::workspace().join("target/unsafe-skip-lease-wait");
+                cmd.args(["--features", "unsafe-skip-lease-wait", "--target-dir"])
+                    .arg(target);
             }
             eprintln!(
                 "jepsen: building arbiter{}",
