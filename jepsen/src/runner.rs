@@ -270,6 +270,13 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
             )));
         }
     }
+    if has("reads") {
+        tasks.push(tokio::spawn(crate::workload::dns_reader::run(
+            ctx.clone(),
+            opts.seed.wrapping_add(200),
+            reads_until,
+        )));
+    }
     if has("operator") {
         tasks.push(tokio::spawn(crate::workload::operator::run(
             ctx.clone(),
