@@ -1,10 +1,11 @@
 //! The system under test: certificates, node files and policy for every witness, and the
-//! processes on every host (witnesses under `arbiter serve`, per region an `arbiter agent`, a
-//! health endpoint and a delay proxy in front of each witness).
+//! processes on every host (witnesses under `arbiter serve` with their embedded DNS servers,
+//! per region an `arbiter agent`, a health endpoint and a delay proxy in front of each
+//! witness, and BIND's `named` on the DNS host).
 //!
 //! Layout of a run directory: `certs/`, `policy.toml`, and `nodes/<host>/` with the node
 //! file, data dir, logs, the agent's state file, the writer's log and the libfaketime control
-//! file. This module starts and stops things; when to do so is the nemesis's business.
+//! file; `nodes/dns/` holds BIND's `named.conf`, zone, journal, TSIG secret and `named.log`. This module starts and stops things; when to do so is the nemesis's business.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::dns::DNS_PORT;
 use crate::hosts::{Host, Role};
 use crate::procs::Proc;
 
@@ -48,6 +50,8 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Proc>,
     pub health: BTreeMap<String, Proc>,
     pub proxies: BTreeMap<String, Proc>,
+    /// BIND on the DNS host.
+    pub bind: Option<Proc>,
 }
 
 /// The arbiter CLI as run from inside a host's namespace.
@@ -218,6 +222,10 @@ peers = [
 {peers}
 ]
 
+# The embedded authoritative DNS server, on the witness's bridge address.
+[dns]
+listen = "{ip}:{DNS_PORT}"
+
 # Short timings so that many elections and failovers happen in a short run.
 [timing]
 heartbeat_ms = 100
@@ -227,6 +235,7 @@ rpc_timeout_ms = 500
 "#,
                     site = h.site,
                     adv = client_addr(h),
+                    ip = h.ip,
                     certs = certs.display(),
                     peers = peers.join("\n"),
                 );
@@ -250,8 +259,16 @@ rpc_timeout_ms = 500
                 .map(|h| h.ip.clone())
                 .unwrap_or_default()
         };
+        let dns_host = hosts
+            .iter()
+            .find(|h| h.role == Role::Dns)
+            .context("the plan has no DNS host")?;
+        let bind_files =
+            crate::dns::write_bind_files(&dir.join("nodes").join(&dns_host.name), &dns_host.ip)?;
         let policy = format!(
-            r#"# Policy of the jepsen run (generated): one automatic group with short timings.
+            r#"# Policy of the jepsen run (generated): one automatic group with short timings, its
+# record in a zone served by every witness and by BIND (updated with RFC 2136).
+{dns}
 [[regions]]
 name = "region-a"
 {pa}
@@ -271,7 +288,13 @@ down_after_ms = {down}
 cooldown_ms = 2000
 failback_after_ms = {failback}
 step_attempts = 3
-"#,
+{group_dns}"#,
+            dns = crate::dns::policy_table(
+                &witnesses.iter().map(|h| (*h).clone()).collect::<Vec<_>>(),
+                dns_host,
+                &bind_files.secret
+            ),
+            group_dns = crate::dns::group_table(),
             pa = probes(&db_ip("region-a")),
             pb = probes(&db_ip("region-b")),
             lease = opts.lease_ms,
@@ -288,6 +311,7 @@ step_attempts = 3
             agents: BTreeMap::new(),
             health: BTreeMap::new(),
             proxies: BTreeMap::new(),
+            bind: None,
         })
     }
 
@@ -313,7 +337,7 @@ step_attempts = 3
     pub fn db_hosts(&self) -> Vec<Host> {
         self.hosts
             .iter()
-            .filter(|h| h.witness_id().is_none())
+            .filter(|h| h.is_database())
             .cloned()
             .collect()
     }
@@ -432,7 +456,22 @@ step_attempts = 3
                     );
                     self.health.insert(h.name.clone(), health);
                 }
+                Role::Dns => {
+                    let named = crate::dns::find_program("named").context(
+                        "named (BIND 9) not found: install Debian's bind9 package (.ci/run does)",
+                    )?;
+                    self.bind = Some(Proc::new(
+                        &h.name,
+                        &h.ns(),
+                        crate::dns::named_argv(&named, &nd.join("named.conf")),
+                        Vec::new(),
+                        nd.join("named.log"),
+                    ));
+                }
             }
+        }
+        if let Some(p) = self.bind.as_mut() {
+            p.start()?;
         }
         for p in self.proxies.values_mut() {
             p.start()?;
@@ -464,6 +503,9 @@ step_attempts = 3
             for p in set.values_mut() {
                 p.stop();
             }
+        }
+        if let Some(p) = self.bind.as_mut() {
+            p.stop();
         }
     }
 }

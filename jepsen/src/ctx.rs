@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::cluster::{client_addr, Cli, Cluster, GROUP};
-use crate::hosts::Host;
+use crate::hosts::{Host, Role};
 use crate::recorder::Recorder;
 
 /// Deadline of one `status --local` asked while looking for the leader.
@@ -35,9 +35,14 @@ impl Ctx {
     pub fn dbs(&self) -> Vec<Host> {
         self.hosts
             .iter()
-            .filter(|h| h.witness_id().is_none())
+            .filter(|h| h.is_database())
             .cloned()
             .collect()
+    }
+
+    /// The host BIND runs on.
+    pub fn dns_host(&self) -> Option<Host> {
+        self.hosts.iter().find(|h| h.role == Role::Dns).cloned()
     }
 
     pub fn host(&self, name: &str) -> Option<Host> {

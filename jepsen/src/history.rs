@@ -18,9 +18,10 @@
 //! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
 //! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
 //! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
+//! | `dns-read` | `reader-dns` | `{group, source}` | ok: `{group, source, answer, records, error?}` (what that DNS source answered; informative, not judged) |
 //! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
 //! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
-//! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing |
+//! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing, and what every DNS source answers |
 //!
 //! Notes on values the checkers rely on:
 //!
@@ -33,7 +34,8 @@
 //! - `final.value.dns`, when present and not empty, is what each DNS source (a witness's
 //!   embedded server, BIND, ...) answers for each group after healing, one entry per source
 //!   and group: either `{source, group, answer}`, `answer` being the region its records
-//!   belong to (`null` when it answered nothing), or the CLI's own entry as
+//!   belong to (`null` when it answered nothing or records of no region; then `error`
+//!   says which), the harness adding `records` (the addresses) — or the CLI's own entry as
 //!   `arbiter status --json` prints it (`{group, name, source, expected, found, matches,
 //!   error}`), judged by `matches`. Without it, S5 reads `status.dns`.
 //! - `lease` events count for the epoch checks only when `held` is true.

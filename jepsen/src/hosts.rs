@@ -1,4 +1,5 @@
-//! Hosts: one network namespace per witness and database host, each with a veth pair into a
+//! Hosts: one network namespace per witness and database host, and one for BIND (the
+//! external authoritative DNS server), each with a veth pair into a
 //! bridge the harness owns, addressed inside a private /24 used only on that bridge.
 //!
 //! Setup and teardown are idempotent and name-based: every name the harness creates starts
@@ -62,12 +63,14 @@ pub enum Role {
     Witness { id: u64 },
     /// The database host of a region: `arbiter agent`, the health endpoint and the writer.
     Database { region: String },
+    /// The external authoritative DNS server (BIND's `named`).
+    Dns,
 }
 
 /// One host of the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
-    /// `n1`..`n5`, `db-a`, `db-b`.
+    /// `n1`..`n5`, `db-a`, `db-b`, `dns`.
     pub name: String,
     /// The site (failure domain) it belongs to.
     pub site: String,
@@ -84,10 +87,14 @@ impl Host {
         format!("{VETH_PREFIX}{}", self.name)
     }
 
+    pub fn is_database(&self) -> bool {
+        matches!(self.role, Role::Database { .. })
+    }
+
     pub fn witness_id(&self) -> Option<u64> {
         match self.role {
             Role::Witness { id } => Some(id),
-            Role::Database { .. } => None,
+            Role::Database { .. } | Role::Dns => None,
         }
     }
 }
@@ -101,7 +108,8 @@ pub fn witness_site(id: u64) -> &'static str {
     }
 }
 
-/// The hosts of a test with `witnesses` (3 or 5) witnesses and both database hosts.
+/// The hosts of a test with `witnesses` (3 or 5) witnesses, both database hosts and the DNS
+/// host (a site of its own: no region cut separates it from one region only).
 pub fn plan(witnesses: u64) -> Vec<Host> {
     let mut hosts: Vec<Host> = (1..=witnesses)
         .map(|id| Host {
@@ -121,6 +129,12 @@ pub fn plan(witnesses: u64) -> Vec<Host> {
             },
         });
     }
+    hosts.push(Host {
+        name: "dns".to_string(),
+        site: "dns".to_string(),
+        ip: format!("{SUBNET}.30"),
+        role: Role::Dns,
+    });
     hosts
 }
 

@@ -8,9 +8,10 @@
 //! - `history`: the recorded operations and their vocabulary (the contract between the
 //!   runner and the checkers).
 //! - `recorder`: appends operations to `history.jsonl` as they happen, on one clock.
-//! - `hosts`: the bridge and one network namespace per witness and database host.
+//! - `hosts`: the bridge and one network namespace per witness, database host and BIND.
 //! - `procs`: long-running processes inside the namespaces (start, kill -9, pause, stop).
 //! - `cluster`: certificates, node files, policy and the processes of the system under test.
+//! - `dns`: BIND's files, the policy's `[dns]`, and the queries of every DNS source.
 //! - `helpers`: the health endpoint and the delay proxy (`jepsen health-server`, `jepsen proxy`).
 //! - `ctx`: what workloads and the nemesis share; who is leader, which region is active.
 //! - `nemesis`: faults on a seeded schedule, and healing.
@@ -25,6 +26,7 @@ pub mod analyze;
 pub mod checker;
 pub mod cluster;
 pub mod ctx;
+pub mod dns;
 pub mod helpers;
 pub mod history;
 pub mod hosts;

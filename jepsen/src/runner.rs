@@ -26,6 +26,11 @@ const STARTUP: Duration = Duration::from_secs(60);
 const FIRST_LEASE: Duration = Duration::from_secs(60);
 /// Deadline of one setup or final CLI call.
 const SETUP_CALL: Duration = Duration::from_secs(10);
+/// Bound on waiting for BIND to answer after start.
+const BIND_READY: Duration = Duration::from_secs(20);
+/// Bound on waiting, after recovery, for every DNS source to answer the committed region
+/// (the reconciler repairs BIND every 2 s); what they answer is recorded either way.
+const DNS_CONVERGENCE: Duration = Duration::from_secs(20);
 /// How often progress is printed while running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -269,6 +274,13 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
             )));
         }
     }
+    if has("reads") {
+        tasks.push(tokio::spawn(crate::workload::dns_reader::run(
+            ctx.clone(),
+            opts.seed.wrapping_add(200),
+            reads_until,
+        )));
+    }
     if has("operator") {
         tasks.push(tokio::spawn(crate::workload::operator::run(
             ctx.clone(),
@@ -341,6 +353,7 @@ async fn bring_up(ctx: &Ctx) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    wait_bind(ctx).await?;
     let first = ctx.witnesses()[0].clone();
     let policy = ctx.cluster().dir.join("policy.toml").display().to_string();
     for (what, args) in [
@@ -399,10 +412,66 @@ async fn bring_up(ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until BIND answers for its zone (any answer, NXDOMAIN included: the group's record
+/// is published only once the policy is applied).
+async fn wait_bind(ctx: &Ctx) -> anyhow::Result<()> {
+    let bind = ctx.dns_host().context("the plan has no DNS host")?;
+    let deadline = Instant::now() + BIND_READY;
+    loop {
+        let a = crate::dns::query("bind", &bind.ns(), &bind.ip).await;
+        if a.region.is_some()
+            || a.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("no A records"))
+        {
+            eprintln!("jepsen: BIND answers on {}", bind.ip);
+            return Ok(());
+        }
+        let running = ctx.cluster().bind.as_mut().is_some_and(|p| p.running());
+        if !running || Instant::now() > deadline {
+            bail!(
+                "BIND did not answer within {BIND_READY:?} ({}); see {}",
+                a.error.unwrap_or_default(),
+                ctx.cluster()
+                    .node_dir(&bind.name)
+                    .join("named.log")
+                    .display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// After recovery, polls every DNS source until all answer the group's committed active
+/// region or [`DNS_CONVERGENCE`] passes (the caller records what they answer either way).
+async fn wait_dns(ctx: &Ctx) {
+    let Some(bind) = ctx.dns_host() else {
+        return;
+    };
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < DNS_CONVERGENCE {
+        let answers = crate::dns::query_all(&ctx.witnesses(), &bind).await;
+        last = crate::dns::summary(&answers);
+        if let Some((active, _)) = ctx.active_region().await {
+            if crate::dns::converged(&answers, &active) {
+                eprintln!(
+                    "jepsen: DNS answers {active} everywhere after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("jepsen: DNS did not converge within {DNS_CONVERGENCE:?}: {last}");
+}
+
 /// The `final` operation: status and operations after recovery, through the first witness
-/// that answers.
+/// that answers, and what every DNS source answers.
 async fn final_op(ctx: &Ctx) {
     const PROCESS: &str = "checker";
+    wait_dns(ctx).await;
     ctx.rec.invoke("final", json!({}), PROCESS, None);
     let mut last = String::new();
     for h in ctx.witnesses() {
@@ -440,7 +509,14 @@ async fn final_op(ctx: &Ctx) {
             parse(&operations.stdout),
         ) {
             (true, Some(s), true, Some(o)) => {
-                let dns = s.get("dns").cloned().unwrap_or(json!([]));
+                let dns: Vec<serde_json::Value> = match ctx.dns_host() {
+                    Some(bind) => crate::dns::query_all(&ctx.witnesses(), &bind)
+                        .await
+                        .iter()
+                        .map(crate::dns::Answer::to_json)
+                        .collect(),
+                    None => Vec::new(),
+                };
                 ctx.rec.complete(
                     OpType::Ok,
                     "final",

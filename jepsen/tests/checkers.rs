@@ -425,6 +425,49 @@ fn a_dns_source_answering_another_region_is_invalid() {
 }
 
 #[test]
+fn the_harness_dns_answers_are_judged_per_source() {
+    // What the runner records: dig's output per source, through `Answer::to_json`.
+    let answer = |source: &str, code: Option<i32>, dig: &str| {
+        jepsen::dns::parse_dig(source, code, dig).to_json()
+    };
+    let a = "checkout.shop.test. 5 IN A 192.0.2.10\n";
+    let b = "checkout.shop.test. 5 IN A 198.51.100.10\n";
+    let judge = |answers: Vec<serde_json::Value>| {
+        let mut h = valid_without_final();
+        let mut v = final_value(vec![], "manual");
+        v["status"]["groups"] = json!([{"name": "checkout", "active": "region-a", "epoch": 3}]);
+        v["dns"] = json!(answers);
+        add_final(&mut h, v);
+        let (history, _) = h.finish();
+        result(&run(&history), "dns").clone()
+    };
+    let ok = judge(vec![
+        answer("witness-n1", Some(0), a),
+        answer("bind", Some(0), a),
+    ]);
+    assert_eq!(ok.valid, Valid::True, "{ok:#?}");
+    assert_eq!(ok.counts["answers from bind"], 1);
+    assert_eq!(ok.counts["answers from witness-n1"], 1);
+
+    let bad = judge(vec![
+        answer("witness-n1", Some(0), a),
+        answer("bind", Some(0), b),
+        answer(
+            "witness-n2",
+            Some(9),
+            ";; connection timed out; no servers could be reached\n",
+        ),
+    ]);
+    assert_eq!(bad.valid, Valid::False);
+    assert_eq!(bad.errors.len(), 2, "{bad:#?}");
+    assert!(
+        bad.errors[0].message.contains("bind answers region-b"),
+        "{bad:#?}"
+    );
+    assert!(bad.errors[1].message.contains("timed out"), "{bad:#?}");
+}
+
+#[test]
 fn a_requested_fault_that_never_happened_and_no_recovery_are_invalid() {
     let mut b = valid_without_final();
     let kill = b.op(

@@ -19,6 +19,7 @@ pub fn check(ctx: &Context) -> CheckResult {
     let final_op: Vec<_> = f.op.clone().into_iter().collect();
     for a in answers {
         r.count("answers", 1);
+        r.count(&format!("answers from {}", a.source), 1);
         let committed = f.groups.get(&a.group).map(|g| g.active.as_str());
         let wrong = match (&a.answer, a.matches) {
             (Some(answer), _) => committed != Some(answer.as_str()),

@@ -4,8 +4,10 @@
 //! - `writes` ([`writer`]): per region, a writer that appends `(region, epoch, seq)` to a
 //!   log on its database host while that region's `arbiter agent` holds the lease.
 //! - `operator` ([`operator`]): failovers, failbacks, mode changes and approvals via the CLI.
-//! - `reads` ([`reader`]): `status` and `fence-check` from every witness host.
+//! - `reads` ([`reader`]): `status` and `fence-check` from every witness host, and
+//!   ([`dns_reader`]) what a random DNS source answers for the group's name.
 
+pub mod dns_reader;
 pub mod operator;
 pub mod reader;
 pub mod writer;
