@@ -21,6 +21,10 @@ const BAR_H: f64 = 11.0;
 const FINDINGS_DRAWN_MAX: usize = 500;
 /// Room above the rows for the axis and epoch labels.
 const TOP: f64 = 46.0;
+/// Approximate width of one character of a label at the chart's font size.
+const LABEL_CHAR_PX: f64 = 6.5;
+/// Least room between two epoch labels.
+const LABEL_GAP_PX: f64 = 4.0;
 
 const OK: &str = "#43a047";
 const FAIL: &str = "#e53935";
@@ -282,10 +286,32 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
             escape(&label)
         );
     }
-    // Epoch changes: the first observation of each greater epoch, per group.
-    for o in changes.values().flatten() {
-        let x = axis.x(o.end_ns);
+    // Epoch changes: the first observation of each greater epoch, per group. A label that
+    // would run into the previous one is shortened to its epoch, or left to the line's
+    // hover text when even that does not fit.
+    let mut marks: Vec<(f64, &epochs::Observation)> = changes
+        .values()
+        .flatten()
+        .map(|o| (axis.x(o.end_ns), *o))
+        .collect();
+    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut labels_end_x = f64::MIN;
+    for (i, &(x, o)) in marks.iter().enumerate() {
+        let next_x = marks.get(i + 1).map_or(f64::MAX, |m| m.0);
         let label = format!("{} e{}→{}", o.group, o.epoch, o.region);
+        let short = format!("e{}", o.epoch);
+        let start = x + 2.0;
+        let width = |l: &str| l.chars().count() as f64 * LABEL_CHAR_PX;
+        let shown = if start < labels_end_x + LABEL_GAP_PX {
+            String::new()
+        } else if start + width(&label) + LABEL_GAP_PX <= next_x + 2.0 {
+            label.clone()
+        } else {
+            short
+        };
+        if !shown.is_empty() {
+            labels_end_x = start + width(&shown);
+        }
         let _ = write!(
             svg,
             "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-dasharray=\"3,3\"><title>{}</title></line>\
@@ -301,7 +327,7 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
             )),
             x + 2.0,
             TOP - 16.0,
-            escape(&label)
+            escape(&shown)
         );
     }
     let mut y = TOP;
