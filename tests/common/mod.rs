@@ -85,14 +85,29 @@ pub fn node_toml(
     tls: &arbiter::tls::TlsPaths,
 ) -> String {
     let sites = ["region-a", "region-b", "tiebreaker", "region-a", "region-b"];
-    let peers: Vec<String> = addrs
+    let peers: Vec<u64> = (1..=addrs.len() as u64).collect();
+    node_toml_with(id, addrs, &peers, &sites, data_dir, tls)
+}
+
+/// Node file text for witness `id` listing only `peers` (ids) as initial peers; witness `n`
+/// is at site `sites[(n - 1) % sites.len()]`. Shared by the in-process and the process-level
+/// harness.
+pub fn node_toml_with(
+    id: u64,
+    addrs: &[SocketAddr],
+    peers: &[u64],
+    sites: &[&str],
+    data_dir: &Path,
+    tls: &arbiter::tls::TlsPaths,
+) -> String {
+    let site = |n: u64| sites[(n as usize - 1) % sites.len()];
+    let peers: Vec<String> = peers
         .iter()
-        .enumerate()
-        .map(|(i, a)| {
+        .map(|&p| {
             format!(
-                "{{ id = {}, addr = \"{a}\", site = \"{}\" }}",
-                i + 1,
-                sites[i % sites.len()]
+                "{{ id = {p}, addr = \"{}\", site = \"{}\" }}",
+                addrs[p as usize - 1],
+                site(p)
             )
         })
         .collect();
@@ -110,7 +125,7 @@ election_timeout_min_ms = 600
 election_timeout_max_ms = 1200
 rpc_timeout_ms = 500
 "#,
-        site = sites[(id as usize - 1) % sites.len()],
+        site = site(id),
         data = data_dir.display(),
         listen = addrs[id as usize - 1],
         ca = tls.ca.display(),

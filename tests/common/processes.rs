@@ -136,38 +136,13 @@ pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 /// Node file of witness `id`; `peers` are the ids it lists as initial peers.
 pub fn node_toml(dir: &Path, certs: &Path, addrs: &[SocketAddr], id: u64, peers: &[u64]) -> String {
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|&p| {
-            format!(
-                "{{ id = {p}, addr = \"{}\", site = \"{}\" }}",
-                addrs[p as usize - 1],
-                SITES[p as usize - 1]
-            )
-        })
-        .collect();
-    format!(
-        r#"id = {id}
-site = "{site}"
-data_dir = "{data}"
-listen = "{listen}"
-tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
-peers = [{peers}]
-
-[timing]
-heartbeat_ms = 100
-election_timeout_min_ms = 600
-election_timeout_max_ms = 1200
-rpc_timeout_ms = 500
-"#,
-        site = SITES[id as usize - 1],
-        data = dir.join(format!("node-{id}")).display(),
-        listen = addrs[id as usize - 1],
-        ca = certs.join("ca.pem").display(),
-        cert = certs.join(format!("node-{id}.pem")).display(),
-        key = certs.join(format!("node-{id}.key")).display(),
-        peers = peers.join(", "),
-    )
+    let tls = arbiter::tls::TlsPaths {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("node-{id}.pem")),
+        key: certs.join(format!("node-{id}.key")),
+    };
+    let data = dir.join(format!("node-{id}"));
+    super::node_toml_with(id, addrs, peers, &SITES, &data, &tls)
 }
 
 pub fn tail(path: &Path, lines: usize) -> String {
