@@ -70,6 +70,12 @@ impl ApiError {
                 Refusal::NotSkippable { .. } => "not-skippable",
                 Refusal::AlreadyActivated { .. } => "already-activated",
                 Refusal::UnknownRegion { .. } => "unknown-region",
+                Refusal::OperationRegionRemoved { .. } => "operation-region-removed",
+                Refusal::RemovalsPending { .. } => "removals-pending",
+                Refusal::InvalidPolicy { .. } => "invalid-policy",
+                Refusal::FieldTooLong { .. } => "invalid-argument",
+                Refusal::PromoteStarted { .. } => "promote-started",
+                Refusal::EpochsExhausted { .. } => "epochs-exhausted",
             },
             ApiError::InvalidArgument { .. } => "invalid-argument",
             ApiError::Policy(_) => "invalid-policy",
@@ -86,8 +92,21 @@ impl ApiError {
             "unknown-group" | "unknown-operation" | "unknown-region" => Code::NotFound,
             "stale-policy" => Code::Aborted,
             "invalid-argument" | "invalid-policy" => Code::InvalidArgument,
-            "not-candidate" | "already-active" | "frozen" | "no-policy" | "active-removed"
-            | "membership" => Code::FailedPrecondition,
+            "not-candidate"
+            | "already-active"
+            | "frozen"
+            | "no-policy"
+            | "active-removed"
+            | "membership"
+            | "operation-in-progress"
+            | "operation-state"
+            | "wrong-step"
+            | "not-skippable"
+            | "already-activated"
+            | "operation-region-removed"
+            | "promote-started"
+            | "epochs-exhausted" => Code::FailedPrecondition,
+            "removals-pending" => Code::Unavailable,
             _ => Code::Internal,
         }
     }

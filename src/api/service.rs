@@ -17,7 +17,7 @@ use crate::proto::arbiter_server::Arbiter;
 use crate::raft::{ClusterView, Consensus, MemberView};
 use crate::state::{
     AuditEntry, ClusterState, Command, GroupState, Operation, OperationKind, OperationState,
-    Outcome, Proposal, Step, StepOutcome,
+    Outcome, Proposal, Step, StepOutcome, NAME_BYTES_MAX, REQUEST_ID_BYTES_MAX,
 };
 use crate::tls::peer_identity;
 
@@ -29,8 +29,6 @@ const AUDIT_LIMIT_MAX: u32 = 1_000;
 /// (it reconnects and gets the current state).
 const WATCH_QUEUE: usize = 64;
 /// Bounds on request fields from the network.
-const NAME_BYTES_MAX: usize = 63;
-const REQUEST_ID_BYTES_MAX: usize = 128;
 /// How long `Init` waits for the new cluster to elect a leader and record its id.
 const INIT_WAIT: Duration = Duration::from_secs(30);
 
@@ -68,6 +66,10 @@ impl ApiService {
             Outcome::Operation(op) => Ok(Response::new(proto::OperationReply {
                 operation: Some(operation_pb(&op)),
             })),
+            Outcome::OperationId(id) => Err(ApiError::Internal(format!(
+                "this request was answered before; operation {id} is no longer kept"
+            ))
+            .into()),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}")).into()),
         }
     }
@@ -132,7 +134,11 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
 pub(crate) fn operation_pb(op: &Operation) -> proto::OperationStatus {
     let error = match &op.state {
         OperationState::Halted { error } => error.clone(),
-        OperationState::Aborted { reason } => reason.clone(),
+        OperationState::Aborting { reason } => format!("{reason} (unfence hooks running)"),
+        OperationState::Aborted { reason } => match &op.unfenced {
+            Some(unfenced) => format!("{reason}; {unfenced}"),
+            None => reason.clone(),
+        },
         _ => String::new(),
     };
     proto::OperationStatus {
@@ -630,9 +636,13 @@ impl Arbiter for ApiService {
             .linearizable_read()
             .await
             .map_err(ApiError::from)?;
-        let (diff, version) = self
-            .consensus
-            .with_state(|s| (policy.diff(s.policy.as_ref()), s.policy_version));
+        let (diff, version, allowed) = self.consensus.with_state(|s| {
+            (
+                policy.diff(s.policy.as_ref()),
+                s.policy_version,
+                s.check_policy(&policy),
+            )
+        });
         if r.if_version != 0 && r.if_version != version {
             return Err(ApiError::from(crate::state::Refusal::StalePolicy {
                 current: version,
@@ -640,6 +650,8 @@ impl Arbiter for ApiService {
             })
             .into());
         }
+        // What the state machine would refuse is refused now, dry run included.
+        allowed.map_err(ApiError::from)?;
         if r.dry_run {
             return Ok(Response::new(proto::PolicyApplyReply {
                 diff,

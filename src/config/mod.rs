@@ -17,7 +17,7 @@ pub use error::ConfigError;
 pub(crate) use node::check_addr;
 pub use node::{NodeConfig, Peer, Storage, Timing, EXIT_CONFIG};
 pub use policy::{
-    GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, LEASE_MS_DEFAULT, LEASE_MS_MAX,
-    LEASE_MS_MIN,
+    GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, GROUPS_MAX, LEASE_MS_DEFAULT,
+    LEASE_MS_MAX, LEASE_MS_MIN, POLICY_JSON_BYTES_MAX,
 };
 pub use postgres::{PostgresAction, PostgresHook, PostgresRegion, StopCommand};

@@ -26,6 +26,9 @@ pub const LEASE_MS_MAX: u64 = 600_000;
 pub const LEASE_MS_DEFAULT: u64 = 10_000;
 /// The policy source is kept in the replicated state for `policy show`; bound its size.
 pub const POLICY_TOML_BYTES_MAX: usize = 256 * 1024;
+/// The policy as replicated (JSON, defaults filled in) is bounded too: it travels in one
+/// log entry and sits in every snapshot.
+pub const POLICY_JSON_BYTES_MAX: usize = 512 * 1024;
 
 /// How a group may fail over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +194,10 @@ pub struct GroupHooks {
     /// Checks that the new region serves; the region's probes must pass too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validate: Vec<String>,
+    /// Undo the fence hooks on the old primary when an operator aborts an operation after
+    /// they may have run (the old region stays active), in order. `exec` or `http` hooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfence: Vec<String>,
 }
 
 impl GroupHooks {
@@ -199,6 +206,7 @@ impl GroupHooks {
             && self.rpo_check.is_none()
             && self.promote.is_empty()
             && self.validate.is_empty()
+            && self.unfence.is_empty()
     }
 
     /// Every hook name with the key it appears under.
@@ -208,6 +216,7 @@ impl GroupHooks {
         out.extend(self.rpo_check.iter().map(|n| ("rpo_check", n)));
         out.extend(self.promote.iter().map(|n| ("promote", n)));
         out.extend(self.validate.iter().map(|n| ("validate", n)));
+        out.extend(self.unfence.iter().map(|n| ("unfence", n)));
         out
     }
 }
@@ -483,6 +492,46 @@ impl Policy {
                     ));
                 }
             }
+        }
+        self.check_structure()
+            .map_err(|reason| ConfigError::new("policy", reason))
+    }
+
+    /// The rules the replicated state machine relies on, checked again when it applies a
+    /// policy: deterministic (no secrets or programs looked up), so every witness decides
+    /// alike. A policy that passed [`Policy::validate`] passes this.
+    pub fn check_structure(&self) -> Result<(), String> {
+        if self.regions.len() > REGIONS_MAX
+            || self.groups.len() > GROUPS_MAX
+            || self.hooks.len() > HOOKS_MAX
+        {
+            return Err(format!(
+                "at most {REGIONS_MAX} regions, {GROUPS_MAX} groups and {HOOKS_MAX} hooks"
+            ));
+        }
+        let regions: BTreeSet<&str> = self.regions.iter().map(|r| r.name.as_str()).collect();
+        let mut groups = BTreeSet::new();
+        for g in &self.groups {
+            if !groups.insert(g.name.as_str()) {
+                return Err(format!("group {:?} is listed twice", g.name));
+            }
+            if g.candidates.len() < 2 {
+                return Err(format!("group {:?} has fewer than two candidates", g.name));
+            }
+            if let Some(c) = g.candidates.iter().find(|c| !regions.contains(c.as_str())) {
+                return Err(format!(
+                    "candidate {c:?} of group {:?} is not a region",
+                    g.name
+                ));
+            }
+        }
+        let size = serde_json::to_vec(self)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > POLICY_JSON_BYTES_MAX {
+            return Err(format!(
+                "the policy is {size} bytes as replicated, more than {POLICY_JSON_BYTES_MAX}"
+            ));
         }
         Ok(())
     }

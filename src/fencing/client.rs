@@ -21,7 +21,8 @@ pub enum LeaseState {
         deadline: Instant,
     },
     /// Refused: `active` is the group's active region at `epoch`; `refusal` says why
-    /// (`not-active`, `stale-epoch`, `revoked`).
+    /// (`not-active`, `stale-epoch`, `revoked`, `removed-leases-pending`, `unknown-group`:
+    /// then `active` is empty and `epoch` 0).
     Refused {
         active: String,
         epoch: u64,
@@ -83,8 +84,8 @@ impl LeaseClient {
                 let req = req.clone();
                 async move { FencingClient::new(ch).acquire(req).await }
             })
-            .await?;
-        Ok(state_from(sent, reply))
+            .await;
+        answer(sent, reply)
     }
 
     /// Renews the lease held at `epoch`.
@@ -97,8 +98,8 @@ impl LeaseClient {
                 let req = req.clone();
                 async move { FencingClient::new(ch).renew(req).await }
             })
-            .await?;
-        Ok(state_from(sent, reply))
+            .await;
+        answer(sent, reply)
     }
 
     /// Is `epoch` still current for this region? (No lease is granted or extended.)
@@ -110,6 +111,25 @@ impl LeaseClient {
                 async move { FencingClient::new(ch).check(req).await }
             })
             .await
+    }
+}
+
+/// The holder's state after a reply. A group the cluster does not know (removed from the
+/// policy) is a definite refusal, not an error to retry until the deadline: whoever holds
+/// its lease must stop at once.
+fn answer(
+    sent: Instant,
+    reply: Result<proto::LeaseReply, ClientError>,
+) -> Result<LeaseState, ClientError> {
+    match reply {
+        Ok(reply) => Ok(state_from(sent, reply)),
+        Err(e) if e.kind == "unknown-group" => Ok(LeaseState::Refused {
+            active: String::new(),
+            epoch: 0,
+            refusal: e.kind,
+            message: e.message,
+        }),
+        Err(e) => Err(e),
     }
 }
 

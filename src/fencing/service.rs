@@ -144,20 +144,11 @@ impl Fencing {
                     epoch,
                     lease_ms: 0,
                     active: active.to_string(),
-                    refusal: refusal_kind(&refusal).to_string(),
+                    refusal: refusal.kind().to_string(),
                     message: refusal.to_string(),
                 })
             }
         }
-    }
-}
-
-fn refusal_kind(r: &LeaseRefusal) -> &'static str {
-    match r {
-        LeaseRefusal::UnknownGroup { .. } => "unknown-group",
-        LeaseRefusal::NotActive { .. } => "not-active",
-        LeaseRefusal::StaleEpoch { .. } => "stale-epoch",
-        LeaseRefusal::Revoked { .. } => "revoked",
     }
 }
 

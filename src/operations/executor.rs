@@ -20,7 +20,9 @@ use crate::api::now_ms;
 use crate::config::{GroupPolicy, Hook, Policy};
 use crate::hooks::{self, HookContext, HookOutcome};
 use crate::raft::{Consensus, ConsensusError};
-use crate::state::{Command, Operation, OperationState, Proposal, Step, StepOutcome};
+use crate::state::{
+    Command, LeaseBound, Operation, OperationState, Proposal, Refusal, Step, StepOutcome,
+};
 use crate::telemetry::Metrics;
 
 /// How often the executor looks at the state when nothing is applied (leadership changes
@@ -62,14 +64,45 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: 
     // When this witness first saw each operation's revoke applied.
     let mut revoke_seen: HashMap<u64, Instant> = HashMap::new();
     let mut tasks: HashMap<u64, (Step, StepTask)> = HashMap::new();
+    // Aborting operations whose unfence hooks run.
+    let mut unfence_tasks: HashMap<u64, StepTask> = HashMap::new();
+    // When this witness first saw each removed group (name, epoch) whose leases may still
+    // be held, and the task that records their expiry.
+    let mut removed_seen: HashMap<(String, u64), Instant> = HashMap::new();
+    let mut expiry_tasks: HashMap<(String, u64), StepTask> = HashMap::new();
     let mut was_leader = false;
     loop {
-        let operations: Vec<Operation> = consensus.with_state(|s| {
-            s.operations
-                .values()
-                .filter(|o| !o.state.is_finished())
-                .cloned()
-                .collect()
+        let (operations, removed): (Vec<Operation>, Vec<(String, u64, LeaseBound)>) = consensus
+            .with_state(|s| {
+                let operations = s
+                    .operations
+                    .values()
+                    .filter(|o| !o.state.is_finished())
+                    .cloned()
+                    .collect();
+                let removed = s
+                    .removed
+                    .iter()
+                    .filter(|(_, r)| !r.leases_expired)
+                    .map(|(name, r)| (name.clone(), r.epoch, r.lease_bound))
+                    .collect();
+                (operations, removed)
+            });
+        // Seen now or earlier: never before the removal was applied here, so the wait
+        // counted from it covers every lease granted before the removal (as for a revoke).
+        for (name, epoch, _) in &removed {
+            removed_seen
+                .entry((name.clone(), *epoch))
+                .or_insert_with(Instant::now);
+        }
+        removed_seen
+            .retain(|(name, epoch), _| removed.iter().any(|(n, e, _)| n == name && e == epoch));
+        expiry_tasks.retain(|key, task| !task.is_finished() && removed_seen.contains_key(key));
+        unfence_tasks.retain(|id, task| {
+            !task.is_finished()
+                && operations
+                    .iter()
+                    .any(|o| o.id == *id && matches!(o.state, OperationState::Aborting { .. }))
         });
         for op in &operations {
             if op.has_completed(Step::Revoke) {
@@ -91,7 +124,39 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: 
             for (_, (_, task)) in tasks.drain() {
                 task.abort();
             }
+            unfence_tasks.clear();
+            expiry_tasks.clear();
         } else {
+            for (name, epoch, bound) in &removed {
+                let key = (name.clone(), *epoch);
+                if expiry_tasks.contains_key(&key) {
+                    continue;
+                }
+                let seen = removed_seen.get(&key).copied().unwrap_or_else(Instant::now);
+                let deadline = seen + Duration::from_millis(bound.wait_ms());
+                let task = StepTask(tokio::spawn(record_removed_leases_expired(
+                    consensus.clone(),
+                    name.clone(),
+                    *epoch,
+                    deadline,
+                )));
+                expiry_tasks.insert(key, task);
+            }
+            for op in operations
+                .iter()
+                .filter(|o| matches!(o.state, OperationState::Aborting { .. }))
+            {
+                if unfence_tasks.contains_key(&op.id) {
+                    continue;
+                }
+                let task = StepTask(tokio::spawn(unfence_task(
+                    consensus.clone(),
+                    tables.clone(),
+                    metrics.clone(),
+                    op.clone(),
+                )));
+                unfence_tasks.insert(op.id, task);
+            }
             for op in operations
                 .iter()
                 .filter(|o| o.state == OperationState::Running)
@@ -217,12 +282,37 @@ async fn step_task(
         }
         StepResult::Abandon => return,
     };
-    if let Err(e) = propose(&consensus, command).await {
-        tracing::info!(operation = op.id, step = %op.step, error = %e, "step outcome not committed here; the next leader resumes the step");
+    match propose(&consensus, command).await {
+        Err(e) => {
+            tracing::info!(operation = op.id, step = %op.step, error = %e, "step outcome not committed here; the next leader resumes the step");
+        }
+        // The operation moved on (an operator acted, or another leader recorded it).
+        Ok(Err(
+            Refusal::OperationState { .. }
+            | Refusal::WrongStep { .. }
+            | Refusal::UnknownOperation { .. },
+        )) => {}
+        // The state machine will not record this step (for example the target is no
+        // longer a candidate): the operation waits for an operator with the reason, rather
+        // than the step being tried again forever.
+        Ok(Err(refusal)) => {
+            tracing::warn!(operation = op.id, step = %op.step, %refusal, "step refused: halting the operation");
+            let halt = Command::HaltOperation {
+                operation: op.id,
+                step: op.step,
+                error: format!("the cluster refused to record {}: {refusal}", op.step),
+            };
+            let _ = propose(&consensus, halt).await;
+        }
+        Ok(Ok(())) => {}
     }
 }
 
-async fn propose(consensus: &Consensus, command: Command) -> Result<(), ConsensusError> {
+/// Proposes `command` as the cluster; `Ok(Err(refusal))` when it committed but was refused.
+async fn propose(
+    consensus: &Consensus,
+    command: Command,
+) -> Result<Result<(), Refusal>, ConsensusError> {
     let proposal = Proposal {
         actor: ACTOR.to_string(),
         at_ms: now_ms(),
@@ -230,10 +320,73 @@ async fn propose(consensus: &Consensus, command: Command) -> Result<(), Consensu
         command,
     };
     let response = consensus.propose(proposal).await?;
-    if let Err(refusal) = response.outcome {
-        tracing::info!(%refusal, "step outcome refused (the operation moved on)");
+    if let Err(refusal) = &response.outcome {
+        tracing::info!(%refusal, "proposal refused");
     }
-    Ok(())
+    Ok(response.outcome.map(|_| ()))
+}
+
+/// Waits until `deadline` (the lease wait of removed group `group`, counted from when this
+/// witness saw the removal), then records that its leases have expired.
+async fn record_removed_leases_expired(
+    consensus: Arc<Consensus>,
+    group: String,
+    epoch: u64,
+    deadline: Instant,
+) {
+    tokio::time::sleep_until(deadline).await;
+    if !consensus.is_leader() {
+        return;
+    }
+    let command = Command::RemovedLeasesExpired {
+        group: group.clone(),
+        epoch,
+    };
+    if let Err(e) = propose(&consensus, command).await {
+        tracing::info!(%group, epoch, error = %e, "expiry of a removed group's leases not committed here; the next leader waits again");
+    }
+}
+
+/// Runs the unfence hooks of an aborting operation, then records the abort as finished
+/// with what they did. A failing unfence does not keep the group from its next operation:
+/// the abort finishes with the failure on record for the operator.
+async fn unfence_task(
+    consensus: Arc<Consensus>,
+    tables: Arc<LeaderTables>,
+    metrics: Arc<Metrics>,
+    op: Operation,
+) {
+    let Some((policy, group_policy)) = consensus.with_state(|s| {
+        let policy = s.policy.clone()?;
+        let gp = policy.group(&op.group)?.clone();
+        Some((policy, gp))
+    }) else {
+        return;
+    };
+    let ctx = StepContext {
+        consensus: &consensus,
+        tables: &tables,
+        metrics: &metrics,
+        op: &op,
+        policy: &policy,
+        group: &group_policy,
+        revoke_seen: Instant::now(),
+    };
+    let detail = match ctx.run_hooks(&group_policy.hooks.unfence).await {
+        StepResult::Complete { detail, .. } => format!("unfenced {}: {detail}", op.from),
+        StepResult::Halt(error) => format!(
+            "unfence of {} failed, its primary may still be fenced: {error}",
+            op.from
+        ),
+        StepResult::Abandon => return,
+    };
+    let command = Command::FinishAbort {
+        operation: op.id,
+        detail,
+    };
+    if let Err(e) = propose(&consensus, command).await {
+        tracing::info!(operation = op.id, error = %e, "end of the abort not committed here; the next leader unfences again");
+    }
 }
 
 struct StepContext<'a> {
@@ -279,7 +432,15 @@ impl StepContext<'_> {
             to: self.op.to.clone(),
             epoch: self.op.to_epoch,
             operation: self.op.id,
-            step: self.op.step.as_str().to_string(),
+            step: self.step_name().to_string(),
+        }
+    }
+
+    /// The step the hooks run for: an aborting operation runs its unfence hooks.
+    fn step_name(&self) -> &'static str {
+        match self.op.state {
+            OperationState::Aborting { .. } => "unfence",
+            _ => self.op.step.as_str(),
         }
     }
 
@@ -332,7 +493,7 @@ impl StepContext<'_> {
         if names.is_empty() {
             return StepResult::Complete {
                 outcome: StepOutcome::NoOp,
-                detail: format!("no {} hook configured", self.op.step),
+                detail: format!("no {} hook configured", self.step_name()),
             };
         }
         let mut details = Vec::new();
@@ -357,13 +518,21 @@ impl StepContext<'_> {
 
     /// Fence hooks all succeeding confirm the fence; otherwise the old region's lease must
     /// certainly have expired: `lease x (1 + drift) + margin` after the revoke was applied
-    /// here. A failing fence hook is expected when the old region is dark: it only means
-    /// the full wait.
+    /// here, with the longest terms in force since the old region was activated (recorded
+    /// in the replicated state, so a policy that lowered them does not shorten the wait).
+    /// A failing fence hook is expected when the old region is dark: it only means the
+    /// full wait.
     async fn fence(&self) -> StepResult {
         let g = self.group;
-        let wait = Duration::from_millis(
-            g.lease_ms * (100 + g.clock_drift_percent) / 100 + g.lease_margin_ms,
-        );
+        // The group's record, not today's policy: leases granted under earlier terms may
+        // still be held. A group without a record has no operation to fence for.
+        let Some(bound) = self
+            .consensus
+            .with_state(|s| s.groups.get(&self.op.group).map(|g| g.lease_bound))
+        else {
+            return StepResult::Abandon;
+        };
+        let wait = Duration::from_millis(bound.wait_ms());
         let deadline = self.revoke_seen + wait;
         let mut notes = Vec::new();
         if !g.hooks.fence.is_empty() {
@@ -403,13 +572,12 @@ impl StepContext<'_> {
             return StepResult::Abandon;
         }
         let mut detail = format!(
-            "lease of {} (epoch {}) expired: waited {} ms after the revoke (lease {} ms, drift {}%, margin {} ms)",
+            "lease of {} (epoch {}) expired: waited {} ms after the revoke ({}: the longest in force since {} was activated)",
             self.op.from,
             self.op.from_epoch,
             wait.as_millis(),
-            g.lease_ms,
-            g.clock_drift_percent,
-            g.lease_margin_ms
+            bound,
+            self.op.from
         );
         if !notes.is_empty() {
             detail += &format!("; fence hooks did not confirm: {}", notes.join("; "));

@@ -2,8 +2,14 @@
 //! response, and does no I/O, reads no clock and opens no socket. Times in commands are
 //! stamped by the proposer and are informational (audit log); safety never depends on them.
 //!
-//! Invariants asserted at the point of change: a group's epoch never decreases, and its
-//! active region is always one of its candidate regions.
+//! `apply` is total: every command is checked completely before anything changes, and a
+//! command that would break an invariant is refused (a refusal changes nothing). No
+//! committed entry can panic a witness, on first apply or on replay after a restart. The
+//! invariants (a group's epoch never decreases, its active region is one of its candidates,
+//! no epoch names two regions) are also asserted after each change in debug builds, which
+//! the tests run.
+//!
+//! Every part of the state is bounded ([`limits`]), so its worst case fits a snapshot.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -11,21 +17,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Policy};
 
+mod lease;
+pub mod limits;
 mod operation;
 
+pub use lease::{LeaseBound, RemovedGroup};
+pub use limits::{
+    text, AUDIT_DETAIL_BYTES_MAX, AUDIT_ENTRIES_MAX, DETAIL_BYTES_MAX, FINISHED_OPERATIONS_MAX,
+    NAME_BYTES_MAX, PROPOSAL_BYTES_MAX, REASON_BYTES_MAX, REQUEST_IDS_MAX, REQUEST_ID_BYTES_MAX,
+    STATE_BYTES_MAX,
+};
 pub use operation::{Operation, OperationKind, OperationState, Step, StepOutcome, StepRecord};
 
-/// Audit entries kept in the replicated state; older ones are dropped (the full history is
-/// in the Raft log until it is compacted). Bounded so snapshots stay small.
-pub const AUDIT_ENTRIES_MAX: usize = 10_000;
-/// Request ids remembered for deduplication of client retries.
-pub const REQUEST_IDS_MAX: usize = 4_096;
-/// Reasons and actors are bounded: they are stored in every snapshot.
-pub const REASON_BYTES_MAX: usize = 1_024;
-/// Step details and halt errors (hook output excerpts) are bounded for the same reason.
-pub const DETAIL_BYTES_MAX: usize = 8 * 1_024;
-/// Finished operations kept in the replicated state for `arbiter operations`.
-pub const FINISHED_OPERATIONS_MAX: usize = 1_000;
+use limits::{
+    ACTOR_BYTES_MAX, CLUSTER_ID_BYTES_MAX, REMOVED_GROUPS_MAX, REMOVED_PENDING_MAX,
+    SERVER_BYTES_MAX,
+};
 
 /// A command proposed through Raft, with who asked and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +57,9 @@ pub enum Command {
         /// Refuse unless the current version equals this (0: no check).
         if_version: u64,
     },
-    /// Declares a failover operation of `group` to region `to`: reserves epoch + 1. The
-    /// operation waits for approval when `approval_required`, otherwise starts running.
+    /// Declares a failover operation of `group` to region `to`: reserves an epoch above
+    /// every epoch issued or reserved for the group. The operation waits for approval when
+    /// `approval_required`, otherwise starts running.
     StartOperation {
         group: String,
         to: String,
@@ -80,9 +88,16 @@ pub enum Command {
     /// Operator: let an operation waiting for approval run, or accept a halted rpo-check
     /// (replication lag above the RPO) and continue.
     ApproveOperation { operation: u64 },
-    /// Operator: stop an operation before the new region is activated; the old region stays
-    /// active and its lease may be renewed again.
+    /// Operator: stop an operation before its promote may have started; the old region
+    /// stays active and its lease may be renewed again. When fence hooks may have run and
+    /// the group has unfence hooks, the operation is `aborting` until the leader ran them.
     AbortOperation { operation: u64, reason: String },
+    /// The leader ran the unfence hooks of an aborting operation (`detail` says how that
+    /// went); the abort is complete.
+    FinishAbort { operation: u64, detail: String },
+    /// The leader waited out the leases of removed group `group` (up to `epoch`) after
+    /// seeing its removal applied: none can be held any more.
+    RemovedLeasesExpired { group: String, epoch: u64 },
     /// The leader found an external DNS server publishing something other than the
     /// committed state for a group and repaired it.
     RecordDnsRepair {
@@ -122,7 +137,7 @@ pub enum Refusal {
         region: String,
         epoch: u64,
     },
-    #[error("group {group:?} is frozen: change its mode before failing over")]
+    #[error("group {group:?} is frozen: no new operation, approval, retry or skip until its mode changes (an operation may still be aborted)")]
     Frozen { group: String },
     #[error("policy version is {current}, not {expected}: show the policy again and retry")]
     StalePolicy { current: u64, expected: u64 },
@@ -130,10 +145,26 @@ pub enum Refusal {
     NoPolicy,
     #[error("the policy would leave group {group:?} active in {region:?}, which is no longer a candidate: fail over first")]
     ActiveRemoved { group: String, region: String },
+    #[error("group {group:?} has operation {operation} in progress, which moves it through {region:?}: the policy must keep {region:?} a candidate until the operation is done or aborted")]
+    OperationRegionRemoved {
+        group: String,
+        operation: u64,
+        region: String,
+    },
+    #[error("{pending} removed groups still wait for their leases to expire (at most {max}): apply this policy again after one lease period")]
+    RemovalsPending { pending: usize, max: usize },
+    #[error("invalid policy: {reason}")]
+    InvalidPolicy { reason: String },
     #[error("the cluster id is already set to {cluster_id:?}")]
     AlreadyBootstrapped { cluster_id: String },
     #[error("reason is {len} bytes, more than {REASON_BYTES_MAX}")]
     ReasonTooLong { len: usize },
+    #[error("{field} is {len} bytes, more than {max}")]
+    FieldTooLong {
+        field: String,
+        len: usize,
+        max: usize,
+    },
     #[error("group {group:?} already has operation {operation} in progress")]
     OperationInProgress { group: String, operation: u64 },
     #[error("unknown operation {operation}")]
@@ -154,6 +185,14 @@ pub enum Refusal {
         "operation {operation} has already activated {to}: run a failback instead of aborting"
     )]
     AlreadyActivated { operation: u64, to: String },
+    #[error("operation {operation} is at {step}: its promote may already have run, so {to}'s database may accept writes; an abort would leave two writable regions. Retry or skip the step to finish the failover, then fail back")]
+    PromoteStarted {
+        operation: u64,
+        step: Step,
+        to: String,
+    },
+    #[error("group {group:?} has used every epoch (the last is {epoch})")]
+    EpochsExhausted { group: String, epoch: u64 },
     #[error("unknown region {region:?}")]
     UnknownRegion { region: String },
 }
@@ -187,8 +226,13 @@ pub enum Outcome {
     Group(GroupState),
     /// The operation after the change.
     Operation(Box<Operation>),
-    /// An observation (verdict change, DNS repair) was recorded in the audit log.
+    /// An observation (verdict change, DNS repair, expired leases) was recorded.
     Recorded,
+    /// How a remembered response names its operation: a retried request is answered with
+    /// the operation as it is now. Seen by a client only if the operation is no longer kept.
+    OperationId(u64),
+    /// How a remembered response names its group (answered with the group as it is now).
+    GroupName(String),
 }
 
 /// The replicated state of one group.
@@ -197,7 +241,7 @@ pub struct GroupState {
     pub name: String,
     pub candidates: Vec<String>,
     pub active: String,
-    /// Fencing token: +1 at every change of active region, never reused.
+    /// Fencing token: grows at every change of active region, never reused.
     pub epoch: u64,
     pub mode: Mode,
     /// Log index of the last change of active region.
@@ -212,6 +256,20 @@ pub struct GroupState {
     /// Proposer's wall clock of the last activation; anti-flap cooldown only, never safety.
     #[serde(default)]
     pub activated_at_ms: u64,
+    /// The highest epoch reserved by an operation of this group, aborted ones included:
+    /// the next operation reserves above it, so no epoch ever names two regions (S2).
+    #[serde(default)]
+    pub reserved_epoch: u64,
+    /// The longest lease terms in force since the active region was activated: the fence
+    /// wait of an operation moving away from it covers every lease it may hold (S1).
+    pub lease_bound: LeaseBound,
+}
+
+impl GroupState {
+    /// The highest epoch issued or reserved for this group.
+    pub fn last_epoch(&self) -> u64 {
+        self.epoch.max(self.reserved_epoch)
+    }
 }
 
 /// Why the lease of a (group, region) cannot be granted, renewed or confirmed.
@@ -242,6 +300,14 @@ pub enum LeaseRefusal {
         epoch: u64,
         operation: u64,
     },
+    #[error("group {group:?} was removed and added again: no lease is granted until the leases of its removed incarnation (region {removed_active:?}, up to epoch {removed_epoch}) have certainly expired")]
+    RemovedLeasesPending {
+        group: String,
+        active: String,
+        epoch: u64,
+        removed_active: String,
+        removed_epoch: u64,
+    },
 }
 
 impl LeaseRefusal {
@@ -251,7 +317,19 @@ impl LeaseRefusal {
             LeaseRefusal::UnknownGroup { .. } => ("", 0),
             LeaseRefusal::NotActive { active, epoch, .. }
             | LeaseRefusal::StaleEpoch { active, epoch, .. }
-            | LeaseRefusal::Revoked { active, epoch, .. } => (active, *epoch),
+            | LeaseRefusal::Revoked { active, epoch, .. }
+            | LeaseRefusal::RemovedLeasesPending { active, epoch, .. } => (active, *epoch),
+        }
+    }
+
+    /// The stable, machine-readable kind of this refusal (the `refusal` field of a reply).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseRefusal::UnknownGroup { .. } => "unknown-group",
+            LeaseRefusal::NotActive { .. } => "not-active",
+            LeaseRefusal::StaleEpoch { .. } => "stale-epoch",
+            LeaseRefusal::Revoked { .. } => "revoked",
+            LeaseRefusal::RemovedLeasesPending { .. } => "removed-leases-pending",
         }
     }
 }
@@ -267,7 +345,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// Empty for cluster-wide decisions.
     pub group: String,
-    /// `bootstrap`, `policy`, `failover`, `mode`, `group-created`, `group-removed`.
+    /// `bootstrap`, `policy`, `failover`, `mode`, `group-created`, `group-removed`, ...
     pub kind: String,
     pub detail: String,
     /// The group's epoch after the decision (0 for cluster-wide decisions).
@@ -286,10 +364,17 @@ pub struct ClusterState {
     pub audit: VecDeque<AuditEntry>,
     /// Next audit sequence number.
     pub audit_next_seq: u64,
-    /// Last epoch of each removed group, so a group removed and added again continues
-    /// above it: epochs are never reused (S2).
-    pub retired_epochs: BTreeMap<String, u64>,
+    /// Removed groups: their last epoch, so a group removed and added again continues above
+    /// it (S2), and whether leases of theirs may still be held (S1). Bounded by
+    /// REMOVED_GROUPS_MAX + REMOVED_PENDING_MAX.
+    #[serde(default)]
+    pub removed: BTreeMap<String, RemovedGroup>,
+    /// Every epoch of a removed group forgotten to keep `removed` bounded is at most this:
+    /// a group created later starts above it.
+    #[serde(default)]
+    pub epoch_floor: u64,
     /// Recent request ids and their responses, oldest first (bounded by REQUEST_IDS_MAX).
+    /// Responses are kept compact: operations and groups by name, not by value.
     pub requests: VecDeque<(String, Response)>,
     /// Operations by id: every unfinished one, and the newest finished ones (bounded by
     /// FINISHED_OPERATIONS_MAX).
@@ -304,7 +389,7 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Applies one committed proposal at log index `index`.
+    /// Applies one committed proposal at log index `index`. Never panics.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Response {
         if !proposal.request_id.is_empty() {
             if let Some((_, earlier)) = self
@@ -312,19 +397,42 @@ impl ClusterState {
                 .iter()
                 .find(|(id, _)| *id == proposal.request_id)
             {
-                return earlier.clone();
+                return self.expand(earlier);
             }
         }
-        let outcome = self.apply_command(index, proposal);
+        let outcome = check_proposal(proposal).and_then(|()| self.apply_command(index, proposal));
         let response = Response { index, outcome };
-        if !proposal.request_id.is_empty() {
+        #[cfg(debug_assertions)]
+        self.debug_check_invariants();
+        if !proposal.request_id.is_empty() && proposal.request_id.len() <= REQUEST_ID_BYTES_MAX {
             if self.requests.len() >= REQUEST_IDS_MAX {
                 self.requests.pop_front();
             }
             self.requests
-                .push_back((proposal.request_id.clone(), response.clone()));
+                .push_back((proposal.request_id.clone(), compact(&response)));
         }
         response
+    }
+
+    /// A remembered response with its operation or group as they are now.
+    fn expand(&self, remembered: &Response) -> Response {
+        let outcome = match &remembered.outcome {
+            Ok(Outcome::OperationId(id)) => Ok(self
+                .operations
+                .get(id)
+                .map(|op| Outcome::Operation(Box::new(op.clone())))
+                .unwrap_or(Outcome::OperationId(*id))),
+            Ok(Outcome::GroupName(name)) => Ok(self
+                .groups
+                .get(name)
+                .map(|g| Outcome::Group(g.clone()))
+                .unwrap_or_else(|| Outcome::GroupName(name.clone()))),
+            other => other.clone(),
+        };
+        Response {
+            index: remembered.index,
+            outcome,
+        }
     }
 
     fn apply_command(&mut self, index: u64, p: &Proposal) -> Result<Outcome, Refusal> {
@@ -373,7 +481,7 @@ impl ClusterState {
                     return Ok(Outcome::Operation(Box::new(op.clone())));
                 }
                 op.state = OperationState::Halted {
-                    error: bounded(error, DETAIL_BYTES_MAX),
+                    error: text(error, DETAIL_BYTES_MAX),
                 };
                 let (group, epoch) = (op.group.clone(), op.from_epoch);
                 let out = op.clone();
@@ -388,13 +496,12 @@ impl ClusterState {
                 Ok(Outcome::Operation(Box::new(out)))
             }
             Command::RetryOperation { operation } => {
-                let op = self.operation_mut(*operation)?;
+                let op = self.operation(*operation)?;
                 if !matches!(op.state, OperationState::Halted { .. }) {
-                    return Err(Refusal::OperationState {
-                        operation: *operation,
-                        state: op.state.name().to_string(),
-                    });
+                    return Err(refuse_state(op));
                 }
+                self.check_not_frozen(&op.group)?;
+                let op = self.operation_mut(*operation)?;
                 op.state = OperationState::Running;
                 let (group, epoch, step) = (op.group.clone(), op.from_epoch, op.step);
                 let out = op.clone();
@@ -409,12 +516,9 @@ impl ClusterState {
                 Ok(Outcome::Operation(Box::new(out)))
             }
             Command::SkipStep { operation, step } => {
-                let op = self.operation_mut(*operation)?;
+                let op = self.operation(*operation)?;
                 if !matches!(op.state, OperationState::Halted { .. }) {
-                    return Err(Refusal::OperationState {
-                        operation: *operation,
-                        state: op.state.name().to_string(),
-                    });
+                    return Err(refuse_state(op));
                 }
                 if op.step != *step {
                     return Err(Refusal::WrongStep {
@@ -429,14 +533,18 @@ impl ClusterState {
                         step: *step,
                     });
                 }
-                op.state = OperationState::Running;
+                self.check_not_frozen(&op.group)?;
+                self.check_completion(op, *step)?;
                 let detail = format!("skipped by {}", p.actor);
+                self.operation_mut(*operation)?.state = OperationState::Running;
                 self.complete_step(index, p, *operation, *step, StepOutcome::Skipped, &detail)
             }
             Command::ApproveOperation { operation } => {
-                let op = self.operation_mut(*operation)?;
+                let op = self.operation(*operation)?;
                 match (&op.state, op.step) {
                     (OperationState::AwaitingApproval, _) => {
+                        self.check_not_frozen(&op.group)?;
+                        let op = self.operation_mut(*operation)?;
                         op.state = OperationState::Running;
                         let (group, epoch) = (op.group.clone(), op.from_epoch);
                         let out = op.clone();
@@ -451,11 +559,12 @@ impl ClusterState {
                         Ok(Outcome::Operation(Box::new(out)))
                     }
                     (OperationState::Halted { error }, Step::RpoCheck) => {
+                        self.check_not_frozen(&op.group)?;
                         let detail = format!(
-                            "replication lag above the RPO accepted by {} ({error})",
+                            "replication lag above the RPO accepted by {} (data loss accepted: {error})",
                             p.actor
                         );
-                        op.state = OperationState::Running;
+                        self.operation_mut(*operation)?.state = OperationState::Running;
                         self.complete_step(
                             index,
                             p,
@@ -465,46 +574,52 @@ impl ClusterState {
                             &detail,
                         )
                     }
-                    (state, _) => Err(Refusal::OperationState {
-                        operation: *operation,
-                        state: state.name().to_string(),
-                    }),
+                    _ => Err(refuse_state(op)),
                 }
             }
             Command::AbortOperation { operation, reason } => {
-                check_reason(reason)?;
-                let op = self.operation_mut(*operation)?;
-                if op.state.is_finished() {
-                    return Err(Refusal::OperationState {
-                        operation: *operation,
-                        state: op.state.name().to_string(),
-                    });
-                }
-                if op.has_completed(Step::Activate) {
-                    return Err(Refusal::AlreadyActivated {
-                        operation: *operation,
-                        to: op.to.clone(),
-                    });
-                }
-                op.state = OperationState::Aborted {
-                    reason: reason.clone(),
+                self.abort_operation(index, p, *operation, reason)
+            }
+            Command::FinishAbort { operation, detail } => {
+                let op = self.operation(*operation)?;
+                let OperationState::Aborting { reason } = &op.state else {
+                    // A stale report from an earlier leader: no change.
+                    return Ok(Outcome::Operation(Box::new(op.clone())));
                 };
-                op.step = Step::Done;
-                let (group, epoch, from) = (op.group.clone(), op.from_epoch, op.from.clone());
-                let out = op.clone();
-                let g = self.group_mut(&group)?;
-                g.revoked = false;
-                g.operation = None;
+                let reason = reason.clone();
+                self.finish_abort(index, p, *operation, &reason, Some(detail))?;
+                Ok(Outcome::Operation(Box::new(
+                    self.operation(*operation)?.clone(),
+                )))
+            }
+            Command::RemovedLeasesExpired { group, epoch } => {
+                let Some(r) = self.removed.get_mut(group) else {
+                    return Ok(Outcome::Recorded);
+                };
+                if r.leases_expired || r.epoch > *epoch {
+                    // Already recorded, or the group was removed again since: no change.
+                    return Ok(Outcome::Recorded);
+                }
+                r.leases_expired = true;
+                let (active, bound) = (r.active.clone(), r.lease_bound);
+                if self.groups.contains_key(group) {
+                    // Added again meanwhile: its epochs are above the record, which has done
+                    // its work.
+                    self.removed.remove(group);
+                }
                 self.audit(
                     index,
                     p,
-                    &group,
-                    "operation-aborted",
-                    format!("operation {operation} aborted, {from} stays active at epoch {epoch}: {reason}"),
-                    epoch,
+                    group,
+                    "removed-leases-expired",
+                    format!(
+                        "leases of removed group {group} (region {active}, up to epoch {epoch}) have expired: waited {} ms ({bound})",
+                        bound.wait_ms()
+                    ),
+                    *epoch,
                 );
-                self.trim_operations();
-                Ok(Outcome::Operation(Box::new(out)))
+                self.trim_removed();
+                Ok(Outcome::Recorded)
             }
             Command::RecordDnsRepair {
                 group,
@@ -521,7 +636,7 @@ impl ClusterState {
                     p,
                     group,
                     "dns-repair",
-                    format!("server {server}: {}", bounded(detail, DETAIL_BYTES_MAX)),
+                    format!("server {server}: {detail}"),
                     epoch,
                 );
                 Ok(Outcome::Recorded)
@@ -547,10 +662,7 @@ impl ClusterState {
                     p,
                     "",
                     "verdict",
-                    format!(
-                        "region {region}: {from} -> {verdict}\n{}",
-                        bounded(evidence, DETAIL_BYTES_MAX)
-                    ),
+                    format!("region {region}: {from} -> {verdict}\n{evidence}"),
                     0,
                 );
                 Ok(Outcome::Recorded)
@@ -560,7 +672,6 @@ impl ClusterState {
                 mode,
                 reason,
             } => {
-                check_reason(reason)?;
                 let g = self.group_mut(group)?;
                 let from = g.mode;
                 g.mode = *mode;
@@ -589,10 +700,9 @@ impl ClusterState {
         reason: &str,
         approval_required: bool,
     ) -> Result<Outcome, Refusal> {
-        check_reason(reason)?;
         let id = self.last_operation_id + 1;
         let superseded = self.supersedable_operation(group);
-        let g = self.group_mut(group)?;
+        let g = self.group(group)?;
         if g.mode == Mode::Frozen {
             return Err(Refusal::Frozen {
                 group: group.to_string(),
@@ -618,11 +728,24 @@ impl ClusterState {
                 epoch: g.epoch,
             });
         }
+        let to_epoch = g
+            .last_epoch()
+            .checked_add(1)
+            .ok_or(Refusal::EpochsExhausted {
+                group: group.to_string(),
+                epoch: g.last_epoch(),
+            })?;
+        // Everything is checked: from here on nothing is refused.
         if let Some(old) = superseded {
-            self.supersede(index, p, old, id)?;
+            self.supersede(index, p, old, id);
         }
-        let g = self.group_mut(group)?;
+        let Some(g) = self.groups.get_mut(group) else {
+            return Err(Refusal::UnknownGroup {
+                group: group.to_string(),
+            });
+        };
         g.operation = Some(id);
+        g.reserved_epoch = to_epoch;
         let (from, from_epoch) = (g.active.clone(), g.epoch);
         self.last_operation_id = id;
         let op = Operation {
@@ -632,8 +755,8 @@ impl ClusterState {
             from: from.clone(),
             to: to.to_string(),
             from_epoch,
-            to_epoch: from_epoch + 1,
-            reason: reason.to_string(),
+            to_epoch,
+            reason: text(reason, REASON_BYTES_MAX),
             actor: p.actor.clone(),
             state: if approval_required {
                 OperationState::AwaitingApproval
@@ -644,11 +767,15 @@ impl ClusterState {
             steps: vec![StepRecord {
                 step: Step::Declare,
                 outcome: StepOutcome::Completed,
-                detail: format!("{} {from} -> {to}: {reason}", kind.as_str()),
+                detail: text(
+                    &format!("{} {from} -> {to}: {reason}", kind.as_str()),
+                    DETAIL_BYTES_MAX,
+                ),
                 finished_at_ms: p.at_ms,
                 index,
             }],
             created_at_ms: p.at_ms,
+            unfenced: None,
         };
         self.operations.insert(id, op.clone());
         self.audit(
@@ -657,9 +784,8 @@ impl ClusterState {
             group,
             "operation-declared",
             format!(
-                "operation {id} ({}) {from} -> {to}, epoch {} reserved{}: {reason}",
+                "operation {id} ({}) {from} -> {to}, epoch {to_epoch} reserved{}: {reason}",
                 kind.as_str(),
-                from_epoch + 1,
                 if approval_required {
                     ", waiting for approval"
                 } else {
@@ -671,6 +797,35 @@ impl ClusterState {
         Ok(Outcome::Operation(Box::new(op)))
     }
 
+    /// Checks that `step` of `op` may be recorded now (running, at that step, and for
+    /// `activate` a target that is still a candidate and an epoch above the current one).
+    fn check_completion(&self, op: &Operation, step: Step) -> Result<(), Refusal> {
+        if op.step != step {
+            return Err(Refusal::WrongStep {
+                operation: op.id,
+                current: op.step,
+                requested: step,
+            });
+        }
+        let g = self.group(&op.group)?;
+        if step == Step::Activate {
+            if !g.candidates.contains(&op.to) {
+                return Err(Refusal::NotCandidate {
+                    group: g.name.clone(),
+                    region: op.to.clone(),
+                    candidates: g.candidates.clone(),
+                });
+            }
+            if op.to_epoch <= g.epoch {
+                return Err(Refusal::EpochsExhausted {
+                    group: g.name.clone(),
+                    epoch: g.epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn complete_step(
         &mut self,
         index: u64,
@@ -680,28 +835,27 @@ impl ClusterState {
         outcome: StepOutcome,
         detail: &str,
     ) -> Result<Outcome, Refusal> {
-        let op = self.operation_mut(operation)?;
+        let op = self.operation(operation)?;
         if op.has_completed(step) {
             // A resumed leader reporting a step that was already recorded: idempotent.
             return Ok(Outcome::Operation(Box::new(op.clone())));
         }
         if op.state != OperationState::Running {
-            return Err(Refusal::OperationState {
-                operation,
-                state: op.state.name().to_string(),
-            });
+            return Err(refuse_state(op));
         }
-        if op.step != step {
-            return Err(Refusal::WrongStep {
-                operation,
-                current: op.step,
-                requested: step,
-            });
-        }
+        self.check_completion(op, step)?;
+        let group = op.group.clone();
+        let new_bound = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.group(&group))
+            .map(LeaseBound::of);
+        // Everything is checked: from here on nothing is refused.
+        let op = self.operation_mut(operation)?;
         op.steps.push(StepRecord {
             step,
             outcome,
-            detail: bounded(detail, DETAIL_BYTES_MAX),
+            detail: text(detail, DETAIL_BYTES_MAX),
             finished_at_ms: p.at_ms,
             index,
         });
@@ -710,21 +864,20 @@ impl ClusterState {
             op.state = OperationState::Done;
         }
         let op = op.clone();
-        let g = self.group_mut(&op.group)?;
+        let g = self.group_mut(&group)?;
         match step {
             Step::Revoke => g.revoked = true,
             Step::Activate => {
-                let before = g.epoch;
-                assert!(
-                    op.to_epoch > before,
-                    "epoch monotonicity violated for group {}",
-                    g.name
-                );
                 g.active = op.to.clone();
                 g.epoch = op.to_epoch;
                 g.revoked = false;
                 g.changed_at_index = index;
                 g.activated_at_ms = p.at_ms;
+                // Leases of the new region are granted under today's policy from now on;
+                // the old region's have expired (that is what the fence step waited for).
+                if let Some(bound) = new_bound {
+                    g.lease_bound = bound;
+                }
             }
             _ => {}
         }
@@ -741,7 +894,7 @@ impl ClusterState {
         } else {
             op.from_epoch
         };
-        let text = match step {
+        let line = match step {
             Step::Activate => format!(
                 "operation {operation}: {} active at epoch {}",
                 op.to, op.to_epoch
@@ -751,15 +904,115 @@ impl ClusterState {
                 outcome_word(outcome)
             ),
         };
-        let group = op.group.clone();
-        self.audit(index, p, &group, kind, text, epoch);
-        if step == Step::Activate {
-            self.check_invariants();
-        }
+        self.audit(index, p, &group, kind, line, epoch);
         if op.state == OperationState::Done {
             self.trim_operations();
         }
         Ok(Outcome::Operation(Box::new(op)))
+    }
+
+    fn abort_operation(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        operation: u64,
+        reason: &str,
+    ) -> Result<Outcome, Refusal> {
+        let op = self.operation(operation)?;
+        if op.state.is_finished() || matches!(op.state, OperationState::Aborting { .. }) {
+            return Err(refuse_state(op));
+        }
+        if op.has_completed(Step::Activate) {
+            return Err(Refusal::AlreadyActivated {
+                operation,
+                to: op.to.clone(),
+            });
+        }
+        if op.has_completed(Step::RpoCheck) {
+            return Err(Refusal::PromoteStarted {
+                operation,
+                step: op.step,
+                to: op.to.clone(),
+            });
+        }
+        // Fence hooks run in the fence step, right after the revoke: they may have fenced
+        // the old primary, which stays active.
+        let fence_may_have_run = op.has_completed(Step::Revoke);
+        let hooks = self
+            .policy
+            .as_ref()
+            .and_then(|pol| pol.group(&op.group))
+            .map(|gp| (!gp.hooks.fence.is_empty(), !gp.hooks.unfence.is_empty()))
+            .unwrap_or((false, false));
+        let reason = text(reason, REASON_BYTES_MAX);
+        let (group, epoch, from) = (op.group.clone(), op.from_epoch, op.from.clone());
+        // Everything is checked: from here on nothing is refused.
+        let g = self.group_mut(&group)?;
+        // The old region stays active and may renew again: nothing was promoted.
+        g.revoked = false;
+        match (fence_may_have_run, hooks) {
+            (true, (_, true)) => {
+                let op = self.operation_mut(operation)?;
+                op.state = OperationState::Aborting {
+                    reason: reason.clone(),
+                };
+                let out = op.clone();
+                self.audit(
+                    index,
+                    p,
+                    &group,
+                    "operation-aborting",
+                    format!("operation {operation} aborted, {from} stays active at epoch {epoch}; its unfence hooks run next: {reason}"),
+                    epoch,
+                );
+                Ok(Outcome::Operation(Box::new(out)))
+            }
+            (true, (true, false)) => {
+                let warning = format!("the fence hooks may have fenced {from}'s primary and the group has no unfence hook: check that it accepts writes");
+                self.finish_abort(index, p, operation, &reason, Some(&warning))?;
+                Ok(Outcome::Operation(Box::new(
+                    self.operation(operation)?.clone(),
+                )))
+            }
+            _ => {
+                self.finish_abort(index, p, operation, &reason, None)?;
+                Ok(Outcome::Operation(Box::new(
+                    self.operation(operation)?.clone(),
+                )))
+            }
+        }
+    }
+
+    /// Ends an (aborting) operation as aborted; `unfenced` says what became of the fence.
+    fn finish_abort(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        operation: u64,
+        reason: &str,
+        unfenced: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let op = self.operation_mut(operation)?;
+        op.state = OperationState::Aborted {
+            reason: reason.to_string(),
+        };
+        op.step = Step::Done;
+        op.unfenced = unfenced.map(|d| text(d, DETAIL_BYTES_MAX));
+        let (group, epoch, from) = (op.group.clone(), op.from_epoch, op.from.clone());
+        let g = self.group_mut(&group)?;
+        g.revoked = false;
+        g.operation = None;
+        let tail = unfenced.map_or(String::new(), |d| format!("; {d}"));
+        self.audit(
+            index,
+            p,
+            &group,
+            "operation-aborted",
+            format!("operation {operation} aborted, {from} stays active at epoch {epoch}: {reason}{tail}"),
+            epoch,
+        );
+        self.trim_operations();
+        Ok(())
     }
 
     /// The operation of `group` that a new operation may supersede: one halted after its
@@ -771,39 +1024,68 @@ impl ClusterState {
         let id = self.groups.get(group)?.operation?;
         let op = self.operations.get(&id)?;
         let halted = matches!(op.state, OperationState::Halted { .. });
-        (halted && op.has_completed(Step::Activate)).then_some(id)
+        let rest_skippable = Step::ALL
+            .iter()
+            .filter(|s| **s >= op.step && **s != Step::Done)
+            .all(|s| s.skippable());
+        (halted && op.has_completed(Step::Activate) && rest_skippable).then_some(id)
     }
 
-    /// Ends operation `old` (halted after activation) as done, its remaining steps recorded
-    /// as skipped because operation `by` supersedes it.
-    fn supersede(&mut self, index: u64, p: &Proposal, old: u64, by: u64) -> Result<(), Refusal> {
-        let op = self.operation_mut(old)?;
+    /// Ends operation `old` (checked by [`Self::supersedable_operation`]) as done, its
+    /// remaining steps recorded as skipped because operation `by` supersedes it.
+    fn supersede(&mut self, index: u64, p: &Proposal, old: u64, by: u64) {
+        let Some(op) = self.operations.get_mut(&old) else {
+            return;
+        };
         let error = match &op.state {
             OperationState::Halted { error } => error.clone(),
-            other => unreachable!(
-                "only a halted operation is superseded, not {}",
-                other.name()
-            ),
+            _ => String::new(),
         };
-        let detail = format!("superseded by operation {by} (halted: {error})");
-        while let Some(step) = {
-            let op = self.operation_mut(old)?;
-            (op.step != Step::Done).then_some(op.step)
-        } {
-            assert!(
-                step.skippable(),
-                "superseding operation {old} would skip {step}"
-            );
-            self.operation_mut(old)?.state = OperationState::Running;
-            self.complete_step(index, p, old, step, StepOutcome::Skipped, &detail)?;
+        let detail = text(
+            &format!("superseded by operation {by} (halted: {error})"),
+            DETAIL_BYTES_MAX,
+        );
+        while op.step != Step::Done {
+            op.steps.push(StepRecord {
+                step: op.step,
+                outcome: StepOutcome::Skipped,
+                detail: detail.clone(),
+                finished_at_ms: p.at_ms,
+                index,
+            });
+            op.step = op.step.next();
         }
-        Ok(())
+        op.state = OperationState::Done;
+        let (group, epoch) = (op.group.clone(), op.to_epoch);
+        self.audit(
+            index,
+            p,
+            &group,
+            "operation-done",
+            format!("operation {old}: {detail}"),
+            epoch,
+        );
+    }
+
+    fn operation(&self, operation: u64) -> Result<&Operation, Refusal> {
+        self.operations
+            .get(&operation)
+            .ok_or(Refusal::UnknownOperation { operation })
     }
 
     fn operation_mut(&mut self, operation: u64) -> Result<&mut Operation, Refusal> {
         self.operations
             .get_mut(&operation)
             .ok_or(Refusal::UnknownOperation { operation })
+    }
+
+    fn check_not_frozen(&self, group: &str) -> Result<(), Refusal> {
+        if self.group(group)?.mode == Mode::Frozen {
+            return Err(Refusal::Frozen {
+                group: group.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Drops the oldest finished operations beyond FINISHED_OPERATIONS_MAX.
@@ -821,8 +1103,29 @@ impl ClusterState {
         }
     }
 
+    /// Folds the oldest removed groups whose leases have expired into `epoch_floor` beyond
+    /// REMOVED_GROUPS_MAX of them.
+    fn trim_removed(&mut self) {
+        let mut expired: Vec<(u64, String)> = self
+            .removed
+            .iter()
+            .filter(|(_, r)| r.leases_expired)
+            .map(|(name, r)| (r.index, name.clone()))
+            .collect();
+        if expired.len() <= REMOVED_GROUPS_MAX {
+            return;
+        }
+        expired.sort();
+        for (_, name) in &expired[..expired.len() - REMOVED_GROUPS_MAX] {
+            if let Some(r) = self.removed.remove(name) {
+                self.epoch_floor = self.epoch_floor.max(r.epoch);
+            }
+        }
+    }
+
     /// May `region` hold (or keep) the lease of `group`? With `epoch`, the holder's epoch
-    /// must also be current. Pure: the caller makes the read linearizable first.
+    /// must also be current. Returns the epoch and the lease to grant. Pure: the caller
+    /// makes the read linearizable first.
     pub fn lease_check(
         &self,
         group: &str,
@@ -861,6 +1164,15 @@ impl ClusterState {
                 operation: g.operation.unwrap_or(0),
             });
         }
+        if let Some(r) = self.removed.get(group).filter(|r| !r.leases_expired) {
+            return Err(LeaseRefusal::RemovedLeasesPending {
+                group: group.to_string(),
+                active: g.active.clone(),
+                epoch: g.epoch,
+                removed_active: r.active.clone(),
+                removed_epoch: r.epoch,
+            });
+        }
         let lease_ms = self
             .policy
             .as_ref()
@@ -868,6 +1180,70 @@ impl ClusterState {
             .map(|gp| gp.lease_ms)
             .unwrap_or(crate::config::LEASE_MS_DEFAULT);
         Ok((g.epoch, lease_ms))
+    }
+
+    /// Whether `policy` may replace the current one: the checks of `ApplyPolicy`, for a
+    /// dry run. Changes nothing.
+    pub fn check_policy(&self, policy: &Policy) -> Result<(), Refusal> {
+        policy
+            .check_structure()
+            .map_err(|reason| Refusal::InvalidPolicy { reason })?;
+        for g in self.groups.values() {
+            let Some(gp) = policy.group(&g.name) else {
+                if let Some(operation) = g.operation {
+                    return Err(Refusal::OperationInProgress {
+                        group: g.name.clone(),
+                        operation,
+                    });
+                }
+                continue;
+            };
+            if !gp.candidates.contains(&g.active) {
+                return Err(Refusal::ActiveRemoved {
+                    group: gp.name.clone(),
+                    region: g.active.clone(),
+                });
+            }
+            if let Some(op) = g.operation.and_then(|id| self.operations.get(&id)) {
+                for region in [&op.from, &op.to] {
+                    if !gp.candidates.contains(region) {
+                        return Err(Refusal::OperationRegionRemoved {
+                            group: g.name.clone(),
+                            operation: op.id,
+                            region: region.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for gp in &policy.groups {
+            if !self.groups.contains_key(&gp.name) && self.first_epoch(&gp.name).is_none() {
+                return Err(Refusal::EpochsExhausted {
+                    group: gp.name.clone(),
+                    epoch: u64::MAX,
+                });
+            }
+        }
+        let pending = self.removed.values().filter(|r| !r.leases_expired).count()
+            + self
+                .groups
+                .keys()
+                .filter(|name| policy.group(name).is_none() && !self.removed.contains_key(*name))
+                .count();
+        if pending > REMOVED_PENDING_MAX {
+            return Err(Refusal::RemovalsPending {
+                pending,
+                max: REMOVED_PENDING_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    /// The epoch a group named `name` starts at when the policy creates it: above every
+    /// epoch its removed incarnations had, and above the floor.
+    fn first_epoch(&self, name: &str) -> Option<u64> {
+        let last = self.removed.get(name).map_or(0, |r| r.epoch);
+        last.max(self.epoch_floor).checked_add(1)
     }
 
     fn apply_policy(
@@ -884,24 +1260,7 @@ impl ClusterState {
             });
         }
         // Check everything before changing anything: a refused policy changes nothing.
-        for g in self.groups.values() {
-            if let (None, Some(operation)) = (policy.group(&g.name), g.operation) {
-                return Err(Refusal::OperationInProgress {
-                    group: g.name.clone(),
-                    operation,
-                });
-            }
-        }
-        for gp in &policy.groups {
-            if let Some(g) = self.groups.get(&gp.name) {
-                if !gp.candidates.contains(&g.active) {
-                    return Err(Refusal::ActiveRemoved {
-                        group: gp.name.clone(),
-                        region: g.active.clone(),
-                    });
-                }
-            }
-        }
+        self.check_policy(policy)?;
         let old = self.policy.take();
         let diff = policy.diff(old.as_ref());
         for gp in &policy.groups {
@@ -912,13 +1271,25 @@ impl ClusterState {
                     if old_mode != Some(gp.mode) {
                         g.mode = gp.mode;
                     }
+                    // Leases granted under the old terms may still be held.
+                    g.lease_bound = g.lease_bound.max(LeaseBound::of(gp));
                 }
                 None => {
-                    let epoch = self.retired_epochs.remove(&gp.name).unwrap_or(0) + 1;
+                    let removed = self.removed.get(&gp.name);
+                    // check_policy: below u64::MAX.
+                    let epoch = self.first_epoch(&gp.name).unwrap_or(u64::MAX);
+                    let pending = removed.filter(|r| !r.leases_expired).cloned();
+                    if removed.is_some() && pending.is_none() {
+                        self.removed.remove(&gp.name);
+                    }
+                    // check_structure: every group has a candidate.
+                    let Some(first) = gp.candidates.first() else {
+                        continue;
+                    };
                     let g = GroupState {
                         name: gp.name.clone(),
                         candidates: gp.candidates.clone(),
-                        active: gp.candidates[0].clone(),
+                        active: first.clone(),
                         epoch,
                         mode: gp.mode,
                         changed_at_index: index,
@@ -926,8 +1297,16 @@ impl ClusterState {
                         operation: None,
                         // No failover yet: the anti-flap cooldown does not hold back the first.
                         activated_at_ms: 0,
+                        reserved_epoch: epoch,
+                        lease_bound: LeaseBound::of(gp),
                     };
-                    let detail = format!("group created, active {} at epoch {epoch}", g.active);
+                    let mut detail = format!("group created, active {} at epoch {epoch}", g.active);
+                    if let Some(r) = pending {
+                        detail += &format!(
+                            "; no lease is granted until the leases of its removed incarnation ({} at epoch {}) have expired",
+                            r.active, r.epoch
+                        );
+                    }
                     self.groups.insert(gp.name.clone(), g);
                     self.audit(index, p, &gp.name, "group-created", detail, epoch);
                 }
@@ -940,18 +1319,43 @@ impl ClusterState {
             .cloned()
             .collect();
         for name in removed {
-            if let Some(g) = self.groups.remove(&name) {
-                self.retired_epochs.insert(name.clone(), g.epoch);
-                self.audit(
+            let Some(g) = self.groups.remove(&name) else {
+                continue;
+            };
+            let record = match self.removed.remove(&name) {
+                // Removed again before the leases of an earlier removal expired: both may
+                // still be held.
+                Some(earlier) if !earlier.leases_expired => RemovedGroup {
+                    epoch: g.last_epoch().max(earlier.epoch),
+                    active: g.active.clone(),
+                    lease_bound: g.lease_bound.max(earlier.lease_bound),
                     index,
-                    p,
-                    &name,
-                    "group-removed",
-                    format!("group removed at epoch {}", g.epoch),
+                    leases_expired: false,
+                },
+                _ => RemovedGroup {
+                    epoch: g.last_epoch(),
+                    active: g.active.clone(),
+                    lease_bound: g.lease_bound,
+                    index,
+                    leases_expired: false,
+                },
+            };
+            self.audit(
+                index,
+                p,
+                &name,
+                "group-removed",
+                format!(
+                    "group removed at epoch {} ({} was active; its lease may be held for {} ms more)",
                     g.epoch,
-                );
-            }
+                    g.active,
+                    record.lease_bound.wait_ms()
+                ),
+                g.epoch,
+            );
+            self.removed.insert(name, record);
         }
+        self.trim_removed();
         self.policy = Some(policy.clone());
         self.policy_version += 1;
         let version = self.policy_version;
@@ -963,8 +1367,13 @@ impl ClusterState {
             format!("policy version {version}\n{diff}"),
             0,
         );
-        self.check_invariants();
         Ok(Outcome::PolicyApplied { version })
+    }
+
+    fn group(&self, group: &str) -> Result<&GroupState, Refusal> {
+        self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup {
+            group: group.to_string(),
+        })
     }
 
     fn group_mut(&mut self, group: &str) -> Result<&mut GroupState, Refusal> {
@@ -992,7 +1401,7 @@ impl ClusterState {
             actor: p.actor.clone(),
             group: group.to_string(),
             kind: kind.to_string(),
-            detail,
+            detail: text(&detail, AUDIT_DETAIL_BYTES_MAX),
             epoch,
         };
         self.audit_next_seq += 1;
@@ -1002,7 +1411,10 @@ impl ClusterState {
         self.audit.push_back(entry);
     }
 
-    fn check_invariants(&self) {
+    /// The invariants, asserted after every apply in debug builds (the tests). Release
+    /// builds rely on the refusals that keep them.
+    #[cfg(debug_assertions)]
+    fn debug_check_invariants(&self) {
         for g in self.groups.values() {
             assert!(
                 g.candidates.contains(&g.active),
@@ -1011,7 +1423,125 @@ impl ClusterState {
                 g.active
             );
             assert!(g.epoch >= 1, "group {} has epoch 0", g.name);
+            if let Some(op) = g.operation.and_then(|id| self.operations.get(&id)) {
+                if !op.has_completed(Step::Activate) {
+                    assert!(
+                        op.to_epoch > g.epoch && op.to_epoch <= g.reserved_epoch,
+                        "operation {} of group {} reserved epoch {} outside ({}, {}]",
+                        op.id,
+                        g.name,
+                        op.to_epoch,
+                        g.epoch,
+                        g.reserved_epoch
+                    );
+                }
+            }
+            if let Some(r) = self.removed.get(&g.name) {
+                assert!(
+                    g.epoch > r.epoch,
+                    "group {} at epoch {} is not above its removed incarnation's epoch {}",
+                    g.name,
+                    g.epoch,
+                    r.epoch
+                );
+            }
         }
+        assert!(self.audit.len() <= AUDIT_ENTRIES_MAX);
+        assert!(self.requests.len() <= REQUEST_IDS_MAX);
+        assert!(
+            self.operations
+                .values()
+                .filter(|o| o.state.is_finished())
+                .count()
+                <= FINISHED_OPERATIONS_MAX
+        );
+        assert!(self.removed.len() <= REMOVED_GROUPS_MAX + REMOVED_PENDING_MAX);
+    }
+}
+
+/// The size limits of a proposal's fields, checked before anything else: a refused
+/// proposal changes nothing, and nothing unbounded reaches the state or a remembered
+/// response.
+fn check_proposal(p: &Proposal) -> Result<(), Refusal> {
+    let too_long = |field: &str, value: &str, max: usize| -> Result<(), Refusal> {
+        if value.len() > max {
+            return Err(Refusal::FieldTooLong {
+                field: field.to_string(),
+                len: value.len(),
+                max,
+            });
+        }
+        Ok(())
+    };
+    too_long("actor", &p.actor, ACTOR_BYTES_MAX)?;
+    too_long("request_id", &p.request_id, REQUEST_ID_BYTES_MAX)?;
+    let name = |field: &str, value: &str| too_long(field, value, NAME_BYTES_MAX);
+    let reason = |value: &str| {
+        if value.len() > REASON_BYTES_MAX {
+            return Err(Refusal::ReasonTooLong { len: value.len() });
+        }
+        Ok(())
+    };
+    match &p.command {
+        Command::Bootstrap { cluster_id } => {
+            too_long("cluster_id", cluster_id, CLUSTER_ID_BYTES_MAX)
+        }
+        Command::ApplyPolicy { .. }
+        | Command::CompleteStep { .. }
+        | Command::HaltOperation { .. }
+        | Command::RetryOperation { .. }
+        | Command::SkipStep { .. }
+        | Command::ApproveOperation { .. }
+        | Command::FinishAbort { .. } => Ok(()),
+        Command::StartOperation {
+            group,
+            to,
+            reason: r,
+            ..
+        } => {
+            name("group", group)?;
+            name("to", to)?;
+            reason(r)
+        }
+        Command::AbortOperation { reason: r, .. } => reason(r),
+        Command::RemovedLeasesExpired { group, .. } => name("group", group),
+        Command::RecordDnsRepair { group, server, .. } => {
+            name("group", group)?;
+            too_long("server", server, SERVER_BYTES_MAX)
+        }
+        Command::RecordVerdict {
+            region, verdict, ..
+        } => {
+            name("region", region)?;
+            name("verdict", verdict)
+        }
+        Command::SetMode {
+            group, reason: r, ..
+        } => {
+            name("group", group)?;
+            reason(r)
+        }
+    }
+}
+
+/// What is remembered of a response for a retried request: bounded, operations and groups
+/// by name.
+fn compact(response: &Response) -> Response {
+    let outcome = match &response.outcome {
+        Ok(Outcome::Operation(op)) => Ok(Outcome::OperationId(op.id)),
+        Ok(Outcome::Group(g)) => Ok(Outcome::GroupName(g.name.clone())),
+        other => other.clone(),
+    };
+    Response {
+        index: response.index,
+        outcome,
+    }
+}
+
+fn refuse_state(op: &Operation) -> Refusal {
+    Refusal::OperationState {
+        operation: op.id,
+        state: op.state.name().to_string(),
     }
 }
 
@@ -1021,25 +1551,6 @@ fn outcome_word(outcome: StepOutcome) -> &'static str {
         StepOutcome::NoOp => "nothing to do",
         StepOutcome::Skipped => "skipped",
     }
-}
-
-/// Cuts `text` to at most `max` bytes at a character boundary, marking the cut.
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...(truncated)", &text[..end])
-}
-
-fn check_reason(reason: &str) -> Result<(), Refusal> {
-    if reason.len() > REASON_BYTES_MAX {
-        return Err(Refusal::ReasonTooLong { len: reason.len() });
-    }
-    Ok(())
 }
 
 impl std::fmt::Display for Proposal {
@@ -1054,6 +1565,8 @@ impl std::fmt::Display for Proposal {
             Command::SkipStep { .. } => "skip-step",
             Command::ApproveOperation { .. } => "approve-operation",
             Command::AbortOperation { .. } => "abort-operation",
+            Command::FinishAbort { .. } => "finish-abort",
+            Command::RemovedLeasesExpired { .. } => "removed-leases-expired",
             Command::RecordVerdict { .. } => "record-verdict",
             Command::RecordDnsRepair { .. } => "record-dns-repair",
             Command::SetMode { .. } => "set-mode",
@@ -1071,5 +1584,9 @@ impl std::fmt::Display for Response {
     }
 }
 
+#[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
+mod operator_tests;
 #[cfg(test)]
 mod tests;

@@ -124,6 +124,12 @@ pub enum OperationState {
         error: String,
     },
     Done,
+    /// Aborted by an operator after its fence hooks may have run: the leader runs the
+    /// group's unfence hooks, then records the abort as finished. The old region is active
+    /// and may renew its lease meanwhile; no other operation of the group starts.
+    Aborting {
+        reason: String,
+    },
     Aborted {
         reason: String,
     },
@@ -140,6 +146,7 @@ impl OperationState {
             OperationState::Running => "running",
             OperationState::Halted { .. } => "halted",
             OperationState::Done => "done",
+            OperationState::Aborting { .. } => "aborting",
             OperationState::Aborted { .. } => "aborted",
         }
     }
@@ -189,6 +196,10 @@ pub struct Operation {
     pub step: Step,
     pub steps: Vec<StepRecord>,
     pub created_at_ms: u64,
+    /// After an abort: what became of the old primary's fence (the unfence hooks' outcome,
+    /// or a warning when fence hooks may have run and none can undo them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfenced: Option<String>,
 }
 
 impl Operation {

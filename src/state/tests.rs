@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::Policy;
 
-const POLICY: &str = r#"
+pub(super) const POLICY: &str = r#"
 [[regions]]
 name = "region-a"
 [[regions]]
@@ -18,7 +18,7 @@ mode = "manual"
 lease_ms = 1000
 "#;
 
-fn proposal(request_id: &str, command: Command) -> Proposal {
+pub(super) fn proposal(request_id: &str, command: Command) -> Proposal {
     Proposal {
         actor: "operator".into(),
         at_ms: 1,
@@ -27,7 +27,7 @@ fn proposal(request_id: &str, command: Command) -> Proposal {
     }
 }
 
-fn with_policy() -> ClusterState {
+pub(super) fn with_policy() -> ClusterState {
     let mut s = ClusterState::default();
     let policy = Policy::parse("p", POLICY).unwrap();
     let r = s.apply(
@@ -44,7 +44,7 @@ fn with_policy() -> ClusterState {
     s
 }
 
-fn failover(to: &str) -> Command {
+pub(super) fn failover(to: &str) -> Command {
     Command::StartOperation {
         group: "checkout".into(),
         to: to.into(),
@@ -54,7 +54,7 @@ fn failover(to: &str) -> Command {
     }
 }
 
-fn complete(operation: u64, step: Step) -> Command {
+pub(super) fn complete(operation: u64, step: Step) -> Command {
     Command::CompleteStep {
         operation,
         step,
@@ -65,7 +65,7 @@ fn complete(operation: u64, step: Step) -> Command {
 
 /// Starts a failover to `to` at log index `index` and completes every step; returns the
 /// next free index.
-fn run_failover(s: &mut ClusterState, index: u64, to: &str) -> u64 {
+pub(super) fn run_failover(s: &mut ClusterState, index: u64, to: &str) -> u64 {
     let r = s.apply(index, &proposal("", failover(to)));
     let Ok(Outcome::Operation(op)) = r.outcome else {
         panic!("{r:?}")
@@ -218,10 +218,33 @@ fn halted_operation_retries_skips_only_safe_steps_and_aborts_before_activation()
     );
     s.apply(6, &proposal("", Command::RetryOperation { operation: 1 }));
     s.apply(7, &proposal("", complete(1, Step::Fence)));
-    s.apply(8, &proposal("", complete(1, Step::RpoCheck)));
-    s.apply(9, &proposal("", halt(Step::Promote)));
+    s.apply(8, &proposal("", halt(Step::RpoCheck)));
     let skip = s.apply(
         10,
+        &proposal(
+            "",
+            Command::SkipStep {
+                operation: 1,
+                step: Step::RpoCheck,
+            },
+        ),
+    );
+    assert!(skip.outcome.is_ok(), "{skip:?}");
+    assert_eq!(s.operations[&1].step, Step::Promote);
+    let abort = |reason: &str| Command::AbortOperation {
+        operation: 1,
+        reason: reason.into(),
+    };
+    let late = s.apply(11, &proposal("", abort("changed my mind")));
+    assert!(
+        matches!(late.outcome, Err(Refusal::PromoteStarted { .. })),
+        "promote may have started: {late:?}"
+    );
+
+    // Another operation, aborted while its rpo-check is halted (nothing promoted yet).
+    s.apply(12, &proposal("", halt(Step::Promote)));
+    s.apply(
+        13,
         &proposal(
             "",
             Command::SkipStep {
@@ -230,34 +253,47 @@ fn halted_operation_retries_skips_only_safe_steps_and_aborts_before_activation()
             },
         ),
     );
-    assert!(skip.outcome.is_ok(), "{skip:?}");
-    assert_eq!(s.operations[&1].step, Step::Activate);
-    let abort = |reason: &str| Command::AbortOperation {
-        operation: 1,
-        reason: reason.into(),
+    for (i, step) in [Step::Activate, Step::Dns, Step::Validate]
+        .into_iter()
+        .enumerate()
+    {
+        s.apply(14 + i as u64, &proposal("", complete(1, step)));
+    }
+    s.apply(17, &proposal("", failover("region-a")));
+    s.apply(18, &proposal("", complete(2, Step::Revoke)));
+    s.apply(19, &proposal("", complete(2, Step::Fence)));
+    let halt2 = Command::HaltOperation {
+        operation: 2,
+        step: Step::RpoCheck,
+        error: "lag above the RPO".into(),
     };
-    s.apply(11, &proposal("", abort("changed my mind")));
-    let op = &s.operations[&1];
+    s.apply(20, &proposal("", halt2));
+    let abort2 = Command::AbortOperation {
+        operation: 2,
+        reason: "changed my mind".into(),
+    };
+    s.apply(21, &proposal("", abort2));
+    let op = &s.operations[&2];
     assert!(matches!(op.state, OperationState::Aborted { .. }));
     let g = &s.groups["checkout"];
     assert_eq!(
         (g.active.as_str(), g.epoch, g.revoked, g.operation),
-        ("region-a", 1, false, None)
+        ("region-b", 2, false, None)
     );
     assert_eq!(
-        s.lease_check("checkout", "region-a", Some(1)),
-        Ok((1, 1000)),
+        s.lease_check("checkout", "region-b", Some(2)),
+        Ok((2, 1000)),
         "the old region may renew again"
     );
 
     // After activation an abort is refused: the new region is already active.
-    run_failover(&mut s, 20, "region-b");
+    run_failover(&mut s, 30, "region-a");
     let late = s.apply(
-        40,
+        50,
         &proposal(
             "",
             Command::AbortOperation {
-                operation: 2,
+                operation: 3,
                 reason: "too late".into(),
             },
         ),

@@ -18,7 +18,7 @@ use crate::state::{ClusterState, OperationState};
 const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
 /// Operation states reported by `arbiter_group_operation`: `none` when the group has no
 /// unfinished operation.
-const OPERATION_STATES: [&str; 4] = ["none", "awaiting-approval", "running", "halted"];
+const OPERATION_STATES: [&str; 5] = ["none", "awaiting-approval", "running", "halted", "aborting"];
 const MODES: [Mode; 3] = [Mode::Auto, Mode::Manual, Mode::Frozen];
 const VERDICTS: [&str; 3] = ["up", "down", "unknown"];
 
@@ -115,6 +115,7 @@ fn group_rows(s: &ClusterState) -> GroupRows {
             Some(OperationState::AwaitingApproval) => "awaiting-approval",
             Some(OperationState::Running) => "running",
             Some(OperationState::Halted { .. }) => "halted",
+            Some(OperationState::Aborting { .. }) => "aborting",
             // A finished operation is no longer the group's current one.
             Some(OperationState::Done | OperationState::Aborted { .. }) => "none",
         };
