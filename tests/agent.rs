@@ -184,3 +184,52 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
     drop((a, b));
     cluster.stop().await;
 }
+
+/// Goal: an agent whose group is removed from the policy self-fences at its next renewal
+/// (the cluster's `unknown-group` is a loss), not at the end of its lease. Method: a 30 s
+/// lease, renewed every 10 s; the group is removed; on-lose must run well before the
+/// lease could have expired (it used to run only at the deadline, at least 20 s later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_of_a_removed_group_self_fences_at_its_next_renewal() {
+    let cluster = Cluster::start(3).await;
+    let long = POLICY.replacen("lease_ms = 1000", "lease_ms = 30000", 1);
+    cluster.init_with(&long).await;
+    let client = cluster.client();
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = Agent::start(&cluster, &dir, "region-a");
+    eventually("region-a's agent gains the lease", || async {
+        (!a.events("gain").is_empty() && a.holding()).then_some(())
+    })
+    .await;
+
+    tracing::info!("--- checkout is removed from the policy");
+    let without = long.replace("name = \"checkout\"", "name = \"other\"");
+    let req = arbiter::proto::PolicyApplyRequest {
+        toml: without,
+        dry_run: false,
+        if_version: 0,
+        request_id: arbiter::api::new_request_id(),
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.policy_apply(req).await }
+        })
+        .await
+        .expect("policy without checkout");
+    let removed = now_ns();
+    let lost = eventually("region-a's agent self-fences", || async {
+        a.events("lose").first().copied()
+    })
+    .await;
+    let after_s = (lost.saturating_sub(removed)) as f64 / 1e9;
+    assert!(
+        after_s < 15.0,
+        "on-lose ran {after_s:.1} s after the removal: the agent waited for its deadline"
+    );
+    let state = a.state().unwrap();
+    assert_eq!(state["holding"], false, "{state}");
+    drop(a);
+    cluster.stop().await;
+}

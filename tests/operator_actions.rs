@@ -232,3 +232,89 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
     assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
     cluster.stop().await;
 }
+
+/// Writes an executable shell script.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+async fn abort(client: &Client, operation: u64) -> proto::OperationStatus {
+    let req = proto::OperationAction {
+        operation,
+        step: String::new(),
+        reason: "operator".into(),
+        request_id: arbiter::api::new_request_id(),
+    };
+    let reply = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.abort(req).await }
+        })
+        .await
+        .expect("abort");
+    reply.operation.unwrap()
+}
+
+/// Goal: an abort during the lease wait, after the fence hooks ran, leaves the old region
+/// active and has the leader run the group's unfence hooks (with step `unfence`) before the
+/// operation ends; the old region's holder may renew again. Method: a fence hook that does
+/// not confirm (so the lease wait runs), an unfence hook that records its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_the_fence_hooks_ran_unfences_the_old_primary() {
+    let cluster = Cluster::start(3).await;
+    let dir = cluster.dir.path().to_path_buf();
+    let fenced = dir.join("fenced");
+    let unfenced = dir.join("unfenced");
+    let fence = script(
+        &dir,
+        "fence.sh",
+        &format!("echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}; exit 1", fenced.display()),
+    );
+    let unfence = script(
+        &dir,
+        "unfence.sh",
+        &format!("echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}", unfenced.display()),
+    );
+    let toml = format!(
+        "{}[groups.hooks]\nfence = [\"fence-db\"]\nunfence = [\"unfence-db\"]\n\n\
+         [hooks.fence-db]\nkind = \"exec\"\nprogram = \"{}\"\n\n\
+         [hooks.unfence-db]\nkind = \"exec\"\nprogram = \"{}\"\n",
+        policy(AB, 10_000),
+        fence.display(),
+        unfence.display()
+    );
+    cluster.init_with(&toml).await;
+    let client = cluster.client();
+    let a = LeaseClient::new(client.clone(), "checkout", "region-a", "db-a");
+    let (epoch, _) = hold(&a).await;
+
+    let op = start_failover(&client, "checkout", "region-b")
+        .await
+        .expect("failover declared");
+    eventually("the fence hook ran", || async {
+        std::fs::read_to_string(&fenced).ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    tracing::info!("--- abort during the lease wait");
+    let aborted = abort(&client, op.id).await;
+    assert!(
+        aborted.state == "aborting" || aborted.state == "aborted",
+        "{aborted:?}"
+    );
+    let done = wait_operation(&client, op.id, "aborted").await;
+    assert!(done.error.contains("unfenced region-a"), "{}", done.error);
+    let calls = std::fs::read_to_string(&unfenced).unwrap();
+    assert_eq!(calls.trim(), "unfence region-a", "{calls}");
+    match a.renew(epoch).await.expect("renewal answered") {
+        LeaseState::Held { epoch: e, .. } => assert_eq!(e, epoch),
+        other => panic!("region-a may renew after the abort: {other:?}"),
+    }
+    let s = status(&client).await;
+    let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
+    assert_eq!((g.active.as_str(), g.epoch), ("region-a", 1));
+    cluster.stop().await;
+}

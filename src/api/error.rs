@@ -52,6 +52,7 @@ impl ApiError {
                 ConsensusError::Membership(_) => "membership",
                 ConsensusError::Storage(_) => "storage",
                 ConsensusError::ShuttingDown => "shutting-down",
+                ConsensusError::TooLarge { .. } => "invalid-argument",
             },
             ApiError::Refused(r) => match r {
                 Refusal::UnknownGroup { .. } => "unknown-group",

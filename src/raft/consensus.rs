@@ -18,7 +18,7 @@ use super::store::{self, Applied, LogStore, StateMachineStore};
 use super::types::{TypeConfig, WitnessNode};
 use crate::config::{NodeConfig, Peer};
 use crate::proto::HelloReply;
-use crate::state::{ClusterState, Proposal, Response};
+use crate::state::{ClusterState, Proposal, Response, PROPOSAL_BYTES_MAX};
 
 /// The Raft instance type of a witness.
 pub(crate) type ArbiterRaft =
@@ -53,6 +53,9 @@ pub enum ConsensusError {
     Storage(String),
     #[error("witness is shutting down")]
     ShuttingDown,
+    /// Definite: nothing was proposed.
+    #[error("the command is {bytes} bytes encoded, more than {max}")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
@@ -236,6 +239,7 @@ impl Consensus {
             // Snapshots stream over WAN links: allow several election timeouts.
             install_snapshot_timeout: 10 * t.election_timeout_max.as_millis() as u64,
             enable_pre_vote: Some(true),
+            max_payload_entries: super::network::APPEND_ENTRIES_MAX,
             ..Default::default()
         }
         .validate()
@@ -267,8 +271,17 @@ impl Consensus {
         self.id
     }
 
-    /// Proposes a command and waits until it is committed and applied here.
+    /// Proposes a command and waits until it is committed and applied here. A proposal
+    /// larger than [`PROPOSAL_BYTES_MAX`] is refused before it reaches the log, so every
+    /// AppendEntries batch fits one message.
     pub async fn propose(&self, proposal: Proposal) -> Result<Response, ConsensusError> {
+        let bytes = serde_json::to_vec(&proposal).map_or(usize::MAX, |v| v.len());
+        if bytes > PROPOSAL_BYTES_MAX {
+            return Err(ConsensusError::TooLarge {
+                bytes,
+                max: PROPOSAL_BYTES_MAX,
+            });
+        }
         match self.raft.client_write(proposal).await {
             Ok(resp) => Ok(resp.data),
             Err(e) => Err(self.write_error(e)),

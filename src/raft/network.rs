@@ -27,6 +27,24 @@ type C = TypeConfig;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// Largest Raft message accepted or sent; bounds memory per RPC.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest snapshot accepted: the state's worst case fits with room for the membership
+/// and the envelope.
+pub const SNAPSHOT_BYTES_MAX: usize = 4 * RAFT_MESSAGE_BYTES_MAX;
+/// Entries per AppendEntries: a batch of the largest proposals fits one message.
+pub const APPEND_ENTRIES_MAX: u64 = 16;
+/// Per-entry envelope (log id, payload tag) and per-request fields, generously.
+const ENTRY_ENVELOPE_BYTES: usize = 4 * 1024;
+
+const _: () = assert!(
+    crate::state::STATE_BYTES_MAX + 4 * 1024 * 1024 <= SNAPSHOT_BYTES_MAX,
+    "the state's worst case must fit a snapshot"
+);
+const _: () = assert!(
+    APPEND_ENTRIES_MAX as usize * (crate::state::PROPOSAL_BYTES_MAX + ENTRY_ENVELOPE_BYTES)
+        + ENTRY_ENVELOPE_BYTES
+        <= RAFT_MESSAGE_BYTES_MAX,
+    "a batch of the largest proposals must fit one Raft message"
+);
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(value)
@@ -271,11 +289,10 @@ impl RaftNetworkV2<C> for Connection {
 }
 
 /// Collects a streamed snapshot on the receiving side: header from the first chunk, data
-/// appended, bounded by [`RAFT_MESSAGE_BYTES_MAX`] x 4.
+/// appended, bounded by [`SNAPSHOT_BYTES_MAX`].
 pub(crate) async fn collect_snapshot(
     mut stream: tonic::Streaming<SnapshotChunk>,
 ) -> Result<(SnapshotHeader, Vec<u8>), tonic::Status> {
-    const SNAPSHOT_BYTES_MAX: usize = 4 * RAFT_MESSAGE_BYTES_MAX;
     let mut header = None;
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -295,4 +312,60 @@ pub(crate) async fn collect_snapshot(
     }
     let header = header.ok_or_else(|| tonic::Status::invalid_argument("empty snapshot stream"))?;
     Ok((header, data))
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::state::{Command, Proposal, PROPOSAL_BYTES_MAX};
+
+    /// Goal: a full AppendEntries batch of the largest proposal `propose` accepts fits one
+    /// Raft message, encoded exactly as the network encodes it. Method: a detail string
+    /// of quotes (two bytes each in JSON) sized so the proposal is at the limit.
+    #[test]
+    fn a_batch_of_the_largest_proposals_fits_one_raft_message() {
+        let mut proposal = Proposal {
+            actor: "a".repeat(crate::state::limits::ACTOR_BYTES_MAX),
+            at_ms: u64::MAX,
+            request_id: "r".repeat(crate::state::REQUEST_ID_BYTES_MAX),
+            command: Command::CompleteStep {
+                operation: u64::MAX,
+                step: crate::state::Step::Validate,
+                outcome: crate::state::StepOutcome::Completed,
+                detail: String::new(),
+            },
+        };
+        let base = encode(&proposal).unwrap().len();
+        if let Command::CompleteStep { detail, .. } = &mut proposal.command {
+            *detail = "\"".repeat((PROPOSAL_BYTES_MAX - base) / 2);
+        }
+        let size = encode(&proposal).unwrap().len();
+        assert!(
+            size <= PROPOSAL_BYTES_MAX && size + 2 > PROPOSAL_BYTES_MAX,
+            "{size}"
+        );
+        use openraft::entry::RaftEntry;
+        use openraft::vote::RaftLeaderIdExt;
+        let log_id = |index| {
+            let leader =
+                openraft::impls::leader_id_adv::LeaderId::<u64, u64>::new_committed(u64::MAX, 1);
+            openraft::alias::LogIdOf::<C>::new(leader, index)
+        };
+        let entries = (0..APPEND_ENTRIES_MAX)
+            .map(|i| {
+                openraft::alias::EntryOf::<C>::new_normal(log_id(u64::MAX - i), proposal.clone())
+            })
+            .collect();
+        let rpc = AppendEntriesRequest::<C> {
+            vote: openraft::alias::VoteOf::<C>::new_committed(u64::MAX, u64::MAX),
+            prev_log_id: Some(log_id(u64::MAX)),
+            entries,
+            leader_commit: Some(log_id(u64::MAX)),
+        };
+        let bytes = encode(&rpc).unwrap().len();
+        println!(
+            "AppendEntries of {APPEND_ENTRIES_MAX} proposals of {size} bytes: {bytes} bytes (limit {RAFT_MESSAGE_BYTES_MAX})"
+        );
+        assert!(bytes <= RAFT_MESSAGE_BYTES_MAX, "{bytes}");
+    }
 }
