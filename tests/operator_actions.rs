@@ -272,12 +272,18 @@ async fn abort_after_the_fence_hooks_ran_unfences_the_old_primary() {
     let fence = script(
         &dir,
         "fence.sh",
-        &format!("echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}; exit 1", fenced.display()),
+        &format!(
+            "echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}; exit 1",
+            fenced.display()
+        ),
     );
     let unfence = script(
         &dir,
         "unfence.sh",
-        &format!("echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}", unfenced.display()),
+        &format!(
+            "echo \"$ARBITER_STEP $ARBITER_FROM\" >> {}",
+            unfenced.display()
+        ),
     );
     let toml = format!(
         "{}[groups.hooks]\nfence = [\"fence-db\"]\nunfence = [\"unfence-db\"]\n\n\
@@ -296,7 +302,9 @@ async fn abort_after_the_fence_hooks_ran_unfences_the_old_primary() {
         .await
         .expect("failover declared");
     eventually("the fence hook ran", || async {
-        std::fs::read_to_string(&fenced).ok().filter(|s| !s.is_empty())
+        std::fs::read_to_string(&fenced)
+            .ok()
+            .filter(|s| !s.is_empty())
     })
     .await;
     tracing::info!("--- abort during the lease wait");

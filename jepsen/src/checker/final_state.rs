@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// The arbiter keeps this many finished operations (`FINISHED_OPERATIONS_MAX`); an older one
 /// missing from the final state may have been trimmed, not lost.
-pub const FINISHED_OPERATIONS_KEPT: usize = 1_000;
+pub const FINISHED_OPERATIONS_KEPT: usize = 256;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]

@@ -54,6 +54,10 @@ pub const DEFINITE_KINDS: &[&str] = &[
     "not-skippable",
     "already-activated",
     "unknown-region",
+    "operation-region-removed",
+    "promote-started",
+    "removals-pending",
+    "epochs-exhausted",
     "not-leader",
     "already-initialized",
 ];
