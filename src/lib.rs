@@ -19,8 +19,10 @@
 //!   applied state only.
 //! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints
 //!   for hooks, and the holder-side lease client (deadline = send time + lease).
-//! - [`hooks`]: runs a step's hook (an `exec` program or a signed `http` webhook) with a
-//!   deadline and bounded output, and reads the lag an `rpo-check` hook reports.
+//! - [`hooks`]: runs a step's hook (an `exec` program, a signed `http` webhook or a built-in
+//!   PostgreSQL action) with a deadline and bounded output, reads the lag an `rpo-check` hook
+//!   reports, and keeps on every witness the last known WAL position of each group's
+//!   PostgreSQL primary, which the built-in rpo-check measures against (S8).
 //! - [`dns`]: publishing group records in DNS: RFC 2136 updates (TSIG-signed) of external
 //!   authoritative servers and the drift check that reads back what they publish.
 //! - [`operations`]: the leader's executor of failover operations and its in-memory tables

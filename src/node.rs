@@ -197,6 +197,8 @@ impl Node {
                 }
             })
             .unwrap_or_default();
+        // Every witness keeps the primaries' WAL positions: the next leader needs them (S8).
+        let wal = Arc::new(crate::hooks::WalHistories::default());
         let duties = {
             let (c, t, n, m) = (
                 consensus.clone(),
@@ -208,7 +210,8 @@ impl Node {
                 tokio::join!(
                     duties(c.clone()),
                     crate::telemetry::count_leader_changes(c.clone(), m.clone()),
-                    crate::operations::executor::run(c.clone(), t.clone(), m.clone()),
+                    crate::hooks::wal::run(c.clone(), wal.clone()),
+                    crate::operations::executor::run(c.clone(), t.clone(), m.clone(), wal),
                     crate::operations::reconciler::run(c.clone(), m.clone()),
                     crate::operations::engine::run(c, t, n, probe_options, dns_addr, m),
                 );

@@ -32,6 +32,7 @@ fn ctx() -> HookContext {
         epoch: 7,
         operation: 42,
         step: "promote".into(),
+        rpo: None,
     }
 }
 
@@ -301,7 +302,8 @@ echo '{"lag_ms": 1200, "lag_bytes": 4096}'"#,
         parse_lag(&outcome.output),
         Some(Lag {
             ms: Some(1200),
-            bytes: Some(4096)
+            bytes: Some(4096),
+            exceeds_rpo: false,
         })
     );
 }
@@ -409,7 +411,8 @@ async fn http_hook_posts_signed_context() {
         parse_lag(&outcome.output),
         Some(Lag {
             ms: Some(5),
-            bytes: Some(0)
+            bytes: Some(0),
+            exceeds_rpo: false,
         })
     );
 

@@ -711,21 +711,15 @@ async fn automatic_failback_after_the_stable_period() {
 
 /// Goal: the rpo-check step measures the target's lag with its hook: within the RPO it
 /// proceeds; above it, after `rpo_wait_ms`, it halts for approval, and `approve` accepts the
-/// data loss and lets the operation finish.
+/// data loss and lets the operation finish. A hook that says `"exceeds_rpo": true` halts it
+/// too, whatever its numbers say (they may be lower bounds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
     let cluster = Cluster::start(3).await;
     let dir = cluster.dir.path().to_path_buf();
-    let lag = dir.join("lag_ms");
-    std::fs::write(&lag, "200").unwrap();
-    let hook = script(
-        &dir,
-        "lag.sh",
-        &format!(
-            "echo \"{{\\\"lag_ms\\\": $(cat {}), \\\"lag_bytes\\\": 10}}\"",
-            lag.display()
-        ),
-    );
+    let report = dir.join("report.json");
+    std::fs::write(&report, r#"{"lag_ms": 200, "lag_bytes": 10}"#).unwrap();
+    let hook = script(&dir, "lag.sh", &format!("cat {}", report.display()));
     let policy = format!("{POLICY}\n[hooks.lag]\nkind = \"exec\"\nprogram = \"{}\"\n", hook.display()).replace(
         "lease_margin_ms = 200\n",
         "lease_margin_ms = 200\nrpo_lag_ms = 1000\nrpo_wait_ms = 1000\nhooks = { rpo_check = \"lag\" }\n",
@@ -742,7 +736,7 @@ async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
     );
 
     tracing::info!("--- lag above the RPO: halt, then approve");
-    std::fs::write(&lag, "5000").unwrap();
+    std::fs::write(&report, r#"{"lag_ms": 5000, "lag_bytes": 10}"#).unwrap();
     let op = start_failover(&client, "checkout", "region-a")
         .await
         .unwrap();
@@ -771,6 +765,26 @@ async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
         rpo.detail.contains("accepted by operator"),
         "{}",
         rpo.detail
+    );
+
+    tracing::info!("--- numbers within the RPO, but the hook cannot prove them: halt");
+    std::fs::write(
+        &report,
+        r#"{"lag_ms": 10, "lag_bytes": 0, "exceeds_rpo": true, "why": "lower bound"}"#,
+    )
+    .unwrap();
+    let op = start_failover(&client, "checkout", "region-b")
+        .await
+        .unwrap();
+    let halted = wait_operation(&client, op.id, "halted").await;
+    assert_eq!(halted.step, "rpo-check");
+    assert!(
+        halted
+            .error
+            .contains("lag 10 ms, 0 bytes cannot be proven within RPO 1000 ms")
+            && halted.error.contains("arbiter approve"),
+        "{}",
+        halted.error
     );
     cluster.stop().await;
 }

@@ -26,6 +26,8 @@ use common::postgres::{self as pg, PgEnv, Postgres};
 use common::processes::{eventually, group, Cluster};
 use serde_json::Value;
 
+/// Witnesses of every test's cluster.
+const WITNESSES: usize = 3;
 /// The group's record in each region.
 const REGION_A_RECORDS: [&str; 2] = ["192.0.2.10", "192.0.2.11"];
 const REGION_B_RECORDS: [&str; 1] = ["198.51.100.20"];
@@ -36,6 +38,20 @@ const HOOKS: [(&str, &str); 4] = [
     ("pg-promote", "promote"),
     ("pg-validate", "validate"),
 ];
+
+/// The group's RPO in the policy: how much replication lag a promotion may lose, and how
+/// long the rpo-check step waits for the lag to come within it before halting.
+#[derive(Debug, Clone, Copy)]
+struct Rpo {
+    lag_ms: u64,
+    wait_ms: u64,
+}
+
+/// Generous enough that a healthy standby is always within it.
+const RPO_RELAXED: Rpo = Rpo {
+    lag_ms: 60_000,
+    wait_ms: 30_000,
+};
 
 /// An HTTP health endpoint answering `200 ok` to every request until it is stopped; then
 /// its port refuses connections (the region "goes dark" for the witnesses' probes).
@@ -121,6 +137,14 @@ impl Setup {
     /// PostgreSQL primary (region-a) with table `orders` and its standby (region-b), BIND,
     /// health endpoints, three witnesses initialised with the policy for `mode`.
     fn start(mode: &str) -> Setup {
+        Setup::start_with(mode, RPO_RELAXED)
+    }
+
+    /// [`Setup::start`] with the group's RPO set to `rpo`. Returns once every witness has
+    /// sighted region-a's primary: the rpo-check measures against those sightings, and a
+    /// primary that goes dark before any witness has seen it leaves the gate nothing to prove
+    /// the lag with (it then rightly halts).
+    fn start_with(mode: &str, rpo: Rpo) -> Setup {
         common::init_tracing();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -136,8 +160,8 @@ impl Setup {
         tracing::info!("--- BIND, health endpoints, three witnesses");
         let bind = rt.block_on(Authoritative::start(Flavour::Bind));
         let (health_a, health_b) = (HealthEndpoint::start(), HealthEndpoint::start());
-        let mut cluster = Cluster::prepare(3);
-        for id in 1..=3 {
+        let mut cluster = Cluster::prepare(WITNESSES);
+        for id in 1..=WITNESSES as u64 {
             cluster.start(id);
         }
         cluster.cli(&["init"]).ok("init");
@@ -153,7 +177,7 @@ impl Setup {
             env,
             rt,
         };
-        let policy = s.cluster.write("policy.toml", &s.policy(mode, &tsig));
+        let policy = s.cluster.write("policy.toml", &s.policy(mode, rpo, &tsig));
         let out = s
             .cluster
             .cli(&["policy", "apply", &policy])
@@ -163,12 +187,24 @@ impl Setup {
             group(&s.cluster.status(), "checkout"),
             ("region-a".into(), 1)
         );
+        // Each witness keeps one session on the active primary for its sightings; the
+        // session's last query shows that it has asked for the position at least once.
+        eventually("every witness has sighted region-a's WAL position", || {
+            let polled: usize =
+                s.a.sql(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'arbiter' AND query LIKE '%pg_current_wal_lsn%'",
+                )
+                .parse()
+                .unwrap();
+            (polled >= WITNESSES).then_some(())
+        });
         s
     }
 
     /// The policy: both regions probed over HTTP, the group's record on BIND, and the four
     /// built-in PostgreSQL hooks with the same connection (and password file) per region.
-    fn policy(&self, mode: &str, tsig: &str) -> String {
+    fn policy(&self, mode: &str, rpo: Rpo, tsig: &str) -> String {
         let password = self.env.password_file.display();
         let mut hooks = String::new();
         for (name, action) in HOOKS {
@@ -213,8 +249,8 @@ lease_ms = 2000
 lease_margin_ms = 200
 down_after_ms = 1000
 rpo_lag_bytes = 16777216
-rpo_lag_ms = 60000
-rpo_wait_ms = 30000
+rpo_lag_ms = {rpo_lag_ms}
+rpo_wait_ms = {rpo_wait_ms}
 step_attempts = 3
 
 [groups.hooks]
@@ -235,6 +271,8 @@ records = {{ region-a = {{ type = "A", values = [{a}] }}, region-b = {{ type = "
             bind = self.bind.addr,
             a = quoted(&REGION_A_RECORDS),
             b = quoted(&REGION_B_RECORDS),
+            rpo_lag_ms = rpo.lag_ms,
+            rpo_wait_ms = rpo.wait_ms,
         )
     }
 
@@ -332,11 +370,24 @@ fn recorded_lag(detail: &str) -> (u64, u64) {
     )
 }
 
+/// The bytes the rpo-check reported still to replay ("(N bytes to replay at promotion)").
+fn replay_backlog(detail: &str) -> u64 {
+    let (before, _) = detail
+        .split_once(" bytes to replay at promotion")
+        .unwrap_or_else(|| panic!("replay backlog in {detail}"));
+    before
+        .rsplit('(')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("replay backlog in {detail}"))
+}
+
 /// Goal: when region-a's health endpoint goes dark while its PostgreSQL keeps running, the
 /// witnesses fail the group over by themselves, and the database side is really moved: the
 /// standby is primary and writable, the old primary refuses writes, BIND answers region-b,
-/// the measured replication lag is in the operation and the audit log, and the rows written
-/// before the failure are on the new primary.
+/// the measured replication lag is in the operation and the audit log (none is lost: the
+/// standby received every row; the rows it has not replayed are measured as replay backlog,
+/// which promotion replays), and the rows written before the failure are on the new primary.
 /// Method: `mode = "auto"`; 100 rows written on region-a and seen replayed on region-b, then
 /// replay is paused on region-b and 20 more rows are written and received but not replayed,
 /// so the lag at failover is real; the health endpoint is stopped; the operation's outcome is read through the CLI and the
@@ -411,10 +462,28 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
     let rpo = Setup::step_detail(&op, "rpo-check");
     let (lag_ms, lag_bytes) = recorded_lag(&rpo);
     assert!(rpo.contains("within RPO 60000 ms, 16777216 bytes"), "{rpo}");
-    tracing::info!(lag_ms, lag_bytes, "measured replication lag at failover");
+    let pending = replay_backlog(&rpo);
+    tracing::info!(
+        lag_ms,
+        lag_bytes,
+        pending,
+        "measured replication lag at failover"
+    );
+    // A fenced primary still writes a little WAL on its own (the background writer's
+    // running-transactions record), which may be read on it just before it reaches the
+    // standby: at most a few hundred bytes, never the rows.
+    const BACKGROUND_WAL_BYTES_MAX: u64 = 1024;
     assert!(
-        lag_bytes > 0 && lag_ms > 0,
-        "the paused standby's lag was measured, not assumed: {rpo}"
+        lag_bytes <= BACKGROUND_WAL_BYTES_MAX,
+        "the standby received everything the old primary wrote: {rpo}"
+    );
+    assert!(
+        rpo.contains("against the old primary's own answer"),
+        "{rpo}"
+    );
+    assert!(
+        pending > 0,
+        "the paused standby's replay backlog was measured, not assumed: {rpo}"
     );
     let promote = Setup::step_detail(&op, "promote");
     assert!(promote.contains("region-b promoted"), "{promote}");
@@ -435,7 +504,8 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
 
 /// Goal: when region-a goes dark with its database, the fence hook cannot confirm anything
 /// and the failover waits out region-a's lease before activating region-b: a failing fence
-/// never shortens the wait (S1). The standby is promoted with the rows it had.
+/// never shortens the wait (S1). The streaming standby passes the RPO gate on region-a's last
+/// known position (S8) and is promoted with the rows it had.
 /// Method: `mode = "auto"`; region-a's PostgreSQL is stopped and its health endpoint turned
 /// off; the fence step's detail and the commit times of the revoke and fence steps are read
 /// from the operation.
@@ -481,11 +551,157 @@ fn unreachable_old_primary_is_fenced_by_lease_expiry() {
         "the fence step waited out the lease: {op}"
     );
     let rpo = Setup::step_detail(&op, "rpo-check");
-    let (_, lag_bytes) = recorded_lag(&rpo);
-    assert_eq!(lag_bytes, 0, "everything received was replayed: {rpo}");
+    let (lag_ms, lag_bytes) = recorded_lag(&rpo);
+    assert_eq!(
+        (lag_ms, lag_bytes),
+        (0, 0),
+        "a streaming standby holds the primary's last known position: {rpo}"
+    );
+    assert!(rpo.contains("against its last known position"), "{rpo}");
     assert!(!s.b.in_recovery(), "region-b was promoted");
     assert_eq!(count(&s.b, "before"), 100);
     insert(&s.b, "after", 101..=110);
+    assert_eq!(s.bind_answer(), REGION_B_RECORDS);
+}
+
+/// Goal: S8. When the standby's WAL receiver died well before region-a went dark, the
+/// standby's own view says it lags nothing (it has replayed everything it received), yet
+/// promoting it loses every write since. The automatic failover must not pass the RPO gate
+/// on that view: it halts at rpo-check, the halt names the numbers (the primary's last
+/// known position, the standby's received and replayed positions, its WAL receiver), and
+/// only an operator's `arbiter approve` lets it go on, with the accepted loss on record.
+/// Method: `mode = "auto"`, `rpo_lag_ms = 2000`; 100 rows replicated; the standby's WAL
+/// receiver is stopped (`primary_conninfo = ''` and a reload) until `pg_stat_wal_receiver`
+/// is empty; region-a keeps writing for twice the RPO; then region-a goes dark: its health
+/// endpoint stops and its PostgreSQL is stopped by PID with an immediate shutdown. The
+/// operation is read and approved through the CLI, the servers through `psql`.
+#[test]
+fn dead_wal_receiver_halts_the_automatic_failover_at_the_rpo_gate() {
+    if !(pg::available() && authoritative::available(&[Flavour::Bind])) {
+        return;
+    }
+    let rpo = Rpo {
+        lag_ms: 2_000,
+        wait_ms: 3_000,
+    };
+    let mut s = Setup::start_with("auto", rpo);
+    insert(&s.a, "before", 1..=100);
+    wait_replicated(&s.b, "before", 100);
+
+    tracing::info!("--- the standby's WAL receiver stops; the standby stays in recovery");
+    s.b.sql("ALTER SYSTEM SET primary_conninfo = ''");
+    s.b.sql("SELECT pg_reload_conf()");
+    eventually("region-b has no WAL receiver", || {
+        (s.b.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0").then_some(())
+    });
+    let received = s.b.sql("SELECT pg_last_wal_receive_lsn()");
+    assert!(s.b.in_recovery());
+
+    tracing::info!("--- region-a keeps writing for twice the RPO; none of it reaches region-b");
+    let writing = std::time::Instant::now();
+    let mut next = 101;
+    while writing.elapsed() < Duration::from_millis(2 * rpo.lag_ms) {
+        insert(&s.a, "lost", next..=next + 9);
+        next += 10;
+    }
+    let written = s.a.sql("SELECT pg_current_wal_lsn()");
+    let lost = count(&s.a, "lost");
+    assert_eq!(count(&s.b, "lost"), 0, "region-b received none of it");
+    assert_eq!(
+        s.b.sql("SELECT pg_last_wal_receive_lsn()"),
+        received,
+        "region-b received nothing more"
+    );
+    tracing::info!(lost, %received, %written, "rows written that region-b never received");
+
+    tracing::info!("--- region-a goes dark: health endpoint and PostgreSQL (immediate shutdown)");
+    s.health_a.stop();
+    s.a.stop_immediately();
+    let op = eventually(
+        "the automatic failover has passed or halted at the rpo gate",
+        || {
+            let op = s.operations().first()?.clone();
+            let past_gate = op["steps"]
+                .as_array()?
+                .iter()
+                .any(|st| st["step"] == "rpo-check");
+            (op["state"] == "halted" || past_gate).then_some(op)
+        },
+    );
+    assert_eq!(
+        (op["state"].as_str(), op["step"].as_str()),
+        (Some("halted"), Some("rpo-check")),
+        "a standby that received nothing for {} ms must not pass the gate: {op:#}",
+        2 * rpo.lag_ms
+    );
+    assert_eq!(op["from"], "region-a", "{op}");
+    assert_eq!(op["to"], "region-b", "{op}");
+    let id = op["id"].as_u64().unwrap();
+    let error = op["error"].as_str().unwrap().to_string();
+    tracing::info!(%error, "halted at rpo-check");
+    let (lag_ms, lag_bytes) = recorded_lag(&error);
+    assert!(
+        lag_ms > rpo.lag_ms,
+        "the lag is measured against the primary's last known position: {error}"
+    );
+    let unreceived = s.b.sql(&format!(
+        "SELECT pg_wal_lsn_diff('{written}', '{received}')"
+    ));
+    assert!(
+        lag_bytes > 0 && lag_bytes <= unreceived.parse().unwrap(),
+        "at most what region-a wrote after region-b's last receipt ({unreceived} bytes): {error}"
+    );
+    for needle in [
+        "exceeds RPO 2000 ms".to_string(),
+        format!("received {received}"),
+        "last known position".to_string(),
+        "no WAL receiver".to_string(),
+        format!("`arbiter approve {id}` accepts the data loss"),
+    ] {
+        assert!(error.contains(&needle), "{needle:?} in the halt: {error}");
+    }
+    assert!(
+        s.b.in_recovery(),
+        "nothing is promoted while the gate holds"
+    );
+    assert_eq!(
+        group(&s.cluster.status(), "checkout"),
+        ("region-a".into(), 1)
+    );
+
+    tracing::info!("--- the operator accepts the loss: arbiter approve");
+    let out = s.cluster.cli(&["approve", &id.to_string()]).ok("approve");
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
+    let op = s.operations().into_iter().find(|o| o["id"] == id).unwrap();
+    assert_eq!(op["state"], "done", "{op}");
+    let step = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["step"] == "rpo-check")
+        .unwrap()
+        .clone();
+    assert_eq!(step["outcome"], "skipped", "{step}");
+    let detail = step["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("replication lag above the RPO accepted by operator")
+            && detail.contains(&error),
+        "the step records who accepted which loss: {detail}"
+    );
+    let status = s.cluster.status();
+    let audit = status["audit"].as_array().unwrap();
+    assert!(
+        audit.iter().any(|e| e["detail"].as_str().is_some_and(|d| d
+            .contains(&format!("operation {id}: rpo-check skipped: replication lag above the RPO accepted by operator"))
+            && d.contains(&format!("received {received}")))),
+        "the audit log records the accepted loss with its numbers: {audit:#?}"
+    );
+
+    tracing::info!("--- region-b is primary with what it had; the unreceived rows are lost");
+    assert!(!s.b.in_recovery(), "region-b was promoted");
+    assert_eq!(count(&s.b, "before"), 100);
+    assert_eq!(count(&s.b, "lost"), 0, "the accepted loss is real");
+    insert(&s.b, "after", 100_001..=100_010);
     assert_eq!(s.bind_answer(), REGION_B_RECORDS);
 }
 
@@ -594,6 +810,7 @@ fn hook_ctx(step: &str, epoch: u64) -> HookContext {
         epoch,
         operation: 9,
         step: step.into(),
+        rpo: None,
     }
 }
 

@@ -261,6 +261,7 @@ mod tests {
             epoch: 2,
             operation: 1,
             step: "promote".into(),
+            rpo: None,
         };
         let hook = |secret: &str| {
             let path = dir.path().join(format!("secret-{secret}"));

@@ -285,6 +285,7 @@ mod tests {
             epoch: 7,
             operation: 42,
             step: "{step}".into(),
+            rpo: None,
         }
         .fields()
     }

@@ -1,8 +1,11 @@
 //! The replication lag an `rpo-check` hook reports: the last JSON object in its output, such
-//! as `{"lag_ms": 1200, "lag_bytes": 4096}`.
+//! as `{"lag_ms": 1200, "lag_bytes": 4096}`, optionally with `"exceeds_rpo": true` when the
+//! hook itself finds the lag over the RPO or cannot prove it within (the built-in PostgreSQL
+//! hook does, see docs/postgres.md).
 //!
 //! This module owns reading that report. It must never guess: a report that is missing,
-//! malformed or has neither field is no report (`None`), so the step cannot pass on it.
+//! malformed or says nothing (neither lag field nor `"exceeds_rpo": true`) is no report
+//! (`None`), so the step cannot pass on it.
 
 use serde::Deserialize;
 
@@ -13,6 +16,9 @@ pub struct Lag {
     pub ms: Option<u64>,
     /// How far behind the target is in replicated data, in bytes.
     pub bytes: Option<u64>,
+    /// The hook found the lag over the RPO, or could not prove it within: the step must not
+    /// pass whatever the numbers say (they may be lower bounds, or absent).
+    pub exceeds_rpo: bool,
 }
 
 /// The report as written by the hook; other fields (a note, a database name) are allowed.
@@ -22,6 +28,8 @@ struct Report {
     lag_ms: Option<u64>,
     #[serde(default)]
     lag_bytes: Option<u64>,
+    #[serde(default)]
+    exceeds_rpo: Option<bool>,
 }
 
 /// Reads the lag from a hook's output: the whole output if it is one JSON object (an HTTP
@@ -29,7 +37,8 @@ struct Report {
 /// program may log before printing its report. Values must be non-negative integers.
 ///
 /// Returns `None` when there is no such object, when it does not parse, when a field has
-/// another type, or when it has neither `lag_ms` nor `lag_bytes`.
+/// another type, or when it has neither `lag_ms` nor `lag_bytes` and does not say
+/// `"exceeds_rpo": true`.
 pub fn parse_lag(output: &str) -> Option<Lag> {
     let trimmed = output.trim();
     let report = match serde_json::from_str::<Report>(trimmed) {
@@ -43,12 +52,14 @@ pub fn parse_lag(output: &str) -> Option<Lag> {
             serde_json::from_str::<Report>(line).ok()?
         }
     };
-    if report.lag_ms.is_none() && report.lag_bytes.is_none() {
+    let exceeds_rpo = report.exceeds_rpo.unwrap_or(false);
+    if report.lag_ms.is_none() && report.lag_bytes.is_none() && !exceeds_rpo {
         return None;
     }
     Some(Lag {
         ms: report.lag_ms,
         bytes: report.lag_bytes,
+        exceeds_rpo,
     })
 }
 
@@ -62,7 +73,8 @@ mod tests {
             parse_lag(r#"{"lag_ms": 1200, "lag_bytes": 4096}"#),
             Some(Lag {
                 ms: Some(1200),
-                bytes: Some(4096)
+                bytes: Some(4096),
+                exceeds_rpo: false,
             })
         );
     }
@@ -73,14 +85,16 @@ mod tests {
             parse_lag(r#"{"lag_ms": 0}"#),
             Some(Lag {
                 ms: Some(0),
-                bytes: None
+                bytes: None,
+                exceeds_rpo: false,
             })
         );
         assert_eq!(
             parse_lag(r#"{"lag_bytes": 7, "replica": "db-b"}"#),
             Some(Lag {
                 ms: None,
-                bytes: Some(7)
+                bytes: Some(7),
+                exceeds_rpo: false,
             })
         );
     }
@@ -92,7 +106,8 @@ mod tests {
             parse_lag(body),
             Some(Lag {
                 ms: Some(15),
-                bytes: Some(0)
+                bytes: Some(0),
+                exceeds_rpo: false,
             })
         );
     }
@@ -101,6 +116,34 @@ mod tests {
     fn last_json_line_after_log_lines_is_read() {
         let out = "checking replica db-b\n{\"lag_ms\": 1}\nstill checking\n{\"lag_ms\": 2}\n";
         assert_eq!(parse_lag(out).and_then(|l| l.ms), Some(2));
+    }
+
+    #[test]
+    fn a_hook_may_say_the_lag_exceeds_the_rpo() {
+        assert_eq!(
+            parse_lag(r#"{"lag_ms": 900, "lag_bytes": 0, "exceeds_rpo": true}"#),
+            Some(Lag {
+                ms: Some(900),
+                bytes: Some(0),
+                exceeds_rpo: true,
+            }),
+            "numbers within the RPO do not overrule it"
+        );
+        assert_eq!(
+            parse_lag(r#"{"lag_ms": null, "lag_bytes": null, "exceeds_rpo": true}"#),
+            Some(Lag {
+                ms: None,
+                bytes: None,
+                exceeds_rpo: true,
+            }),
+            "no numbers, but a report: the lag cannot be proven"
+        );
+        assert_eq!(parse_lag(r#"{"exceeds_rpo": false}"#), None);
+        assert_eq!(
+            parse_lag(r#"{"lag_ms": 1, "exceeds_rpo": "yes"}"#),
+            None,
+            "not a boolean: refused, not guessed"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Hooks: how a failover step acts on the world. [`run`] executes one configured [`Hook`]
 //! (a program, a signed webhook or a built-in PostgreSQL action) for one step of one
 //! operation and reports a [`HookOutcome`]; [`parse_lag`] reads the replication lag an
-//! `rpo-check` hook reports.
+//! `rpo-check` hook reports. [`wal`] keeps, on every witness, the last known WAL position
+//! of each group's PostgreSQL primary, which the built-in rpo-check measures against (S8).
 //!
 //! This module owns running hooks and bounding them (deadline, captured output size). It must
 //! never decide whether a step may run (that is the operation's job, after the decision is
@@ -54,8 +55,11 @@
 //!
 //! Built-in PostgreSQL actions, one per hook: `rpo-check` and `promote` and `validate` act
 //! on the server of `to`, `fence` on the server of `from`. Each prints a one-line JSON
-//! report; `rpo-check`'s carries `lag_ms` and `lag_bytes`. What each guarantees, and what it
-//! does not, is in `docs/postgres.md`.
+//! report; `rpo-check`'s carries `lag_ms` and `lag_bytes`, and `"exceeds_rpo": true` when
+//! the lag is over the group's RPO or cannot be proven within it (for that it is given the
+//! RPO and the history of the old primary's WAL position in [`HookContext::rpo`], which no
+//! other kind of hook receives). What each guarantees, and what it does not, is in
+//! `docs/postgres.md`.
 //!
 //! ## Output and outcome
 //!
@@ -66,7 +70,9 @@ mod exec;
 mod http;
 mod lag;
 mod postgres;
+pub mod rpo;
 pub(crate) mod secret;
+pub mod wal;
 
 use std::time::Duration;
 
@@ -78,6 +84,8 @@ use crate::config::Hook;
 pub use http::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use lag::{parse_lag, Lag};
 pub use postgres::VALIDATE_TABLE;
+pub use rpo::{RpoBound, RpoContext, WalSample};
+pub use wal::WalHistories;
 
 /// Captured output kept in an outcome, marker included: enough for an error message or a
 /// small JSON report, small enough to keep in the audit log of every step.
@@ -87,7 +95,7 @@ pub const OUTPUT_BYTES_MAX: usize = 4096;
 pub const TRUNCATED_MARKER: &str = "...(truncated)";
 
 /// What a hook is told about the step it acts for. Serialised as the JSON body of `http`
-/// hooks, with the field names below, in this order.
+/// hooks, with the field names below, in this order (`rpo` excepted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HookContext {
     /// The failover group the operation moves.
@@ -102,6 +110,12 @@ pub struct HookContext {
     pub operation: u64,
     /// The step: `fence`, `rpo-check`, `promote`, `dns` or `validate`.
     pub step: String,
+    /// rpo-check only: the group's RPO and this witness's sightings of the old primary's WAL
+    /// position, for the built-in `postgres` hook. Neither in an `http` body nor in an `exec`
+    /// hook's arguments or environment: the sightings are instants of this witness's
+    /// monotonic clock, meaningless anywhere else.
+    #[serde(skip)]
+    pub rpo: Option<RpoContext>,
 }
 
 impl HookContext {

@@ -1,10 +1,11 @@
 //! `postgres` hooks: the built-in PostgreSQL actions of a failover, spoken over the
 //! PostgreSQL protocol (`tokio-postgres`, no TLS) to the server of one region.
 //!
-//! - `rpo-check` (on `to`, the standby): received and replayed WAL positions and the time of
-//!   the last replayed transaction; when the old primary (`from`) still answers, its current
-//!   WAL position too. Prints `{"lag_ms": .., "lag_bytes": .., ...}` for
-//!   [`super::parse_lag`].
+//! - `rpo-check` (on `to`, the standby): the standby's received and replayed WAL positions
+//!   and its WAL receiver, measured against the primary's position: the old primary's own
+//!   answer when it still gives one, otherwise its last known position from this witness's
+//!   history (`super::wal`), by [`super::rpo::judge`] (S8). Prints
+//!   `{"lag_ms": .., "lag_bytes": .., "exceeds_rpo": .., ...}` for [`super::parse_lag`].
 //! - `promote` (on `to`): `pg_promote`, then waits until `pg_is_in_recovery()` is false;
 //!   succeeds at once on a server that is already primary.
 //! - `fence` (on `from`): `ALTER SYSTEM SET default_transaction_read_only = on`, reload,
@@ -14,9 +15,11 @@
 //! - `validate` (on `to`): inserts `(group, epoch, operation, region)` into
 //!   `arbiter_validate`, creating the table if needed.
 //!
-//! This module owns the connections of one action. It must never put the password into an
-//! outcome or a log line, never report a fence it has not verified, and never leave a
-//! connection open after the action (the connection task ends with the client).
+//! This module owns the connections of one action (and [`connect`] for the sessions of
+//! `super::wal`). It must never put the password into an outcome or a log line, never report
+//! a fence it has not verified, never call a lag within the RPO that it cannot prove, and
+//! never leave a connection open after the action (the connection task ends with the
+//! client).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+use super::rpo::{self, lsn_text, Receiver, Standby, Verdict, WalSample};
 use super::secret::Secret;
 use super::{millis, HookContext, HookOutcome};
 use crate::config::{PostgresAction, PostgresHook, PostgresRegion};
@@ -34,7 +38,7 @@ use crate::config::{PostgresAction, PostgresHook, PostgresRegion};
 /// server that does not answer a TCP handshake in 10 s is unreachable for this purpose.
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 /// `rpo-check` asks the old primary for its WAL position with this much patience at most:
-/// the measurement works without it, and the old region is often dark.
+/// the measurement works without it (from the history), and the old region is often dark.
 const OLD_PRIMARY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between two looks at a condition the hook waits for (end of recovery, reload
 /// reaching new sessions, terminated sessions gone).
@@ -99,7 +103,7 @@ pub(super) async fn run(hook: &PostgresHook, ctx: &HookContext) -> HookOutcome {
 
 /// Opens a session to `region`'s server, at most until `deadline` (and
 /// [`CONNECT_TIMEOUT_MAX`]). The error names the region and the cause, never the password.
-async fn connect(
+pub(super) async fn connect(
     region: &str,
     server: &PostgresRegion,
     deadline: Instant,
@@ -186,12 +190,11 @@ fn parse_lsn(text: &str) -> Option<u64> {
     Some((hi << 32) | lo)
 }
 
-/// Lag of the standby in `to`. The byte lag is measured against the old primary's current
-/// WAL position when it answers (after the fence it writes nothing more, so this is exactly
-/// what promotion now would lose), otherwise against what the standby has received (WAL the
-/// primary wrote but never sent is then invisible: see docs/postgres.md). The time lag is 0
-/// when nothing is pending, otherwise the age of the last replayed transaction (an upper
-/// bound when the primary was idle).
+/// Lag of the standby in `to`: what a promotion now would lose, measured against the
+/// primary's position (the old primary's answer, or its last known position in the
+/// witness's history given in `ctx.rpo`), with the standby's WAL receiver as a second
+/// witness; see [`rpo::judge`] and docs/postgres.md. The old primary is asked first, so the
+/// standby's position read afterwards shows whether it holds what the primary had.
 async fn rpo_check(
     hook: &PostgresHook,
     ctx: &HookContext,
@@ -199,12 +202,23 @@ async fn rpo_check(
     deadline: Instant,
 ) -> Result<Report, String> {
     let region = &ctx.to;
+    let live = match hook.regions.get(&ctx.from) {
+        Some(old) if ctx.from != ctx.to => {
+            let patience = (Instant::now() + OLD_PRIMARY_TIMEOUT).min(deadline);
+            old_primary_lsn(&ctx.from, old, patience)
+                .await
+                .map(|lsn| WalSample {
+                    lsn,
+                    at: Instant::now(),
+                })
+        }
+        _ => None,
+    };
     let standby = connect(region, server, deadline).await?;
     let row = one_row(
         &standby,
         "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, \
-         pg_last_wal_replay_lsn()::text, \
-         (EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000)::float8",
+         pg_last_wal_replay_lsn()::text",
         &[],
     )
     .await?;
@@ -216,48 +230,145 @@ async fn rpo_check(
     }
     let received: Option<String> = row.get(1);
     let replayed: Option<String> = row.get(2);
-    let since_replay_ms: Option<f64> = row.get(3);
     let replayed_at = replayed
         .as_deref()
         .and_then(parse_lsn)
         .ok_or_else(|| format!("{region} reports no replayed WAL position"))?;
-    // Streaming may not have started since the standby's start: then it has received
-    // nothing beyond what it replayed.
+    // Streaming may not have started since the standby's start (no position, or the start
+    // of the segment it asks for): it holds at least what it replayed.
     let received_at = received
         .as_deref()
         .and_then(parse_lsn)
-        .unwrap_or(replayed_at);
-
-    let old_primary = match hook.regions.get(&ctx.from) {
-        Some(old) if ctx.from != ctx.to => {
-            let patience = (Instant::now() + OLD_PRIMARY_TIMEOUT).min(deadline);
-            old_primary_lsn(&ctx.from, old, patience).await
-        }
-        _ => None,
+        .map_or(replayed_at, |lsn| lsn.max(replayed_at));
+    let receiver = wal_receiver(&standby).await?;
+    let input = Standby {
+        received_lsn: received_at,
+        replayed_lsn: replayed_at,
+        receiver,
     };
-    let (basis, written_at) = match old_primary {
-        Some(at) => ("old primary", at),
-        None => ("standby", received_at),
+    let (history, bound) = match &ctx.rpo {
+        Some(r) => (r.primary_history.as_slice(), r.bound),
+        None => (&[][..], rpo::RpoBound::default()),
     };
-    let lag_bytes = written_at.saturating_sub(replayed_at);
-    let lag_ms = if lag_bytes == 0 {
-        Some(0)
-    } else {
-        since_replay_ms.map(|ms| ms.max(0.0).round() as u64)
+    let verdict = rpo::judge(history, live, &input, bound, Instant::now());
+    let (status, silence_ms) = match &input.receiver {
+        Receiver::Absent => (None, None),
+        Receiver::Running { status, silence_ms } => (Some(status.as_str()), *silence_ms),
     };
     let json = json!({
-        "lag_ms": lag_ms,
-        "lag_bytes": lag_bytes,
-        "basis": basis,
+        "lag_ms": verdict.lag_ms,
+        "lag_bytes": verdict.lag_bytes,
+        "exceeds_rpo": !verdict.within(),
+        "lag_ms_at_least": verdict.lag_ms_at_least,
+        "basis": verdict.basis.as_str(),
         "region": region,
+        "primary": ctx.from,
+        "primary_lsn": verdict.primary_lsn.map(lsn_text),
+        "primary_age_ms": verdict.primary_age_ms,
+        "primary_dark_ms": verdict.primary_dark_ms,
+        "history_samples": verdict.history_samples,
+        "history_span_ms": verdict.history_span_ms,
         "received_lsn": received,
         "replayed_lsn": replayed,
+        "replay_pending_bytes": verdict.replay_pending_bytes,
+        "receiver_status": status,
+        "receiver_silence_ms": silence_ms,
+        "over": verdict.over,
+        "notes": verdict.notes,
     });
-    let shown_ms = lag_ms.map_or("unknown".to_string(), |ms| ms.to_string());
     Ok(Report {
-        summary: format!("{region} lags {lag_bytes} bytes and {shown_ms} ms behind the {basis}"),
+        summary: rpo_summary(ctx, &verdict, &input, received_at),
         json,
     })
+}
+
+/// One line with every number the verdict rests on, for the step detail or the halt.
+fn rpo_summary(ctx: &HookContext, v: &Verdict, standby: &Standby, received: u64) -> String {
+    let (region, from) = (&ctx.to, &ctx.from);
+    let lag = match (v.lag_bytes, v.lag_ms) {
+        (Some(bytes), Some(ms)) => format!(
+            "{region} lacks {bytes} bytes and {}{ms} ms of {from}'s WAL",
+            if v.lag_ms_at_least { "at least " } else { "" }
+        ),
+        _ => format!("{region}'s lag behind {from} is unknown"),
+    };
+    let basis = match (v.basis, v.primary_lsn) {
+        (rpo::Basis::OldPrimary, Some(lsn)) => {
+            format!("against the old primary's own answer, {}", lsn_text(lsn))
+        }
+        (rpo::Basis::LastKnown, Some(lsn)) => format!(
+            "against its last known position {}, seen {} ms ago ({} sightings over {} ms; {from} did not answer)",
+            lsn_text(lsn),
+            v.primary_age_ms.unwrap_or(0),
+            v.history_samples,
+            v.history_span_ms
+        ),
+        _ => format!("against nothing: {from} did not answer and this witness has no history of it"),
+    };
+    let receiver = match &standby.receiver {
+        Receiver::Absent => "no WAL receiver running".to_string(),
+        Receiver::Running {
+            status,
+            silence_ms: Some(ms),
+        } => format!("WAL receiver {status}, last message {ms} ms ago"),
+        Receiver::Running { status, .. } => format!("WAL receiver {status}, no message yet"),
+    };
+    let mut line = format!(
+        "{lag}, measured {basis}; received {}, replayed {} ({} bytes to replay at promotion); {receiver}",
+        lsn_text(received),
+        lsn_text(standby.replayed_lsn),
+        v.replay_pending_bytes
+    );
+    if !v.over.is_empty() {
+        line += &format!("; over the RPO: {}", v.over.join("; "));
+    }
+    line
+}
+
+/// The standby's WAL receiver, from `pg_stat_wal_receiver` (no row: none runs). Its silence
+/// is the standby's `now()` minus its `last_msg_receipt_time`: one host's own clock.
+async fn wal_receiver(standby: &Client) -> Result<Receiver, String> {
+    let rows = standby
+        .query(
+            "SELECT status, \
+             (EXTRACT(EPOCH FROM now() - last_msg_receipt_time) * 1000)::float8 \
+             FROM pg_stat_wal_receiver",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "`SELECT ... FROM pg_stat_wal_receiver` failed: {}",
+                pg_error(&e)
+            )
+        })?;
+    let Some(row) = rows.first() else {
+        return Ok(Receiver::Absent);
+    };
+    let status: Option<String> = row.get(0);
+    let silence: Option<f64> = row.get(1);
+    Ok(Receiver::Running {
+        // Without pg_monitor (pg_read_all_stats) only the pid is shown.
+        status: status.unwrap_or_else(|| "not visible to this role (grant pg_monitor)".into()),
+        silence_ms: silence.map(|ms| ms.max(0.0).round() as u64),
+    })
+}
+
+/// The server's current WAL position if it is a primary, `None` if it is in recovery.
+pub(super) async fn primary_lsn(client: &Client) -> Result<Option<u64>, String> {
+    let row = one_row(
+        client,
+        "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+        &[],
+    )
+    .await?;
+    let lsn: Option<String> = row.get(0);
+    match lsn {
+        None => Ok(None),
+        Some(text) => parse_lsn(&text)
+            .map(Some)
+            .ok_or_else(|| format!("the server reports an unreadable WAL position {text:?}")),
+    }
 }
 
 /// The old primary's current WAL position, if it answers before `deadline` and is not itself
@@ -265,15 +376,7 @@ async fn rpo_check(
 async fn old_primary_lsn(region: &str, server: &PostgresRegion, deadline: Instant) -> Option<u64> {
     let attempt = async {
         let client = connect(region, server, deadline).await.ok()?;
-        let row = client
-            .query_one(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
-                &[],
-            )
-            .await
-            .ok()?;
-        let lsn: Option<String> = row.get(0);
-        lsn.as_deref().and_then(parse_lsn)
+        primary_lsn(&client).await.ok().flatten()
     };
     timeout_at(deadline, attempt).await.ok().flatten()
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::LeaderTables;
 use crate::api::now_ms;
 use crate::config::{GroupPolicy, Hook, Policy};
-use crate::hooks::{self, HookContext, HookOutcome};
+use crate::hooks::{self, HookContext, HookOutcome, RpoBound, RpoContext, WalHistories};
 use crate::raft::{Consensus, ConsensusError};
 use crate::state::{
     Command, LeaseBound, Operation, OperationState, Proposal, Refusal, Step, StepOutcome,
@@ -58,8 +58,14 @@ enum StepResult {
     Abandon,
 }
 
-/// Runs forever; spawn it once per witness.
-pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: Arc<Metrics>) {
+/// Runs forever; spawn it once per witness. `wal` is this witness's history of each group's
+/// primary WAL position, which the rpo-check step hands to its hook.
+pub async fn run(
+    consensus: Arc<Consensus>,
+    tables: Arc<LeaderTables>,
+    metrics: Arc<Metrics>,
+    wal: Arc<WalHistories>,
+) {
     let mut applied = consensus.subscribe_applied();
     // When this witness first saw each operation's revoke applied.
     let mut revoke_seen: HashMap<u64, Instant> = HashMap::new();
@@ -153,6 +159,7 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: 
                     consensus.clone(),
                     tables.clone(),
                     metrics.clone(),
+                    wal.clone(),
                     op.clone(),
                 )));
                 unfence_tasks.insert(op.id, task);
@@ -176,6 +183,7 @@ pub async fn run(consensus: Arc<Consensus>, tables: Arc<LeaderTables>, metrics: 
                     consensus.clone(),
                     tables.clone(),
                     metrics.clone(),
+                    wal.clone(),
                     op.clone(),
                     seen,
                 )));
@@ -224,6 +232,7 @@ async fn step_task(
     consensus: Arc<Consensus>,
     tables: Arc<LeaderTables>,
     metrics: Arc<Metrics>,
+    wal: Arc<WalHistories>,
     op: Operation,
     revoke_seen: Instant,
 ) {
@@ -246,6 +255,7 @@ async fn step_task(
         consensus: &consensus,
         tables: &tables,
         metrics: &metrics,
+        wal: &wal,
         op: &op,
         policy: &policy,
         group: &group_policy,
@@ -354,6 +364,7 @@ async fn unfence_task(
     consensus: Arc<Consensus>,
     tables: Arc<LeaderTables>,
     metrics: Arc<Metrics>,
+    wal: Arc<WalHistories>,
     op: Operation,
 ) {
     let Some((policy, group_policy)) = consensus.with_state(|s| {
@@ -371,6 +382,7 @@ async fn unfence_task(
         policy: &policy,
         group: &group_policy,
         revoke_seen: Instant::now(),
+        wal: &wal,
     };
     let detail = match ctx.run_hooks(&group_policy.hooks.unfence).await {
         StepResult::Complete { detail, .. } => format!("unfenced {}: {detail}", op.from),
@@ -393,6 +405,7 @@ struct StepContext<'a> {
     consensus: &'a Consensus,
     tables: &'a LeaderTables,
     metrics: &'a Metrics,
+    wal: &'a WalHistories,
     op: &'a Operation,
     policy: &'a Policy,
     group: &'a GroupPolicy,
@@ -433,6 +446,16 @@ impl StepContext<'_> {
             epoch: self.op.to_epoch,
             operation: self.op.id,
             step: self.step_name().to_string(),
+            // Read at each call: a later measurement sees the newer sightings.
+            rpo: (self.op.step == Step::RpoCheck
+                && !matches!(self.op.state, OperationState::Aborting { .. }))
+            .then(|| RpoContext {
+                bound: RpoBound {
+                    lag_ms_max: self.group.rpo_lag_ms,
+                    lag_bytes_max: self.group.rpo_lag_bytes,
+                },
+                primary_history: self.wal.samples(&self.op.group, &self.op.from),
+            }),
         }
     }
 
@@ -589,7 +612,11 @@ impl StepContext<'_> {
     }
 
     /// Measures the target's lag with the rpo-check hook until it is within the RPO, for at
-    /// most `rpo_wait_ms`; then halts for an operator's approval.
+    /// most `rpo_wait_ms`; then halts for an operator's approval. A hook that reports
+    /// `exceeds_rpo` is over whatever its numbers say (they may be lower bounds). The wait is
+    /// the same whatever the cause: a standby whose WAL receiver is gone will not catch up,
+    /// but an old primary that answers again, or a receiver that reconnects, may still bring
+    /// it within before the operator has to decide.
     async fn rpo_check(&self) -> StepResult {
         let g = self.group;
         let Some(name) = &g.hooks.rpo_check else {
@@ -641,15 +668,21 @@ impl StepContext<'_> {
                         g.rpo_lag_ms.map_or("-".to_string(), |v| v.to_string()),
                         g.rpo_lag_bytes.map_or("-".to_string(), |v| v.to_string())
                     );
-                    if !over_ms && !over_bytes {
+                    let basis = format!("hook {name}: {}", outcome.summary);
+                    if !over_ms && !over_bytes && !lag.exceeds_rpo {
                         return StepResult::Complete {
                             outcome: StepOutcome::Completed,
-                            detail: format!("{measured} within {rpo}"),
+                            detail: format!("{measured} within {rpo}; {basis}"),
                         };
                     }
                     if Instant::now() >= give_up {
+                        let verdict = if over_ms || over_bytes {
+                            "exceeds"
+                        } else {
+                            "cannot be proven within"
+                        };
                         return StepResult::Halt(format!(
-                            "{measured} exceeds {rpo} after waiting {} ms: `arbiter approve {}` accepts the data loss",
+                            "{measured} {verdict} {rpo} after waiting {} ms; {basis}: `arbiter approve {}` accepts the data loss",
                             g.rpo_wait_ms, self.op.id
                         ));
                     }

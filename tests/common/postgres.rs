@@ -295,12 +295,22 @@ impl Postgres {
 
     /// Fast shutdown (SIGINT to the postmaster by PID); SIGKILL if it takes too long.
     pub fn stop(&mut self) {
+        self.stop_with(libc::SIGINT);
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster by PID): no shutdown checkpoint and no
+    /// last WAL sent to the standbys, as when the region dies; SIGKILL if it takes too long.
+    pub fn stop_immediately(&mut self) {
+        self.stop_with(libc::SIGQUIT);
+    }
+
+    fn stop_with(&mut self, signal: libc::c_int) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         // SAFETY: signalling our own child, which has not been reaped yet.
         unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            libc::kill(child.id() as libc::pid_t, signal);
         }
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
