@@ -32,6 +32,8 @@ fn ctx() -> HookContext {
         epoch: 7,
         operation: 42,
         step: "promote".into(),
+        witness: 1,
+        term: 1,
         rpo: None,
     }
 }

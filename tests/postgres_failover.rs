@@ -810,6 +810,8 @@ fn hook_ctx(step: &str, epoch: u64) -> HookContext {
         epoch,
         operation: 9,
         step: step.into(),
+        witness: 1,
+        term: 1,
         rpo: None,
     }
 }

@@ -261,6 +261,8 @@ mod tests {
             epoch: 2,
             operation: 1,
             step: "promote".into(),
+            witness: 1,
+            term: 1,
             rpo: None,
         };
         let hook = |secret: &str| {

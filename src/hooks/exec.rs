@@ -277,7 +277,7 @@ fn spawn_failure(program: &Path, e: &io::Error) -> String {
 mod tests {
     use super::*;
 
-    fn fields() -> [(&'static str, String); 6] {
+    fn fields() -> [(&'static str, String); 8] {
         HookContext {
             group: "checkout".into(),
             from: "region-a".into(),
@@ -285,6 +285,8 @@ mod tests {
             epoch: 7,
             operation: 42,
             step: "{step}".into(),
+            witness: 1,
+            term: 1,
             rpo: None,
         }
         .fields()

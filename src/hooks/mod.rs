@@ -108,8 +108,12 @@ pub struct HookContext {
     pub epoch: u64,
     /// The operation id, so a retried step is recognisable as the same request.
     pub operation: u64,
-    /// The step: `fence`, `rpo-check`, `promote`, `dns` or `validate`.
+    /// The step: `fence`, `rpo-check`, `promote`, `dns`, `validate` or `unfence`.
     pub step: String,
+    /// The witness that calls, as leader, and its Raft term: a hook target can tell a call
+    /// of a deposed leader (an older term) from the current leader's.
+    pub witness: u64,
+    pub term: u64,
     /// rpo-check only: the group's RPO and this witness's sightings of the old primary's WAL
     /// position, for the built-in `postgres` hook. Neither in an `http` body nor in an `exec`
     /// hook's arguments or environment: the sightings are instants of this witness's
@@ -121,7 +125,7 @@ pub struct HookContext {
 impl HookContext {
     /// The context as (placeholder name, value) pairs: one list for argument placeholders
     /// and environment variables, so the two can never disagree.
-    fn fields(&self) -> [(&'static str, String); 6] {
+    fn fields(&self) -> [(&'static str, String); 8] {
         [
             ("group", self.group.clone()),
             ("from", self.from.clone()),
@@ -129,6 +133,8 @@ impl HookContext {
             ("epoch", self.epoch.to_string()),
             ("operation", self.operation.to_string()),
             ("step", self.step.clone()),
+            ("witness", self.witness.to_string()),
+            ("term", self.term.to_string()),
         ]
     }
 }

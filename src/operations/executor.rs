@@ -118,7 +118,22 @@ pub async fn run(
         revoke_seen.retain(|id, _| operations.iter().any(|o| o.id == *id));
         tasks.retain(|_, (_, task)| !task.is_finished());
 
-        let leader = consensus.is_leader();
+        let mut leader = consensus.is_leader();
+        // A leader that cannot confirm its leadership with a quorum starts nothing new (its
+        // running steps confirm again before each external action).
+        let to_start = operations.iter().any(|o| match &o.state {
+            OperationState::Running => tasks.get(&o.id).map(|(step, _)| *step) != Some(o.step),
+            OperationState::Aborting { .. } => !unfence_tasks.contains_key(&o.id),
+            _ => false,
+        }) || removed
+            .iter()
+            .any(|(n, e, _)| !expiry_tasks.contains_key(&(n.clone(), *e)));
+        if leader && to_start {
+            if let Err(e) = consensus.confirm_leadership().await {
+                tracing::warn!(error = %e, "leadership not confirmed: starting no step");
+                leader = false;
+            }
+        }
         if !leader {
             if was_leader {
                 tracing::info!(
@@ -446,6 +461,8 @@ impl StepContext<'_> {
             epoch: self.op.to_epoch,
             operation: self.op.id,
             step: self.step_name().to_string(),
+            witness: self.consensus.id(),
+            term: self.consensus.view().term,
             // Read at each call: a later measurement sees the newer sightings.
             rpo: (self.op.step == Step::RpoCheck
                 && !matches!(self.op.state, OperationState::Aborting { .. }))
@@ -467,13 +484,28 @@ impl StepContext<'_> {
         }
     }
 
+    /// Whether a quorum confirms, now, that this witness is the leader.
+    async fn confirmed(&self) -> bool {
+        if !self.consensus.is_leader() {
+            return false;
+        }
+        match self.consensus.confirm_leadership().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(operation = self.op.id, step = %self.op.step, error = %e, "leadership not confirmed: no external action");
+                false
+            }
+        }
+    }
+
     fn hook(&self, name: &str) -> Option<&Hook> {
         self.policy.hooks.get(name)
     }
 
-    /// Runs one hook, unless this witness is no longer the leader (S3).
+    /// Runs one hook, unless this witness cannot confirm right now that it is still the
+    /// leader (S3): `None` then, and the step is left to the next leader.
     async fn call(&self, name: &str) -> Option<HookOutcome> {
-        if !self.consensus.is_leader() {
+        if !self.confirmed().await {
             return None;
         }
         let Some(hook) = self.hook(name) else {
@@ -730,7 +762,7 @@ impl StepContext<'_> {
         let mut backoff = BACKOFF_FIRST;
         let mut last = String::new();
         for attempt in 1..=self.group.step_attempts {
-            if !self.consensus.is_leader() {
+            if !self.confirmed().await {
                 return StepResult::Abandon;
             }
             let report =

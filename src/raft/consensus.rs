@@ -126,6 +126,9 @@ pub struct Consensus {
     log_store: std::sync::Mutex<Option<LogStore<TypeConfig>>>,
     /// The store had no log, no purged prefix and no vote when this witness started.
     pristine: bool,
+    /// How long [`Consensus::confirm_leadership`] waits for a quorum: one maximal election
+    /// timeout, after which the others may have elected a new leader anyway.
+    confirm_timeout: std::time::Duration,
     /// Queue of linearizable reads waiting for the next leadership confirmation.
     reads: mpsc::Sender<oneshot::Sender<Result<(), ConsensusError>>>,
     /// When this witness last accepted an AppendEntries (heartbeat or entries) from a leader
@@ -264,6 +267,7 @@ impl Consensus {
             reads,
             pristine,
             last_leader_append: std::sync::Mutex::new(None),
+            confirm_timeout: t.election_timeout_max,
         }))
     }
 
@@ -322,6 +326,20 @@ impl Consensus {
                 }
                 Err(ConsensusError::Unavailable(e.to_string()))
             }
+        }
+    }
+
+    /// Confirms that this witness is still the leader with a quorum acknowledgement newer
+    /// than this call (ReadIndex), within one election timeout. Called right before every
+    /// external action (hook call, DNS update): openraft keeps a leader that lost its
+    /// quorum in the `Leader` state, so [`Self::is_leader`] alone is not enough (S3).
+    pub async fn confirm_leadership(&self) -> Result<(), ConsensusError> {
+        match tokio::time::timeout(self.confirm_timeout, self.linearizable_read()).await {
+            Ok(result) => result,
+            Err(_) => Err(ConsensusError::Unavailable(format!(
+                "leadership not confirmed by a quorum within {} ms",
+                self.confirm_timeout.as_millis()
+            ))),
         }
     }
 
