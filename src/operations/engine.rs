@@ -38,12 +38,16 @@ pub async fn run(
 ) {
     let mut prober: Option<(u64, Prober)> = None;
     let mut engine = Engine::default();
+    // Kept whatever this witness's role, so a new leader already knows when it saw each
+    // activation (the anti-flap cooldown is not reset by an election).
+    let mut activations = Activations::default();
     let mut ticker = tokio::time::interval(ROUND);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let (version, policy) = consensus.with_state(|s| (s.policy_version, s.policy.clone()));
         let Some(policy) = policy else { continue };
+        consensus.with_state(|s| activations.observe(s, Instant::now()));
         let specs: BTreeMap<String, Vec<ProbeSpec>> = policy
             .regions
             .iter()
@@ -77,7 +81,9 @@ pub async fn run(
         };
         if consensus.is_leader() {
             record_local(&tables, &metrics, &report);
-            engine.evaluate(&consensus, &tables, &policy).await;
+            engine
+                .evaluate(&consensus, &tables, &policy, &activations)
+                .await;
         } else {
             engine = Engine::default();
             send_report(&consensus, &network, report).await;
@@ -118,19 +124,74 @@ async fn send_report(consensus: &Consensus, network: &Network, report: ProbeRepo
     }
 }
 
+/// When this witness first saw each group's latest activation and latest aborted operation
+/// applied, on its own monotonic clock: the anti-flap cooldown runs from there. Never the
+/// wall clock (the proposer's and the leader's may disagree by any amount). Kept on every
+/// witness whatever its role, so an election does not restart the cooldown; a witness that
+/// starts counts what its state already holds from its start (it cannot know better).
+#[derive(Debug, Default)]
+pub(crate) struct Activations {
+    /// Group -> (log index of its last change of active region, first seen).
+    activated: HashMap<String, (u64, Instant)>,
+    /// Group -> (id of its newest aborted operation, first seen).
+    aborted: HashMap<String, (u64, Instant)>,
+}
+
+impl Activations {
+    pub(crate) fn observe(&mut self, state: &ClusterState, now: Instant) {
+        for g in state.groups.values() {
+            // A group that no operation has activated yet has no cooldown.
+            if g.activated_at_ms == 0 {
+                continue;
+            }
+            let seen = self
+                .activated
+                .entry(g.name.clone())
+                .or_insert((g.changed_at_index, now));
+            if seen.0 != g.changed_at_index {
+                *seen = (g.changed_at_index, now);
+            }
+        }
+        for op in state.operations.values() {
+            if !matches!(op.state, OperationState::Aborted { .. }) {
+                continue;
+            }
+            let seen = self.aborted.entry(op.group.clone()).or_insert((op.id, now));
+            if seen.0 < op.id {
+                *seen = (op.id, now);
+            }
+        }
+        self.activated.retain(|g, _| state.groups.contains_key(g));
+        self.aborted.retain(|g, _| state.groups.contains_key(g));
+    }
+
+    /// Whether `cooldown` has passed, on this witness's clock, since it saw the group's
+    /// last activation or abort.
+    pub(crate) fn cooled(&self, group: &str, cooldown: Duration, now: Instant) -> bool {
+        let since = [self.activated.get(group), self.aborted.get(group)]
+            .into_iter()
+            .flatten()
+            .map(|(_, t)| *t)
+            .max();
+        since.is_none_or(|t| now.duration_since(t) >= cooldown)
+    }
+}
+
 /// The leader's memory between rounds (rebuilt by a new leader).
 #[derive(Default)]
 struct Engine {
     /// Since when each region has been `up` without interruption (for automatic failback).
     up_since: HashMap<String, Instant>,
-    /// Groups whose automatic operations are held back until then (after an abort).
-    hold_until: HashMap<String, Instant>,
-    /// Aborted operations already seen, so each holds its group back once.
-    aborted_seen: BTreeSet<u64>,
 }
 
 impl Engine {
-    async fn evaluate(&mut self, consensus: &Consensus, tables: &LeaderTables, policy: &Policy) {
+    async fn evaluate(
+        &mut self,
+        consensus: &Consensus,
+        tables: &LeaderTables,
+        policy: &Policy,
+        activations: &Activations,
+    ) {
         let now = Instant::now();
         let view = consensus.view();
         let voters: BTreeSet<u64> = view
@@ -215,7 +276,8 @@ impl Engine {
                 tracing::info!(%region, %verdict, "region verdict changed");
             }
         }
-        self.decide(consensus, policy, &state, &verdicts, now).await;
+        self.decide(consensus, policy, &state, &verdicts, activations, now)
+            .await;
     }
 
     /// Starts at most one operation per group per round.
@@ -225,19 +287,9 @@ impl Engine {
         policy: &Policy,
         state: &ClusterState,
         verdicts: &BTreeMap<String, (Verdict, Evidence)>,
+        activations: &Activations,
         now: Instant,
     ) {
-        for op in state.operations.values() {
-            if matches!(op.state, OperationState::Aborted { .. }) && self.aborted_seen.insert(op.id)
-            {
-                if let Some(gp) = policy.group(&op.group) {
-                    self.hold_until.insert(
-                        op.group.clone(),
-                        now + Duration::from_millis(gp.cooldown_ms),
-                    );
-                }
-            }
-        }
         let verdict_of = |region: &str| {
             verdicts
                 .get(region)
@@ -252,11 +304,7 @@ impl Engine {
             if g.mode == Mode::Frozen || busy {
                 continue;
             }
-            if self.hold_until.get(&gp.name).is_some_and(|t| now < *t) {
-                continue;
-            }
-            let cooled = now_ms().saturating_sub(g.activated_at_ms) >= gp.cooldown_ms;
-            if !cooled {
+            if !activations.cooled(&gp.name, Duration::from_millis(gp.cooldown_ms), now) {
                 continue;
             }
             let target = gp
@@ -352,4 +400,128 @@ fn describe_evidence(e: &Evidence) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Step, StepOutcome};
+
+    fn apply(s: &mut ClusterState, index: u64, at_ms: u64, command: Command) {
+        let p = Proposal {
+            actor: "test".into(),
+            at_ms,
+            request_id: String::new(),
+            command,
+        };
+        let r = s.apply(index, &p);
+        assert!(r.outcome.is_ok(), "{r:?}");
+    }
+
+    fn failover(s: &mut ClusterState, index: u64, at_ms: u64, to: &str) -> u64 {
+        let id = s.last_operation_id + 1;
+        let start = Command::StartOperation {
+            group: "checkout".into(),
+            to: to.into(),
+            kind: OperationKind::Failover,
+            reason: String::new(),
+            approval_required: false,
+        };
+        apply(s, index, at_ms, start);
+        let mut i = index;
+        for step in [
+            Step::Revoke,
+            Step::Fence,
+            Step::RpoCheck,
+            Step::Promote,
+            Step::Activate,
+            Step::Dns,
+            Step::Validate,
+        ] {
+            i += 1;
+            let complete = Command::CompleteStep {
+                operation: id,
+                step,
+                outcome: StepOutcome::Completed,
+                detail: String::new(),
+            };
+            apply(s, i, at_ms, complete);
+        }
+        i + 1
+    }
+
+    /// Goal: the anti-flap cooldown runs on this witness's monotonic clock from when it saw
+    /// the activation applied, whatever the proposer's wall clock said, and an abort
+    /// restarts it. Method: an activation stamped an hour ahead (a proposer whose clock is
+    /// wrong); the wall-clock rule this replaced would hold the group back for that hour.
+    #[test]
+    fn cooldown_runs_from_when_the_activation_was_seen_not_from_the_proposers_clock() {
+        let policy = Policy::parse(
+            "p",
+            "[[regions]]\nname = \"region-a\"\n[[regions]]\nname = \"region-b\"\n\n[[groups]]\nname = \"checkout\"\ncandidates = [\"region-a\", \"region-b\"]\nmode = \"auto\"\ncooldown_ms = 60000\n",
+        )
+        .unwrap();
+        let cooldown = Duration::from_millis(60_000);
+        let mut s = ClusterState::default();
+        let wall = now_ms();
+        apply(
+            &mut s,
+            1,
+            wall,
+            Command::ApplyPolicy {
+                policy,
+                if_version: 0,
+            },
+        );
+        let mut activations = Activations::default();
+        let t0 = Instant::now();
+        activations.observe(&s, t0);
+        assert!(
+            activations.cooled("checkout", cooldown, t0),
+            "no activation yet: no cooldown"
+        );
+
+        let skewed = wall + 3_600_000;
+        let next = failover(&mut s, 2, skewed, "region-b");
+        let t1 = t0 + Duration::from_secs(1);
+        activations.observe(&s, t1);
+        assert!(!activations.cooled("checkout", cooldown, t1 + cooldown / 2));
+        assert!(activations.cooled("checkout", cooldown, t1 + cooldown));
+        let g = &s.groups["checkout"];
+        assert!(
+            now_ms().saturating_sub(g.activated_at_ms) < cooldown.as_millis() as u64,
+            "the wall-clock rule would still hold the group back"
+        );
+        // Seeing the same state again later does not restart the cooldown.
+        activations.observe(&s, t1 + cooldown);
+        assert!(activations.cooled("checkout", cooldown, t1 + cooldown));
+
+        // An aborted operation restarts it from when it was seen.
+        let id = s.last_operation_id + 1;
+        apply(
+            &mut s,
+            next,
+            wall,
+            Command::StartOperation {
+                group: "checkout".into(),
+                to: "region-a".into(),
+                kind: OperationKind::Failover,
+                reason: String::new(),
+                approval_required: false,
+            },
+        );
+        apply(
+            &mut s,
+            next + 1,
+            wall,
+            Command::AbortOperation {
+                operation: id,
+                reason: "operator".into(),
+            },
+        );
+        let t2 = t1 + cooldown * 2;
+        activations.observe(&s, t2);
+        assert!(!activations.cooled("checkout", cooldown, t2 + cooldown / 2));
+        assert!(activations.cooled("checkout", cooldown, t2 + cooldown));
+    }
 }
