@@ -124,3 +124,49 @@ async fn an_isolated_leader_calls_no_hook_after_a_new_leader_is_elected() {
     cluster.heal();
     cluster.stop().await;
 }
+
+/// Goal: a leader cut off from the other witnesses grants no lease renewal asked after the
+/// cut: every grant rests on a quorum acknowledgement newer than the request (ReadIndex),
+/// not on the leader's own lease, whose length is its local election timeout. Method: a
+/// holder that reaches only the leader renews every 50 ms; the leader's Raft links are cut;
+/// no renewal sent after the cut may be granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_grants_no_renewal_asked_after_the_cut() {
+    use arbiter::fencing::{LeaseClient, LeaseState};
+    use tokio::time::Instant;
+
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let leader = cluster.leader().await;
+    let only_leader = cluster.client_of(leader as usize - 1);
+    let holder = LeaseClient::new(only_leader, "checkout", "region-a", "db-a");
+    let epoch = match holder.acquire().await.expect("acquire") {
+        LeaseState::Held { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+
+    tracing::info!("--- the leader is cut off; its holder keeps renewing through it");
+    cluster.isolate(leader);
+    let cut = Instant::now();
+    // In-flight heartbeats sent before the cut may still be answered: a little slack.
+    let slack = Duration::from_millis(100);
+    let mut granted_after_cut = Vec::new();
+    while cut.elapsed() < Duration::from_secs(4) {
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(1), holder.renew(epoch)).await;
+        if let Ok(Ok(LeaseState::Held { .. })) = answer {
+            if sent > cut + slack {
+                granted_after_cut.push(sent - cut);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        granted_after_cut.is_empty(),
+        "the isolated leader granted {} renewals asked after the cut, the last {:?} after it",
+        granted_after_cut.len(),
+        granted_after_cut.last()
+    );
+    cluster.heal();
+    cluster.stop().await;
+}

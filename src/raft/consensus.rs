@@ -144,8 +144,12 @@ const READ_QUEUE: usize = 65_536;
 const READ_BATCH_MAX: usize = 8_192;
 
 /// Confirms leadership once for every read that arrived before the confirmation started:
-/// the read's linearization point is after its arrival, as it must be. Uses the leader lease
-/// (no network round trip while the lease is valid) and falls back to ReadIndex.
+/// the read's linearization point is after its arrival, as it must be. Always ReadIndex (a
+/// quorum acknowledgement newer than the confirmation's start), never openraft's leader
+/// lease: that lease is the *local* `election_timeout_max`, node files may differ, and a
+/// restarted voter has no lease of its own, so a leader cut off from the others could keep
+/// granting renewals for up to its lease after the cut. Batching keeps the cost at one
+/// heartbeat round per batch, not per read.
 async fn read_batcher(
     raft: ArbiterRaft,
     mut rx: mpsc::Receiver<oneshot::Sender<Result<(), ConsensusError>>>,
@@ -167,16 +171,6 @@ async fn read_batcher(
 }
 
 async fn confirm_leadership(raft: &ArbiterRaft) -> Result<(), ConsensusError> {
-    let first = match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    if let Some(f) = first.forward_to_leader() {
-        return Err(ConsensusError::NotLeader {
-            leader_id: f.leader_id,
-            leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-        });
-    }
     match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
         Ok(_) => Ok(()),
         Err(e) => match e.forward_to_leader() {
@@ -343,8 +337,9 @@ impl Consensus {
         }
     }
 
-    /// A batched linearizable read for the hot path (fence checks, renewals): leader lease
-    /// with ReadIndex fallback; afterwards the local applied state is linearizable.
+    /// A batched linearizable read for the hot path (fence checks, acquires, renewals):
+    /// ReadIndex, one confirmation for every read queued meanwhile; afterwards the local
+    /// applied state is linearizable.
     pub async fn batched_read(&self) -> Result<(), ConsensusError> {
         let (tx, rx) = oneshot::channel();
         self.reads
