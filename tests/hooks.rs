@@ -339,6 +339,25 @@ async fn receiver() -> (SocketAddr, Log) {
             "replica not ready".into(),
         )
     }
+    async fn fenced(
+        State(log): State<Log>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, String) {
+        record(&log, headers, body).await;
+        (StatusCode::OK, r#"{"fenced": true, "epoch": 7}"#.into())
+    }
+    async fn accepted(
+        State(log): State<Log>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, String) {
+        record(&log, headers, body).await;
+        (
+            StatusCode::ACCEPTED,
+            r#"{"fenced": true, "epoch": 7}"#.into(),
+        )
+    }
     async fn slow(State(log): State<Log>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
         record(&log, headers, body).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -349,6 +368,8 @@ async fn receiver() -> (SocketAddr, Log) {
         .route("/ok", post(ok))
         .route("/fail", post(fail))
         .route("/slow", post(slow))
+        .route("/fenced", post(fenced))
+        .route("/accepted", post(accepted))
         .with_state(log.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -451,6 +472,53 @@ async fn http_hook_posts_signed_context() {
         "the signature depends on the secret"
     );
     assert!(!outcome.summary.contains(SECRET) && !outcome.output.contains(SECRET));
+}
+
+/// Goal: only an explicit hard-fence confirmation for the context's epoch counts: an http
+/// hook's `200 OK` with `{"fenced": true, "epoch": 7}` does; the same body with `202
+/// Accepted` (a fence merely queued), or a plain success, does not; an exec hook confirms
+/// only with exit 0 and the report, for that epoch.
+#[tokio::test]
+async fn only_an_explicit_hard_fence_confirmation_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _log) = receiver().await;
+    let secret = secret_file(dir.path(), "fence-secret");
+    let call = |path: &str| http(format!("http://{addr}/{path}"), secret.clone(), 10_000);
+    let fenced = hooks::run("fence", &call("fenced"), &ctx()).await;
+    assert_eq!(fenced.fence_confirmed, Some(7), "{fenced:?}");
+    let accepted = hooks::run("fence", &call("accepted"), &ctx()).await;
+    assert!(accepted.success, "a 202 is a success...");
+    assert_eq!(accepted.fence_confirmed, None, "...but no confirmed fence");
+    let ok = hooks::run("fence", &call("ok"), &ctx()).await;
+    assert_eq!(ok.fence_confirmed, None);
+
+    let claim = |epoch: &str, code: u8| {
+        let path = script(
+            dir.path(),
+            &format!("fence-{epoch}-{code}.sh"),
+            &format!("echo stopping; echo '{{\"fenced\": true, \"epoch\": {epoch}}}'; exit {code}"),
+        );
+        exec(path, &[], 10_000)
+    };
+    assert_eq!(
+        hooks::run("fence", &claim("7", 0), &ctx())
+            .await
+            .fence_confirmed,
+        Some(7)
+    );
+    assert_eq!(
+        hooks::run("fence", &claim("7", 1), &ctx())
+            .await
+            .fence_confirmed,
+        None,
+        "a failing hook confirms nothing"
+    );
+    let other = hooks::run("fence", &claim("6", 0), &ctx()).await;
+    assert_eq!(
+        other.fence_confirmed,
+        Some(6),
+        "the claim is read as written; the executor compares it with the operation's epoch"
+    );
 }
 
 /// Goal: a non-2xx answer is a failure that names the status and keeps the body.

@@ -326,3 +326,62 @@ async fn abort_after_the_fence_hooks_ran_unfences_the_old_primary() {
     assert_eq!((g.active.as_str(), g.epoch), ("region-a", 1));
     cluster.stop().await;
 }
+
+/// The fence step of operation `id`: its detail, and how long after the revoke it was
+/// recorded (proposers' wall clocks, one process here).
+async fn fence_step(client: &Client, id: u64) -> (String, u64) {
+    let op = wait_operation(client, id, "done").await;
+    let at = |name: &str| op.steps.iter().find(|s| s.step == name).unwrap().clone();
+    let (revoke, fence) = (at("revoke"), at("fence"));
+    (
+        fence.detail,
+        fence.finished_at_ms.saturating_sub(revoke.finished_at_ms),
+    )
+}
+
+/// Goal: a fence hook's confirmation ends the lease wait only in a group that opts in
+/// (`fence_ends_lease_wait`), and then only a positive hard-fence claim for the operation's
+/// epoch; by default the wait runs to its end whatever the hooks say (S1 without
+/// exception). Method: an exec fence hook that exits 0 and prints the claim for the
+/// operation's epoch; a 5 s lease; one failover with the default, one with the opt-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_confirmation_ends_the_lease_wait_only_when_the_group_opts_in() {
+    let cluster = Cluster::start(3).await;
+    let dir = cluster.dir.path().to_path_buf();
+    let fence = script(
+        &dir,
+        "fence.sh",
+        "echo stopped; echo \"{\\\"fenced\\\": true, \\\"epoch\\\": $ARBITER_EPOCH}\"",
+    );
+    let with = |opt_in: bool| {
+        format!(
+            "{}{}[groups.hooks]\nfence = [\"fence-db\"]\n\n[hooks.fence-db]\nkind = \"exec\"\nprogram = \"{}\"\n",
+            policy(AB, 5_000),
+            if opt_in { "fence_ends_lease_wait = true\n" } else { "" },
+            fence.display()
+        )
+    };
+    cluster.init_with(&with(false)).await;
+    let client = cluster.client();
+
+    tracing::info!("--- default: the confirmed fence does not shorten the wait");
+    let op = start_failover(&client, "checkout", "region-b")
+        .await
+        .unwrap();
+    let (detail, took_ms) = fence_step(&client, op.id).await;
+    assert!(detail.contains("waits the lease out"), "{detail}");
+    assert!(
+        took_ms >= 5_000,
+        "the fence step ended {took_ms} ms after the revoke, before the 5 s lease could expire: {detail}"
+    );
+
+    tracing::info!("--- opted in: the hard fence ends the wait");
+    apply(&client, &with(true)).await.expect("policy");
+    let op = start_failover(&client, "checkout", "region-a")
+        .await
+        .unwrap();
+    let (detail, took_ms) = fence_step(&client, op.id).await;
+    assert!(detail.contains("ends the lease wait"), "{detail}");
+    assert!(took_ms < 5_000, "{took_ms} ms: {detail}");
+    cluster.stop().await;
+}

@@ -456,7 +456,9 @@ fn health_loss_fails_over_to_the_standby_with_fencing_and_measured_lag() {
     assert_eq!(s.bind_answer(), REGION_B_RECORDS);
     let fence = Setup::step_detail(&op, "fence");
     assert!(
-        fence.contains("confirmed by hooks") && fence.contains("region-a is read-only"),
+        fence.contains("lease of region-a")
+            && fence.contains("did not confirm a hard fence")
+            && fence.contains("region-a is read-only"),
         "{fence}"
     );
     let rpo = Setup::step_detail(&op, "rpo-check");

@@ -146,6 +146,11 @@ pub struct GroupPolicy {
     /// Extra wait after a revoked lease has certainly expired (network and scheduling slack).
     #[serde(default = "default_lease_margin_ms")]
     pub lease_margin_ms: u64,
+    /// Opt-in: the lease wait ends early when every fence hook positively confirms a hard
+    /// fence of the old primary for the operation's epoch (`{"fenced": true, "epoch": N}`).
+    /// Off (the default): the wait always runs to its end, so S1 holds without exception.
+    #[serde(default)]
+    pub fence_ends_lease_wait: bool,
     /// A region is `down` for this group once a majority of voters have seen it failing for
     /// this long.
     #[serde(default = "default_down_after_ms")]
@@ -181,8 +186,8 @@ pub struct GroupPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupHooks {
-    /// Fence the old primary. All succeeding is positive confirmation of the fence, which
-    /// ends the lease wait early; a failure only means the wait runs to the end.
+    /// Fence the old primary, before the lease wait ends. Only with `fence_ends_lease_wait`
+    /// does a hard-fence confirmation from all of them end the wait early.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence: Vec<String>,
     /// Measures the target's replication lag; prints `{"lag_ms": .., "lag_bytes": ..}`.
@@ -484,6 +489,12 @@ impl Policy {
                     format!("{} is outside 1..=100", group.step_attempts),
                 ));
             }
+            if group.fence_ends_lease_wait && group.hooks.fence.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.fence_ends_lease_wait"),
+                    "needs fence hooks (groups.hooks.fence) whose confirmation can end the wait",
+                ));
+            }
             if let Some(ms) = group.failback_after_ms {
                 if ms < group.down_after_ms {
                     return Err(ConfigError::new(
@@ -606,6 +617,7 @@ impl Policy {
                         (
                             p.clock_drift_percent,
                             p.lease_margin_ms,
+                            p.fence_ends_lease_wait,
                             p.down_after_ms,
                             p.cooldown_ms,
                             p.failback_after_ms,

@@ -568,11 +568,13 @@ fn print_summary(t: &timeline::Timings) {
             gained - released
         );
     } else {
-        // Only a fence hook's verified fence lets the activation come before the old lease
-        // ran out (DESIGN.md, leases and fencing, point 4): say so rather than hide it.
+        // Only a confirmed hard fence, in a group that opts in, lets the activation come
+        // before the old lease ran out (DESIGN.md, leases and fencing, point 4): say so
+        // rather than hide it.
         println!(
             "agent {to} took over at {gained:+.2}s, before agent {from} let go at {released:+.2}s: \
-             the fence hook had verified that {from} refuses writes, which ends the lease wait early"
+             the fence hooks confirmed a hard fence of {from} and the group opts in \
+             (fence_ends_lease_wait), which ends the lease wait early"
         );
     }
 }

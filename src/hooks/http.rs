@@ -118,7 +118,10 @@ pub(super) async fn run(
             format!("{status_line}, then timed out after {timeout_ms} ms reading the body"),
         ),
     };
-    HookOutcome::new(success, summary, capture.into_output(), started)
+    HookOutcome {
+        http_status: Some(status.as_u16()),
+        ..HookOutcome::new(success, summary, capture.into_output(), started)
+    }
 }
 
 /// `sha256=` and the lowercase hex HMAC-SHA256 of `"<timestamp>.<body>"` under `secret`.

@@ -32,6 +32,24 @@ struct Report {
     exceeds_rpo: Option<bool>,
 }
 
+/// The report in a hook's output: the whole output if it is one JSON object (an HTTP body,
+/// possibly pretty-printed), otherwise its last line that starts with `{`, so a program may
+/// log before printing its report. `None` when there is none or it does not parse as `T`.
+pub(crate) fn last_json_object<T: serde::de::DeserializeOwned>(output: &str) -> Option<T> {
+    let trimmed = output.trim();
+    match serde_json::from_str::<T>(trimmed) {
+        Ok(report) => Some(report),
+        Err(_) => {
+            let line = trimmed
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| line.starts_with('{'))?;
+            serde_json::from_str::<T>(line).ok()
+        }
+    }
+}
+
 /// Reads the lag from a hook's output: the whole output if it is one JSON object (an HTTP
 /// body, possibly pretty-printed), otherwise its last line that starts with `{`, so a
 /// program may log before printing its report. Values must be non-negative integers.
@@ -40,18 +58,7 @@ struct Report {
 /// another type, or when it has neither `lag_ms` nor `lag_bytes` and does not say
 /// `"exceeds_rpo": true`.
 pub fn parse_lag(output: &str) -> Option<Lag> {
-    let trimmed = output.trim();
-    let report = match serde_json::from_str::<Report>(trimmed) {
-        Ok(report) => report,
-        Err(_) => {
-            let line = trimmed
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|line| line.starts_with('{'))?;
-            serde_json::from_str::<Report>(line).ok()?
-        }
-    };
+    let report: Report = last_json_object(output)?;
     let exceeds_rpo = report.exceeds_rpo.unwrap_or(false);
     if report.lag_ms.is_none() && report.lag_bytes.is_none() && !exceeds_rpo {
         return None;

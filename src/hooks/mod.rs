@@ -67,6 +67,7 @@
 //! stderr, or the response body); longer output is cut and ends with [`TRUNCATED_MARKER`].
 
 mod exec;
+mod fence;
 mod http;
 mod lag;
 mod postgres;
@@ -81,6 +82,7 @@ use tokio::time::Instant;
 
 use crate::config::Hook;
 
+pub use fence::parse_fence_claim;
 pub use http::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use lag::{parse_lag, Lag};
 pub use postgres::VALIDATE_TABLE;
@@ -152,6 +154,12 @@ pub struct HookOutcome {
     pub output: String,
     /// From the start of [`run`] until the outcome was known.
     pub duration: Duration,
+    /// The epoch this call positively confirmed a hard fence for (see [`parse_fence_claim`]):
+    /// an `exec` hook's report after exit 0, an `http` hook's `200 OK` body, the built-in
+    /// PostgreSQL fence's confirmed stop. `None` for every other outcome.
+    pub fence_confirmed: Option<u64>,
+    /// The HTTP status of an `http` hook's answer.
+    pub http_status: Option<u16>,
 }
 
 impl HookOutcome {
@@ -161,6 +169,8 @@ impl HookOutcome {
             summary,
             output,
             duration: started.elapsed(),
+            fence_confirmed: None,
+            http_status: None,
         }
     }
 
@@ -188,6 +198,19 @@ pub async fn run(name: &str, hook: &Hook, ctx: &HookContext) -> HookOutcome {
             timeout_ms,
         } => http::run(url, secret, *timeout_ms, ctx).await,
         Hook::Postgres(pg) => postgres::run(pg, ctx).await,
+    };
+    let outcome = HookOutcome {
+        fence_confirmed: match hook {
+            // The built-in PostgreSQL fence writes the claim only for a confirmed stop.
+            Hook::Exec { .. } | Hook::Postgres(_) if outcome.success => {
+                parse_fence_claim(&outcome.output)
+            }
+            Hook::Http { .. } if outcome.http_status == Some(200) => {
+                parse_fence_claim(&outcome.output)
+            }
+            _ => None,
+        },
+        ..outcome
     };
     tracing::info!(
         hook = name,

@@ -482,16 +482,35 @@ async fn fence_by_stop(
             outcome.output.trim()
         ));
     }
+    // A hard fence only when the stop command itself says so for this epoch, over its own
+    // channel (ssh to the host, a cloud API): a server that merely does not answer may be
+    // unreachable from here and still writing.
+    let claimed = super::parse_fence_claim(&outcome.output) == Some(ctx.epoch);
+    let hard = if claimed {
+        format!(
+            "the stop command confirmed the fence for epoch {}",
+            ctx.epoch
+        )
+    } else {
+        format!(
+            "not a hard fence: the stop command did not print {{\"fenced\": true, \"epoch\": {}}}",
+            ctx.epoch
+        )
+    };
     match connect(region, server, deadline).await {
         Err(why) => Ok(Report {
-            summary: format!("{region} stopped by its stop command (no new session: {why})"),
-            json: json!({ "region": region, "fenced_by": "stop", "verified": "no new session accepted" }),
+            summary: format!(
+                "{region} stopped by its stop command (no new session: {why}); {hard}"
+            ),
+            json: json!({ "region": region, "fenced_by": "stop", "verified": "no new session accepted",
+                          "fenced": claimed, "epoch": ctx.epoch }),
         }),
         Ok(client) => {
             if in_recovery(&client).await.unwrap_or(false) {
                 return Ok(Report {
-                    summary: format!("{region} runs as a standby and refuses writes"),
-                    json: json!({ "region": region, "fenced_by": "stop", "verified": "standby" }),
+                    summary: format!("{region} runs as a standby and refuses writes; {hard}"),
+                    json: json!({ "region": region, "fenced_by": "stop", "verified": "standby",
+                                  "fenced": claimed, "epoch": ctx.epoch }),
                 });
             }
             Err(format!(
@@ -512,7 +531,8 @@ async fn fence_by_sql(
     if in_recovery(&admin).await? {
         return Ok(Report {
             summary: format!("{region} is a standby: it refuses writes"),
-            json: json!({ "region": region, "fenced_by": "standby", "verified": "in recovery" }),
+            json: json!({ "region": region, "fenced_by": "standby", "verified": "in recovery",
+                          "fenced": false }),
         });
     }
     // Two statements: ALTER SYSTEM cannot run in the implicit transaction of a batch.
@@ -596,11 +616,12 @@ async fn fence_by_sql(
     }
     Ok(Report {
         summary: format!(
-            "{region} is read-only: {} client sessions terminated, a new session's write is refused",
+            "{region} is read-only: {} client sessions terminated, a new session's write is refused (not a hard fence: any session can turn read-only off)",
             terminated.len()
         ),
         json: json!({
             "region": region,
+            "fenced": false,
             "fenced_by": "sql",
             "terminated_sessions": terminated.len(),
             "verified": "write refused with SQLSTATE 25006",

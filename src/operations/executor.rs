@@ -514,6 +514,8 @@ impl StepContext<'_> {
                 summary: format!("hook {name:?} is not defined in the policy"),
                 output: String::new(),
                 duration: Duration::ZERO,
+                fence_confirmed: None,
+                http_status: None,
             });
         };
         let outcome = hooks::run(name, hook, &self.hook_context()).await;
@@ -571,12 +573,13 @@ impl StepContext<'_> {
         }
     }
 
-    /// Fence hooks all succeeding confirm the fence; otherwise the old region's lease must
-    /// certainly have expired: `lease x (1 + drift) + margin` after the revoke was applied
-    /// here, with the longest terms in force since the old region was activated (recorded
-    /// in the replicated state, so a policy that lowered them does not shorten the wait).
-    /// A failing fence hook is expected when the old region is dark: it only means the
-    /// full wait.
+    /// The fence hooks run first; the step then waits until the old region's lease has
+    /// certainly expired, unless the group opted in (`fence_ends_lease_wait`) and every fence
+    /// hook positively confirmed a hard fence for this epoch. The lease has expired
+    /// `lease x (1 + drift) + margin` after the revoke was applied here, with the longest
+    /// terms in force since the old region was activated (recorded in the replicated state,
+    /// so a policy that lowered them does not shorten the wait). A failing fence hook is
+    /// expected when the old region is dark: it only means the full wait.
     async fn fence(&self) -> StepResult {
         let g = self.group;
         // The group's record, not today's policy: leases granted under earlier terms may
@@ -590,25 +593,25 @@ impl StepContext<'_> {
         let wait = Duration::from_millis(bound.wait_ms());
         let deadline = self.revoke_seen + wait;
         let mut notes = Vec::new();
-        if !g.hooks.fence.is_empty() {
-            let mut confirmed = true;
-            for name in &g.hooks.fence {
-                let Some(outcome) = self.call(name).await else {
-                    return StepResult::Abandon;
-                };
-                confirmed &= outcome.success;
-                notes.push(describe(name, &outcome));
-            }
-            if confirmed {
-                return StepResult::Complete {
-                    outcome: StepOutcome::Completed,
-                    detail: format!(
-                        "fence of {} confirmed by hooks: {}",
-                        self.op.from,
-                        notes.join("; ")
-                    ),
-                };
-            }
+        // The fence hooks always run: they fence the old primary whatever ends the wait.
+        let mut confirmed = !g.hooks.fence.is_empty();
+        for name in &g.hooks.fence {
+            let Some(outcome) = self.call(name).await else {
+                return StepResult::Abandon;
+            };
+            confirmed &= outcome.fence_confirmed == Some(self.op.to_epoch);
+            notes.push(describe(name, &outcome));
+        }
+        if confirmed && g.fence_ends_lease_wait {
+            return StepResult::Complete {
+                outcome: StepOutcome::Completed,
+                detail: format!(
+                    "hard fence of {} confirmed for epoch {} by every fence hook, which ends the lease wait (fence_ends_lease_wait): {}",
+                    self.op.from,
+                    self.op.to_epoch,
+                    notes.join("; ")
+                ),
+            };
         }
         // UNSAFE (feature `unsafe-skip-lease-wait` only): activate while the old lease may
         // still be held, so the jepsen S1 checker has a real split brain to catch.
@@ -634,8 +637,17 @@ impl StepContext<'_> {
             bound,
             self.op.from
         );
-        if !notes.is_empty() {
-            detail += &format!("; fence hooks did not confirm: {}", notes.join("; "));
+        if confirmed {
+            detail += &format!(
+                "; the fence hooks confirmed a hard fence, but this group waits the lease out (fence_ends_lease_wait is off): {}",
+                notes.join("; ")
+            );
+        } else if !notes.is_empty() {
+            detail += &format!(
+                "; fence hooks did not confirm a hard fence for epoch {}: {}",
+                self.op.to_epoch,
+                notes.join("; ")
+            );
         }
         StepResult::Complete {
             outcome: StepOutcome::Completed,
