@@ -804,6 +804,74 @@ fn pg_hook(
     }
 }
 
+/// Goal: the postgres hooks speak TLS with `sslmode=verify-full`: a server that accepts TLS
+/// sessions only is reached when its certificate chains to `sslrootcert` and names the
+/// host, and refused (no session, the reason named) with another CA or without TLS.
+/// Method: a primary with a certificate from a development CA and a pg_hba that rejects
+/// plain TCP; the validate action (a write) run directly three ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hooks_verify_the_server_with_sslmode_verify_full() {
+    if !pg::available() {
+        return;
+    }
+    common::init_tracing();
+    let env = PgEnv::new();
+    let pg = env.primary("tls-primary");
+    let certs_dir = env.dir.path().join("certs");
+    let certs = arbiter::certs::init_dev_certs(&certs_dir, 1, &[], false).unwrap();
+    env.require_tls(&pg, &certs.nodes[0].cert, &certs.nodes[0].key);
+    let other_dir = env.dir.path().join("other-ca");
+    let other = arbiter::certs::init_dev_certs(&other_dir, 1, &[], false).unwrap();
+
+    let run = |dsn: String| {
+        let hook = pg_hook(PostgresAction::Validate, &env, &dsn, &dsn, None);
+        async move {
+            hooks::run(
+                "pg-validate",
+                &Hook::Postgres(hook),
+                &hook_ctx("validate", 2),
+            )
+            .await
+        }
+    };
+    tracing::info!("--- verify-full with the right CA: the write is done over TLS");
+    let good = run(format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        pg.dsn(),
+        certs.ca_cert.display()
+    ))
+    .await;
+    assert!(good.success, "{good:?}");
+    assert_eq!(
+        pg.sql(&format!("SELECT count(*) FROM {}", hooks::VALIDATE_TABLE)),
+        "1"
+    );
+
+    tracing::info!("--- another CA: refused before any session");
+    let wrong = run(format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        pg.dsn(),
+        other.ca_cert.display()
+    ))
+    .await;
+    assert!(!wrong.success, "{wrong:?}");
+    assert!(
+        wrong.summary.to_lowercase().contains("certificate"),
+        "{}",
+        wrong.summary
+    );
+
+    tracing::info!("--- plain TCP: the server refuses it");
+    let plain = run(pg.dsn()).await;
+    assert!(!plain.success, "{plain:?}");
+    assert!(plain.summary.contains("pg_hba.conf"), "{}", plain.summary);
+    assert_eq!(
+        pg.sql(&format!("SELECT count(*) FROM {}", hooks::VALIDATE_TABLE)),
+        "1",
+        "no write without verified TLS"
+    );
+}
+
 fn hook_ctx(step: &str, epoch: u64) -> HookContext {
     HookContext {
         group: "checkout".into(),

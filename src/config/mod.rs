@@ -20,4 +20,6 @@ pub use policy::{
     GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, GROUPS_MAX, LEASE_MS_DEFAULT,
     LEASE_MS_MAX, LEASE_MS_MIN, POLICY_JSON_BYTES_MAX, REGIONS_MAX,
 };
-pub use postgres::{PostgresAction, PostgresHook, PostgresRegion, StopCommand};
+pub use postgres::{
+    split_tls, PostgresAction, PostgresHook, PostgresRegion, PostgresTls, StopCommand,
+};

@@ -92,8 +92,10 @@ pub struct PostgresHook {
 #[serde(deny_unknown_fields)]
 pub struct PostgresRegion {
     /// libpq-style connection string (`host=.. port=.. user=.. dbname=..`) or URL, without a
-    /// password. TLS is not offered: `sslmode` may be `disable` or `prefer` (which then
-    /// connects in plain text), so use it on a trusted network or through a tunnel.
+    /// password. TLS: `sslmode=verify-full sslrootcert=/path/ca.pem` (key=value form) checks
+    /// the server's certificate against that CA and the host name; without `sslmode` (or
+    /// `disable`) the session is plain TCP. Other modes are refused: they would not prove
+    /// that the server is the one named.
     pub dsn: String,
     /// Where this witness reads the password; absent when the server needs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,9 +184,133 @@ impl PostgresHook {
     }
 }
 
-/// A connection string must parse, name a host, carry no password and ask for no TLS (the
-/// hook speaks plain TCP).
+/// How a postgres hook's session is protected, from its connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresTls {
+    /// Plain TCP (no `sslmode`, or `sslmode=disable`).
+    Off,
+    /// TLS; the server's certificate must chain to `ca` and name the connection's host.
+    VerifyFull { ca: PathBuf },
+}
+
+/// Splits libpq's TLS keys (`sslmode`, `sslrootcert`), which the client library does not
+/// understand as libpq does, from a connection string: the rest, and the TLS to use.
+pub fn split_tls(dsn: &str) -> Result<(String, PostgresTls), String> {
+    let url = dsn.starts_with("postgresql://") || dsn.starts_with("postgres://");
+    if url {
+        if dsn.contains("sslmode=") || dsn.contains("sslrootcert=") {
+            return Err(
+                "sslmode and sslrootcert are read from key=value connection strings only: write it as `host=.. port=.. sslmode=verify-full sslrootcert=..`"
+                    .into(),
+            );
+        }
+        return Ok((dsn.to_string(), PostgresTls::Off));
+    }
+    let (mut rest, mut mode, mut root) = (Vec::new(), None, None);
+    for (key, value, raw) in key_values(dsn)? {
+        match key.as_str() {
+            "sslmode" => mode = Some(value),
+            "sslrootcert" => root = Some(PathBuf::from(value)),
+            _ => rest.push(raw),
+        }
+    }
+    let tls = match (mode.as_deref(), root) {
+        (None | Some("disable"), None) => PostgresTls::Off,
+        (None | Some("disable"), Some(_)) => {
+            return Err("sslrootcert is set but sslmode is not verify-full".into())
+        }
+        (Some("verify-full"), Some(ca)) => PostgresTls::VerifyFull { ca },
+        (Some("verify-full"), None) => {
+            return Err("sslmode=verify-full needs sslrootcert=/path/to/ca.pem".into())
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "sslmode={other} is not supported: use sslmode=verify-full with sslrootcert (it checks that the server is the one named by host), or leave it out for plain TCP on a trusted network"
+            ))
+        }
+    };
+    Ok((rest.join(" "), tls))
+}
+
+/// The `key=value` pairs of a libpq connection string, each with its original text. Values
+/// may be single-quoted (with `\'` and `\\` escapes). Errors never echo a value.
+fn key_values(dsn: &str) -> Result<Vec<(String, String, String)>, String> {
+    let chars: Vec<char> = dsn.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < chars.len() && chars[*i].is_whitespace() {
+            *i += 1;
+        }
+    };
+    loop {
+        skip_ws(&mut i);
+        if i >= chars.len() {
+            return Ok(out);
+        }
+        let start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[start..i].iter().collect();
+        skip_ws(&mut i);
+        if i >= chars.len() || chars[i] != '=' {
+            return Err(format!("option `{key}` has no value"));
+        }
+        i += 1;
+        skip_ws(&mut i);
+        let mut value = String::new();
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err(format!("the value of `{key}` has no closing quote")),
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') => {
+                        value.extend(chars.get(i + 1));
+                        i += 2;
+                    }
+                    Some(c) => {
+                        value.push(*c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                value.push(chars[i]);
+                i += 1;
+            }
+        }
+        out.push((key, value, chars[start..i].iter().collect()));
+    }
+}
+
+/// A connection string must parse, name a host and carry no password; TLS, when asked
+/// for, must be `verify-full` with a CA file readable here.
 fn check_dsn(key: &str, dsn: &str) -> Result<(), ConfigError> {
+    let (dsn, tls) = split_tls(dsn).map_err(|reason| ConfigError::new(key, reason))?;
+    let dsn = dsn.as_str();
+    if let PostgresTls::VerifyFull { ca } = &tls {
+        match std::fs::metadata(ca) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("sslrootcert {} is not a regular file", ca.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("sslrootcert {} cannot be read: {e}", ca.display()),
+                ))
+            }
+        }
+    }
     // The parser's causes name an option or a byte position, never a value, so they are
     // safe to show even when the string holds a password.
     let config = tokio_postgres::Config::from_str(dsn).map_err(|e| {
@@ -205,13 +331,6 @@ fn check_dsn(key: &str, dsn: &str) -> Result<(), ConfigError> {
     if config.get_hosts().is_empty() {
         return Err(ConfigError::new(key, "the connection string names no host"));
     }
-    use tokio_postgres::config::SslMode;
-    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err(ConfigError::new(
-            key,
-            "only sslmode=disable or prefer is supported: the postgres hook connects without TLS (use a trusted network or a tunnel)",
-        ));
-    }
     Ok(())
 }
 
@@ -230,8 +349,35 @@ mod tests {
         assert!(!e.reason.contains("hunter2"), "{e}");
         let e = check_dsn("k", "user=u dbname=d").unwrap_err();
         assert!(e.reason.contains("no host"), "{e}");
-        let e = check_dsn("k", "host=h sslmode=require").unwrap_err();
-        assert!(e.reason.contains("only sslmode=disable or prefer"), "{e}");
+        for weak in ["require", "prefer", "verify-ca", "allow"] {
+            let e = check_dsn("k", &format!("host=h sslmode={weak}")).unwrap_err();
+            assert!(e.reason.contains("use sslmode=verify-full"), "{weak}: {e}");
+        }
+        let e = check_dsn("k", "host=h sslmode=verify-full").unwrap_err();
+        assert!(e.reason.contains("needs sslrootcert"), "{e}");
+        let e = check_dsn(
+            "k",
+            "host=h sslmode=verify-full sslrootcert=/nonexistent/ca.pem",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("/nonexistent/ca.pem"), "{e}");
+        let e = check_dsn("k", "postgresql://h/db?sslmode=verify-full").unwrap_err();
+        assert!(e.reason.contains("key=value"), "{e}");
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let dsn = format!(
+            "host=h port=5432 sslmode = verify-full sslrootcert='{}' user=u",
+            ca.path().display()
+        );
+        check_dsn("k", &dsn).unwrap();
+        assert_eq!(
+            split_tls(&dsn).unwrap(),
+            (
+                "host=h port=5432 user=u".to_string(),
+                PostgresTls::VerifyFull {
+                    ca: ca.path().to_path_buf()
+                }
+            )
+        );
         let e = check_dsn("k", "host=h colour=red").unwrap_err();
         assert!(e.reason.contains("unknown option `colour`"), "{e}");
         let e = check_dsn("k", "host=h password='hunter2").unwrap_err();

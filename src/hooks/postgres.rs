@@ -1,5 +1,6 @@
 //! `postgres` hooks: the built-in PostgreSQL actions of a failover, spoken over the
-//! PostgreSQL protocol (`tokio-postgres`, no TLS) to the server of one region.
+//! PostgreSQL protocol (`tokio-postgres`; TLS with `sslmode=verify-full`) to the server of
+//! one region.
 //!
 //! - `rpo-check` (on `to`, the standby): the standby's received and replayed WAL positions
 //!   and its WAL receiver, measured against the primary's position: the old primary's own
@@ -32,7 +33,7 @@ use tokio_postgres::{Client, NoTls};
 use super::rpo::{self, lsn_text, Receiver, Standby, Verdict, WalSample};
 use super::secret::Secret;
 use super::{millis, HookContext, HookOutcome};
-use crate::config::{PostgresAction, PostgresHook, PostgresRegion};
+use crate::config::{PostgresAction, PostgresHook, PostgresRegion, PostgresTls};
 
 /// Connecting takes at most this long even when the hook's deadline is further away: a
 /// server that does not answer a TCP handshake in 10 s is unreachable for this purpose.
@@ -108,7 +109,9 @@ pub(super) async fn connect(
     server: &PostgresRegion,
     deadline: Instant,
 ) -> Result<Client, String> {
-    let mut config = tokio_postgres::Config::from_str(&server.dsn)
+    let (dsn, tls) = crate::config::split_tls(&server.dsn)
+        .map_err(|why| format!("the connection string of {region}: {why}"))?;
+    let mut config = tokio_postgres::Config::from_str(&dsn)
         .map_err(|_| format!("the connection string of {region} does not parse"))?;
     if let Some(reference) = &server.password {
         let secret = Secret::read(reference)?;
@@ -121,22 +124,65 @@ pub(super) async fn connect(
     config
         .application_name(APPLICATION_NAME)
         .connect_timeout(patience);
-    let connecting = timeout_at(Instant::now() + patience, config.connect(NoTls));
-    let (client, connection) = match connecting.await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(format!("cannot connect to {region}: {}", pg_error(&e))),
-        Err(_) => {
-            return Err(format!(
-                "cannot connect to {region}: no answer within {} ms",
-                patience.as_millis()
-            ))
-        }
+    let until = Instant::now() + patience;
+    let no_answer = || {
+        format!(
+            "cannot connect to {region}: no answer within {} ms",
+            patience.as_millis()
+        )
     };
+    let failed = |e: tokio_postgres::Error| format!("cannot connect to {region}: {}", pg_error(&e));
     // The connection ends when the client is dropped, at the latest with this action.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    match tls {
+        PostgresTls::Off => match timeout_at(until, config.connect(NoTls)).await {
+            Ok(Ok((client, connection))) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(client)
+            }
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(no_answer()),
+        },
+        PostgresTls::VerifyFull { ca } => {
+            let connector = verify_full(&ca).map_err(|why| format!("{region}: {why}"))?;
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            match timeout_at(until, config.connect(connector)).await {
+                Ok(Ok((client, connection))) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Ok(client)
+                }
+                Ok(Err(e)) => Err(failed(e)),
+                Err(_) => Err(no_answer()),
+            }
+        }
+    }
+}
+
+/// A TLS connector that accepts only a server certificate chaining to the CA in `ca` and
+/// naming the host connected to (libpq's `verify-full`).
+fn verify_full(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("sslrootcert {} cannot be read: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("sslrootcert {} is not PEM: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sslrootcert {}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("sslrootcert {} holds no certificate", ca.display()));
+    }
+    crate::tls::install_crypto_provider();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// One line for a PostgreSQL error: the server's SQLSTATE and message, or the client's

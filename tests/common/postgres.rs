@@ -151,6 +151,34 @@ impl PgEnv {
         );
     }
 
+    /// Makes `pg` accept TCP sessions over TLS only, with `cert` and `key` as its server
+    /// certificate (copied into its data directory, owned by the server user, key 0600).
+    pub fn require_tls(&self, pg: &Postgres, cert: &Path, key: &Path) {
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = pg.data.join(name);
+            std::fs::copy(from, &to).unwrap();
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+            }
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let hba = pg.data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl replication all 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        pg.sql("ALTER SYSTEM SET ssl = on");
+        pg.sql("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + READY_DEADLINE;
+        while pg.sql("SHOW ssl") != "on" {
+            assert!(Instant::now() < deadline, "{} did not turn TLS on", pg.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
