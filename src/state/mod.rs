@@ -1589,4 +1589,6 @@ mod bounds_tests;
 #[cfg(test)]
 mod operator_tests;
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;
