@@ -11,22 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-/// Writes an executable shell script.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 /// `(witness, term, wall-clock ns)` of every call a hook logged.
 fn calls(log: &std::path::Path) -> Vec<(u64, u64, u128)> {
     std::fs::read_to_string(log)

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -224,15 +223,6 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
         .expect_err("approving an unknown operation is refused");
     assert_eq!(e.kind, "unknown-operation", "{e}");
     cluster.stop().await;
-}
-
-/// Writes an executable shell script.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// Goal: a step whose hook keeps failing halts the operation visibly; after the cause is

@@ -233,15 +233,6 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
     cluster.stop().await;
 }
 
-/// Writes an executable shell script.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 async fn abort(client: &Client, operation: u64) -> proto::OperationStatus {
     let req = proto::OperationAction {
         operation,

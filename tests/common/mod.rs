@@ -34,6 +34,23 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Writes an executable `#!/bin/sh` script named `name` into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Wall-clock nanoseconds, comparable with `date +%s%N` in a hook or agent command.
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `DEADLINE` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
