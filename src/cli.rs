@@ -892,6 +892,8 @@ fn dns_json(s: &proto::DnsSourceStatus) -> serde_json::Value {
     serde_json::json!({
         "group": s.group, "name": s.name, "source": s.source, "expected": s.expected,
         "found": s.found, "matches": s.matches, "error": s.error,
+        "marker_expected": s.marker_expected, "marker_found": s.marker_found,
+        "marker_problem": s.marker_problem,
     })
 }
 
@@ -904,11 +906,15 @@ fn dns_table(sources: &[proto::DnsSourceStatus]) -> String {
         "GROUP", "NAME", "SOURCE", "MATCH", "PUBLISHES"
     );
     for s in sources {
-        let found = if !s.error.is_empty() {
+        let mut found = if !s.error.is_empty() {
             format!("error: {}", s.error)
         } else {
             s.found.join(", ")
         };
+        // External servers: their `_arbiter.` marker, shown only when it is not current.
+        if !s.marker_problem.is_empty() {
+            found += &format!("; marker: {}", s.marker_problem);
+        }
         let matches = if s.matches { "yes" } else { "NO" };
         out += &format!(
             "{:<12} {:<28} {:<24} {:<6} {}\n",

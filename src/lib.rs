@@ -24,7 +24,9 @@
 //!   reports, and keeps on every witness the last known WAL position of each group's
 //!   PostgreSQL primary, which the built-in rpo-check measures against (S8).
 //! - [`dns`]: publishing group records in DNS: RFC 2136 updates (TSIG-signed) of external
-//!   authoritative servers and the drift check that reads back what they publish.
+//!   authoritative servers, each conditional on the server's `_arbiter.` marker so an older
+//!   decision never overwrites a newer one, and the drift check that reads back what they
+//!   publish.
 //! - [`operations`]: the leader's executor of failover operations and its in-memory tables
 //!   (lease holders, region verdicts).
 //! - [`telemetry`]: Prometheus metrics of each witness (its own registry), `/metrics`,

@@ -1,13 +1,17 @@
 //! The `dns` step and the drift reconciler against real BIND9 and Knot: a failover publishes
-//! the new region's records on both servers; a wrong TSIG secret halts the operation with a
-//! clear error until the secret is fixed; a record changed by hand is repaired and audited.
+//! the new region's records and the `_arbiter.` marker on both servers; a wrong TSIG secret
+//! halts the operation with a clear error until the secret is fixed; a record changed by
+//! hand is repaired and audited; a leader cut off from the others never repairs a server
+//! from its stale state.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use arbiter::config::{RecordKind, TsigAlgorithm};
 use arbiter::proto;
+use common::authoritative::INITIAL_A;
 use common::authoritative::{available, Authoritative, Flavour, KEY_NAME, NAME, ZONE};
 use common::*;
 
@@ -123,6 +127,16 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
             s.flavour,
             before[i]
         );
+        let marker = arbiter::dns::read_marker(&srv, NAME).await.unwrap();
+        assert_eq!(
+            marker.texts,
+            [format!(
+                "arbiter/1 group=checkout epoch={} policy=1 region=region-b",
+                op.to_epoch
+            )],
+            "{:?} names the decision in its marker",
+            s.flavour
+        );
     }
 
     tracing::info!("--- dns check: every source matches; then a hand edit on BIND shows up");
@@ -159,6 +173,30 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
         .iter()
         .filter(|s| s.source != b.source)
         .all(|s| s.matches));
+
+    tracing::info!("--- dns check: a marker deleted by hand on Knot is drift of its own");
+    knot.nsupdate(&format!(
+        "update delete {} TXT",
+        arbiter::dns::marker_name(NAME)
+    ));
+    let sources = check().await;
+    let k = sources
+        .iter()
+        .find(|s| s.source == format!("server {}", knot.addr))
+        .unwrap();
+    assert!(
+        !k.matches && k.found == ["A 198.51.100.20"] && k.marker_found.is_empty(),
+        "{k:?}"
+    );
+    assert!(
+        k.marker_problem.starts_with("no marker at _arbiter."),
+        "{k:?}"
+    );
+    assert!(
+        k.marker_expected
+            .contains(&format!("epoch={}", op.to_epoch)),
+        "{k:?}"
+    );
     cluster.stop().await;
 }
 
@@ -224,13 +262,25 @@ async fn reconciler_repairs_drift_and_audits_it() {
     cluster.init_with(&dns_policy(&[(&bind, &secret)])).await;
     let srv = server(&bind, &secret);
     let client = cluster.client();
-    eventually("the committed region-a records are published", || async {
-        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
-            .await
-            .ok()?;
-        (a == ["192.0.2.10", "192.0.2.11"]).then_some(())
-    })
+    eventually(
+        "the committed region-a records are published with their marker",
+        || async {
+            let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+                .await
+                .ok()?;
+            let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
+            (a == ["192.0.2.10", "192.0.2.11"] && marker.texts.len() == 1).then_some(())
+        },
+    )
     .await;
+    let s = status(&client).await;
+    assert!(
+        s.audit
+            .iter()
+            .any(|e| e.kind == "dns-repair" && e.detail.contains("no marker")),
+        "the first publication (no marker yet) is a repair on record: {:?}",
+        s.audit
+    );
 
     tracing::info!("--- someone changes the record by hand");
     let rogue = arbiter::config::RecordSet {
@@ -259,5 +309,134 @@ async fn reconciler_repairs_drift_and_audits_it() {
         .audit
         .iter()
         .any(|e| e.kind == "dns-repair" && e.group == "checkout"));
+    cluster.stop().await;
+}
+
+/// Reconcile interval of [`a_cut_off_leader_never_repairs_from_its_stale_state`]: short, so
+/// the witness that must not repair gets several chances to.
+const FAST_RECONCILE_MS: u64 = 1_000;
+/// How long that test watches the server for a repair that must not come: several intervals.
+const NO_REPAIR_WATCH: Duration = Duration::from_millis(4 * FAST_RECONCILE_MS);
+
+/// Goal: a leader cut off from the others (still `Leader` in its own eyes: openraft keeps a
+/// leader without quorum there) never repairs an external server from its stale state, and
+/// once the cluster heals the committed state is republished (S3, S5).
+/// Method: 3 witnesses and BIND, reconciling every second. Cut the leader's links; the other
+/// two elect a leader and fail the group over to region-b. Stop those two, so the cut-off
+/// witness is the only one that could touch BIND, and wipe BIND by hand: no records and no
+/// marker, so no prerequisite stands in the way and only the leadership confirmation can
+/// stop a repair. For several intervals BIND must stay empty (without the linearizable
+/// read the cut-off witness republishes its region-a there). Then restart the two and heal
+/// the links: the cluster's leader republishes region-b with its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_never_repairs_from_its_stale_state() {
+    init_tracing();
+    if !available(&[Flavour::Bind]) {
+        return;
+    }
+    let mut bind = Authoritative::start(Flavour::Bind).await;
+    let mut cluster = Cluster::start(3).await;
+    let secret = cluster.dir.path().join("bind.key");
+    std::fs::write(&secret, &bind.secret).unwrap();
+    cluster
+        .init_with(&dns_policy_reconciling_every(
+            &[(&bind, &secret)],
+            FAST_RECONCILE_MS,
+        ))
+        .await;
+    let srv = server(&bind, &secret);
+    eventually("region-a is published with its marker", || async {
+        let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
+        (marker.texts.len() == 1).then_some(())
+    })
+    .await;
+
+    let cut = cluster.leader().await;
+    tracing::info!(
+        cut,
+        "--- cut the leader off; the other two fail over to region-b"
+    );
+    cluster.isolate(cut);
+    let others: Vec<u64> = cluster
+        .witnesses
+        .iter()
+        .map(|w| w.id)
+        .filter(|id| *id != cut)
+        .collect();
+    let majority = arbiter::client::Client::new(
+        cluster
+            .witnesses
+            .iter()
+            .filter(|w| w.id != cut)
+            .map(|w| w.addr.to_string())
+            .collect(),
+        &cluster.certs.client,
+    )
+    .unwrap();
+    let op = failover(&majority, "checkout", "region-b")
+        .await
+        .expect("the majority fails over");
+    eventually("BIND publishes region-b", || async {
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .ok()?;
+        (a == ["198.51.100.20"]).then_some(())
+    })
+    .await;
+    let stale = cluster.witnesses[cut as usize - 1].node().consensus.clone();
+    assert!(
+        stale.is_leader(),
+        "the cut-off witness still takes itself for the leader (else this test shows nothing)"
+    );
+    assert_eq!(
+        stale.with_state(|s| s.groups["checkout"].active.clone()),
+        "region-a",
+        "its applied state is stale"
+    );
+
+    tracing::info!("--- stop the two, wipe BIND by hand");
+    for id in &others {
+        cluster.witness(*id).kill().await;
+    }
+    bind.wipe().await;
+
+    tracing::info!(
+        ?NO_REPAIR_WATCH,
+        "--- the cut-off witness must repair nothing"
+    );
+    let watch_until = tokio::time::Instant::now() + NO_REPAIR_WATCH;
+    while tokio::time::Instant::now() < watch_until {
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .unwrap();
+        let marker = arbiter::dns::read_marker(&srv, NAME).await.unwrap();
+        assert!(
+            a.is_empty() && marker.texts.is_empty(),
+            "the cut-off witness published its stale state: A {a:?}, marker {:?} (region-a is {INITIAL_A:?})",
+            marker.texts
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stale.is_leader(), "it had every chance to repair");
+
+    tracing::info!("--- restart the two and heal: the committed state is republished");
+    for id in &others {
+        cluster.witness(*id).restart().await;
+    }
+    cluster.heal();
+    eventually("BIND publishes region-b with its marker again", || async {
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .ok()?;
+        let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
+        (a == ["198.51.100.20"]
+            && marker.texts
+                == [format!(
+                    "arbiter/1 group=checkout epoch={} policy=1 region=region-b",
+                    op.to_epoch
+                )])
+        .then_some(())
+    })
+    .await;
     cluster.stop().await;
 }

@@ -131,6 +131,36 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What is wrong with a server's marker for `publication`, worded as what happens next or
+/// what the operator must do; empty when it names the committed decision.
+fn marker_problem(publication: &crate::dns::Publication, read: &crate::dns::MarkerRead) -> String {
+    use crate::dns::MarkerVerdict;
+    let verdict = read.verdict(publication);
+    match &verdict {
+        MarkerVerdict::Same => String::new(),
+        MarkerVerdict::Absent => format!(
+            "no marker at {}: drift; the leader's reconciler publishes it within one reconcile \
+             interval",
+            read.name
+        ),
+        MarkerVerdict::Older(d) => format!(
+            "the marker names an older decision ({d}): drift; the leader's reconciler replaces \
+             it within one reconcile interval"
+        ),
+        MarkerVerdict::Newer(d) => format!(
+            "the marker names {d}, newer than the committed decision: one committed since this \
+             check (check again), or an edit by hand"
+        ),
+        MarkerVerdict::Refused(_) => crate::dns::DnsUpdateError::of_marker(
+            &publication.name,
+            &publication.decision,
+            &verdict,
+        )
+        .map(|e| e.to_string())
+        .unwrap_or_default(),
+    }
+}
+
 pub(crate) fn operation_pb(op: &Operation) -> proto::OperationStatus {
     let error = match &op.state {
         OperationState::Halted { error } => error.clone(),
@@ -483,71 +513,81 @@ impl Arbiter for ApiService {
             .linearizable_read()
             .await
             .map_err(ApiError::from)?;
-        let (policy, groups) = self
-            .consensus
-            .with_state(|s| (s.policy.clone(), s.groups.clone()));
-        let Some(policy) = policy else {
+        // Read after the linearizable read: what every source is compared with is current.
+        let (has_policy, publications) = self.consensus.with_state(|s| {
+            let publications: Vec<_> = s
+                .policy
+                .iter()
+                .flat_map(|p| p.groups.iter())
+                .filter_map(|gp| {
+                    crate::dns::Publication::from_state(s, &gp.name)
+                        .map(|(publication, servers)| (gp.name.clone(), publication, servers))
+                })
+                .collect();
+            (s.policy.is_some(), publications)
+        });
+        if !has_policy {
             return Ok(Response::new(proto::DnsCheckReply::default()));
-        };
+        }
         let view = self
             .consensus
             .with_state_at(crate::dns::ZoneView::from_state);
         let embedded_addrs = self.tables.dns_addrs();
         let mut sources = Vec::new();
-        for gp in &policy.groups {
-            let (Some(gd), Some(g)) = (&gp.dns, groups.get(&gp.name)) else {
-                continue;
-            };
-            let Some(set) = gd.records.get(&g.active) else {
-                continue;
-            };
+        for (group, publication, servers) in &publications {
+            let (name, set) = (&publication.name, &publication.set);
             let kind = format!("{:?}", set.kind);
             let mut expected: Vec<String> = crate::dns::normalise(set.kind, &set.values)
                 .into_iter()
                 .map(|v| format!("{kind} {v}"))
                 .collect();
             expected.sort();
-            let kinds = crate::operations::executor::record_kinds(gd);
             let source =
                 |source: String, found: Vec<String>, error: String| proto::DnsSourceStatus {
-                    group: gp.name.clone(),
-                    name: gd.name.clone(),
+                    group: group.clone(),
+                    name: name.clone(),
                     source,
                     matches: error.is_empty() && found == expected,
                     expected: expected.clone(),
                     found,
                     error,
+                    ..Default::default()
                 };
             if embedded_addrs.is_empty() {
                 // No witness has reported a DNS address (none runs one, or reports are not
                 // in yet): this witness's applied view.
-                let found = crate::dns::published(&view, &gd.name);
+                let found = crate::dns::published(&view, name);
                 sources.push(source(
                     format!("embedded (witness {}, applied state)", self.consensus.id()),
                     found,
                     String::new(),
                 ));
             }
-            // Every witness's embedded server and every external server, asked over DNS.
+            // Every witness's embedded server and every external server, asked over DNS;
+            // the external ones also for their marker (the embedded ones have none: they
+            // answer from the applied state).
             let targets = embedded_addrs
                 .iter()
-                .map(|(id, addr)| (format!("embedded witness {id} ({addr})"), addr.clone()))
+                .map(|(id, addr)| {
+                    (
+                        format!("embedded witness {id} ({addr})"),
+                        addr.clone(),
+                        None,
+                    )
+                })
                 .chain(
-                    policy
-                        .dns
-                        .servers
+                    servers
                         .iter()
-                        .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
-                        .map(|s| (format!("server {}", s.address), s.address.clone())),
+                        .map(|s| (format!("server {}", s.address), s.address.clone(), Some(s))),
                 );
-            for (label, addr) in targets {
+            for (label, addr, external) in targets {
                 let mut found = Vec::new();
                 let mut error = String::new();
-                for k in &kinds {
+                for k in &publication.old_kinds {
                     match crate::dns::query_rrset_at(
                         &addr,
-                        &gd.zone,
-                        &gd.name,
+                        &publication.zone,
+                        name,
                         *k,
                         DNS_QUERY_TIMEOUT_MS,
                     )
@@ -560,7 +600,23 @@ impl Arbiter for ApiService {
                     }
                 }
                 found.sort();
-                sources.push(source(label, found, error));
+                let mut status = source(label, found, error);
+                if let Some(server) = external {
+                    let server = crate::config::DnsServer {
+                        timeout_ms: server.timeout_ms.min(DNS_QUERY_TIMEOUT_MS),
+                        ..server.clone()
+                    };
+                    status.marker_expected = publication.decision.text();
+                    match crate::dns::read_marker(&server, name).await {
+                        Ok(read) => {
+                            status.marker_problem = marker_problem(publication, &read);
+                            status.marker_found = read.texts;
+                        }
+                        Err(e) => status.marker_problem = format!("cannot read the marker: {e}"),
+                    }
+                    status.matches &= status.marker_problem.is_empty();
+                }
+                sources.push(status);
             }
         }
         Ok(Response::new(proto::DnsCheckReply { sources }))

@@ -15,6 +15,10 @@ pub const TTL_MIN: u32 = 5;
 pub const TTL_MAX: u32 = 86_400;
 /// Values in one record set; a handful of addresses per region.
 pub const RECORD_VALUES_MAX: usize = 16;
+/// First label of the owner name of each group's publication marker on external servers,
+/// `_arbiter.<name>` (see `dns::marker`). Underscore labels keep protocol metadata out of
+/// the host namespace (RFC 8552). Defined here so validation can reserve the name.
+pub const MARKER_LABEL: &str = "_arbiter";
 /// External servers in one policy.
 pub const DNS_SERVERS_MAX: usize = 16;
 /// Zones in one policy.
@@ -283,6 +287,18 @@ impl GroupDns {
             ));
         }
         check_fqdn(&format!("{key}.name"), &self.name)?;
+        // External servers keep the publication marker at `_arbiter.<name>`
+        // (`dns::marker`): that name must be valid too.
+        let marker = format!("{MARKER_LABEL}.{}", self.name);
+        check_fqdn(&format!("{key}.name"), &marker).map_err(|_| {
+            ConfigError::new(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is too long: its marker name {marker:?} must fit in 253 bytes",
+                    self.name
+                ),
+            )
+        })?;
         if !in_zone(&self.name, &self.zone) || self.name.eq_ignore_ascii_case(&self.zone) {
             return Err(ConfigError::new(
                 format!("{key}.name"),
@@ -396,6 +412,39 @@ records = { region-a = { type = "A", values = ["192.0.2.10", "192.0.2.11"] }, re
         assert_eq!(e.key, "groups[0].dns.zone");
         let e = err(&BASE.replace("\"ns1.shop.example.\"", "\"ns1.shop.example\""));
         assert_eq!(e.key, "dns.zones[0].nameservers");
+    }
+
+    #[test]
+    fn a_name_is_published_by_one_group_and_leaves_room_for_its_marker() {
+        // Names compare case-insensitively, as DNS does.
+        let second = BASE.to_string()
+            + r#"
+[[groups]]
+name = "checkout-2"
+candidates = ["region-a", "region-b"]
+[groups.dns]
+zone = "shop.example."
+name = "Checkout.shop.example."
+records = { region-a = { type = "A", values = ["192.0.2.20"] }, region-b = { type = "A", values = ["198.51.100.20"] } }
+"#;
+        let e = err(&second);
+        assert_eq!(e.key, "groups[1].dns.name");
+        assert!(e.reason.contains("checkout"), "{e}");
+
+        // 246 bytes without the trailing dot, a valid name; `_arbiter.` makes it 255 > 253.
+        let long = format!(
+            "{}.shop.example.",
+            [
+                "a".repeat(60),
+                "b".repeat(60),
+                "c".repeat(60),
+                "d".repeat(50)
+            ]
+            .join(".")
+        );
+        let e = err(&BASE.replace("\"checkout.shop.example.\"", &format!("\"{long}\"")));
+        assert_eq!(e.key, "groups[0].dns.name");
+        assert!(e.reason.contains("marker"), "{e}");
     }
 
     #[test]

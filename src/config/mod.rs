@@ -10,7 +10,7 @@ mod postgres;
 
 pub use dns::{
     check_fqdn, in_zone, DnsPolicy, DnsServer, DnsZone, GroupDns, RecordKind, RecordSet,
-    TsigAlgorithm, WhenIsolated,
+    TsigAlgorithm, WhenIsolated, MARKER_LABEL,
 };
 pub(crate) use error::check_name;
 pub use error::ConfigError;

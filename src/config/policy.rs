@@ -406,6 +406,7 @@ impl Policy {
         }
         self.dns.validate()?;
         let mut groups = BTreeSet::new();
+        let mut dns_names: BTreeMap<String, &str> = BTreeMap::new();
         for (i, group) in self.groups.iter().enumerate() {
             let key = format!("groups[{i}]");
             check_name(&format!("{key}.name"), &group.name)?;
@@ -450,6 +451,14 @@ impl Policy {
             }
             if let Some(dns) = &group.dns {
                 dns.validate(&format!("{key}.dns"), &self.dns, &group.candidates)?;
+                // Two groups on one name would overwrite each other's records, and a server's
+                // marker (`_arbiter.<name>`) can name only one group.
+                if let Some(other) = dns_names.insert(dns.name.to_ascii_lowercase(), &group.name) {
+                    return Err(ConfigError::new(
+                        format!("{key}.dns.name"),
+                        format!("{:?} is already published by group {other:?}", dns.name),
+                    ));
+                }
             }
             for (step, hook) in group.hooks.names() {
                 match self.hooks.get(hook) {

@@ -1,12 +1,22 @@
-//! RFC 2136 provider: replaces a group's record set on external authoritative servers with
-//! one TSIG-signed UPDATE per server, and reads back what each server publishes so the
-//! leader can see drift.
+//! RFC 2136 provider: publishes a group's committed decision on external authoritative
+//! servers with one TSIG-signed, conditional UPDATE per server, and reads back what each
+//! server publishes so the leader can see drift.
+//!
+//! Every UPDATE arbiter sends for a decision carries a prerequisite (RFC 2136 section 2.4) on
+//! the server's publication marker (`_arbiter.<name>` TXT, see [`super::marker`]): the marker
+//! must still hold exactly what this witness read (or be absent, if it read none), and the
+//! same UPDATE replaces it with the new decision. A witness publishes only a decision newer
+//! than (or equal to) the one it read, so an UPDATE of an older decision that reaches the
+//! server late (sent by a leader that died, delayed in the network) finds the marker moved
+//! and the server refuses it (YXRRSET/NXRRSET) without changing anything.
 //!
 //! This module owns the wire exchange with one server (a TCP connection per call, bounded by
 //! the server's `timeout_ms`) and the mapping of a server's answer to a [`DnsUpdateError`]
 //! that says what the operator must fix. It must never choose the record set (the caller
-//! passes the set of a committed activation), never retry on its own (the `dns` step and the
-//! reconcile loop decide that), and never put the TSIG secret into an error or a log line.
+//! passes the publication of a committed state), never retry beyond
+//! [`PREREQUISITE_ROUNDS_MAX`] re-reads of a moved marker (the `dns` step and the reconcile
+//! loop decide any other retry), never publish over a marker that names a newer decision,
+//! and never put the TSIG secret into an error or a log line.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,10 +27,12 @@ use hickory_net::tcp::TcpClientStream;
 use hickory_net::DnsStreamHandle;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, SerialMessage};
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm as WireTsigAlgorithm, TsigError};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigVerifier, TSigner};
 use tracing::{info, warn};
 
+use super::marker::{self, Decision, MarkerProblem, MarkerVerdict};
+use super::publication::Publication;
 use crate::config::{DnsServer, RecordKind, RecordSet, TsigAlgorithm};
 use crate::hooks::secret::Secret;
 
@@ -31,6 +43,13 @@ const TSIG_FUDGE_S: u16 = 300;
 /// Answers with a foreign message id we skip on one connection before giving up. We send one
 /// message per connection, so any foreign id means a confused server; do not wait forever.
 const FOREIGN_ANSWERS_MAX: usize = 4;
+
+/// Conditional UPDATEs of one server in one [`publish_to`] whose prerequisite failed, each
+/// followed by a fresh read of the marker. A failure means another writer moved the marker
+/// between our read and our UPDATE: the leader's `dns` step and its reconciler, or a deposed
+/// leader's late UPDATE, so a second round settles it; more means something else keeps
+/// writing, and the error says so instead of looping.
+pub const PREREQUISITE_ROUNDS_MAX: usize = 3;
 
 /// Why an update or a query of one server failed, worded as what the operator must fix.
 /// Never carries the secret.
@@ -63,7 +82,8 @@ pub enum DnsUpdateError {
     /// key update this zone (BIND `allow-update`/`update-policy`, Knot `acl`).
     #[error(
         "the server refused the update of zone {zone}: the key is not allowed to update this \
-         zone; grant it in the server's update policy"
+         zone; grant it in the server's update policy (for the group's name and for its \
+         `_arbiter.` TXT marker)"
     )]
     Refused { zone: String },
     /// RCODE NOTAUTH without a TSIG error: the server is not authoritative for the zone, or
@@ -93,12 +113,122 @@ pub enum DnsUpdateError {
     /// produces this.
     #[error("invalid request: {reason}")]
     Invalid { reason: String },
+    /// RCODE YXRRSET or NXRRSET to a conditional UPDATE: the marker no longer holds what
+    /// this witness read, so the server applied nothing. [`publish_to`] reads it again.
+    #[error(
+        "the server's {marker} TXT changed between this witness's read and its update \
+         (another witness published at the same time); the update was not applied"
+    )]
+    PrerequisiteFailed { marker: String },
+    /// [`PREREQUISITE_ROUNDS_MAX`] rounds in a row found the marker moved.
+    #[error(
+        "the server's {marker} TXT changed {rounds} times in a row between this witness's read \
+         and its update: something besides the arbiter leader keeps updating it; make sure only \
+         arbiter updates {marker} and the group's name"
+    )]
+    Contended { marker: String, rounds: usize },
+    /// The marker names a newer decision than the one given: this witness's view is stale.
+    /// [`publish_to`] reports this as [`Published::Superseded`], not as a failure.
+    #[error(
+        "the server's {marker} TXT already names a newer decision ({by}); an older one is \
+         never published over it"
+    )]
+    Superseded { marker: String, by: String },
+    /// The marker claims an epoch or policy version this cluster never issued. Judged from the
+    /// publisher's committed state: accurate on a leader that just confirmed it (the
+    /// reconciler, the `dns` step); a witness whose state is behind may see a newer leader's
+    /// marker this way, and then too it publishes nothing.
+    #[error(
+        "the server's {marker} TXT says group {group} published {found}, beyond anything this \
+         cluster issued (epoch {issued_epoch}, policy version {issued_policy_version}, as this \
+         witness's committed state says): it was edited by hand or written by another cluster, \
+         and arbiter never overwrites a decision that claims to be newer; check the server, \
+         then delete that TXT record (nsupdate: `update delete {marker} TXT`) and the leader \
+         republishes the committed records within one reconcile interval"
+    )]
+    MarkerAhead {
+        marker: String,
+        group: String,
+        found: String,
+        issued_epoch: u64,
+        issued_policy_version: u64,
+    },
+    /// The marker names another group.
+    #[error(
+        "the server's {marker} TXT says group {theirs} publishes this name, not group {ours}: \
+         two groups (or two clusters) publish the same name; give each its own name, or, if \
+         {theirs} no longer publishes it, delete that TXT record (nsupdate: `update delete \
+         {marker} TXT`) and the leader republishes"
+    )]
+    MarkerOtherGroup {
+        marker: String,
+        ours: String,
+        theirs: String,
+    },
+    /// A TXT record at the marker's name that is not a marker.
+    #[error(
+        "the server has a TXT record at {marker} that is not an arbiter marker ({reason}: \
+         {text:?}); that name belongs to arbiter: delete the record (nsupdate: `update delete \
+         {marker} TXT`) and the leader republishes"
+    )]
+    MarkerUnreadable {
+        marker: String,
+        text: String,
+        reason: String,
+    },
     /// Any other RCODE (or TSIG error) the server answered.
     #[error("the server answered {} ({rcode})", <ResponseCode as From<u16>>::from(*rcode).to_str())]
     Other { rcode: u16 },
 }
 
-/// One successful [`replace_rrset`].
+impl DnsUpdateError {
+    /// A marker arbiter will not overwrite: retrying cannot help until an operator fixes it.
+    pub fn is_marker_refusal(&self) -> bool {
+        matches!(
+            self,
+            DnsUpdateError::MarkerAhead { .. }
+                | DnsUpdateError::MarkerOtherGroup { .. }
+                | DnsUpdateError::MarkerUnreadable { .. }
+        )
+    }
+
+    /// The error for a marker that `ours` may not be published over.
+    pub fn of_marker(name: &str, ours: &Decision, verdict: &MarkerVerdict) -> Option<Self> {
+        let marker = marker::marker_name(name);
+        Some(match verdict {
+            MarkerVerdict::Absent | MarkerVerdict::Older(_) | MarkerVerdict::Same => return None,
+            MarkerVerdict::Newer(by) => DnsUpdateError::Superseded {
+                marker,
+                by: by.to_string(),
+            },
+            MarkerVerdict::Refused(MarkerProblem::Ahead { found, issued }) => {
+                DnsUpdateError::MarkerAhead {
+                    marker,
+                    group: found.group.clone(),
+                    found: found.to_string(),
+                    issued_epoch: issued.epoch,
+                    issued_policy_version: issued.policy_version,
+                }
+            }
+            MarkerVerdict::Refused(MarkerProblem::OtherGroup { group }) => {
+                DnsUpdateError::MarkerOtherGroup {
+                    marker,
+                    ours: ours.group.clone(),
+                    theirs: group.clone(),
+                }
+            }
+            MarkerVerdict::Refused(MarkerProblem::Unreadable { text, reason }) => {
+                DnsUpdateError::MarkerUnreadable {
+                    marker,
+                    text: text.clone(),
+                    reason: reason.clone(),
+                }
+            }
+        })
+    }
+}
+
+/// One successful [`replace_rrset`] or [`conditional_replace`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateReport {
     /// The server's `ip:port`.
@@ -113,13 +243,57 @@ pub struct UpdateReport {
     pub deleted: Vec<RecordKind>,
 }
 
+/// What a server holds after a successful [`publish_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The server took the conditional UPDATE.
+    Updated {
+        /// The zone's SOA serial read right after the update.
+        serial: u32,
+        /// The marker it replaced: [`MarkerVerdict::Absent`] (first publication, or a server
+        /// wiped by hand), [`MarkerVerdict::Older`] or [`MarkerVerdict::Same`] (a repeat, or
+        /// a repair of records changed by hand).
+        replaced: MarkerVerdict,
+    },
+    /// The server already publishes a newer decision of the group (a later leader got there
+    /// first): nothing was sent, and nothing must be.
+    Superseded { by: Decision },
+}
+
+/// A server's marker as read, kept exactly as the server holds it: the prerequisite of the
+/// next UPDATE must name this very RRset, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerRead {
+    /// The marker's owner name.
+    pub name: String,
+    /// One text per TXT record (its character-strings joined); empty: no marker.
+    pub texts: Vec<String>,
+    records: Vec<TXT>,
+}
+
+impl MarkerRead {
+    /// A marker read that found nothing, as on a server that never had one.
+    pub fn absent(name: &str) -> MarkerRead {
+        MarkerRead {
+            name: marker::marker_name(name),
+            texts: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Compares this marker with the decision `publication` carries.
+    pub fn verdict(&self, publication: &Publication) -> MarkerVerdict {
+        marker::verdict(&self.texts, &publication.decision, &publication.issued)
+    }
+}
+
 /// The outcome of one server in a [`publish`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOutcome {
     /// The server's `ip:port`, as in the policy.
     pub server: String,
-    /// The zone's SOA serial read after the update, or why the update (or that read) failed.
-    pub result: Result<u32, DnsUpdateError>,
+    /// What the server publishes now, or why the update (or the serial read after it) failed.
+    pub result: Result<Published, DnsUpdateError>,
 }
 
 /// What [`publish`] did on each server of a zone. Servers appear in policy order.
@@ -155,14 +329,41 @@ pub struct Drift {
     pub found: Vec<String>,
 }
 
+/// What [`drift`] found on one server: the group's records, and its marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftReport {
+    /// One entry per record type whose published values differ; empty: records in sync.
+    pub records: Vec<Drift>,
+    /// The server's marker compared with the publication's decision.
+    pub marker: MarkerVerdict,
+    /// The marker's texts as found (empty: none).
+    pub marker_found: Vec<String>,
+}
+
+impl DriftReport {
+    /// Whether the leader should publish: the marker is missing or older (the records may
+    /// well be right: the marker itself is the drift), or it is current and the records were
+    /// changed by hand. A newer marker means the publisher's view is stale, and a refused
+    /// one waits for an operator: neither is repaired.
+    pub fn needs_repair(&self) -> bool {
+        match &self.marker {
+            MarkerVerdict::Absent | MarkerVerdict::Older(_) => true,
+            MarkerVerdict::Same => !self.records.is_empty(),
+            MarkerVerdict::Newer(_) | MarkerVerdict::Refused(_) => false,
+        }
+    }
+}
+
 /// Replaces what `name` publishes on `server` with `set`, in ONE TSIG-signed UPDATE over
 /// TCP: first delete the rrsets of every type in `old_kinds` and of `set.kind` (so a switch
 /// from A to CNAME leaves no A behind), then add each value of `set` with `ttl`. The server
 /// applies the message atomically, so resolvers see the old set or the new one, never a mix.
 ///
-/// No prerequisites: the update is idempotent, and a step retried after a leader change (S6)
-/// sends the same message again. The whole exchange (connect, send, answer) is bounded by the
-/// server's `timeout_ms`. Success is reported only for a NOERROR answer whose TSIG verifies.
+/// UNCONDITIONAL: no prerequisite, the marker untouched. This is what a hand edit does, and
+/// tools and tests use it as one; arbiter's own publications go through [`publish`], whose
+/// UPDATEs an older decision can never win. The whole exchange (connect, send, answer) is
+/// bounded by the server's `timeout_ms`. Success is reported only for a NOERROR answer whose
+/// TSIG verifies.
 pub async fn replace_rrset(
     server: &DnsServer,
     name: &str,
@@ -170,60 +371,149 @@ pub async fn replace_rrset(
     set: &RecordSet,
     old_kinds: &[RecordKind],
 ) -> Result<UpdateReport, DnsUpdateError> {
-    let addr = server_addr(server)?;
-    let zone = fqdn(&server.zone)?;
-    let owner = fqdn(name)?;
-    if !zone.zone_of(&owner) {
-        return Err(DnsUpdateError::Invalid {
-            reason: format!("{name} is not inside zone {}", server.zone),
-        });
-    }
-    let rdatas = set
-        .values
-        .iter()
-        .map(|v| rdata(set.kind, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let signer = signer(server)?;
-
-    let mut deleted = old_kinds.to_vec();
-    deleted.push(set.kind);
-    deleted.sort_by_key(|k| u16::from(record_type(*k)));
-    deleted.dedup();
-
-    let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Update);
-    message.metadata.recursion_desired = false;
-    // In an UPDATE the question section is the zone section and the authority section is
-    // the update section (RFC 2136 section 2).
-    message.add_query(Query::query(zone, RecordType::SOA));
-    for kind in &deleted {
-        // Delete an RRset: class ANY, TTL 0, empty RDATA (RFC 2136 section 2.5.2).
-        let mut delete = Record::update0(owner.clone(), 0, record_type(*kind));
-        delete.dns_class = DNSClass::ANY;
-        message.add_authority(delete);
-    }
-    for data in rdatas {
-        message.add_authority(Record::from_rdata(owner.clone(), ttl, data));
-    }
-    let mut verifier = message
-        .finalize(&signer, unix_now_s())
-        .map_err(|e| DnsUpdateError::Invalid {
-            reason: format!("cannot sign the update: {e}"),
-        })?
-        .ok_or_else(|| DnsUpdateError::Invalid {
-            reason: "signing the update gave no verifier for the answer".into(),
-        })?;
-    let request = message.to_vec().map_err(|e| DnsUpdateError::Invalid {
-        reason: format!("cannot encode the update: {e}"),
-    })?;
-    let answer = exchange(addr, message.metadata.id, request, server.timeout_ms).await?;
-    check_update_answer(&answer, &mut verifier, server)?;
-
+    let (mut message, deleted) = update_message(server, name, ttl, set, old_kinds)?;
+    send_update(server, &mut message, None).await?;
     Ok(UpdateReport {
         server: server.address.clone(),
         name: name.to_string(),
         kind: set.kind,
         values: normalise(set.kind, &set.values),
         deleted,
+    })
+}
+
+/// Reads the marker of the group published at `name` from `server`, exactly as it holds it.
+pub async fn read_marker(server: &DnsServer, name: &str) -> Result<MarkerRead, DnsUpdateError> {
+    let marker_name = marker::marker_name(name);
+    let owner = fqdn(&marker_name)?;
+    let answer = query(server, owner.clone(), RecordType::TXT).await?;
+    let records: Vec<TXT> = answer
+        .answers
+        .iter()
+        .filter(|r| r.name == owner)
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(txt.clone()),
+            _ => None,
+        })
+        .collect();
+    let texts = records
+        .iter()
+        .map(|t| {
+            t.txt_data
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<String>()
+        })
+        .collect();
+    Ok(MarkerRead {
+        name: marker_name,
+        texts,
+        records,
+    })
+}
+
+/// Publishes `publication` on `server` in ONE TSIG-signed UPDATE, on condition that the
+/// server's marker still holds exactly `read` (or, if `read` found none, that it still has
+/// none): the prerequisite section names that RRset, the update section replaces the
+/// group's records as [`replace_rrset`] does and the marker with the publication's decision.
+/// A marker that moved since `read` makes the server refuse the whole message
+/// ([`DnsUpdateError::PrerequisiteFailed`]) and change nothing.
+///
+/// Refuses, without sending, to publish over a marker that `read` shows newer or not
+/// arbiter's (see [`MarkerRead::verdict`]). [`publish_to`] reads the marker right before;
+/// calling this with an older read is what a delayed UPDATE amounts to, and the server's
+/// prerequisite is what stops it.
+pub async fn conditional_replace(
+    server: &DnsServer,
+    publication: &Publication,
+    read: &MarkerRead,
+) -> Result<UpdateReport, DnsUpdateError> {
+    let p = publication;
+    if let Some(e) = DnsUpdateError::of_marker(&p.name, &p.decision, &read.verdict(p)) {
+        return Err(e);
+    }
+    let (mut message, deleted) = update_message(server, &p.name, p.ttl, &p.set, &p.old_kinds)?;
+    let marker_owner = fqdn(&marker::marker_name(&p.name))?;
+    let text = p.decision.text();
+    if text.len() > usize::from(u8::MAX) {
+        // One character-string holds 255 bytes; validated names keep the text far below.
+        return Err(DnsUpdateError::Invalid {
+            reason: format!("the marker text of group {} is too long", p.decision.group),
+        });
+    }
+    // Prerequisites go in the answer section of an UPDATE (RFC 2136 section 2.4).
+    if read.records.is_empty() {
+        // "RRset does not exist": class NONE, TTL 0, empty RDATA (section 2.4.3).
+        let mut none = Record::update0(marker_owner.clone(), 0, RecordType::TXT);
+        none.dns_class = DNSClass::NONE;
+        message.add_answer(none);
+    } else {
+        // "RRset exists (value dependent)": the zone's class, TTL 0, and every RR of the
+        // set exactly as read (section 2.4.2): the server compares the whole RRset.
+        for txt in &read.records {
+            message.add_answer(Record::from_rdata(
+                marker_owner.clone(),
+                0,
+                RData::TXT(txt.clone()),
+            ));
+        }
+    }
+    let mut delete = Record::update0(marker_owner.clone(), 0, RecordType::TXT);
+    delete.dns_class = DNSClass::ANY;
+    message.add_authority(delete);
+    message.add_authority(Record::from_rdata(
+        marker_owner,
+        p.ttl,
+        RData::TXT(TXT::new(vec![text])),
+    ));
+    send_update(server, &mut message, Some(&read.name)).await?;
+    Ok(UpdateReport {
+        server: server.address.clone(),
+        name: p.name.clone(),
+        kind: p.set.kind,
+        values: normalise(p.set.kind, &p.set.values),
+        deleted,
+    })
+}
+
+/// Publishes `publication` on `server`: reads the marker, stops if it names a newer decision
+/// ([`Published::Superseded`]) or one arbiter will not overwrite (the error says what the
+/// operator must do), else sends the [`conditional_replace`] built on that read. When the
+/// prerequisite fails (someone moved the marker in between) it reads and decides again, at
+/// most [`PREREQUISITE_ROUNDS_MAX`] times. Then reads the zone's SOA serial: an error there
+/// means the update may have been applied, and publishing again is safe (the marker then
+/// reads [`MarkerVerdict::Same`]).
+pub async fn publish_to(
+    server: &DnsServer,
+    publication: &Publication,
+) -> Result<Published, DnsUpdateError> {
+    let p = publication;
+    for round in 1..=PREREQUISITE_ROUNDS_MAX {
+        let read = read_marker(server, &p.name).await?;
+        let verdict = read.verdict(p);
+        if let MarkerVerdict::Newer(by) = verdict {
+            return Ok(Published::Superseded { by });
+        }
+        match conditional_replace(server, p, &read).await {
+            Ok(_) => {
+                let serial = soa_serial(server, &p.zone).await?;
+                return Ok(Published::Updated {
+                    serial,
+                    replaced: verdict,
+                });
+            }
+            Err(DnsUpdateError::PrerequisiteFailed { .. }) => {
+                info!(
+                    server = %server.address, name = %p.name, round,
+                    "dns marker moved between read and update; reading it again"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DnsUpdateError::Contended {
+        marker: marker::marker_name(&p.name),
+        rounds: PREREQUISITE_ROUNDS_MAX,
     })
 }
 
@@ -271,10 +561,25 @@ pub async fn soa_serial(server: &DnsServer, zone: &str) -> Result<u32, DnsUpdate
         })
 }
 
-/// Compares what `server` publishes at `name` with `set`: `set.kind` must carry exactly the
-/// set's values and every other type in `old_kinds` must be absent. Returns one [`Drift`] per
-/// type that differs; empty means in sync.
+/// Compares what `server` publishes with `publication`: its records (`set.kind` must carry
+/// exactly the set's values and every other type in `old_kinds` must be absent; one
+/// [`Drift`] per type that differs) and its marker (see [`DriftReport::needs_repair`]).
 pub async fn drift(
+    server: &DnsServer,
+    publication: &Publication,
+) -> Result<DriftReport, DnsUpdateError> {
+    let p = publication;
+    let records = record_drift(server, &p.name, &p.set, &p.old_kinds).await?;
+    let read = read_marker(server, &p.name).await?;
+    Ok(DriftReport {
+        records,
+        marker: read.verdict(p),
+        marker_found: read.texts,
+    })
+}
+
+/// The record part of [`drift`]: one [`Drift`] per type whose values differ from `set`.
+pub async fn record_drift(
     server: &DnsServer,
     name: &str,
     set: &RecordSet,
@@ -305,35 +610,29 @@ pub async fn drift(
     Ok(drifts)
 }
 
-/// Replaces `name`'s record set on every server of `zone` concurrently and reports each
-/// server: the SOA serial after the update, or why it failed. A slow or failing server costs
-/// at most its own `timeout_ms` (twice: update, then serial read) and never blocks the others.
-/// An error from the serial read means the update itself may have been applied; publishing
-/// again is safe because the update is idempotent.
-pub async fn publish(
-    servers: &[DnsServer],
-    zone: &str,
-    name: &str,
-    ttl: u32,
-    set: &RecordSet,
-    old_kinds: &[RecordKind],
-) -> PublishReport {
+/// Publishes `publication` on every one of `servers` in its zone concurrently
+/// ([`publish_to`] each) and reports each server. A slow or failing server costs at most its
+/// own `timeout_ms` per exchange and never blocks the others.
+pub async fn publish(servers: &[DnsServer], publication: &Publication) -> PublishReport {
+    let p = publication;
     let updates = servers
         .iter()
-        .filter(|s| s.zone.eq_ignore_ascii_case(zone))
+        .filter(|s| s.zone.eq_ignore_ascii_case(&p.zone))
         .map(|server| async move {
-            let result = match replace_rrset(server, name, ttl, set, old_kinds).await {
-                Ok(_) => soa_serial(server, zone).await,
-                Err(e) => Err(e),
-            };
+            let result = publish_to(server, p).await;
             match &result {
-                Ok(serial) => info!(
-                    server = %server.address, zone, name, kind = ?set.kind, serial,
-                    "dns records replaced"
+                Ok(Published::Updated { serial, replaced }) => info!(
+                    server = %server.address, zone = %p.zone, name = %p.name, kind = ?p.set.kind,
+                    serial, epoch = p.decision.epoch, policy_version = p.decision.policy_version,
+                    ?replaced, "dns records replaced"
+                ),
+                Ok(Published::Superseded { by }) => info!(
+                    server = %server.address, name = %p.name, epoch = p.decision.epoch,
+                    newer = %by, "dns server already publishes a newer decision; nothing sent"
                 ),
                 Err(error) => warn!(
-                    server = %server.address, zone, name, kind = ?set.kind, %error,
-                    "dns update failed"
+                    server = %server.address, zone = %p.zone, name = %p.name, kind = ?p.set.kind,
+                    %error, "dns update failed"
                 ),
             }
             ServerOutcome {
@@ -342,10 +641,78 @@ pub async fn publish(
             }
         });
     PublishReport {
-        zone: zone.to_string(),
-        name: name.to_string(),
+        zone: p.zone.clone(),
+        name: p.name.clone(),
         outcomes: futures::future::join_all(updates).await,
     }
+}
+
+/// The UPDATE message replacing `name`'s records with `set` (not signed yet), and the types
+/// whose rrsets it deletes first.
+fn update_message(
+    server: &DnsServer,
+    name: &str,
+    ttl: u32,
+    set: &RecordSet,
+    old_kinds: &[RecordKind],
+) -> Result<(Message, Vec<RecordKind>), DnsUpdateError> {
+    let zone = fqdn(&server.zone)?;
+    let owner = fqdn(name)?;
+    if !zone.zone_of(&owner) {
+        return Err(DnsUpdateError::Invalid {
+            reason: format!("{name} is not inside zone {}", server.zone),
+        });
+    }
+    let rdatas = set
+        .values
+        .iter()
+        .map(|v| rdata(set.kind, v))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut deleted = old_kinds.to_vec();
+    deleted.push(set.kind);
+    deleted.sort_by_key(|k| u16::from(record_type(*k)));
+    deleted.dedup();
+
+    let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Update);
+    message.metadata.recursion_desired = false;
+    // In an UPDATE the question section is the zone section and the authority section is
+    // the update section (RFC 2136 section 2).
+    message.add_query(Query::query(zone, RecordType::SOA));
+    for kind in &deleted {
+        // Delete an RRset: class ANY, TTL 0, empty RDATA (RFC 2136 section 2.5.2).
+        let mut delete = Record::update0(owner.clone(), 0, record_type(*kind));
+        delete.dns_class = DNSClass::ANY;
+        message.add_authority(delete);
+    }
+    for data in rdatas {
+        message.add_authority(Record::from_rdata(owner.clone(), ttl, data));
+    }
+    Ok((message, deleted))
+}
+
+/// Signs `message`, sends it and maps the answer. `marker`: the marker a prerequisite is on,
+/// for the error when it fails.
+async fn send_update(
+    server: &DnsServer,
+    message: &mut Message,
+    marker: Option<&str>,
+) -> Result<(), DnsUpdateError> {
+    let addr = server_addr(server)?;
+    let signer = signer(server)?;
+    let mut verifier = message
+        .finalize(&signer, unix_now_s())
+        .map_err(|e| DnsUpdateError::Invalid {
+            reason: format!("cannot sign the update: {e}"),
+        })?
+        .ok_or_else(|| DnsUpdateError::Invalid {
+            reason: "signing the update gave no verifier for the answer".into(),
+        })?;
+    let request = message.to_vec().map_err(|e| DnsUpdateError::Invalid {
+        reason: format!("cannot encode the update: {e}"),
+    })?;
+    let answer = exchange(addr, message.metadata.id, request, server.timeout_ms).await?;
+    check_update_answer(&answer, &mut verifier, server, marker)
 }
 
 /// Values as [`query_rrset`] reports them, so a committed set and a published one compare
@@ -389,6 +756,7 @@ fn check_update_answer(
     answer: &[u8],
     verifier: &mut TSigVerifier,
     server: &DnsServer,
+    marker: Option<&str>,
 ) -> Result<(), DnsUpdateError> {
     let message = Message::from_vec(answer).map_err(|e| DnsUpdateError::BadResponse {
         reason: format!("cannot decode the answer: {e}"),
@@ -411,6 +779,13 @@ fn check_update_answer(
         });
     }
     let rcode = message.metadata.response_code;
+    if let (Some(marker), ResponseCode::YXRRSet | ResponseCode::NXRRSet) = (marker, rcode) {
+        // YXRRSET: we required no marker and there is one; NXRRSET: the marker is not the
+        // RRset we read. Either way someone moved it, and the server applied nothing.
+        return Err(DnsUpdateError::PrerequisiteFailed {
+            marker: marker.to_string(),
+        });
+    }
     if rcode != ResponseCode::NoError {
         // An unsigned error answer is believed: at worst a forger makes us retry, which a
         // forged success could not be undone by.

@@ -737,53 +737,66 @@ impl StepContext<'_> {
     }
 
     /// Publishes the new region's record set on every external server of the group's zone
-    /// (one TSIG-signed UPDATE each, concurrently). The embedded servers follow the applied
-    /// state by themselves. A server that keeps failing halts the operation with its
-    /// specific error; the others are updated all the same.
+    /// (one TSIG-signed UPDATE each, concurrently, conditional on the server's marker so an
+    /// older decision never overwrites a newer one: `dns::update`). The embedded servers
+    /// follow the applied state by themselves. A server that keeps failing halts the
+    /// operation with its specific error; the others are updated all the same. A marker
+    /// arbiter will not overwrite halts it at once: only an operator can fix that.
     async fn dns(&self) -> StepResult {
-        let Some(gd) = &self.group.dns else {
+        if self.group.dns.is_none() {
             return StepResult::Complete {
                 outcome: StepOutcome::NoOp,
                 detail: "the group has no DNS record".to_string(),
             };
-        };
-        let Some(set) = gd.records.get(&self.op.to) else {
-            return StepResult::Halt(format!(
-                "no DNS record set for {} in the policy",
-                self.op.to
-            ));
-        };
-        let servers: Vec<_> = self
-            .policy
-            .dns
-            .servers
-            .iter()
-            .filter(|s| s.zone.eq_ignore_ascii_case(&gd.zone))
-            .cloned()
-            .collect();
-        if servers.is_empty() {
-            return StepResult::Complete {
-                outcome: StepOutcome::Completed,
-                detail: format!(
-                    "{} served by the embedded servers only (no external server for {})",
-                    gd.name, gd.zone
-                ),
-            };
         }
-        let old_kinds = record_kinds(gd);
         let mut backoff = BACKOFF_FIRST;
         let mut last = String::new();
+        let mut attempts = 0;
         for attempt in 1..=self.group.step_attempts {
+            attempts = attempt;
+            // Confirmed with a quorum right before the state is read and the UPDATE sent.
             if !self.confirmed().await {
                 return StepResult::Abandon;
             }
-            let report =
-                crate::dns::publish(&servers, &gd.zone, &gd.name, gd.ttl, set, &old_kinds).await;
+            // From the state applied now, not the policy this step started with: the
+            // marker's policy version must be the one whose record set it carries.
+            let Some((publication, servers)) = self
+                .consensus
+                .with_state(|s| crate::dns::Publication::from_state(s, &self.op.group))
+            else {
+                return StepResult::Halt(format!(
+                    "no DNS record set for {} in the policy",
+                    self.op.to
+                ));
+            };
+            let decision = &publication.decision;
+            if decision.region != self.op.to || decision.epoch != self.op.to_epoch {
+                // The group moved on (this witness's step is stale): publishing this
+                // operation's region now would be an older decision.
+                tracing::info!(operation = self.op.id, active = %decision.region, epoch = decision.epoch, "group moved on; dns step left");
+                return StepResult::Abandon;
+            }
+            let (name, set) = (&publication.name, &publication.set);
+            if servers.is_empty() {
+                return StepResult::Complete {
+                    outcome: StepOutcome::Completed,
+                    detail: format!(
+                        "{name} served by the embedded servers only (no external server for {})",
+                        publication.zone
+                    ),
+                };
+            }
+            let report = crate::dns::publish(&servers, &publication).await;
             let summary: Vec<String> = report
                 .outcomes
                 .iter()
                 .map(|o| match &o.result {
-                    Ok(serial) => format!("{}: updated (serial {serial})", o.server),
+                    Ok(crate::dns::Published::Updated { serial, .. }) => {
+                        format!("{}: updated (serial {serial})", o.server)
+                    }
+                    Ok(crate::dns::Published::Superseded { by }) => {
+                        format!("{}: already publishes a newer decision ({by})", o.server)
+                    }
                     Err(e) => format!("{}: {e}", o.server),
                 })
                 .collect();
@@ -791,24 +804,27 @@ impl StepContext<'_> {
                 return StepResult::Complete {
                     outcome: StepOutcome::Completed,
                     detail: format!(
-                        "{} -> {:?} {}: {}",
-                        gd.name,
+                        "{name} -> {:?} {} (epoch {}): {}",
                         set.kind,
                         set.values.join(" "),
+                        decision.epoch,
                         summary.join("; ")
                     ),
                 };
             }
             last = summary.join("; ");
             tracing::warn!(operation = self.op.id, attempt, servers = %last, "DNS update failed");
+            if report.failed().all(|(_, e)| e.is_marker_refusal()) {
+                break;
+            }
             if attempt < self.group.step_attempts {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        let name = self.group.dns.as_ref().map_or("", |gd| gd.name.as_str());
         StepResult::Halt(format!(
-            "DNS update of {} failed after {} attempts: {last}",
-            gd.name, self.group.step_attempts
+            "DNS update of {name} failed after {attempts} attempts: {last}"
         ))
     }
 
@@ -872,15 +888,4 @@ fn describe(name: &str, outcome: &HookOutcome) -> String {
             &output[..end]
         )
     }
-}
-
-/// Every record type the group's regions use, so a switch between types removes the old.
-pub(crate) fn record_kinds(gd: &crate::config::GroupDns) -> Vec<crate::config::RecordKind> {
-    let mut kinds: Vec<crate::config::RecordKind> = Vec::new();
-    for set in gd.records.values() {
-        if !kinds.contains(&set.kind) {
-            kinds.push(set.kind);
-        }
-    }
-    kinds
 }

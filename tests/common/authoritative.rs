@@ -1,7 +1,9 @@
 //! Real authoritative DNS servers for tests: BIND9 (`named`) and Knot (`knotd`), each a child
 //! process on a free loopback port with its own config, zone files and data in a temporary
 //! directory. Each serves `shop.example.` (updatable with the test's TSIG key) and
-//! `locked.example.` (that key may not update it), and is killed by PID on drop.
+//! `locked.example.` (that key may not update it), and is killed by PID on drop. A server
+//! can be wiped by hand ([`Authoritative::wipe`]): its zones recreated without the group's
+//! records and without any journal, as an operator restoring a bare zone file would.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -111,7 +113,7 @@ impl Authoritative {
                 dir,
                 child: None,
             };
-            server.write_files();
+            server.write_files(true);
             server.spawn();
             match server.wait_ready().await {
                 Ok(()) => {
@@ -153,6 +155,89 @@ impl Authoritative {
         }
     }
 
+    /// Wipes the server by hand: stops it, recreates both zones with only their SOA, NS and
+    /// glue (no group record, no `_arbiter.` marker, no journal of earlier updates) and
+    /// starts it again on the same address, so the policy's entry still points at it.
+    pub async fn wipe(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            // BIND's journals of applied updates; a restart would replay them.
+            if path.extension().is_some_and(|e| e == "jnl") {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        // Knot's journal and timers.
+        std::fs::remove_dir_all(self.path("db")).unwrap();
+        self.write_files(false);
+        let mut last_log = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            self.spawn();
+            match self.wait_ready().await {
+                Ok(()) => {
+                    tracing::info!(flavour = ?self.flavour, addr = %self.addr, "server wiped and restarted");
+                    return;
+                }
+                Err(log) => {
+                    // The old process's port may not be free yet.
+                    tracing::warn!(flavour = ?self.flavour, attempt, "wiped server did not start; retrying");
+                    last_log = log;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        panic!(
+            "{:?} did not restart after the wipe; last log:\n{last_log}",
+            self.flavour
+        );
+    }
+
+    /// Runs `nsupdate` (BIND's command-line client, which works with Knot as well) against
+    /// this server with `commands` for [`ZONE`], signed with the test key: what an operator
+    /// fixing the server by hand would type. Panics with nsupdate's output if it fails.
+    pub fn nsupdate(&self, commands: &str) {
+        let binary = find_binary("nsupdate")
+            .expect("nsupdate not found; install it with `apt-get install -y bind9-dnsutils`");
+        let key = self.path("nsupdate.key");
+        std::fs::write(
+            &key,
+            format!(
+                "key \"{KEY_NAME}\" {{ algorithm hmac-sha256; secret \"{}\"; }};\n",
+                self.secret
+            ),
+        )
+        .unwrap();
+        let script = format!(
+            "server {} {}\nzone {ZONE}\n{commands}\nsend\n",
+            self.addr.ip(),
+            self.addr.port()
+        );
+        let mut child = Command::new(binary)
+            .arg("-v") // TCP, as arbiter's updates
+            .arg("-k")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsupdate");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nsupdate failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Kills the server now (the test's "server down").
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -169,11 +254,16 @@ impl Authoritative {
         self.dir.path().join(name)
     }
 
-    fn write_files(&self) {
+    /// The config and zone files; `with_records`: the zones carry [`NAME`]'s initial records.
+    fn write_files(&self, with_records: bool) {
         // Knot keeps its journal here and fails every update ("not exists") without it.
         std::fs::create_dir(self.path("db")).unwrap();
         for zone in [ZONE, LOCKED_ZONE] {
-            std::fs::write(self.path(&format!("{zone}zone")), zone_file(zone)).unwrap();
+            std::fs::write(
+                self.path(&format!("{zone}zone")),
+                zone_file(zone, with_records),
+            )
+            .unwrap();
         }
         let conf = match self.flavour {
             Flavour::Bind => bind_conf(self.dir.path(), self.addr.port(), &self.secret),
@@ -256,15 +346,17 @@ fn free_port() -> u16 {
     }
 }
 
-fn zone_file(zone: &str) -> String {
+fn zone_file(zone: &str, with_records: bool) -> String {
     let mut z = format!(
         "$ORIGIN {zone}\n$TTL 300\n\
          @ IN SOA ns1.{zone} hostmaster.{zone} {INITIAL_SERIAL} 3600 600 86400 60\n\
          @ IN NS ns1.{zone}\n\
          ns1 IN A 127.0.0.1\n"
     );
-    for a in INITIAL_A {
-        writeln!(z, "checkout IN A {a}").unwrap();
+    if with_records {
+        for a in INITIAL_A {
+            writeln!(z, "checkout IN A {a}").unwrap();
+        }
     }
     z
 }
