@@ -49,8 +49,15 @@ async fn failover_commits_once_and_refusals_are_typed() {
     assert_eq!((op.to.as_str(), op.to_epoch), ("region-b", 2));
     for w in &cluster.witnesses {
         let c = &w.node().consensus;
-        eventually("witness applied the failover", || async {
-            c.with_state(|s| (s.groups["checkout"].epoch == 2).then_some(()))
+        // The leader answered `done`; a follower applies the last steps a moment later.
+        eventually("witness applied the whole operation", || async {
+            c.with_state(|s| {
+                let done = s
+                    .operations
+                    .get(&op.id)
+                    .is_some_and(|o| o.state == arbiter::state::OperationState::Done);
+                (s.groups["checkout"].epoch == 2 && done).then_some(())
+            })
         })
         .await;
         c.with_state(|s| {
