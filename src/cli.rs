@@ -431,7 +431,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 tracing::warn!(
                     "UNSAFE: the fence step skips the lease wait (split brain possible)"
                 );
-                crate::operations::executor::UNSAFE_SKIP_LEASE_WAIT
+                crate::leader::executor::UNSAFE_SKIP_LEASE_WAIT
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             serve(&config, check).await

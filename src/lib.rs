@@ -27,8 +27,11 @@
 //!   authoritative servers, each conditional on the server's `_arbiter.` marker so an older
 //!   decision never overwrites a newer one, and the drift check that reads back what they
 //!   publish.
-//! - [`operations`]: the leader's executor of failover operations and its in-memory tables
-//!   (lease holders, region verdicts).
+//! - [`leader`]: what a witness does as the Raft leader, under one term supervisor that
+//!   confirms the leadership with a quorum: pure decisions (`decide`: automatic failover,
+//!   failback, anti-flap; `plan`: each step's work and the lease wait), the executor of
+//!   operations, the verdict duty, the DNS reconciler, the leader's in-memory tables; and
+//!   what every witness does so it can become leader (probes and reports, observations).
 //! - [`telemetry`]: Prometheus metrics of each witness (its own registry), `/metrics`,
 //!   `/healthz` and `/readyz` (`docs/metrics.md`).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
@@ -50,8 +53,8 @@ pub mod dns;
 pub mod fencing;
 pub mod health;
 pub mod hooks;
+pub mod leader;
 pub mod node;
-pub mod operations;
 pub mod raft;
 pub mod state;
 pub mod telemetry;

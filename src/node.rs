@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use crate::api::{now_ms, ApiService};
 use crate::config::NodeConfig;
 use crate::dns::{DnsListeners, EmbeddedServer as DnsServer};
-use crate::operations::LeaderTables;
+use crate::leader::LeaderTables;
 use crate::proto::arbiter_server::ArbiterServer;
 use crate::proto::fencing_server::FencingServer;
 use crate::proto::raft_client::RaftClient;
@@ -148,8 +148,10 @@ impl Node {
         });
         let raft_service = RaftServer::new(RaftService {
             consensus: consensus.clone(),
-            tables: tables.clone(),
-            metrics: metrics.clone(),
+            reports: Arc::new(crate::leader::reporter::Reports {
+                tables: tables.clone(),
+                metrics: metrics.clone(),
+            }),
         })
         .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);
@@ -206,14 +208,22 @@ impl Node {
                 network.clone(),
                 metrics.clone(),
             );
+            let observations = Arc::new(crate::leader::Observations::default());
+            let leader = crate::leader::Duty {
+                consensus: c.clone(),
+                tables: t.clone(),
+                metrics: m.clone(),
+                wal: wal.clone(),
+                observations: observations.clone(),
+            };
             tokio::spawn(async move {
                 tokio::join!(
                     duties(c.clone()),
                     crate::telemetry::count_leader_changes(c.clone(), m.clone()),
-                    crate::hooks::wal::run(c.clone(), wal.clone()),
-                    crate::operations::executor::run(c.clone(), t.clone(), m.clone(), wal),
-                    crate::operations::reconciler::run(c.clone(), m.clone()),
-                    crate::operations::engine::run(c, t, n, probe_options, dns_addr, m),
+                    crate::hooks::wal::run(c.clone(), wal),
+                    crate::leader::observations::run(c.clone(), observations),
+                    crate::leader::reporter::run(c, t, n, probe_options, dns_addr, m),
+                    crate::leader::supervisor::run(leader),
                 );
             })
         };

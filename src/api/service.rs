@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use crate::config::{Mode, Peer, Policy};
-use crate::operations::LeaderTables;
+use crate::leader::LeaderTables;
 use crate::proto;
 use crate::proto::arbiter_server::Arbiter;
 use crate::raft::{ClusterView, Consensus, MemberView};

@@ -255,7 +255,9 @@ fn key_values(dsn: &str) -> Result<Vec<(String, String, String)>, String> {
         let key: String = chars[start..i].iter().collect();
         skip_ws(&mut i);
         if i >= chars.len() || chars[i] != '=' {
-            return Err(format!("option `{key}` has no value"));
+            return Err(format!(
+                "not a valid connection string: option `{key}` has no value"
+            ));
         }
         i += 1;
         skip_ws(&mut i);
@@ -264,7 +266,9 @@ fn key_values(dsn: &str) -> Result<Vec<(String, String, String)>, String> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(format!("the value of `{key}` has no closing quote")),
+                    None => return Err(format!(
+                        "not a valid connection string: the value of `{key}` has no closing quote"
+                    )),
                     Some('\'') => {
                         i += 1;
                         break;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::api::ApiError;
-use crate::operations::{LeaderTables, LeaseHolder};
+use crate::leader::{LeaderTables, LeaseHolder};
 use crate::proto;
 use crate::proto::fencing_server::Fencing as FencingRpc;
 use crate::raft::Consensus;

@@ -9,7 +9,7 @@ mod types;
 
 pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView, RaftStatus};
 pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
-pub use service::RaftService;
+pub use service::{ProbeReports, RaftService};
 
 /// The application state replicated by Raft. Pure: `apply` does no I/O and reads no clock.
 ///

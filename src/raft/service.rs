@@ -12,13 +12,18 @@ use super::types::TypeConfig;
 use crate::proto::raft_server::Raft as RaftRpc;
 use crate::proto::{HelloReply, HelloRequest, ProbeAck, ProbeReport, RaftMessage, SnapshotChunk};
 
+/// Where the leader's side of `ReportProbes` goes. Injected, so this module stays openraft
+/// and gRPC glue and imports nothing above it.
+pub trait ProbeReports: Send + Sync + 'static {
+    /// Records a witness's report; `Err` with the reason when it is refused whole.
+    fn accept(&self, report: &ProbeReport) -> Result<(), &'static str>;
+}
+
 /// gRPC service for the Raft protocol between witnesses.
 pub struct RaftService {
     pub(crate) consensus: Arc<Consensus>,
-    /// Where probe reports from witnesses go (the leader's report table).
-    pub(crate) tables: Arc<crate::operations::LeaderTables>,
-    /// Counts the probe reports recorded.
-    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
+    /// Where probe reports from witnesses go while this witness is the leader.
+    pub(crate) reports: Arc<dyn ProbeReports>,
 }
 
 fn bad_request(e: serde_json::Error) -> Status {
@@ -99,26 +104,9 @@ impl RaftRpc for RaftService {
         if !self.consensus.is_leader() {
             return Ok(Response::new(ProbeAck { accepted: false }));
         }
-        if report.regions.len() > crate::health::TABLE_REGIONS_MAX {
-            return Err(Status::invalid_argument(
-                "too many regions in one probe report",
-            ));
-        }
-        let now = tokio::time::Instant::now();
-        if report.dns_addr.len() <= 256 {
-            self.tables
-                .record_dns_addr(report.witness, &report.dns_addr);
-        }
-        let mut table = self.tables.reports.lock().expect("report table lock");
-        for r in &report.regions {
-            let age = std::time::Duration::from_millis(r.since_age_ms);
-            match table.record(report.witness, &r.region, r.ok, age, &r.detail, now) {
-                Ok(()) => self.metrics.probe_report(&r.region, report.witness, r.ok),
-                Err(e) => {
-                    tracing::warn!(witness = report.witness, error = %e, "probe report refused")
-                }
-            }
-        }
+        self.reports
+            .accept(&report)
+            .map_err(Status::invalid_argument)?;
         Ok(Response::new(ProbeAck { accepted: true }))
     }
 

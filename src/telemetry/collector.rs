@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::config::Mode;
-use crate::operations::LeaderTables;
+use crate::leader::LeaderTables;
 use crate::raft::Consensus;
 use crate::state::{ClusterState, OperationState};
 

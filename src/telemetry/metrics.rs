@@ -14,7 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::StateCollector;
 use crate::fencing::LeaseKind;
-use crate::operations::LeaderTables;
+use crate::leader::LeaderTables;
 use crate::raft::Consensus;
 use crate::state::Step;
 

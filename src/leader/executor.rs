@@ -1,32 +1,36 @@
-//! The executor of failover operations. Runs on every witness and acts only while it is the
-//! leader: for each running operation it performs the current step, then proposes the
-//! step's completion (or a halt) and waits for that commit before the next step starts.
-//! A new leader resumes at the operation's current step; steps are idempotent and every
-//! hook call carries the group, epoch and operation id (S3, S6).
+//! The executor of failover operations, a leader duty (started and cancelled by the term
+//! supervisor): for each running operation it performs the current step as planned by
+//! [`super::plan::plan`], then proposes the step's completion (or a halt) and waits for that
+//! commit before the next step starts. A new leader resumes at the operation's current step;
+//! steps are idempotent and every hook call carries the group, epoch and operation id (S3,
+//! S6). Before every external action the leader confirms its leadership with a quorum.
 //!
 //! The fence step's lease wait is measured on this witness's monotonic clock from when it
-//! saw the revoke applied, which is never earlier than the commit: a leader change can only
-//! make the wait longer, never shorter (S1).
+//! saw the revoke applied ([`super::Observations`], noted whatever the witness's role),
+//! which is never earlier than the commit: a leader change can only make the wait longer,
+//! never shorter (S1).
+//!
+//! It must never act for a decision that is not committed, never run a step whose previous
+//! step's completion it has not seen applied, and never end a lease wait before
+//! [`super::plan::fence_deadline`] unless the group opted in and every fence hook confirmed
+//! a hard fence.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::LeaderTables;
-use crate::api::now_ms;
+use super::plan::{plan, StepPlan};
+use super::propose::propose;
+use super::{Duty, LeaderTables};
 use crate::config::{GroupPolicy, Hook, Policy};
 use crate::hooks::{self, HookContext, HookOutcome, RpoBound, RpoContext, WalHistories};
-use crate::raft::{Consensus, ConsensusError};
-use crate::state::{
-    Command, LeaseBound, Operation, OperationState, Proposal, Refusal, Step, StepOutcome,
-};
+use crate::raft::Consensus;
+use crate::state::{Command, LeaseBound, Operation, OperationState, Refusal, Step, StepOutcome};
 use crate::telemetry::Metrics;
 
-/// How often the executor looks at the state when nothing is applied (leadership changes
-/// are not applies).
+/// How often the executor looks at the state when nothing is applied.
 const TICK: Duration = Duration::from_millis(200);
 /// Backoff between attempts of a failing step: doubles from the first, capped.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -44,9 +48,6 @@ const OUTPUT_EXCERPT_BYTES: usize = 1_024;
 pub static UNSAFE_SKIP_LEASE_WAIT: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// Who the executor's proposals are from, in the audit log.
-const ACTOR: &str = "arbiter";
-
 /// What performing a step came to.
 enum StepResult {
     Complete {
@@ -54,29 +55,20 @@ enum StepResult {
         detail: String,
     },
     Halt(String),
-    /// This witness stopped being the leader: leave the step to the next one.
+    /// This witness could not confirm its leadership: leave the step to the next leader.
     Abandon,
 }
 
-/// Runs forever; spawn it once per witness. `wal` is this witness's history of each group's
-/// primary WAL position, which the rpo-check step hands to its hook.
-pub async fn run(
-    consensus: Arc<Consensus>,
-    tables: Arc<LeaderTables>,
-    metrics: Arc<Metrics>,
-    wal: Arc<WalHistories>,
-) {
+/// The operation duty of one term; runs until the supervisor cancels it. Every task it
+/// started is aborted with it (the task handles abort on drop).
+pub async fn run(duty: Duty) {
+    let consensus = duty.consensus.clone();
     let mut applied = consensus.subscribe_applied();
-    // When this witness first saw each operation's revoke applied.
-    let mut revoke_seen: HashMap<u64, Instant> = HashMap::new();
     let mut tasks: HashMap<u64, (Step, StepTask)> = HashMap::new();
     // Aborting operations whose unfence hooks run.
     let mut unfence_tasks: HashMap<u64, StepTask> = HashMap::new();
-    // When this witness first saw each removed group (name, epoch) whose leases may still
-    // be held, and the task that records their expiry.
-    let mut removed_seen: HashMap<(String, u64), Instant> = HashMap::new();
+    // Removed groups (name, epoch) whose leases' expiry is waited for and recorded.
     let mut expiry_tasks: HashMap<(String, u64), StepTask> = HashMap::new();
-    let mut was_leader = false;
     loop {
         let (operations, removed): (Vec<Operation>, Vec<(String, u64, LeaseBound)>) = consensus
             .with_state(|s| {
@@ -94,33 +86,22 @@ pub async fn run(
                     .collect();
                 (operations, removed)
             });
-        // Seen now or earlier: never before the removal was applied here, so the wait
-        // counted from it covers every lease granted before the removal (as for a revoke).
-        for (name, epoch, _) in &removed {
-            removed_seen
-                .entry((name.clone(), *epoch))
-                .or_insert_with(Instant::now);
-        }
-        removed_seen
-            .retain(|(name, epoch), _| removed.iter().any(|(n, e, _)| n == name && e == epoch));
-        expiry_tasks.retain(|key, task| !task.is_finished() && removed_seen.contains_key(key));
+        expiry_tasks.retain(|(name, epoch), task| {
+            !task.is_finished() && removed.iter().any(|(n, e, _)| n == name && e == epoch)
+        });
         unfence_tasks.retain(|id, task| {
             !task.is_finished()
                 && operations
                     .iter()
                     .any(|o| o.id == *id && matches!(o.state, OperationState::Aborting { .. }))
         });
-        for op in &operations {
-            if op.has_completed(Step::Revoke) {
-                revoke_seen.entry(op.id).or_insert_with(Instant::now);
-            }
-        }
-        revoke_seen.retain(|id, _| operations.iter().any(|o| o.id == *id));
-        tasks.retain(|_, (_, task)| !task.is_finished());
-
-        let mut leader = consensus.is_leader();
-        // A leader that cannot confirm its leadership with a quorum starts nothing new (its
-        // running steps confirm again before each external action).
+        // Halted, aborted or finished operations have no task.
+        tasks.retain(|id, (_, task)| {
+            !task.is_finished()
+                && operations
+                    .iter()
+                    .any(|o| o.id == *id && o.state == OperationState::Running)
+        });
         let to_start = operations.iter().any(|o| match &o.state {
             OperationState::Running => tasks.get(&o.id).map(|(step, _)| *step) != Some(o.step),
             OperationState::Aborting { .. } => !unfence_tasks.contains_key(&o.id),
@@ -128,35 +109,34 @@ pub async fn run(
         }) || removed
             .iter()
             .any(|(n, e, _)| !expiry_tasks.contains_key(&(n.clone(), *e)));
-        if leader && to_start {
-            if let Err(e) = consensus.confirm_leadership().await {
-                tracing::warn!(error = %e, "leadership not confirmed: starting no step");
-                leader = false;
+        // A leader that cannot confirm its leadership with a quorum starts nothing new (its
+        // running steps confirm again before each external action).
+        let confirmed = if to_start {
+            match consensus.confirm_leadership().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leadership not confirmed: starting no step");
+                    false
+                }
             }
-        }
-        if !leader {
-            if was_leader {
-                tracing::info!(
-                    tasks = tasks.len(),
-                    "no longer leader: stopping operation steps"
-                );
-                tables.clear();
-            }
-            for (_, (_, task)) in tasks.drain() {
-                task.abort();
-            }
-            unfence_tasks.clear();
-            expiry_tasks.clear();
         } else {
+            false
+        };
+        if confirmed {
             for (name, epoch, bound) in &removed {
                 let key = (name.clone(), *epoch);
                 if expiry_tasks.contains_key(&key) {
                     continue;
                 }
-                let seen = removed_seen.get(&key).copied().unwrap_or_else(Instant::now);
-                let deadline = seen + Duration::from_millis(bound.wait_ms());
+                // Seen now or earlier: never before the removal was applied here, so the
+                // wait counted from it covers every lease granted before (as for a revoke).
+                let seen = duty
+                    .observations
+                    .removed_seen(name, *epoch)
+                    .unwrap_or_else(Instant::now);
+                let deadline = super::plan::fence_deadline(seen, *bound);
                 let task = StepTask(tokio::spawn(record_removed_leases_expired(
-                    consensus.clone(),
+                    duty.clone(),
                     name.clone(),
                     *epoch,
                     deadline,
@@ -170,52 +150,25 @@ pub async fn run(
                 if unfence_tasks.contains_key(&op.id) {
                     continue;
                 }
-                let task = StepTask(tokio::spawn(unfence_task(
-                    consensus.clone(),
-                    tables.clone(),
-                    metrics.clone(),
-                    wal.clone(),
-                    op.clone(),
-                )));
+                let task = StepTask(tokio::spawn(unfence_task(duty.clone(), op.clone())));
                 unfence_tasks.insert(op.id, task);
             }
             for op in operations
                 .iter()
                 .filter(|o| o.state == OperationState::Running)
             {
-                let current = tasks.get(&op.id).map(|(step, _)| *step);
-                if current == Some(op.step) {
+                if tasks.get(&op.id).map(|(step, _)| *step) == Some(op.step) {
                     continue;
                 }
-                if let Some((_, old)) = tasks.remove(&op.id) {
-                    old.abort();
-                }
-                let seen = revoke_seen
-                    .get(&op.id)
-                    .copied()
+                let seen = duty
+                    .observations
+                    .revoke_seen(op.id)
                     .unwrap_or_else(Instant::now);
-                let task = StepTask(tokio::spawn(step_task(
-                    consensus.clone(),
-                    tables.clone(),
-                    metrics.clone(),
-                    wal.clone(),
-                    op.clone(),
-                    seen,
-                )));
+                let task = StepTask(tokio::spawn(step_task(duty.clone(), op.clone(), seen)));
+                // Replacing a task of an earlier step drops (and so aborts) it.
                 tasks.insert(op.id, (op.step, task));
             }
-            // Halted, aborted or finished operations have no task.
-            tasks.retain(|id, (_, task)| {
-                let keep = operations
-                    .iter()
-                    .any(|o| o.id == *id && o.state == OperationState::Running);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
         }
-        was_leader = leader;
         if let Ok(Err(_)) = tokio::time::timeout(TICK, applied.changed()).await {
             tokio::time::sleep(TICK).await;
         }
@@ -230,10 +183,6 @@ impl StepTask {
     fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
-
-    fn abort(&self) {
-        self.0.abort();
-    }
 }
 
 impl Drop for StepTask {
@@ -243,40 +192,45 @@ impl Drop for StepTask {
 }
 
 /// Performs one step of one operation and proposes its outcome.
-async fn step_task(
-    consensus: Arc<Consensus>,
-    tables: Arc<LeaderTables>,
-    metrics: Arc<Metrics>,
-    wal: Arc<WalHistories>,
-    op: Operation,
-    revoke_seen: Instant,
-) {
-    let Some((policy, group_policy)) = consensus.with_state(|s| {
+async fn step_task(duty: Duty, op: Operation, revoke_seen: Instant) {
+    let consensus = &duty.consensus;
+    let Some((policy, group_policy, bound)) = consensus.with_state(|s| {
         let policy = s.policy.clone()?;
         let gp = policy.group(&op.group)?.clone();
-        Some((policy, gp))
+        // The group's record, not today's policy: leases granted under earlier terms may
+        // still be held.
+        let bound = s.groups.get(&op.group)?.lease_bound;
+        Some((policy, gp, bound))
     }) else {
         let command = Command::HaltOperation {
             operation: op.id,
             step: op.step,
             error: format!("group {} is not in the policy", op.group),
         };
-        let _ = propose(&consensus, command).await;
+        let _ = propose(consensus, command).await;
         return;
     };
     let started = Instant::now();
     tracing::info!(operation = op.id, group = %op.group, step = %op.step, "step started");
     let ctx = StepContext {
-        consensus: &consensus,
-        tables: &tables,
-        metrics: &metrics,
-        wal: &wal,
+        consensus,
+        tables: &duty.tables,
+        metrics: &duty.metrics,
+        wal: &duty.wal,
         op: &op,
         policy: &policy,
         group: &group_policy,
-        revoke_seen,
     };
-    let result = ctx.perform().await;
+    let result = ctx
+        .perform(plan(
+            &op,
+            &policy,
+            &group_policy,
+            bound,
+            revoke_seen,
+            Instant::now(),
+        ))
+        .await;
     let outcome = match &result {
         StepResult::Complete {
             outcome: StepOutcome::NoOp,
@@ -286,7 +240,7 @@ async fn step_task(
         StepResult::Halt(_) => "halted",
         StepResult::Abandon => "abandoned",
     };
-    metrics.step(op.step, outcome, started.elapsed());
+    duty.metrics.step(op.step, outcome, started.elapsed());
     let command = match result {
         StepResult::Complete { outcome, detail } => {
             tracing::info!(operation = op.id, group = %op.group, step = %op.step, took_ms = started.elapsed().as_millis() as u64, %detail, "step finished");
@@ -307,7 +261,7 @@ async fn step_task(
         }
         StepResult::Abandon => return,
     };
-    match propose(&consensus, command).await {
+    match propose(consensus, command).await {
         Err(e) => {
             tracing::info!(operation = op.id, step = %op.step, error = %e, "step outcome not committed here; the next leader resumes the step");
         }
@@ -327,47 +281,21 @@ async fn step_task(
                 step: op.step,
                 error: format!("the cluster refused to record {}: {refusal}", op.step),
             };
-            let _ = propose(&consensus, halt).await;
+            let _ = propose(consensus, halt).await;
         }
         Ok(Ok(())) => {}
     }
 }
 
-/// Proposes `command` as the cluster; `Ok(Err(refusal))` when it committed but was refused.
-async fn propose(
-    consensus: &Consensus,
-    command: Command,
-) -> Result<Result<(), Refusal>, ConsensusError> {
-    let proposal = Proposal {
-        actor: ACTOR.to_string(),
-        at_ms: now_ms(),
-        request_id: String::new(),
-        command,
-    };
-    let response = consensus.propose(proposal).await?;
-    if let Err(refusal) = &response.outcome {
-        tracing::info!(%refusal, "proposal refused");
-    }
-    Ok(response.outcome.map(|_| ()))
-}
-
 /// Waits until `deadline` (the lease wait of removed group `group`, counted from when this
 /// witness saw the removal), then records that its leases have expired.
-async fn record_removed_leases_expired(
-    consensus: Arc<Consensus>,
-    group: String,
-    epoch: u64,
-    deadline: Instant,
-) {
+async fn record_removed_leases_expired(duty: Duty, group: String, epoch: u64, deadline: Instant) {
     tokio::time::sleep_until(deadline).await;
-    if !consensus.is_leader() {
-        return;
-    }
     let command = Command::RemovedLeasesExpired {
         group: group.clone(),
         epoch,
     };
-    if let Err(e) = propose(&consensus, command).await {
+    if let Err(e) = propose(&duty.consensus, command).await {
         tracing::info!(%group, epoch, error = %e, "expiry of a removed group's leases not committed here; the next leader waits again");
     }
 }
@@ -375,13 +303,8 @@ async fn record_removed_leases_expired(
 /// Runs the unfence hooks of an aborting operation, then records the abort as finished
 /// with what they did. A failing unfence does not keep the group from its next operation:
 /// the abort finishes with the failure on record for the operator.
-async fn unfence_task(
-    consensus: Arc<Consensus>,
-    tables: Arc<LeaderTables>,
-    metrics: Arc<Metrics>,
-    wal: Arc<WalHistories>,
-    op: Operation,
-) {
+async fn unfence_task(duty: Duty, op: Operation) {
+    let consensus = &duty.consensus;
     let Some((policy, group_policy)) = consensus.with_state(|s| {
         let policy = s.policy.clone()?;
         let gp = policy.group(&op.group)?.clone();
@@ -390,14 +313,13 @@ async fn unfence_task(
         return;
     };
     let ctx = StepContext {
-        consensus: &consensus,
-        tables: &tables,
-        metrics: &metrics,
+        consensus,
+        tables: &duty.tables,
+        metrics: &duty.metrics,
         op: &op,
         policy: &policy,
         group: &group_policy,
-        revoke_seen: Instant::now(),
-        wal: &wal,
+        wal: &duty.wal,
     };
     let detail = match ctx.run_hooks(&group_policy.hooks.unfence).await {
         StepResult::Complete { detail, .. } => format!("unfenced {}: {detail}", op.from),
@@ -411,7 +333,7 @@ async fn unfence_task(
         operation: op.id,
         detail,
     };
-    if let Err(e) = propose(&consensus, command).await {
+    if let Err(e) = propose(consensus, command).await {
         tracing::info!(operation = op.id, error = %e, "end of the abort not committed here; the next leader unfences again");
     }
 }
@@ -424,32 +346,22 @@ struct StepContext<'a> {
     op: &'a Operation,
     policy: &'a Policy,
     group: &'a GroupPolicy,
-    revoke_seen: Instant,
 }
 
 impl StepContext<'_> {
-    async fn perform(&self) -> StepResult {
-        match self.op.step {
-            Step::Declare | Step::Done => StepResult::Complete {
-                outcome: StepOutcome::NoOp,
-                detail: String::new(),
-            },
-            Step::Revoke => StepResult::Complete {
-                outcome: StepOutcome::Completed,
-                detail: format!(
-                    "no renewal of {}'s lease (epoch {}) succeeds from this commit on",
-                    self.op.from, self.op.from_epoch
-                ),
-            },
-            Step::Fence => self.fence().await,
-            Step::RpoCheck => self.rpo_check().await,
-            Step::Promote => self.run_hooks(&self.group.hooks.promote).await,
-            Step::Activate => StepResult::Complete {
-                outcome: StepOutcome::Completed,
-                detail: format!("{} active at epoch {}", self.op.to, self.op.to_epoch),
-            },
-            Step::Dns => self.dns().await,
-            Step::Validate => self.validate().await,
+    async fn perform(&self, plan: StepPlan) -> StepResult {
+        match plan {
+            StepPlan::Complete { outcome, detail } => StepResult::Complete { outcome, detail },
+            StepPlan::RunHooks { hooks } => self.run_hooks(&hooks).await,
+            StepPlan::Fence {
+                hooks,
+                wait_until,
+                bound,
+                ends_early,
+            } => self.fence(&hooks, wait_until, bound, ends_early).await,
+            StepPlan::RpoCheck { hook, give_up } => self.rpo_check(&hook, give_up).await,
+            StepPlan::PublishDns => self.dns().await,
+            StepPlan::Validate { hooks, probed } => self.validate(&hooks, probed).await,
         }
     }
 
@@ -573,36 +485,30 @@ impl StepContext<'_> {
         }
     }
 
-    /// The fence hooks run first; the step then waits until the old region's lease has
-    /// certainly expired, unless the group opted in (`fence_ends_lease_wait`) and every fence
-    /// hook positively confirmed a hard fence for this epoch. The lease has expired
-    /// `lease x (1 + drift) + margin` after the revoke was applied here, with the longest
-    /// terms in force since the old region was activated (recorded in the replicated state,
-    /// so a policy that lowered them does not shorten the wait). A failing fence hook is
-    /// expected when the old region is dark: it only means the full wait.
-    async fn fence(&self) -> StepResult {
-        let g = self.group;
-        // The group's record, not today's policy: leases granted under earlier terms may
-        // still be held. A group without a record has no operation to fence for.
-        let Some(bound) = self
-            .consensus
-            .with_state(|s| s.groups.get(&self.op.group).map(|g| g.lease_bound))
-        else {
-            return StepResult::Abandon;
-        };
+    /// The fence hooks run first (they fence the old primary whatever ends the wait); the
+    /// step then waits until `wait_until` ([`super::plan::fence_deadline`]), unless the
+    /// group opted in (`ends_early`) and every fence hook positively confirmed a hard fence
+    /// for this epoch. A failing fence hook is expected when the old region is dark: it only
+    /// means the full wait.
+    async fn fence(
+        &self,
+        hooks: &[String],
+        wait_until: Instant,
+        bound: LeaseBound,
+        ends_early: bool,
+    ) -> StepResult {
+        let deadline = wait_until;
         let wait = Duration::from_millis(bound.wait_ms());
-        let deadline = self.revoke_seen + wait;
         let mut notes = Vec::new();
-        // The fence hooks always run: they fence the old primary whatever ends the wait.
-        let mut confirmed = !g.hooks.fence.is_empty();
-        for name in &g.hooks.fence {
+        let mut confirmed = !hooks.is_empty();
+        for name in hooks {
             let Some(outcome) = self.call(name).await else {
                 return StepResult::Abandon;
             };
             confirmed &= outcome.fence_confirmed == Some(self.op.to_epoch);
             notes.push(describe(name, &outcome));
         }
-        if confirmed && g.fence_ends_lease_wait {
+        if confirmed && ends_early {
             return StepResult::Complete {
                 outcome: StepOutcome::Completed,
                 detail: format!(
@@ -626,9 +532,6 @@ impl StepContext<'_> {
             };
         }
         tokio::time::sleep_until(deadline).await;
-        if !self.consensus.is_leader() {
-            return StepResult::Abandon;
-        }
         let mut detail = format!(
             "lease of {} (epoch {}) expired: waited {} ms after the revoke ({}: the longest in force since {} was activated)",
             self.op.from,
@@ -661,15 +564,8 @@ impl StepContext<'_> {
     /// the same whatever the cause: a standby whose WAL receiver is gone will not catch up,
     /// but an old primary that answers again, or a receiver that reconnects, may still bring
     /// it within before the operator has to decide.
-    async fn rpo_check(&self) -> StepResult {
+    async fn rpo_check(&self, name: &str, give_up: Instant) -> StepResult {
         let g = self.group;
-        let Some(name) = &g.hooks.rpo_check else {
-            return StepResult::Complete {
-                outcome: StepOutcome::NoOp,
-                detail: "no rpo-check hook configured".to_string(),
-            };
-        };
-        let give_up = Instant::now() + Duration::from_millis(g.rpo_wait_ms);
         let mut failures = 0;
         let mut backoff = BACKOFF_FIRST;
         loop {
@@ -743,12 +639,6 @@ impl StepContext<'_> {
     /// operation with its specific error; the others are updated all the same. A marker
     /// arbiter will not overwrite halts it at once: only an operator can fix that.
     async fn dns(&self) -> StepResult {
-        if self.group.dns.is_none() {
-            return StepResult::Complete {
-                outcome: StepOutcome::NoOp,
-                detail: "the group has no DNS record".to_string(),
-            };
-        }
         let mut backoff = BACKOFF_FIRST;
         let mut last = String::new();
         let mut attempts = 0;
@@ -830,17 +720,12 @@ impl StepContext<'_> {
 
     /// Validate hooks pass, and the new region's probes pass (its verdict is `up`) when it
     /// has probes.
-    async fn validate(&self) -> StepResult {
-        let hooks = self.run_hooks(&self.group.hooks.validate).await;
+    async fn validate(&self, hooks: &[String], probed: bool) -> StepResult {
+        let hooks = self.run_hooks(hooks).await;
         let hook_detail = match hooks {
             StepResult::Complete { detail, .. } => detail,
             other => return other,
         };
-        let probed = self
-            .policy
-            .regions
-            .iter()
-            .any(|r| r.name == self.op.to && !r.probes.is_empty());
         if !probed {
             return StepResult::Complete {
                 outcome: StepOutcome::Completed,
@@ -849,9 +734,6 @@ impl StepContext<'_> {
         }
         let mut backoff = BACKOFF_FIRST;
         for _ in 0..self.group.step_attempts {
-            if !self.consensus.is_leader() {
-                return StepResult::Abandon;
-            }
             let verdict = self.tables.regions().get(&self.op.to).map(|r| r.verdict);
             if verdict == Some(crate::health::Verdict::Up) {
                 return StepResult::Complete {

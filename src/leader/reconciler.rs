@@ -18,21 +18,20 @@
 //! that names a newer decision, and never retry a refusal within a round.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::now_ms;
 use crate::config::DnsServer;
 use crate::dns::{DnsUpdateError, DriftReport, Publication, Published};
 use crate::raft::Consensus;
-use crate::state::{ClusterState, Command, Proposal};
+use crate::state::{ClusterState, Command};
 use crate::telemetry::Metrics;
 
 /// How often the reconciler wakes to see whether a round is due.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Runs forever on every witness; acts only while it is the leader.
-pub async fn run(consensus: Arc<Consensus>, metrics: Arc<Metrics>) {
+/// The DNS duty of one term; runs until the supervisor cancels it.
+pub async fn run(duty: super::Duty) {
+    let (consensus, metrics) = (duty.consensus, duty.metrics);
     let mut next_round = tokio::time::Instant::now();
     // The refusal (or newer marker) last logged per (server, name): logged again only when it
     // changes, so a marker waiting for an operator is one warning, not one per round. At
@@ -40,7 +39,7 @@ pub async fn run(consensus: Arc<Consensus>, metrics: Arc<Metrics>) {
     let mut refusals: HashMap<(String, String), String> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
-        if !consensus.is_leader() || tokio::time::Instant::now() < next_round {
+        if tokio::time::Instant::now() < next_round {
             continue;
         }
         // Compare with a current state, not one an election left behind.
@@ -59,9 +58,6 @@ pub async fn run(consensus: Arc<Consensus>, metrics: Arc<Metrics>) {
         } in plan
         {
             for server in &servers {
-                if !consensus.is_leader() {
-                    break;
-                }
                 reconcile_server(
                     &consensus,
                     &metrics,
@@ -215,17 +211,12 @@ async fn reconcile_server(
     refusals.remove(&key);
     tracing::info!(server = %server.address, group, %detail, "DNS drift repaired");
     metrics.dns_repair(true);
-    let proposal = Proposal {
-        actor: "arbiter".to_string(),
-        at_ms: now_ms(),
-        request_id: String::new(),
-        command: Command::RecordDnsRepair {
-            group: group.to_string(),
-            server: server.address.clone(),
-            detail,
-        },
+    let command = Command::RecordDnsRepair {
+        group: group.to_string(),
+        server: server.address.clone(),
+        detail,
     };
-    if let Err(e) = consensus.propose(proposal).await {
+    if let Err(e) = super::propose::propose(consensus, command).await {
         tracing::debug!(error = %e, "DNS repair not recorded");
     }
 }
