@@ -21,9 +21,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::api::now_ms;
 use crate::client::Client;
 use crate::fencing::{LeaseClient, LeaseState};
+use crate::wallclock::now_ms;
 
 /// How long an on-gain or on-lose command may run before it is killed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);

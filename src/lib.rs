@@ -40,6 +40,9 @@
 //! - [`certs`]: the development CA behind `arbiter certs init`.
 //! - [`demo`]: `arbiter demo`, a whole cluster with simulated regions in one process, and
 //!   the live timeline of a failover.
+//! - [`secret`]: reads a secret (TSIG key, webhook key, database password) from the file or
+//!   environment variable its reference names, on this witness only.
+//! - [`wallclock`]: the wall clock for audit timestamps and reports, never for safety.
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
 
 pub mod agent;
@@ -56,9 +59,11 @@ pub mod hooks;
 pub mod leader;
 pub mod node;
 pub mod raft;
+pub mod secret;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod wallclock;
 
 /// Generated protobuf types and gRPC stubs (`proto/arbiter.proto`).
 pub mod proto {

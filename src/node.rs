@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{now_ms, ApiService};
+use crate::api::ApiService;
 use crate::config::NodeConfig;
 use crate::dns::{DnsListeners, EmbeddedServer as DnsServer};
 use crate::leader::LeaderTables;
@@ -27,6 +27,7 @@ use crate::raft::{Consensus, ConsensusError, Network, RaftService};
 use crate::state::{Command, Proposal};
 use crate::telemetry::{Metrics, PlaintextServer};
 use crate::tls::{TlsError, TlsMaterial};
+use crate::wallclock::now_ms;
 
 /// How long a witness with an empty data dir asks its peers whether they count it as a
 /// member before starting.
@@ -220,7 +221,13 @@ impl Node {
                 tokio::join!(
                     duties(c.clone()),
                     crate::telemetry::count_leader_changes(c.clone(), m.clone()),
-                    crate::hooks::wal::run(c.clone(), wal),
+                    crate::hooks::wal::run(
+                        {
+                            let c = c.clone();
+                            move |targets| c.with_state(|s| targets(s))
+                        },
+                        wal
+                    ),
                     crate::leader::observations::run(c.clone(), observations),
                     crate::leader::reporter::run(c, t, n, probe_options, dns_addr, m),
                     crate::leader::supervisor::run(leader),

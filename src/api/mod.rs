@@ -6,5 +6,4 @@ mod error;
 mod service;
 
 pub use error::{ApiError, META_ERROR, META_LEADER_ADDR, META_LEADER_ID};
-pub(crate) use service::now_ms;
 pub use service::{new_request_id, ApiService};

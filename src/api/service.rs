@@ -3,7 +3,9 @@
 //! view. A non-leader answers `not-leader` with the leader's address (see [`super::error`]).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::wallclock::now_ms;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,13 +96,6 @@ impl ApiService {
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A random request id for callers that did not choose one.

@@ -266,9 +266,11 @@ fn key_values(dsn: &str) -> Result<Vec<(String, String, String)>, String> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(format!(
+                    None => {
+                        return Err(format!(
                         "not a valid connection string: the value of `{key}` has no closing quote"
-                    )),
+                    ))
+                    }
                     Some('\'') => {
                         i += 1;
                         break;

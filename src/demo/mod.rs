@@ -375,7 +375,7 @@ async fn play(
     let (stream, baseline) = timeline::open_watch(&client).await?;
     let regions = running.regions.as_ref().expect("regions started above");
     regions.set_healthy(REGIONS[0], false);
-    let t0_ms = crate::api::now_ms();
+    let t0_ms = crate::wallclock::now_ms();
     let scenario = Scenario {
         client: client.clone(),
         from: REGIONS[0].to_string(),

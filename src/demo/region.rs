@@ -179,7 +179,7 @@ async fn promote(
     if !verify_signature(&shared.secret, &timestamp, &body, &signature) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n".into());
     }
-    let now_s = crate::api::now_ms() / 1000;
+    let now_s = crate::wallclock::now_ms() / 1000;
     let fresh = timestamp
         .parse::<u64>()
         .is_ok_and(|t| t.abs_diff(now_s) <= HOOK_AGE_MAX.as_secs());

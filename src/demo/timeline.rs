@@ -16,10 +16,10 @@ use tonic::codec::Streaming;
 
 use super::files::{GROUP, NAME, ZONE};
 use super::DemoError;
-use crate::api::now_ms;
 use crate::client::Client;
 use crate::config::RecordKind;
 use crate::proto;
+use crate::wallclock::now_ms;
 
 /// How long the timeline waits for the next phase before calling the scenario stuck; the
 /// slowest phase (the lease wait) takes a few seconds, so this is generous on a loaded host.

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use super::marker::{self, Decision, MarkerProblem, MarkerVerdict};
 use super::publication::Publication;
 use crate::config::{DnsServer, RecordKind, RecordSet, TsigAlgorithm};
-use crate::hooks::secret::Secret;
+use crate::secret::Secret;
 
 /// Allowed difference between our clock and the server's when it checks the TSIG time. RFC
 /// 8945 recommends 300 s; less makes a mildly skewed witness fail every update.

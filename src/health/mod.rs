@@ -21,5 +21,5 @@ pub mod verdict;
 pub use probe::{check_source, probe_once, ProbeOptions, ProbeResult};
 pub use prober::{Prober, RegionObservation};
 pub use spec::{validate_region_probes, ProbeSpec, ProbeTarget};
-pub use table::{RecordError, RegionSummary, ReportTable, TABLE_REGIONS_MAX};
+pub use table::{RecordError, RegionSummary, RegionView, ReportTable, TABLE_REGIONS_MAX};
 pub use verdict::{verdict, Evidence, Observation, Seen, Verdict, WitnessEvidence};

@@ -333,3 +333,10 @@ mod tests {
         assert!(t0.saturating_duration_since(obs.since) <= SINCE_AGE_MAX);
     }
 }
+
+/// A region's verdict with how many voters see it each way (the leader's live view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionView {
+    pub verdict: super::Verdict,
+    pub summary: RegionSummary,
+}

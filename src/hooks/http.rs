@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ring::hmac;
 use tokio::time::{timeout_at, Instant};
 
-use super::secret::Secret;
 use super::{millis, Capture, HookContext, HookOutcome};
 use crate::config::SecretRef;
+use crate::secret::Secret;
 
 /// Header carrying `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub const SIGNATURE_HEADER: &str = "X-Arbiter-Signature";

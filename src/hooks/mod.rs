@@ -72,7 +72,6 @@ mod http;
 mod lag;
 mod postgres;
 pub mod rpo;
-pub(crate) mod secret;
 pub mod wal;
 
 use std::time::Duration;

@@ -31,9 +31,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use super::rpo::{self, lsn_text, Receiver, Standby, Verdict, WalSample};
-use super::secret::Secret;
 use super::{millis, HookContext, HookOutcome};
 use crate::config::{PostgresAction, PostgresHook, PostgresRegion, PostgresTls};
+use crate::secret::Secret;
 
 /// Connecting takes at most this long even when the hook's deadline is further away: a
 /// server that does not answer a TCP handshake in 10 s is unreachable for this purpose.

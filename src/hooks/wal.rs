@@ -24,7 +24,6 @@ use tokio_postgres::Client;
 use super::postgres::{connect, primary_lsn};
 use super::rpo::WalSample;
 use crate::config::{Hook, PostgresRegion};
-use crate::raft::Consensus;
 use crate::state::ClusterState;
 
 /// How often each group's primary is asked for its position: the resolution of the
@@ -106,7 +105,7 @@ fn push(history: &mut VecDeque<WalSample>, sample: WalSample) {
 /// Where one group's primary is polled: its active region's server, as its rpo-check hook
 /// connects to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
+pub(crate) struct Target {
     region: String,
     server: PostgresRegion,
 }
@@ -154,14 +153,18 @@ impl Drop for Poller {
 }
 
 /// Runs forever on every witness; spawn it once. Follows the applied policy and each
-/// group's active region, polling each group's primary in a task of its own.
-pub async fn run(consensus: Arc<Consensus>, histories: Arc<WalHistories>) {
+/// group's active region (`read` hands it the applied state), polling each group's primary
+/// in a task of its own.
+pub(crate) async fn run<R>(read: R, histories: Arc<WalHistories>)
+where
+    R: Fn(&dyn Fn(&ClusterState) -> BTreeMap<String, Target>) -> BTreeMap<String, Target>,
+{
     let mut pollers: BTreeMap<String, Poller> = BTreeMap::new();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let wanted = consensus.with_state(targets);
+        let wanted = read(&targets);
         pollers.retain(|group, poller| match wanted.get(group) {
             Some(target) if *target == poller.target => true,
             Some(target) => {

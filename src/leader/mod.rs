@@ -22,8 +22,9 @@ pub mod reporter;
 pub mod supervisor;
 mod tables;
 
+pub use crate::health::RegionView;
 pub use observations::Observations;
-pub use tables::{LeaderTables, LeaseHolder, RegionView};
+pub use tables::{LeaderTables, LeaseHolder};
 
 use crate::hooks::WalHistories;
 use crate::raft::Consensus;

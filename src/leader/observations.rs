@@ -159,9 +159,9 @@ pub async fn run(consensus: Arc<Consensus>, observations: Arc<Observations>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::now_ms;
     use crate::config::Policy;
     use crate::state::{Command, OperationKind, Proposal, Step, StepOutcome};
+    use crate::wallclock::now_ms;
 
     fn apply(s: &mut ClusterState, index: u64, at_ms: u64, command: Command) {
         let p = Proposal {

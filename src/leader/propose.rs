@@ -11,7 +11,7 @@ pub const ACTOR: &str = "arbiter";
 pub fn proposal(command: Command) -> Proposal {
     Proposal {
         actor: ACTOR.to_string(),
-        at_ms: crate::api::now_ms(),
+        at_ms: crate::wallclock::now_ms(),
         request_id: String::new(),
         command,
     }

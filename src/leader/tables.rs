@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::health::{RegionSummary, ReportTable, Verdict};
+use crate::health::{RegionView, ReportTable};
 
 /// Lease holders tracked at most: one per (group, region) in practice; bounded against
 /// misbehaving clients sending many holder names.
@@ -22,13 +22,6 @@ pub struct LeaseHolder {
     pub lease_ms: u64,
     /// When the leader answered; the holder's deadline is at most this plus the lease.
     pub granted: Instant,
-}
-
-/// A region's verdict with how many voters see it each way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionView {
-    pub verdict: Verdict,
-    pub summary: RegionSummary,
 }
 
 /// The leader's in-memory tables, shared by the fencing service, the executor and status.
@@ -92,5 +85,11 @@ impl LeaderTables {
         self.leases.lock().expect("lease table lock").clear();
         self.regions.lock().expect("region table lock").clear();
         *self.reports.lock().expect("report table lock") = ReportTable::new();
+    }
+}
+
+impl crate::telemetry::LiveRegions for LeaderTables {
+    fn regions(&self) -> BTreeMap<String, RegionView> {
+        LeaderTables::regions(self)
     }
 }

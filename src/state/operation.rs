@@ -1,5 +1,5 @@
 //! Durable operations: a failover as a sequence of steps recorded in the Raft log. Pure
-//! data and transitions; the leader's executor (crate::leader) performs the steps and
+//! data and transitions; the leader's executor performs the steps and
 //! proposes their completion.
 
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::config::Mode;
-use crate::leader::LeaderTables;
 use crate::raft::Consensus;
 use crate::state::{ClusterState, OperationState};
 
@@ -28,7 +27,7 @@ type Row<L> = (L, i64);
 /// Reads the witness's state at scrape time.
 pub struct StateCollector {
     consensus: Arc<Consensus>,
-    tables: Arc<LeaderTables>,
+    tables: Arc<dyn super::LiveRegions>,
 }
 
 impl fmt::Debug for StateCollector {
@@ -38,7 +37,7 @@ impl fmt::Debug for StateCollector {
 }
 
 impl StateCollector {
-    pub fn new(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) -> Self {
+    pub fn new(consensus: Arc<Consensus>, tables: Arc<dyn super::LiveRegions>) -> Self {
         Self { consensus, tables }
     }
 }

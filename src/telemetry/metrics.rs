@@ -14,7 +14,6 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::StateCollector;
 use crate::fencing::LeaseKind;
-use crate::leader::LeaderTables;
 use crate::raft::Consensus;
 use crate::state::Step;
 
@@ -114,7 +113,7 @@ pub struct Metrics {
 impl Metrics {
     /// A registry for the witness behind `consensus`, with the scrape-time gauges of its
     /// applied state and of the leader's `tables`.
-    pub fn new(consensus: Arc<Consensus>, tables: Arc<LeaderTables>) -> Arc<Metrics> {
+    pub fn new(consensus: Arc<Consensus>, tables: Arc<dyn super::LiveRegions>) -> Arc<Metrics> {
         Self::with_collector(Box::new(StateCollector::new(consensus, tables)))
     }
 

@@ -21,6 +21,12 @@ pub use http::{router, Endpoints, PlaintextServer};
 pub use metrics::{DnsResult, FenceResult, Metrics};
 pub use readiness::{readiness, APPLY_LAG_MAX};
 
+/// The leader's live region verdicts, read at scrape time (the leader's tables provide
+/// them), so telemetry imports nothing above it.
+pub trait LiveRegions: Send + Sync {
+    fn regions(&self) -> std::collections::BTreeMap<String, crate::health::RegionView>;
+}
+
 use crate::raft::Consensus;
 
 /// Counts every change of leader this witness observes: a known leader that differs from the
