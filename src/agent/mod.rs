@@ -353,6 +353,8 @@ impl Agent {
         }
         self.fence_pending = true;
         self.active = self.config.region.clone();
+        // A witness that does not answer must cost a fraction of the lease, not all of it.
+        self.lease.bound_by_lease(held.lease);
         tracing::info!(group = %self.config.group, region = %self.config.region, epoch = held.epoch, "lease gained");
         self.write_state(Some(&held), "lease gained");
         if let Some(command) = self.config.on_gain.clone() {
