@@ -155,18 +155,49 @@ enum Cmd {
         /// Shown as the lease holder in `arbiter status` (default: the host name).
         #[arg(long)]
         holder: Option<String>,
-        /// Shell command run when the lease is lost (stop accepting writes).
+        /// Shell command run when a held lease is lost (stop accepting writes). Never run
+        /// by an agent that did not hold the lease. Empty: none.
         #[arg(long)]
         on_lose: Option<String>,
-        /// Shell command run when the lease is gained (accept writes).
+        /// Shell command run in the background when the lease is gained (accept writes);
+        /// killed with its process group if the lease is lost while it runs. Empty: none.
         #[arg(long)]
         on_gain: Option<String>,
+        /// Shell command run once when the agent starts without getting the lease. For the
+        /// primary's host: stops a database started before its agent (fail closed). Leave
+        /// it out on a standby's host. Empty: none.
+        #[arg(long)]
+        on_start_without_lease: Option<String>,
+        /// Milliseconds --on-gain may run before its process group is killed.
+        #[arg(long, default_value_t = crate::agent::ON_GAIN_TIMEOUT_DEFAULT.as_millis() as u64)]
+        on_gain_timeout_ms: u64,
+        /// Milliseconds --on-lose (and --on-start-without-lease) may run before its process
+        /// group is killed.
+        #[arg(long, default_value_t = crate::agent::ON_LOSE_TIMEOUT_DEFAULT.as_millis() as u64)]
+        on_lose_timeout_ms: u64,
         /// Write the current state here as JSON (atomically).
         #[arg(long)]
         state_file: Option<PathBuf>,
         /// Milliseconds between acquire attempts while the lease is not held.
         #[arg(long, default_value_t = 1000)]
         retry_ms: u64,
+        /// Watchdog: off, automatic (use --watchdog-device when present) or required
+        /// (refuse to start without it, never hold the lease without arming it).
+        #[arg(long, value_enum, default_value_t = crate::agent::watchdog::Mode::Off)]
+        watchdog: crate::agent::watchdog::Mode,
+        /// The watchdog device (`softdog` or a hardware driver), or a stand-in file or FIFO.
+        #[arg(long, default_value = "/dev/watchdog")]
+        watchdog_device: PathBuf,
+        /// While the watchdog is armed, self-fence this many milliseconds before the lease
+        /// deadline, so that on-lose finishes before the device fires (below a third of
+        /// the lease).
+        #[arg(long, default_value_t = crate::agent::WATCHDOG_MARGIN_DEFAULT.as_millis() as u64)]
+        watchdog_margin_ms: u64,
+        /// Do not run: for systemd's ExecStopPost, after the agent exited. Runs --on-lose
+        /// once if --state-file says a fence is pending (the agent died holding the lease);
+        /// otherwise nothing.
+        #[arg(long)]
+        after_exit: bool,
     },
     /// Is EPOCH still current for REGION of GROUP? Exit 0 allowed, 1 refused (for hooks).
     FenceCheck {
@@ -641,27 +672,75 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             holder,
             on_lose,
             on_gain,
+            on_start_without_lease,
+            on_gain_timeout_ms,
+            on_lose_timeout_ms,
             state_file,
             retry_ms,
+            watchdog,
+            watchdog_device,
+            watchdog_margin_ms,
+            after_exit,
         } => {
-            let client = conn.client()?;
             if retry_ms == 0 {
                 return Err(Failure::usage("--retry-ms must be at least 1".into()));
             }
+            let timeout = |flag: &str, ms: u64| {
+                let max = crate::agent::COMMAND_TIMEOUT_MAX.as_millis() as u64;
+                if ms == 0 || ms > max {
+                    Err(Failure::usage(format!(
+                        "{flag} {ms}: must be between 1 and {max} ms"
+                    )))
+                } else {
+                    Ok(std::time::Duration::from_millis(ms))
+                }
+            };
+            let on_gain_timeout = timeout("--on-gain-timeout-ms", on_gain_timeout_ms)?;
+            let on_lose_timeout = timeout("--on-lose-timeout-ms", on_lose_timeout_ms)?;
+            if watchdog_margin_ms == 0 {
+                return Err(Failure::usage(
+                    "--watchdog-margin-ms 0: must be at least 1 (on-lose needs time to finish before the watchdog fires)".into(),
+                ));
+            }
+            // An empty command (an unset variable in a unit's environment file) is none.
+            let command = |c: Option<String>| c.filter(|c| !c.trim().is_empty());
             let holder = holder.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "agent".into())
             });
-            let config = crate::agent::AgentConfig {
-                group,
-                region,
-                holder,
-                on_lose,
-                on_gain,
-                state_file,
-                retry: std::time::Duration::from_millis(retry_ms),
+            let mut config = crate::agent::AgentConfig::new(&group, &region, &holder);
+            config.on_lose = command(on_lose);
+            config.on_gain = command(on_gain);
+            config.on_start_without_lease = command(on_start_without_lease);
+            config.on_gain_timeout = on_gain_timeout;
+            config.on_lose_timeout = on_lose_timeout;
+            config.state_file = state_file;
+            config.retry = std::time::Duration::from_millis(retry_ms);
+            if after_exit {
+                let Some(path) = config.state_file.clone() else {
+                    return Err(Failure::usage(
+                        "--after-exit needs --state-file: where the agent recorded whether a fence is pending".into(),
+                    ));
+                };
+                return if crate::agent::after_exit(&config, &path).await {
+                    Ok(())
+                } else {
+                    Err(Failure {
+                        code: EXIT_REFUSED,
+                        message: "on-lose did not succeed after the agent exited".into(),
+                    })
+                };
+            }
+            let watchdog = crate::agent::watchdog::Config {
+                mode: watchdog,
+                path: watchdog_device,
+                margin: std::time::Duration::from_millis(watchdog_margin_ms),
             };
+            if watchdog.check().map_err(Failure::usage)? {
+                config.watchdog = Some(watchdog);
+            }
+            let client = conn.client()?;
             let shutdown = async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -1,6 +1,9 @@
 //! [`Client`]: talks to any witness over mutual TLS and follows the leader transparently.
-//! Used by the CLI and the tests. A `not-leader` answer redirects to the leader's address;
-//! an unreachable witness is skipped for the next one. Attempts and total time are bounded.
+//! Used by the CLI, the agent and the tests. A `not-leader` answer redirects to the leader's
+//! address; a witness that failed (unreachable, timed out, or not knowing a leader) is
+//! skipped for the next one, within a call and for [`FAILED_MEMORY`] across calls, and the
+//! witness that answered last is tried first. Each attempt and the whole call are bounded
+//! ([`CallBounds`]; the agent bounds them by a fraction of its lease).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,9 +26,28 @@ const ATTEMPTS_MAX: usize = 60;
 /// Total time one call keeps trying: long enough to ride out a leader election with
 /// WAN-sized timeouts, short enough for an operator at a terminal.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
-/// Pause before trying again when no reachable leader is known (an election is likely
-/// under way, or the known leader just died).
+/// Pause before trying again when every witness was tried and none led to a leader (an
+/// election is likely under way, or the known leader just died).
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// How long a witness that failed stays at the back of the line across calls: a few
+/// renewals of a short lease, and less than an election on WAN timing plus a retry.
+pub const FAILED_MEMORY: Duration = Duration::from_secs(5);
+
+/// Time limits of one call: each attempt (one witness), and all attempts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallBounds {
+    pub attempt: Duration,
+    pub total: Duration,
+}
+
+impl Default for CallBounds {
+    fn default() -> Self {
+        CallBounds {
+            attempt: RPC_TIMEOUT,
+            total: CALL_DEADLINE,
+        }
+    }
+}
 
 /// An error from the cluster, with its machine-readable kind (`unknown-group`,
 /// `not-candidate`, `frozen`, `unavailable`, ...; see the API error reference).
@@ -72,6 +94,14 @@ pub struct Client {
     tls: ClientTlsConfig,
     /// One channel per witness address, reused by every call (HTTP/2 multiplexes).
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The witness that answered last: the first one tried by the next call.
+    preferred: Arc<Mutex<Option<String>>>,
+    /// Witnesses that failed recently, and when: tried last until [`FAILED_MEMORY`] passed.
+    failed: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
+    /// Witness addresses this client cannot reach on purpose (partition tests): a call to
+    /// one hangs until its deadline and fails, as across a black-holed link. Empty in
+    /// normal operation.
+    faults: crate::raft::LinkFaults,
 }
 
 impl Client {
@@ -90,7 +120,15 @@ impl Client {
             servers,
             tls: material.client_config(None),
             channels: Arc::new(Mutex::new(HashMap::new())),
+            preferred: Arc::new(Mutex::new(None)),
+            failed: Arc::new(Mutex::new(HashMap::new())),
+            faults: crate::raft::LinkFaults::default(),
         })
+    }
+
+    /// The links of this client that tests cut ([`crate::raft::LinkFaults::cut`]).
+    pub fn faults(&self) -> crate::raft::LinkFaults {
+        self.faults.clone()
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
@@ -128,25 +166,87 @@ impl Client {
     }
 
     /// Like [`Client::call`] for any service on the witnesses (the `Fencing` service).
-    pub async fn call_channel<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    pub async fn call_channel<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut target = self.servers[0].clone();
-        let mut next_server = 1;
+        self.call_channel_within(CallBounds::default(), call).await
+    }
+
+    fn recently_failed(&self, addr: &str) -> bool {
+        let mut failed = self.failed.lock().expect("failed witnesses lock");
+        failed.retain(|_, at| at.elapsed() < FAILED_MEMORY);
+        failed.contains_key(addr)
+    }
+
+    /// The order to try witnesses in: the one that answered last, then the given ones;
+    /// those that failed recently at the end.
+    fn order(&self) -> Vec<String> {
+        let mut order: Vec<String> = Vec::with_capacity(self.servers.len() + 1);
+        if let Some(p) = self.preferred.lock().expect("preferred lock").clone() {
+            order.push(p);
+        }
+        for s in &self.servers {
+            if !order.contains(s) {
+                order.push(s.clone());
+            }
+        }
+        let (fresh, stale): (Vec<String>, Vec<String>) =
+            order.into_iter().partition(|a| !self.recently_failed(a));
+        fresh.into_iter().chain(stale).collect()
+    }
+
+    /// Like [`Client::call_channel`] within `bounds`: each attempt gets at most
+    /// `bounds.attempt` (the closure should also send it as the request's deadline), the
+    /// call at most `bounds.total`.
+    pub async fn call_channel_within<T, F, Fut>(
+        &self,
+        bounds: CallBounds,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let order = self.order();
+        let mut next = 0;
+        let mut target = order[0].clone();
+        next += 1;
         let mut last = ClientError::local("unavailable", "no witness answered".into());
         let started = tokio::time::Instant::now();
-        // Addresses that just failed at the transport level: a redirect to one of them is
-        // not followed until an election had time to move on.
-        let mut failed: Vec<String> = Vec::new();
+        // Addresses tried in this round without reaching a leader: a redirect to one of
+        // them is not followed until the round is over.
+        let mut tried: Vec<String> = Vec::new();
         for _ in 0..ATTEMPTS_MAX {
-            if started.elapsed() > CALL_DEADLINE {
+            let left = bounds.total.saturating_sub(started.elapsed());
+            if left.is_zero() {
                 break;
             }
+            let attempt = bounds.attempt.min(left);
             let channel = self.channel(&target)?;
-            match call(channel).await {
-                Ok(resp) => return Ok(resp.into_inner()),
+            let reply = if self.faults.is_cut(&target) {
+                // A black-holed link: nothing comes back before the deadline.
+                tokio::time::sleep(attempt).await;
+                Err(Status::unavailable("link cut (fault injected)"))
+            } else {
+                match tokio::time::timeout(attempt, call(channel)).await {
+                    Ok(reply) => reply,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "no answer within {} ms",
+                        attempt.as_millis()
+                    ))),
+                }
+            };
+            match reply {
+                Ok(resp) => {
+                    self.failed
+                        .lock()
+                        .expect("failed witnesses lock")
+                        .remove(&target);
+                    *self.preferred.lock().expect("preferred lock") = Some(target);
+                    return Ok(resp.into_inner());
+                }
                 Err(status) => {
                     let err = ClientError::from_status(&status);
                     let redirect = status
@@ -165,21 +265,43 @@ impl Client {
                     if !retry {
                         return Err(last);
                     }
-                    if last.kind != "not-leader" && !failed.contains(&target) {
-                        failed.push(target.clone());
+                    if last.kind != "not-leader" {
+                        self.failed
+                            .lock()
+                            .expect("failed witnesses lock")
+                            .insert(target.clone(), tokio::time::Instant::now());
+                    }
+                    if !tried.contains(&target) {
+                        tried.push(target.clone());
                     }
                     match redirect {
-                        Some(leader) if leader != target && !failed.contains(&leader) => {
+                        Some(leader)
+                            if leader != target
+                                && !tried.contains(&leader)
+                                && !self.recently_failed(&leader) =>
+                        {
                             tracing::debug!(from = %target, to = %leader, "following the leader");
                             target = leader;
                         }
                         _ => {
-                            if failed.len() >= self.servers.len() {
-                                failed.clear();
+                            // Move on to a witness not tried in this round; pause only
+                            // when every one was tried.
+                            match order[next.min(order.len())..]
+                                .iter()
+                                .position(|a| !tried.contains(a))
+                            {
+                                Some(i) => {
+                                    next += i;
+                                    target = order[next].clone();
+                                    next += 1;
+                                }
+                                None => {
+                                    tried.clear();
+                                    next = 1;
+                                    target = order[0].clone();
+                                    tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                                }
                             }
-                            target = self.servers[next_server % self.servers.len()].clone();
-                            next_server += 1;
-                            tokio::time::sleep(RETRY_PAUSE).await;
                         }
                     }
                 }

@@ -162,10 +162,13 @@ impl Node {
             tables.clone(),
         ))
         .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
-        let fencing =
-            crate::fencing::Fencing::new(consensus.clone(), tables.clone(), metrics.clone());
-        let http =
-            crate::fencing::router(fencing.clone(), network.clone()).merge(telemetry.clone());
+        let fencing = crate::fencing::Fencing::new(
+            consensus.clone(),
+            network.clone(),
+            tables.clone(),
+            metrics.clone(),
+        );
+        let http = crate::fencing::router(fencing.clone()).merge(telemetry.clone());
         let routes = tonic::service::Routes::from(http)
             .add_service(raft_service)
             .add_service(api)

@@ -1,8 +1,9 @@
 //! The real `arbiter agent` binary against an in-process witness cluster: lease safety
 //! (S1) as seen from the databases' side. The old region's agent must run its on-lose
 //! command before the new region's agent runs on-gain, and an agent frozen with SIGSTOP
-//! past its deadline must not believe it still holds the lease when it resumes. An agent
-//! that starts without the lease fences its database once (fail closed).
+//! past its deadline must not believe it still holds the lease when it resumes. on-lose runs
+//! only for a lease that was held (a standby's agent never stops the standby); on-gain never
+//! delays the self-fence; the watchdog fences a frozen agent's database by the deadline.
 
 mod common;
 
@@ -20,9 +21,17 @@ struct Agent {
 
 impl Agent {
     fn start(cluster: &Cluster, dir: &Path, region: &str) -> Agent {
+        Agent::start_with(cluster, dir, region, &[])
+    }
+
+    /// An agent of `checkout` in `region` whose on-lose and on-gain append a timestamp to
+    /// `REGION.lose` and `REGION.gain`; `extra` are further arguments (a later `--on-gain`
+    /// replaces the default one).
+    fn start_with(cluster: &Cluster, dir: &Path, region: &str, extra: &[String]) -> Agent {
         let certs = cluster.certs.client.ca.parent().unwrap();
         let log = std::fs::File::create(dir.join(format!("{region}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+        command
             .args(["agent", "--server", &cluster.addrs().join(","), "--tls-dir"])
             .arg(certs)
             .args([
@@ -34,12 +43,16 @@ impl Agent {
                 &format!("db-{region}"),
             ])
             .arg("--on-lose")
-            .arg(format!("date +%s%N >> {}/{region}.lose", dir.display()))
-            .arg("--on-gain")
-            .arg(format!("date +%s%N >> {}/{region}.gain", dir.display()))
+            .arg(stamp(dir, region, "lose"));
+        if !extra.iter().any(|a| a == "--on-gain") {
+            command.arg("--on-gain").arg(stamp(dir, region, "gain"));
+        }
+        let child = command
             .arg("--state-file")
             .arg(dir.join(format!("{region}.json")))
             .args(["--retry-ms", "100"])
+            .args(extra)
+            .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -79,12 +92,45 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
+impl Agent {
+    /// SIGKILL, as a crash or the OOM killer would: the agent runs nothing on the way out.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (`systemctl stop`) and wait for the exit.
+    fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    /// `arbiter agent --after-exit` (the unit's ExecStopPost) with this agent's settings.
+    fn after_exit(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["agent", "--after-exit", "--group", "checkout", "--region"])
+            .arg(&self.region)
+            .arg("--on-lose")
+            .arg(stamp(&self.dir, &self.region, "lose"))
+            .arg("--state-file")
+            .arg(self.dir.join(format!("{}.json", self.region)))
+            .output()
+            .expect("arbiter agent --after-exit runs")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child by its pid; it may have exited already.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A shell command appending a wall-clock timestamp (ns) to `DIR/REGION.KIND`.
+fn stamp(dir: &Path, region: &str, kind: &str) -> String {
+    format!("date +%s%N >> {}/{region}.{kind}", dir.display())
 }
 
 fn now_ns() -> u128 {
@@ -113,11 +159,15 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
     .await;
     assert!(!b.holding());
     assert!(b.events("gain").is_empty());
-    tracing::info!("--- region-b's agent, started without the lease, fenced its database once");
-    eventually("region-b's agent self-fences at start", || async {
-        (b.events("lose").len() == 1).then_some(())
+    tracing::info!(
+        "--- region-b's agent, started without the lease, is refused and fences nothing"
+    );
+    eventually("region-b's agent is refused", || async {
+        let s = b.state()?;
+        (s["holding"] == false && s["active"] == "region-a").then_some(())
     })
     .await;
+    assert!(b.events("lose").is_empty(), "never held: no on-lose");
     assert!(
         a.events("lose").is_empty(),
         "region-a's agent holds: no on-lose"
@@ -232,4 +282,401 @@ async fn agent_of_a_removed_group_self_fences_at_its_next_renewal() {
     assert_eq!(state["holding"], false, "{state}");
     drop(a);
     cluster.stop().await;
+}
+
+/// Whether process `pid` is gone (or a zombie: dead, only not reaped yet).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// The pids written one per line to `path`.
+fn pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Goal: the lease deadline fires while `--on-gain` is still running: on-lose runs by the
+/// deadline, and the whole process group of on-gain (the shell and what it started) is
+/// killed first. Method: region-a's on-gain starts a 60 s `sleep` in the background of its
+/// shell (both pids recorded) and waits for it; while it runs, checkout fails over to
+/// region-b. The old region's on-lose must run before the failover activates region-b (the
+/// leader activates only after the old lease's deadline), and both recorded processes must
+/// be gone. An agent that awaited on-gain inline would self-fence a minute late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_fires_while_on_gain_runs_and_kills_its_process_group() {
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let client = cluster.client();
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("on-gain.pids");
+    let on_gain = format!(
+        "{}; echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; wait",
+        stamp(&dir, "region-a", "gain"),
+        pids = pid_file.display()
+    );
+    let a = Agent::start_with(&cluster, &dir, "region-a", &["--on-gain".into(), on_gain]);
+
+    tracing::info!("--- region-a's agent gains the lease; its on-gain keeps running");
+    let gain_pids = eventually("on-gain started its sleep", || async {
+        let p = pids(&pid_file);
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    assert!(gain_pids.iter().all(|&p| !process_gone(p)), "on-gain runs");
+    assert!(a.events("lose").is_empty(), "holding: no on-lose yet");
+
+    tracing::info!("--- checkout fails over to region-b while on-gain still runs");
+    failover(&client, "checkout", "region-b")
+        .await
+        .expect("failover");
+    let activated = now_ns();
+    let lost = eventually("region-a's agent self-fences", || async {
+        a.events("lose").first().copied()
+    })
+    .await;
+    assert!(
+        lost < activated,
+        "on-lose ran {:.1} s after region-b was activated: the deadline waited for on-gain",
+        (lost - activated) as f64 / 1e9
+    );
+    tracing::info!("--- on-gain's process group is gone");
+    eventually("on-gain's shell and sleep are killed", || async {
+        gain_pids.iter().all(|&p| process_gone(p)).then_some(())
+    })
+    .await;
+    assert!(!a.holding());
+    drop(a);
+    cluster.stop().await;
+}
+
+/// Goal: a standby's agent, which never held the lease, never runs `--on-lose` (it would
+/// stop the DR database and grow the RPO); it runs `--on-start-without-lease` once instead,
+/// when one is given. Method: region-b's agent starts while region-a is active and is
+/// watched through several refused acquires; a second one is started with the start action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_agent_never_runs_on_lose_without_having_held_the_lease() {
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    tracing::info!("--- region-b's agent starts without the lease");
+    let b = Agent::start(&cluster, &dir, "region-b");
+    eventually("region-b's agent is refused and says so", || async {
+        let s = b.state()?;
+        (s["holding"] == false && s["active"] == "region-a").then_some(())
+    })
+    .await;
+    // Several refused acquires (every 100 ms) later, still no on-lose.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        b.events("lose").is_empty(),
+        "the standby's agent ran on-lose {} time(s) without ever holding the lease",
+        b.events("lose").len()
+    );
+    drop(b);
+    let _ = std::fs::remove_file(dir.join("region-b.json"));
+
+    tracing::info!("--- with --on-start-without-lease, that runs once instead");
+    let b = Agent::start_with(
+        &cluster,
+        &dir,
+        "region-b",
+        &[
+            "--on-start-without-lease".into(),
+            stamp(&dir, "region-b", "start"),
+        ],
+    );
+    eventually("the start action runs", || async {
+        (b.events("start").len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(b.events("start").len(), 1, "once, not at every refusal");
+    assert!(b.events("lose").is_empty());
+    drop(b);
+    cluster.stop().await;
+}
+
+/// Goal: the fence of last resort after the agent's process is gone (`--after-exit`, the
+/// unit's ExecStopPost) runs on-lose exactly when the agent died holding the lease, and
+/// never for a standby's agent or one that already fenced. Method: SIGKILL a holding agent
+/// and a standby's agent, SIGTERM another holder, then run `--after-exit` for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_exit_fences_only_an_agent_that_died_holding_the_lease() {
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut a = Agent::start(&cluster, &dir, "region-a");
+    let mut b = Agent::start(&cluster, &dir, "region-b");
+    eventually("region-a's agent holds", || async {
+        (a.holding() && !a.events("gain").is_empty()).then_some(())
+    })
+    .await;
+    eventually("region-b's agent is refused", || async {
+        b.state()
+            .map(|s| s["active"] == "region-a")
+            .unwrap_or(false)
+            .then_some(())
+    })
+    .await;
+
+    tracing::info!("--- both agents are killed; only the holder's database is fenced");
+    a.kill();
+    b.kill();
+    assert!(a.events("lose").is_empty() && b.events("lose").is_empty());
+    let out = b.after_exit();
+    assert!(out.status.success(), "{out:?}");
+    assert!(b.events("lose").is_empty(), "a standby is never fenced");
+    let out = a.after_exit();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        a.events("lose").len(),
+        1,
+        "the dead holder's database is fenced"
+    );
+
+    tracing::info!("--- a holder stopped cleanly fenced itself: nothing more after exit");
+    let _ = std::fs::remove_file(dir.join("region-a.lose"));
+    let _ = std::fs::remove_file(dir.join("region-a.json"));
+    let mut a = Agent::start(&cluster, &dir, "region-a");
+    eventually("region-a's new agent holds", || async {
+        a.holding().then_some(())
+    })
+    .await;
+    a.terminate();
+    assert_eq!(a.events("lose").len(), 1, "SIGTERM runs on-lose");
+    let out = a.after_exit();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        a.events("lose").len(),
+        1,
+        "no second fence after a clean stop"
+    );
+    drop((a, b));
+    cluster.stop().await;
+}
+
+/// Goal: the agent refuses bad hook timeouts and an `--after-exit` without a state file
+/// with exit 64 and a message naming the flag; no cluster is needed to say so.
+#[test]
+fn agent_refuses_bad_hook_timeouts_naming_the_flag() {
+    for (args, flag) in [
+        (vec!["--on-gain-timeout-ms", "0"], "--on-gain-timeout-ms"),
+        (vec!["--on-lose-timeout-ms", "0"], "--on-lose-timeout-ms"),
+        (
+            vec!["--on-lose-timeout-ms", "600001"],
+            "--on-lose-timeout-ms",
+        ),
+        (vec!["--watchdog-margin-ms", "0"], "--watchdog-margin-ms"),
+        (vec!["--after-exit"], "--state-file"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["agent", "--group", "checkout", "--region", "region-a"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+/// A stand-in watchdog for tests: a monitor thread that watches the stand-in file the agent
+/// kicks (appends bytes to) and kills the "database" process when no kick arrived for
+/// `timeout` after the first one, unless the last byte written was the magic close `V`.
+struct Monitor {
+    /// When the monitor killed the database (wall clock, ns), if it did.
+    fired: std::sync::Arc<std::sync::Mutex<Option<u128>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(device: &Path, timeout: std::time::Duration, database: u32) -> Monitor {
+        use std::sync::atomic::Ordering;
+        let fired = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, s, device) = (fired.clone(), stop.clone(), device.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut len = 0;
+            let mut last_kick: Option<std::time::Instant> = None;
+            while !s.load(Ordering::Relaxed) {
+                let bytes = std::fs::read(&device).unwrap_or_default();
+                if bytes.len() != len {
+                    len = bytes.len();
+                    // The magic close disarms; any other byte is a kick.
+                    last_kick = (bytes.last() != Some(&b'V')).then(std::time::Instant::now);
+                }
+                if last_kick.is_some_and(|k| k.elapsed() >= timeout) {
+                    // SAFETY: SIGKILL to the test's own child process by pid.
+                    unsafe { libc::kill(database as i32, libc::SIGKILL) };
+                    *f.lock().unwrap() = Some(now_ns());
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        Monitor {
+            fired,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn fired(&self) -> Option<u128> {
+        *self.fired.lock().unwrap()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lease of the watchdog tests: long enough that the watchdog's timeout (half of it)
+/// is well above scheduling noise on a loaded machine.
+const WATCHDOG_LEASE_MS: u64 = 4000;
+
+/// Freezes region-a's agent (SIGSTOP) while it holds a `WATCHDOG_LEASE_MS` lease and
+/// returns (agent, database, monitor, frozen at ns). `watchdog`: whether the agent kicks a
+/// stand-in device that the monitor watches.
+async fn freeze_holder(
+    cluster: &Cluster,
+    dir: &Path,
+    watchdog: bool,
+) -> (Agent, Child, Monitor, u128) {
+    let device = dir.join("watchdog");
+    std::fs::write(&device, b"").unwrap();
+    // A previous agent's state file must not pass for this one's.
+    let _ = std::fs::remove_file(dir.join("region-a.json"));
+    let database = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("the stand-in database starts");
+    let monitor = Monitor::start(
+        &device,
+        std::time::Duration::from_millis(WATCHDOG_LEASE_MS / 2),
+        database.id(),
+    );
+    let mut extra: Vec<String> = Vec::new();
+    if watchdog {
+        extra.extend(["--watchdog", "required", "--watchdog-device"].map(String::from));
+        extra.push(device.display().to_string());
+    }
+    let a = Agent::start_with(cluster, dir, "region-a", &extra);
+    eventually("region-a's agent holds the lease", || async {
+        let s = a.state()?;
+        (s["holding"] == true && s["event"] == "lease renewed").then_some(())
+    })
+    .await;
+    if watchdog {
+        let s = a.state().unwrap();
+        assert_eq!(s["watchdog_timeout_ms"], WATCHDOG_LEASE_MS / 2, "{s}");
+        assert!(!std::fs::read(&device).unwrap().is_empty(), "kicked");
+    }
+    a.signal(libc::SIGSTOP);
+    (a, database, monitor, now_ns())
+}
+
+/// A cluster whose `checkout` lease is [`WATCHDOG_LEASE_MS`], and the agents' directory.
+async fn watchdog_cluster() -> (Cluster, PathBuf) {
+    let cluster = Cluster::start(3).await;
+    let policy = POLICY.replacen(
+        "lease_ms = 1000",
+        &format!("lease_ms = {WATCHDOG_LEASE_MS}"),
+        1,
+    );
+    cluster.init_with(&policy).await;
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    (cluster, dir)
+}
+
+/// Generous for a loaded machine, and still well below the leader's lease wait.
+const WATCHDOG_MARGIN_NS: u128 = 1_500_000_000;
+const WATCHDOG_LEASE_NS: u128 = WATCHDOG_LEASE_MS as u128 * 1_000_000;
+
+/// Goal: the control of the watchdog test: without a watchdog, a frozen agent's database
+/// keeps running past the lease deadline (it would accept writes), so the watchdog test
+/// below can fail. Method: as below, without `--watchdog`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_agent_without_watchdog_leaves_its_database_running() {
+    let (cluster, dir) = watchdog_cluster().await;
+    tracing::info!("--- the agent freezes while holding; nothing kills its database");
+    let (a, mut database, monitor, _frozen) = freeze_holder(&cluster, &dir, false).await;
+    tokio::time::sleep(std::time::Duration::from_nanos(
+        (WATCHDOG_LEASE_NS + 2 * WATCHDOG_MARGIN_NS) as u64,
+    ))
+    .await;
+    assert!(
+        database.try_wait().unwrap().is_none(),
+        "nothing killed the database"
+    );
+    assert!(monitor.fired().is_none());
+    drop((a, monitor));
+    let _ = database.kill();
+    let _ = database.wait();
+    cluster.stop().await;
+}
+
+/// Goal: a frozen agent's database is killed by the watchdog before the lease deadline
+/// plus margin. Method: a [`WATCHDOG_LEASE_MS`] lease; a `sleep` stands for the database; a
+/// monitor thread plays the kernel's watchdog on a stand-in file with half the lease as
+/// timeout. The agent is SIGSTOPped while it holds the lease, and the monitor must kill
+/// the database within lease + margin of the freeze (the deadline is at most a lease after
+/// the freeze). The control is `frozen_agent_without_watchdog_leaves_its_database_running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_kills_a_frozen_agents_database_before_the_deadline() {
+    let (cluster, dir) = watchdog_cluster().await;
+    tracing::info!("--- the agent freezes while holding; the watchdog kills the database");
+    let (a, mut database, monitor, frozen) = freeze_holder(&cluster, &dir, true).await;
+    let fired = eventually("the watchdog fires", || async { monitor.fired() }).await;
+    let after = fired.saturating_sub(frozen);
+    assert!(
+        after < WATCHDOG_LEASE_NS + WATCHDOG_MARGIN_NS,
+        "the database was killed {:.2} s after the freeze: later than the lease ({} ms) plus margin",
+        after as f64 / 1e9,
+        WATCHDOG_LEASE_MS
+    );
+    assert!(
+        database.wait().unwrap().code().is_none(),
+        "killed by a signal"
+    );
+
+    drop((a, monitor));
+    cluster.stop().await;
+}
+
+/// Goal: `--watchdog required` refuses to start without the device (exit 64, naming the
+/// flag), while `automatic` runs without it.
+#[test]
+fn watchdog_required_refuses_to_start_without_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-watchdog");
+    let out = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["agent", "--group", "checkout", "--region", "region-a"])
+        .args(["--watchdog", "required", "--watchdog-device"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--watchdog required"), "{stderr}");
+    assert!(stderr.contains("no-such-watchdog"), "{stderr}");
 }

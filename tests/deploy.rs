@@ -63,6 +63,14 @@ fn stage_units(dir: &Path) -> Vec<String> {
     };
     unit("arbiter.service");
     unit("arbiter-agent@.service");
+    // The watchdog drop-in of the agent, verified with the agent's instance.
+    let agent_dropins = dir.join("arbiter-agent@.service.d");
+    std::fs::create_dir_all(&agent_dropins).unwrap();
+    std::fs::write(
+        agent_dropins.join("watchdog.conf"),
+        read("deploy/systemd/agent-watchdog.conf"),
+    )
+    .unwrap();
     // The drop-in for DNS on port 53, where systemd looks for drop-ins of that unit.
     let dropins = dir.join("arbiter.service.d");
     std::fs::create_dir_all(&dropins).unwrap();
@@ -98,9 +106,14 @@ fn verify(analyze: &Path, dir: &Path, units: &[String]) -> Result<Vec<String>, S
         .lines()
         .filter(|l| {
             l.contains(&*dir.to_string_lossy())
-                || ["arbiter.service", "arbiter-agent@", "dns-port-53.conf"]
-                    .iter()
-                    .any(|n| l.contains(n))
+                || [
+                    "arbiter.service",
+                    "arbiter-agent@",
+                    "dns-port-53.conf",
+                    "watchdog.conf",
+                ]
+                .iter()
+                .any(|n| l.contains(n))
         })
         .map(str::to_string)
         .collect();
@@ -199,13 +212,32 @@ fn systemd_units_use_the_real_command_line() {
         "--on-lose",
         "--on-gain",
         "--state-file",
+        "--on-start-without-lease",
+        "--watchdog",
     ] {
         assert!(flags.contains(&flag), "the agent unit must pass {flag}");
     }
-    assert_eq!(
-        unit_values(&agent, "ExecStopPost"),
-        ["-/bin/sh -c ${AGENT_ON_LOSE}"]
-    );
+    // The fence of last resort runs on-lose only when the agent died holding the lease.
+    let post = unit_values(&agent, "ExecStopPost");
+    assert_eq!(post.len(), 1, "{post:?}");
+    let post_words: Vec<&str> = post[0].split_whitespace().collect();
+    assert_eq!(post_words[0], format!("-{INSTALLED_BIN}"));
+    for word in [
+        "--after-exit",
+        "${AGENT_ON_LOSE}",
+        "/run/arbiter-agent/%i/state.json",
+    ] {
+        assert!(
+            post_words.contains(&word),
+            "ExecStopPost lacks {word}: {post:?}"
+        );
+    }
+    for flag in post_words.iter().filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "ExecStopPost passes {flag}, which `arbiter agent` does not have"
+        );
+    }
     assert_eq!(unit_values(&agent, "KillMode"), ["mixed"]);
 
     // Every variable the agent's command lines use is set in the example environment file.
@@ -221,6 +253,8 @@ fn systemd_units_use_the_real_command_line() {
         "AGENT_HOLDER",
         "AGENT_ON_LOSE",
         "AGENT_ON_GAIN",
+        "AGENT_ON_START_WITHOUT_LEASE",
+        "AGENT_WATCHDOG",
     ] {
         assert!(
             agent.contains(&format!("${{{var}}}")),
@@ -229,6 +263,17 @@ fn systemd_units_use_the_real_command_line() {
         assert!(set.contains(var), "agent.env.example does not set {var}");
     }
     assert!(set.contains("ARBITER_SERVERS"));
+    // The documented self-fence must not hang when the region is cut off (see
+    // tests/postgres_self_fence.rs): an immediate stop, never a fast one alone.
+    let on_lose = env
+        .lines()
+        .find_map(|l| l.strip_prefix("AGENT_ON_LOSE="))
+        .expect("AGENT_ON_LOSE is set");
+    assert!(on_lose.contains("-m immediate"), "{on_lose}");
+    // The watchdog drop-in grants the device, and only it.
+    let dropin = read("deploy/systemd/agent-watchdog.conf");
+    assert_eq!(unit_values(&dropin, "DeviceAllow"), ["/dev/watchdog rw"]);
+    assert_eq!(unit_values(&dropin, "DevicePolicy"), ["closed"]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -345,15 +345,10 @@ async fn play(
     );
 
     for region in REGIONS {
-        let config = crate::agent::AgentConfig {
-            group: GROUP.to_string(),
-            region: region.to_string(),
-            holder: format!("demo-agent-{region}"),
-            on_lose: None,
-            on_gain: None,
-            state_file: Some(agent_file(dir, region)),
-            retry: AGENT_RETRY,
-        };
+        let mut config =
+            crate::agent::AgentConfig::new(GROUP, region, &format!("demo-agent-{region}"));
+        config.state_file = Some(agent_file(dir, region));
+        config.retry = AGENT_RETRY;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::agent::run(config, client.clone(), async {
             let _ = stopped.await;

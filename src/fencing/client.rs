@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientError};
+use crate::client::{CallBounds, Client, ClientError};
 use crate::proto;
 use crate::proto::fencing_client::FencingClient;
 
@@ -38,6 +38,13 @@ impl LeaseState {
     }
 }
 
+/// Each attempt of a holder that knows its lease gets at most this fraction of it: a
+/// witness that does not answer (a cut link, a dead leader) then costs a fifth of the lease,
+/// not the default RPC timeout, and the next witness is tried while the lease still runs.
+const LEASE_ATTEMPT_FRACTION: u32 = 5;
+/// The shortest attempt: a TLS handshake and a forwarded read across a WAN fit in it.
+const ATTEMPT_MIN: Duration = Duration::from_millis(200);
+
 /// A holder of the lease of one (group, region).
 #[derive(Clone)]
 pub struct LeaseClient {
@@ -45,6 +52,8 @@ pub struct LeaseClient {
     group: String,
     region: String,
     holder: String,
+    /// Time limits of each call: the client's defaults until a lease is known.
+    bounds: CallBounds,
 }
 
 impl LeaseClient {
@@ -54,7 +63,28 @@ impl LeaseClient {
             group: group.to_string(),
             region: region.to_string(),
             holder: holder.to_string(),
+            bounds: CallBounds::default(),
         }
+    }
+
+    /// Bounds every later call by `lease`: an attempt gets a fifth of it (at least
+    /// [`ATTEMPT_MIN`], at most the default), the whole call at most the lease: past that
+    /// the lease is gone anyway.
+    pub fn bound_by_lease(&mut self, lease: Duration) {
+        let default = CallBounds::default();
+        self.bounds = CallBounds {
+            attempt: (lease / LEASE_ATTEMPT_FRACTION)
+                .max(ATTEMPT_MIN)
+                .min(default.attempt),
+            total: lease.max(ATTEMPT_MIN).min(default.total),
+        };
+    }
+
+    /// `req` with the attempt's deadline, so a follower forwarding it knows its budget.
+    fn with_deadline(&self, req: &proto::LeaseRequest) -> tonic::Request<proto::LeaseRequest> {
+        let mut r = tonic::Request::new(req.clone());
+        r.set_timeout(self.bounds.attempt);
+        r
     }
 
     pub fn group(&self) -> &str {
@@ -80,8 +110,8 @@ impl LeaseClient {
         let sent = Instant::now();
         let reply = self
             .client
-            .call_channel(|ch| {
-                let req = req.clone();
+            .call_channel_within(self.bounds, |ch| {
+                let req = self.with_deadline(&req);
                 async move { FencingClient::new(ch).acquire(req).await }
             })
             .await;
@@ -94,8 +124,8 @@ impl LeaseClient {
         let sent = Instant::now();
         let reply = self
             .client
-            .call_channel(|ch| {
-                let req = req.clone();
+            .call_channel_within(self.bounds, |ch| {
+                let req = self.with_deadline(&req);
                 async move { FencingClient::new(ch).renew(req).await }
             })
             .await;
@@ -106,8 +136,8 @@ impl LeaseClient {
     pub async fn check(&self, epoch: u64) -> Result<proto::LeaseReply, ClientError> {
         let req = self.request(epoch);
         self.client
-            .call_channel(|ch| {
-                let req = req.clone();
+            .call_channel_within(self.bounds, |ch| {
+                let req = self.with_deadline(&req);
                 async move { FencingClient::new(ch).check(req).await }
             })
             .await

@@ -21,28 +21,25 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::service::{Fencing, LeaseKind};
+use super::service::{Fencing, LeaseKind, FORWARD_TIMEOUT_MAX};
 use crate::api::ApiError;
 use crate::proto;
-use crate::proto::fencing_client::FencingClient;
-use crate::raft::{ConsensusError, Network};
 
 #[derive(Clone)]
 struct AppState {
+    /// Decides, or forwards to the leader.
     fencing: Fencing,
-    /// Channels to the leader for forwarding.
-    network: Network,
 }
 
 /// The HTTP routes, to be served beside the gRPC services.
-pub fn router(fencing: Fencing, network: Network) -> Router {
+pub fn router(fencing: Fencing) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/groups/{group}", get(group))
         .route("/v1/groups/{group}/fence", get(fence))
         .route("/v1/groups/{group}/acquire", post(acquire))
         .route("/v1/groups/{group}/renew", post(renew))
-        .with_state(AppState { fencing, network })
+        .with_state(AppState { fencing })
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -81,43 +78,22 @@ fn lease_response(reply: &proto::LeaseReply) -> Response {
 
 /// Decides here, or asks the leader when this witness is not the leader.
 async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> Response {
-    match state.fencing.decide(kind, &req).await {
+    match state
+        .fencing
+        .answer(kind, &req, false, FORWARD_TIMEOUT_MAX)
+        .await
+    {
         Ok(reply) => lease_response(&reply),
-        Err(ApiError::Consensus(ConsensusError::NotLeader {
-            leader_addr: Some(addr),
-            ..
-        })) => match forward(&state.network, &addr, kind, req).await {
-            Ok(reply) => lease_response(&reply),
-            Err(status) => {
-                let kind = status
-                    .metadata()
-                    .get(crate::api::META_ERROR)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("unavailable")
-                    .to_string();
-                kind_response(&kind, &format!("leader {addr}: {}", status.message()))
-            }
-        },
-        Err(e) => error_response(&e),
+        Err(status) => {
+            let kind = status
+                .metadata()
+                .get(crate::api::META_ERROR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("unavailable")
+                .to_string();
+            kind_response(&kind, status.message())
+        }
     }
-}
-
-async fn forward(
-    network: &Network,
-    addr: &str,
-    kind: LeaseKind,
-    req: proto::LeaseRequest,
-) -> Result<proto::LeaseReply, tonic::Status> {
-    let channel = network
-        .channel(addr)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut client = FencingClient::new(channel);
-    let reply = match kind {
-        LeaseKind::Acquire => client.acquire(req).await?,
-        LeaseKind::Renew => client.renew(req).await?,
-        LeaseKind::Check => client.check(req).await?,
-    };
-    Ok(reply.into_inner())
 }
 
 async fn fence(

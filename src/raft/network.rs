@@ -90,7 +90,8 @@ impl LinkFaults {
         self.0.write().expect("link faults lock").clear();
     }
 
-    fn is_cut(&self, addr: &str) -> bool {
+    /// Whether the link to `addr` is cut.
+    pub fn is_cut(&self, addr: &str) -> bool {
         self.0.read().expect("link faults lock").contains(addr)
     }
 }
