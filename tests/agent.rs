@@ -680,3 +680,37 @@ fn watchdog_required_refuses_to_start_without_the_device() {
     assert!(stderr.contains("--watchdog required"), "{stderr}");
     assert!(stderr.contains("no-such-watchdog"), "{stderr}");
 }
+
+/// Goal: an agent frozen past its deadline (its watchdog armed, the database already killed
+/// by it) runs on-lose as soon as it resumes, before anything else: it never carries on as
+/// if it still held the lease. Its region is still active, so it then gains it afresh.
+/// Method: freeze as in the watchdog test, wait past the deadline, SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_fences_as_soon_as_it_resumes() {
+    let (cluster, dir) = watchdog_cluster().await;
+    let (a, mut database, monitor, _frozen) = freeze_holder(&cluster, &dir, true).await;
+    let gains_before = a.events("gain").len();
+    tokio::time::sleep(std::time::Duration::from_nanos(
+        (WATCHDOG_LEASE_NS + 2 * WATCHDOG_MARGIN_NS) as u64,
+    ))
+    .await;
+    tracing::info!("--- the agent resumes after its deadline");
+    a.signal(libc::SIGCONT);
+    let resumed = now_ns();
+    let lost = eventually("the resumed agent fences", || async {
+        a.events("lose").into_iter().find(|t| *t > resumed)
+    })
+    .await;
+    let regained = eventually("the agent gains the lease again", || async {
+        a.events("gain").get(gains_before).copied()
+    })
+    .await;
+    assert!(
+        lost < regained,
+        "on-lose ({lost}) ran before the lease was gained again ({regained})"
+    );
+    drop((a, monitor));
+    let _ = database.kill();
+    let _ = database.wait();
+    cluster.stop().await;
+}

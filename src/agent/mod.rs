@@ -33,9 +33,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::wallclock::now_ms;
 use crate::client::Client;
 use crate::fencing::{LeaseClient, LeaseState};
+use crate::wallclock::now_ms;
 use hook::{Outcome, Running, Spec};
 
 /// Default bound of `--on-gain`: a promotion or a service start may take a while, and it
