@@ -872,6 +872,64 @@ async fn postgres_hooks_verify_the_server_with_sslmode_verify_full() {
     );
 }
 
+/// Goal: the self-fence the docs recommend (`pg_ctl stop -m immediate`, or a bounded fast
+/// stop that falls back to it) returns at once when the region is cut off from its
+/// standby, whereas `pg_ctl stop -m fast` hangs: a fast shutdown waits until the standby
+/// has flushed the shutdown checkpoint, so an unreachable standby keeps the on-lose command
+/// from returning for pg_ctl's whole timeout (new sessions are refused at once all the
+/// same). Method: the standby's WAL receiver is frozen with SIGSTOP (the TCP link stays up
+/// and nothing is acknowledged, as across a cut); the primary writes, then a fast stop with
+/// a short timeout is timed, then an immediate stop of the same server.
+#[test]
+fn immediate_self_fence_returns_while_the_standby_is_unreachable() {
+    if !pg::available() {
+        return;
+    }
+    common::init_tracing();
+    let env = PgEnv::new();
+    let primary = env.primary("cut-primary");
+    let standby = env.standby_of(&primary, "cut-standby");
+    let receiver: i32 = standby
+        .sql("SELECT pid FROM pg_stat_wal_receiver")
+        .parse()
+        .expect("a streaming standby has a WAL receiver");
+    // SAFETY: the receiver is a process of the test's own standby server.
+    assert_eq!(unsafe { libc::kill(receiver, libc::SIGSTOP) }, 0);
+    primary.sql("CREATE TABLE cut (x int); INSERT INTO cut SELECT generate_series(1, 1000)");
+
+    tracing::info!("--- a fast stop waits for the unreachable standby");
+    const FAST_TIMEOUT_S: u64 = 6;
+    let (fast_ok, fast_took, fast_said) =
+        env.pg_ctl_stop(&primary, &["-m", "fast", "-t", &FAST_TIMEOUT_S.to_string()]);
+    assert!(
+        !fast_ok && fast_took >= Duration::from_secs(FAST_TIMEOUT_S),
+        "the fast stop returned after {fast_took:?} ({fast_ok}): {fast_said}"
+    );
+    assert!(
+        primary.psql("SELECT 1").is_err(),
+        "new sessions are refused while it waits"
+    );
+
+    tracing::info!("--- the immediate stop (the fallback) ends it at once");
+    let (ok, took, said) = env.pg_ctl_stop(&primary, &["-m", "immediate", "-t", "60"]);
+    assert!(ok, "{said}");
+    assert!(
+        took < fast_took,
+        "the immediate stop took {took:?}, the fast one {fast_took:?}"
+    );
+    assert!(
+        !primary.data.join("postmaster.pid").exists(),
+        "the postmaster is gone"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(receiver, libc::SIGCONT) };
+    tracing::info!(
+        ?fast_took,
+        ?took,
+        "fast stop with an unreachable standby vs immediate stop"
+    );
+}
+
 fn hook_ctx(step: &str, epoch: u64) -> HookContext {
     HookContext {
         group: "checkout".into(),

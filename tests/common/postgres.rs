@@ -179,6 +179,21 @@ impl PgEnv {
         }
     }
 
+    /// Runs `pg_ctl stop -D <data> ARGS` for `pg` as the server user; whether it exited 0,
+    /// how long it took, and what it printed.
+    pub fn pg_ctl_stop(&self, pg: &Postgres, args: &[&str]) -> (bool, Duration, String) {
+        let mut command = self.tool("pg_ctl");
+        command.arg("stop").arg("-D").arg(&pg.data).args(args);
+        let start = Instant::now();
+        let out = output(command, "pg_ctl stop");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), start.elapsed(), text)
+    }
+
     fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
