@@ -401,11 +401,7 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        let code = match e.kind.as_str() {
-            "unavailable" | "transport" | "shutting-down" => EXIT_UNAVAILABLE,
-            "invalid-argument" | "invalid-policy" => EXIT_CONFIG as u8,
-            _ => EXIT_REFUSED,
-        };
+        let code = e.kind.exit_code();
         Failure {
             code,
             message: format!("{} ({})", e.message, e.kind),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use crate::api::{META_ERROR, META_LEADER_ADDR};
+use crate::api::{ErrorKind, META_ERROR, META_LEADER_ADDR};
 use crate::proto::arbiter_client::ArbiterClient;
 use crate::tls::{TlsMaterial, TlsPaths};
 
@@ -54,7 +54,7 @@ impl Default for CallBounds {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ClientError {
-    pub kind: String,
+    pub kind: ErrorKind,
     pub code: Code,
     pub message: String,
 }
@@ -66,10 +66,13 @@ impl ClientError {
             .metadata()
             .get(META_ERROR)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| match s.code() {
-                Code::Unavailable | Code::DeadlineExceeded => "unavailable".to_string(),
-                _ => "transport".to_string(),
+            .map(|name| ErrorKind::parse(name).unwrap_or(ErrorKind::Internal))
+            .unwrap_or(match s.code() {
+                Code::Unavailable => ErrorKind::Unavailable,
+                // The request may have been applied: only a look, or a retry with the same
+                // request id, can tell.
+                Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Indeterminate,
+                _ => ErrorKind::Transport,
             });
         ClientError {
             kind,
@@ -78,9 +81,9 @@ impl ClientError {
         }
     }
 
-    fn local(kind: &str, message: String) -> Self {
+    fn local(kind: ErrorKind, message: String) -> Self {
         ClientError {
-            kind: kind.to_string(),
+            kind,
             code: Code::Unavailable,
             message,
         }
@@ -110,12 +113,12 @@ impl Client {
         crate::tls::install_crypto_provider();
         if servers.is_empty() {
             return Err(ClientError::local(
-                "invalid-argument",
+                ErrorKind::InvalidArgument,
                 "no witness address given (--server)".into(),
             ));
         }
-        let material =
-            TlsMaterial::load(tls).map_err(|e| ClientError::local("tls", e.to_string()))?;
+        let material = TlsMaterial::load(tls)
+            .map_err(|e| ClientError::local(ErrorKind::Tls, e.to_string()))?;
         Ok(Client {
             servers,
             tls: material.client_config(None),
@@ -145,7 +148,10 @@ impl Client {
         let endpoint = Endpoint::from_shared(format!("https://{addr}"))
             .and_then(|e| e.tls_config(self.tls.clone()))
             .map_err(|e| {
-                ClientError::local("invalid-argument", format!("witness address {addr:?}: {e}"))
+                ClientError::local(
+                    ErrorKind::InvalidArgument,
+                    format!("witness address {addr:?}: {e}"),
+                )
             })?;
         Ok(endpoint
             .connect_timeout(CONNECT_TIMEOUT)
@@ -213,7 +219,7 @@ impl Client {
         let mut next = 0;
         let mut target = order[0].clone();
         next += 1;
-        let mut last = ClientError::local("unavailable", "no witness answered".into());
+        let mut last = ClientError::local(ErrorKind::Unavailable, "no witness answered".into());
         let started = tokio::time::Instant::now();
         // Addresses tried in this round without reaching a leader: a redirect to one of
         // them is not followed until the round is over.
@@ -254,10 +260,7 @@ impl Client {
                         .get(META_LEADER_ADDR)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
-                    let retry = matches!(
-                        err.kind.as_str(),
-                        "not-leader" | "unavailable" | "transport" | "shutting-down"
-                    );
+                    let retry = err.kind.retryable();
                     last = ClientError {
                         message: format!("{target}: {}", err.message),
                         ..err
@@ -265,7 +268,7 @@ impl Client {
                     if !retry {
                         return Err(last);
                     }
-                    if last.kind != "not-leader" {
+                    if last.kind != ErrorKind::NotLeader {
                         self.failed
                             .lock()
                             .expect("failed witnesses lock")
@@ -312,18 +315,48 @@ impl Client {
 
     /// A streaming call (watch) to the first witness that answers; no leader needed.
     pub async fn connect_any(&self) -> Result<ArbiterClient<Channel>, ClientError> {
-        let mut last = ClientError::local("unavailable", "no witness answered".into());
+        let mut last = ClientError::local(ErrorKind::Unavailable, "no witness answered".into());
         for addr in &self.servers {
             match Endpoint::from_shared(format!("https://{addr}"))
                 .and_then(|e| e.tls_config(self.tls.clone()))
             {
                 Ok(e) => match e.connect_timeout(CONNECT_TIMEOUT).connect().await {
                     Ok(ch) => return Ok(ArbiterClient::new(ch)),
-                    Err(err) => last = ClientError::local("unavailable", format!("{addr}: {err}")),
+                    Err(err) => {
+                        last = ClientError::local(ErrorKind::Unavailable, format!("{addr}: {err}"))
+                    }
                 },
-                Err(err) => last = ClientError::local("invalid-argument", format!("{addr}: {err}")),
+                Err(err) => {
+                    last = ClientError::local(ErrorKind::InvalidArgument, format!("{addr}: {err}"))
+                }
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    /// Goal: the client keeps the cluster's kind, and a deadline is indeterminate (the
+    /// request may have been applied), never a definite "unavailable".
+    #[test]
+    fn statuses_keep_their_kind_and_a_deadline_is_indeterminate() {
+        let e = ClientError::from_status(&Status::deadline_exceeded("no answer"));
+        assert_eq!(e.kind, ErrorKind::Indeterminate);
+        assert!(!e.kind.definite());
+        let e = ClientError::from_status(&Status::unavailable("refused"));
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        let refused: Status =
+            crate::api::ApiError::from(crate::state::Refusal::OperationInProgress {
+                group: "g".into(),
+                operation: 3,
+            })
+            .into();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let e = ClientError::from_status(&refused);
+        assert_eq!(e.kind, ErrorKind::OperationInProgress);
+        assert!(e.kind.definite() && !e.kind.retryable());
     }
 }

@@ -447,7 +447,7 @@ async fn http_hook_posts_signed_context() {
         body,
         serde_json::json!({
             "group": "checkout", "from": "region-a", "to": "region-b",
-            "epoch": 7, "operation": 42, "step": "promote",
+            "epoch": 7, "operation": 42, "step": "promote", "witness": 1, "term": 1,
         })
     );
     assert_eq!(request.headers["content-type"], "application/json");

@@ -176,10 +176,18 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
     })
     .await;
 
+    tracing::info!("--- a second failover while one runs is a precondition, not an internal error");
+    let busy = start_failover(&client, "checkout", "region-c")
+        .await
+        .expect_err("one operation per group");
+    assert_eq!(busy.kind, "operation-in-progress", "{busy}");
+    assert_eq!(busy.code, tonic::Code::FailedPrecondition, "{busy}");
+
     tracing::info!("--- a policy without region-b is refused by the API");
     let dropped = policy(r#"["region-a", "region-c"]"#, 3_000);
     let refused = apply(&client, &dropped).await.expect_err("refused");
     assert!(refused.message.contains("region-b"), "{refused}");
+    assert_eq!(refused.code, tonic::Code::FailedPrecondition, "{refused}");
 
     tracing::info!("--- the same policy committed without the API's checks");
     let leader = cluster.leader().await;

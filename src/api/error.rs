@@ -4,8 +4,9 @@
 //! and address, so clients follow the leader without parsing messages.
 
 use tonic::metadata::MetadataValue;
-use tonic::{Code, Status};
+use tonic::Status;
 
+pub use super::kind::ErrorKind;
 use crate::config::ConfigError;
 use crate::raft::ConsensusError;
 use crate::state::Refusal;
@@ -41,83 +42,56 @@ impl ApiError {
         }
     }
 
-    /// The stable, machine-readable kind of this error.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of error this is (one enum, one mapping to codes: [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::Consensus(c) => match c {
-                ConsensusError::NotLeader { .. } => "not-leader",
-                ConsensusError::Unavailable(_) => "unavailable",
-                ConsensusError::Indeterminate(_) => "indeterminate",
-                ConsensusError::AlreadyInitialized { .. } => "already-initialized",
-                ConsensusError::Membership(_) => "membership",
-                ConsensusError::Storage(_) => "storage",
-                ConsensusError::ShuttingDown => "shutting-down",
-                ConsensusError::TooLarge { .. } => "invalid-argument",
+                ConsensusError::NotLeader { .. } => ErrorKind::NotLeader,
+                ConsensusError::Unavailable(_) => ErrorKind::Unavailable,
+                ConsensusError::Indeterminate(_) => ErrorKind::Indeterminate,
+                ConsensusError::AlreadyInitialized { .. } => ErrorKind::AlreadyInitialized,
+                ConsensusError::Membership(_) => ErrorKind::Membership,
+                ConsensusError::Storage(_) => ErrorKind::Storage,
+                ConsensusError::ShuttingDown => ErrorKind::ShuttingDown,
+                ConsensusError::TooLarge { .. } => ErrorKind::InvalidArgument,
             },
             ApiError::Refused(r) => match r {
-                Refusal::UnknownGroup { .. } => "unknown-group",
-                Refusal::NotCandidate { .. } => "not-candidate",
-                Refusal::AlreadyActive { .. } => "already-active",
-                Refusal::Frozen { .. } => "frozen",
-                Refusal::StalePolicy { .. } => "stale-policy",
-                Refusal::NoPolicy => "no-policy",
-                Refusal::ActiveRemoved { .. } => "active-removed",
-                Refusal::AlreadyBootstrapped { .. } => "already-initialized",
-                Refusal::ReasonTooLong { .. } => "invalid-argument",
-                Refusal::OperationInProgress { .. } => "operation-in-progress",
-                Refusal::UnknownOperation { .. } => "unknown-operation",
-                Refusal::OperationState { .. } => "operation-state",
-                Refusal::WrongStep { .. } => "wrong-step",
-                Refusal::NotSkippable { .. } => "not-skippable",
-                Refusal::AlreadyActivated { .. } => "already-activated",
-                Refusal::UnknownRegion { .. } => "unknown-region",
-                Refusal::OperationRegionRemoved { .. } => "operation-region-removed",
-                Refusal::RemovalsPending { .. } => "removals-pending",
-                Refusal::InvalidPolicy { .. } => "invalid-policy",
-                Refusal::FieldTooLong { .. } => "invalid-argument",
-                Refusal::PromoteStarted { .. } => "promote-started",
-                Refusal::EpochsExhausted { .. } => "epochs-exhausted",
+                Refusal::UnknownGroup { .. } => ErrorKind::UnknownGroup,
+                Refusal::NotCandidate { .. } => ErrorKind::NotCandidate,
+                Refusal::AlreadyActive { .. } => ErrorKind::AlreadyActive,
+                Refusal::Frozen { .. } => ErrorKind::Frozen,
+                Refusal::StalePolicy { .. } => ErrorKind::StalePolicy,
+                Refusal::NoPolicy => ErrorKind::NoPolicy,
+                Refusal::ActiveRemoved { .. } => ErrorKind::ActiveRemoved,
+                Refusal::AlreadyBootstrapped { .. } => ErrorKind::AlreadyInitialized,
+                Refusal::ReasonTooLong { .. } | Refusal::FieldTooLong { .. } => {
+                    ErrorKind::InvalidArgument
+                }
+                Refusal::OperationInProgress { .. } => ErrorKind::OperationInProgress,
+                Refusal::UnknownOperation { .. } => ErrorKind::UnknownOperation,
+                Refusal::OperationState { .. } => ErrorKind::OperationState,
+                Refusal::WrongStep { .. } => ErrorKind::WrongStep,
+                Refusal::NotSkippable { .. } => ErrorKind::NotSkippable,
+                Refusal::AlreadyActivated { .. } => ErrorKind::AlreadyActivated,
+                Refusal::UnknownRegion { .. } => ErrorKind::UnknownRegion,
+                Refusal::OperationRegionRemoved { .. } => ErrorKind::OperationRegionRemoved,
+                Refusal::RemovalsPending { .. } => ErrorKind::RemovalsPending,
+                Refusal::InvalidPolicy { .. } => ErrorKind::InvalidPolicy,
+                Refusal::PromoteStarted { .. } => ErrorKind::PromoteStarted,
+                Refusal::EpochsExhausted { .. } => ErrorKind::EpochsExhausted,
             },
-            ApiError::InvalidArgument { .. } => "invalid-argument",
-            ApiError::Policy(_) => "invalid-policy",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
-    fn code(&self) -> Code {
-        match self.kind() {
-            "not-leader" => Code::FailedPrecondition,
-            "unavailable" | "shutting-down" => Code::Unavailable,
-            "indeterminate" => Code::Unknown,
-            "already-initialized" => Code::AlreadyExists,
-            "unknown-group" | "unknown-operation" | "unknown-region" => Code::NotFound,
-            "stale-policy" => Code::Aborted,
-            "invalid-argument" | "invalid-policy" => Code::InvalidArgument,
-            "not-candidate"
-            | "already-active"
-            | "frozen"
-            | "no-policy"
-            | "active-removed"
-            | "membership"
-            | "operation-in-progress"
-            | "operation-state"
-            | "wrong-step"
-            | "not-skippable"
-            | "already-activated"
-            | "operation-region-removed"
-            | "promote-started"
-            | "epochs-exhausted" => Code::FailedPrecondition,
-            "removals-pending" => Code::Unavailable,
-            _ => Code::Internal,
+            ApiError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            ApiError::Policy(_) => ErrorKind::InvalidPolicy,
+            ApiError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let mut status = Status::new(e.code(), e.to_string());
+        let mut status = Status::new(e.kind().grpc_code(), e.to_string());
         let meta = status.metadata_mut();
-        meta.insert(META_ERROR, MetadataValue::from_static(e.kind()));
+        meta.insert(META_ERROR, MetadataValue::from_static(e.kind().as_str()));
         if let ApiError::Consensus(ConsensusError::NotLeader {
             leader_id,
             leader_addr,

@@ -3,7 +3,9 @@
 //! touches storage directly.
 
 mod error;
+mod kind;
 mod service;
 
 pub use error::{ApiError, META_ERROR, META_LEADER_ADDR, META_LEADER_ID};
+pub use kind::ErrorKind;
 pub use service::{new_request_id, ApiService};

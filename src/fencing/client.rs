@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::api::ErrorKind;
 use crate::client::{CallBounds, Client, ClientError};
 use crate::proto;
 use crate::proto::fencing_client::FencingClient;
@@ -153,10 +154,10 @@ fn answer(
 ) -> Result<LeaseState, ClientError> {
     match reply {
         Ok(reply) => Ok(state_from(sent, reply)),
-        Err(e) if e.kind == "unknown-group" => Ok(LeaseState::Refused {
+        Err(e) if e.kind == ErrorKind::UnknownGroup => Ok(LeaseState::Refused {
             active: String::new(),
             epoch: 0,
-            refusal: e.kind,
+            refusal: e.kind.as_str().to_string(),
             message: e.message,
         }),
         Err(e) => Err(e),

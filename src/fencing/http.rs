@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::service::{Fencing, LeaseKind, FORWARD_TIMEOUT_MAX};
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorKind};
 use crate::proto;
 
 #[derive(Clone)]
@@ -46,17 +46,15 @@ fn error_response(e: &ApiError) -> Response {
     kind_response(e.kind(), &e.to_string())
 }
 
-/// The one mapping of an error kind (see `api::ApiError::kind`) to an HTTP status.
-fn kind_response(kind: &str, message: &str) -> Response {
-    let status = match kind {
-        "invalid-argument" => StatusCode::BAD_REQUEST,
-        "unknown-group" | "unknown-region" => StatusCode::NOT_FOUND,
-        "not-leader" | "unavailable" | "shutting-down" | "transport" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, Json(json!({ "error": kind, "message": message }))).into_response()
+/// An error as an HTTP answer: the status from the one mapping ([`ErrorKind::http_status`]).
+fn kind_response(kind: ErrorKind, message: &str) -> Response {
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({ "error": kind.as_str(), "message": message })),
+    )
+        .into_response()
 }
 
 fn lease_response(reply: &proto::LeaseReply) -> Response {
@@ -85,13 +83,8 @@ async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> 
     {
         Ok(reply) => lease_response(&reply),
         Err(status) => {
-            let kind = status
-                .metadata()
-                .get(crate::api::META_ERROR)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("unavailable")
-                .to_string();
-            kind_response(&kind, status.message())
+            let kind = crate::client::ClientError::from_status(&status).kind;
+            kind_response(kind, status.message())
         }
     }
 }
