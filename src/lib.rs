@@ -55,6 +55,8 @@ pub mod demo;
 pub mod dns;
 pub mod fencing;
 pub mod health;
+#[cfg(feature = "unsafe-holes")]
+pub mod holes;
 pub mod hooks;
 pub mod leader;
 pub mod node;

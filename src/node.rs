@@ -96,6 +96,8 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Node, NodeError> {
         crate::tls::install_crypto_provider();
+        #[cfg(feature = "unsafe-holes")]
+        crate::holes::open_from_env().map_err(NodeError::Server)?;
         if let Some(addr) = config.probe_source {
             crate::health::check_source(addr).map_err(|e| NodeError::ProbeSource {
                 addr,

@@ -35,8 +35,98 @@ pub struct SystemOpts {
     pub down_after_ms: u64,
     /// Start every witness with the hidden `--unsafe-skip-lease-wait` flag.
     pub unsafe_skip_lease_wait: bool,
+    /// Closed safety holes opened again in every witness (`ARBITER_UNSAFE_HOLES`; a build
+    /// with the `unsafe-holes` feature).
+    pub unsafe_holes: Vec<String>,
     /// Run witnesses and agents under libfaketime (needed by the clock nemesis).
     pub faketime: bool,
+}
+
+/// The group's settings the policy nemesis changes; the rest of the policy is fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// The group is in the policy (removed when false).
+    pub present: bool,
+    pub candidates: [&'static str; 2],
+    pub mode: &'static str,
+    pub lease_ms: u64,
+    pub clock_drift_percent: u64,
+    pub lease_margin_ms: u64,
+    pub down_after_ms: u64,
+}
+
+impl PolicySpec {
+    /// The policy a run starts with and every policy fault heals back to.
+    pub fn base(opts: &SystemOpts) -> PolicySpec {
+        PolicySpec {
+            present: true,
+            candidates: ["region-a", "region-b"],
+            mode: "auto",
+            lease_ms: opts.lease_ms,
+            clock_drift_percent: 5,
+            lease_margin_ms: 500,
+            down_after_ms: opts.down_after_ms,
+        }
+    }
+}
+
+/// The parts of the run's policy that no fault changes: DNS, probes.
+#[derive(Debug, Clone)]
+pub struct PolicyParts {
+    pub dns: String,
+    pub group_dns: String,
+    pub probes_a: String,
+    pub probes_b: String,
+}
+
+impl PolicyParts {
+    /// The policy TOML for `spec`.
+    pub fn render(&self, spec: &PolicySpec) -> String {
+        let group = if spec.present {
+            format!(
+                r#"[[groups]]
+name = "{GROUP}"
+candidates = ["{c0}", "{c1}"]
+mode = "{mode}"
+lease_ms = {lease}
+clock_drift_percent = {drift}
+lease_margin_ms = {margin}
+down_after_ms = {down}
+cooldown_ms = 2000
+failback_after_ms = {failback}
+step_attempts = 3
+{group_dns}"#,
+                c0 = spec.candidates[0],
+                c1 = spec.candidates[1],
+                mode = spec.mode,
+                lease = spec.lease_ms,
+                drift = spec.clock_drift_percent,
+                margin = spec.lease_margin_ms,
+                down = spec.down_after_ms,
+                failback = (spec.down_after_ms * 4).max(4_000),
+                group_dns = self.group_dns,
+            )
+        } else {
+            "# The group is removed by the policy nemesis.\n".to_string()
+        };
+        format!(
+            r#"# Policy of the jepsen run (generated): one automatic group with short timings, its
+# record in a zone served by every witness and by BIND (updated with RFC 2136).
+{dns}
+[[regions]]
+name = "region-a"
+{pa}
+
+[[regions]]
+name = "region-b"
+{pb}
+
+{group}"#,
+            dns = self.dns,
+            pa = self.probes_a,
+            pb = self.probes_b,
+        )
+    }
 }
 
 /// The processes and files of one run.
@@ -44,6 +134,8 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     pub dir: PathBuf,
     pub bin: PathBuf,
+    /// The fixed parts of the policy; the policy nemesis renders variations of it.
+    pub policy: PolicyParts,
     pub opts: SystemOpts,
     /// By host name.
     pub witnesses: BTreeMap<String, Proc>,
@@ -265,47 +357,23 @@ rpc_timeout_ms = 500
             .context("the plan has no DNS host")?;
         let bind_files =
             crate::dns::write_bind_files(&dir.join("nodes").join(&dns_host.name), &dns_host.ip)?;
-        let policy = format!(
-            r#"# Policy of the jepsen run (generated): one automatic group with short timings, its
-# record in a zone served by every witness and by BIND (updated with RFC 2136).
-{dns}
-[[regions]]
-name = "region-a"
-{pa}
-
-[[regions]]
-name = "region-b"
-{pb}
-
-[[groups]]
-name = "{GROUP}"
-candidates = ["region-a", "region-b"]
-mode = "auto"
-lease_ms = {lease}
-clock_drift_percent = 5
-lease_margin_ms = 500
-down_after_ms = {down}
-cooldown_ms = 2000
-failback_after_ms = {failback}
-step_attempts = 3
-{group_dns}"#,
-            dns = crate::dns::policy_table(
+        let parts = PolicyParts {
+            dns: crate::dns::policy_table(
                 &witnesses.iter().map(|h| (*h).clone()).collect::<Vec<_>>(),
                 dns_host,
-                &bind_files.secret
+                &bind_files.secret,
             ),
-            group_dns = crate::dns::group_table(),
-            pa = probes(&db_ip("region-a")),
-            pb = probes(&db_ip("region-b")),
-            lease = opts.lease_ms,
-            down = opts.down_after_ms,
-            failback = (opts.down_after_ms * 4).max(4_000),
-        );
+            group_dns: crate::dns::group_table(),
+            probes_a: probes(&db_ip("region-a")),
+            probes_b: probes(&db_ip("region-b")),
+        };
+        let policy = parts.render(&PolicySpec::base(&opts));
         std::fs::write(dir.join("policy.toml"), policy)?;
         Ok(Cluster {
             hosts,
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
+            policy: parts,
             opts,
             witnesses: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -397,6 +465,12 @@ step_attempts = 3
                         argv.push("--unsafe-skip-lease-wait".into());
                     }
                     let mut env = self.clock_env(&h.name);
+                    if !self.opts.unsafe_holes.is_empty() {
+                        env.push((
+                            "ARBITER_UNSAFE_HOLES".into(),
+                            self.opts.unsafe_holes.join(","),
+                        ));
+                    }
                     env.push(("RUST_LOG".into(), "info,openraft=warn".into()));
                     let p = Proc::new(&h.name, &h.ns(), argv, env, nd.join("serve.log"));
                     self.witnesses.insert(h.name.clone(), p);

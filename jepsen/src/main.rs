@@ -84,6 +84,11 @@ struct TestArgs {
     /// witness with the flag that skips the fence step's lease wait (a split brain on purpose).
     #[arg(long)]
     unsafe_skip_lease_wait: bool,
+    /// UNSAFE: build arbiter with the `unsafe-holes` feature and open these closed safety
+    /// holes again in every witness: `wait-current-policy`, `readd-without-wait`,
+    /// `no-leader-confirm` (comma-separated), so a checker can be shown to catch each.
+    #[arg(long, value_delimiter = ',')]
+    unsafe_hole: Vec<String>,
     /// Exit 0 only if the run is invalid and this checker (e.g. S1) says so.
     #[arg(long)]
     expect_invalid: Option<String>,
@@ -143,6 +148,7 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
                     lease_ms: args.lease_ms,
                     down_after_ms: args.down_after_ms,
                     unsafe_skip_lease_wait: args.unsafe_skip_lease_wait,
+                    unsafe_holes: args.unsafe_hole.clone(),
                     arbiter_bin: args.arbiter_bin.clone(),
                 },
             };

@@ -47,6 +47,8 @@ pub struct TestOpts {
     pub lease_ms: u64,
     pub down_after_ms: u64,
     pub unsafe_skip_lease_wait: bool,
+    /// Closed safety holes to open again (a build with the `unsafe-holes` feature).
+    pub unsafe_holes: Vec<String>,
     /// Use this arbiter binary instead of building one.
     pub arbiter_bin: Option<PathBuf>,
 }
@@ -71,6 +73,8 @@ impl TestOpts {
             "unsafe_skip_lease_wait".into(),
             json!(self.unsafe_skip_lease_wait),
         );
+        s.extra
+            .insert("unsafe_holes".into(), json!(self.unsafe_holes));
         s
     }
 
@@ -98,6 +102,16 @@ impl TestOpts {
                 .get("unsafe_skip_lease_wait")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            unsafe_holes: s
+                .extra
+                .get("unsafe_holes")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
             arbiter_bin: None,
         })
     }
@@ -138,17 +152,19 @@ fn arbiter_binary(opts: &TestOpts, dir: &Path) -> anyhow::Result<PathBuf> {
                     cmd.env_remove(k.as_ref());
                 }
             }
-            if opts.unsafe_skip_lease_wait {
+            let unsafe_build = opts.unsafe_skip_lease_wait || !opts.unsafe_holes.is_empty();
+            if unsafe_build {
                 // A target dir of its own: the unsafe binary must never replace the normal
-                // `target/debug/arbiter` that scripts and other runs use.
-                let target = crate::store::workspace().join("target/unsafe-skip-lease-wait");
-                cmd.args(["--features", "unsafe-skip-lease-wait", "--target-dir"])
+                // `target/debug/arbiter` that scripts and other runs use. One build serves
+                // every demonstration (the feature only adds switches).
+                let target = crate::store::workspace().join("target/unsafe-holes");
+                cmd.args(["--features", "unsafe-holes", "--target-dir"])
                     .arg(target);
             }
             eprintln!(
                 "jepsen: building arbiter{}",
-                if opts.unsafe_skip_lease_wait {
-                    " (UNSAFE: unsafe-skip-lease-wait)"
+                if unsafe_build {
+                    " (UNSAFE: unsafe-holes)"
                 } else {
                     ""
                 }
@@ -223,6 +239,7 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         lease_ms: opts.lease_ms,
         down_after_ms: opts.down_after_ms,
         unsafe_skip_lease_wait: opts.unsafe_skip_lease_wait,
+        unsafe_holes: opts.unsafe_holes.clone(),
         faketime: opts.nemeses.iter().any(|n| n == "clock"),
     };
     let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;

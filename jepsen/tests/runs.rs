@@ -154,3 +154,81 @@ fn split_brain_without_the_lease_wait_is_caught_by_s1() {
         invalid_checkers(&results)
     );
 }
+
+/// An invalid run that `single-writer` (S1) must name as overlapping write windows.
+fn assert_caught_by_s1(name: &str, args: &[&str]) {
+    let (code, dir) = run(name, args);
+    let results = read_results(&dir);
+    assert_eq!(
+        results["checkers"]["single-writer"]["valid"], false,
+        "{name}: the hole went unnoticed by S1: {}",
+        results["checkers"]["single-writer"]
+    );
+    let errors = results["checkers"]["single-writer"]["errors"].to_string();
+    assert!(errors.contains("overlap"), "{name}: {errors}");
+    assert_eq!(code, 1, "{name}: an invalid run exits 1");
+}
+
+/// Goal: the harness catches the holes operator actions opened, each put back on its own
+/// (the `unsafe-holes` build): the fence wait taken from a lowered lease (`lease-lowered`:
+/// renewals under a long lease, the lease lowered, the active region's database host cut
+/// off) and a group re-added without waiting out its removed incarnation's leases (`readd`:
+/// the host cut off, the group removed and added back with the other region first). S1
+/// must report overlapping writes for each; the normal build under both schedules must be
+/// valid, so it is the fix that prevents them.
+#[test]
+fn holes_of_operator_actions_are_caught_by_s1_when_put_back() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let common = [
+        "--workload",
+        "writes,reads",
+        "--time-limit",
+        "30",
+        "--seed",
+        "1",
+    ];
+    let lowered = [
+        &common[..],
+        &[
+            "--nemesis",
+            "lease-lowered",
+            "--lease-ms",
+            "2000",
+            "--down-after-ms",
+            "300",
+        ],
+    ]
+    .concat();
+    let readd = [&common[..], &["--nemesis", "readd", "--lease-ms", "4000"]].concat();
+    assert_caught_by_s1(
+        "ci-hole-lease-lowered",
+        &[&["--unsafe-hole", "wait-current-policy"], &lowered[..]].concat(),
+    );
+    assert_caught_by_s1(
+        "ci-hole-readd",
+        &[&["--unsafe-hole", "readd-without-wait"], &readd[..]].concat(),
+    );
+    let control = [
+        &common[..],
+        &[
+            "--nemesis",
+            "lease-lowered,readd",
+            "--lease-ms",
+            "4000",
+            "--down-after-ms",
+            "300",
+        ],
+    ]
+    .concat();
+    let (code, dir) = run("ci-holes-control", &control);
+    let results = read_results(&dir);
+    assert_eq!(
+        (code, results["valid"].clone()),
+        (0, serde_json::Value::Bool(true)),
+        "the normal build under both schedules: invalid checkers {:?}",
+        invalid_checkers(&results)
+    );
+}

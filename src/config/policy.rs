@@ -302,6 +302,7 @@ pub(super) fn default_hook_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub regions: Vec<Region>,
+    #[serde(default)]
     pub groups: Vec<GroupPolicy>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hooks: BTreeMap<String, Hook>,

@@ -200,6 +200,13 @@ async fn step_task(duty: Duty, op: Operation, revoke_seen: Instant) {
         // The group's record, not today's policy: leases granted under earlier terms may
         // still be held.
         let bound = s.groups.get(&op.group)?.lease_bound;
+        // UNSAFE (feature `unsafe-holes` only): today's terms, the hole of a lowered lease.
+        #[cfg(feature = "unsafe-holes")]
+        let bound = if crate::holes::open(&crate::holes::WAIT_CURRENT_POLICY) {
+            crate::state::LeaseBound::of(&gp)
+        } else {
+            bound
+        };
         Some((policy, gp, bound))
     }) else {
         let command = Command::HaltOperation {

@@ -328,6 +328,15 @@ impl Consensus {
     /// external action (hook call, DNS update): openraft keeps a leader that lost its
     /// quorum in the `Leader` state, so [`Self::is_leader`] alone is not enough (S3).
     pub async fn confirm_leadership(&self) -> Result<(), ConsensusError> {
+        // UNSAFE (feature `unsafe-holes` only): openraft's `Leader` state taken for the truth.
+        #[cfg(feature = "unsafe-holes")]
+        if crate::holes::open(&crate::holes::NO_LEADER_CONFIRM) {
+            return if self.is_leader() {
+                Ok(())
+            } else {
+                Err(ConsensusError::Unavailable("not leader".into()))
+            };
+        }
         match tokio::time::timeout(self.confirm_timeout, self.linearizable_read()).await {
             Ok(result) => result,
             Err(_) => Err(ConsensusError::Unavailable(format!(

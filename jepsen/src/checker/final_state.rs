@@ -189,6 +189,23 @@ impl FinalState {
                 .is_some_and(|first| id < *first)
     }
 
+    /// Every creation of `group` the audit log records (the first, and each re-creation
+    /// after a removal by the policy), as `(epoch, active region)` in epoch order.
+    pub fn creations(&self, group: &str) -> Vec<(u64, String)> {
+        let mut out: Vec<(u64, String)> = self
+            .audit
+            .iter()
+            .filter(|a| a.group == group && a.kind == "group-created")
+            .filter_map(|a| {
+                let rest = a.detail.split("active ").nth(1)?;
+                Some((a.epoch, rest.split(" at epoch").next()?.to_string()))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every activation of `group` the final state records, epoch -> region: the group's
     /// creation (its first candidate at epoch 1 unless the audit says otherwise), each
     /// operation whose `activate` step committed, the audit's activations, and the current
@@ -204,21 +221,14 @@ impl FinalState {
             Some(r) if r != region => conflicts.push((epoch, r.clone(), region.to_string())),
             Some(_) => {}
         };
-        let created = self
-            .audit
-            .iter()
-            .filter(|a| a.group == group && a.kind == "group-created")
-            .find_map(|a| {
-                let rest = a.detail.split("active ").nth(1)?;
-                Some((a.epoch, rest.split(" at epoch").next()?.to_string()))
-            });
-        match created {
-            Some((epoch, region)) => add(epoch, &region),
-            None => {
-                if let Some(first) = self.groups.get(group).and_then(|g| g.candidates.first()) {
-                    add(1, first);
-                }
+        let created = self.creations(group);
+        if created.is_empty() {
+            if let Some(first) = self.groups.get(group).and_then(|g| g.candidates.first()) {
+                add(1, first);
             }
+        }
+        for (epoch, region) in &created {
+            add(*epoch, region);
         }
         for o in self.operations.values() {
             if o.group == group && o.activated() {

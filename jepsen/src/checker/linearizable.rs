@@ -364,6 +364,12 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
                 exact: true,
             };
         }
+        // A group removed and added again by the policy starts over at a higher epoch: a
+        // write the history does not time (the policy apply), explained by its audit entry.
+        for (epoch, region) in f.creations(group).into_iter().skip(1) {
+            let d = format!("group re-created by a policy: ({region}, {epoch})");
+            g.write(&region, Some(epoch), 0, None, None, d);
+        }
         for o in f
             .operations
             .values()

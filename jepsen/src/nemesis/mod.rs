@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::cluster::PolicySpec;
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::hosts::{Host, Role};
@@ -34,9 +35,12 @@ pub const ALL: &[&str] = &[
     "loss",
     "delay",
     "health",
+    "policy",
 ];
-/// Kinds that exist but are not part of `all`.
-pub const EXTRA: &[&str] = &["split-brain"];
+/// Kinds that exist but are not part of `all`: the demonstrations that a checker catches
+/// a hole when it is put back (`split-brain`: the lease wait skipped; `lease-lowered`: the
+/// wait taken from a lowered lease; `readd`: a group re-added without a wait).
+pub const EXTRA: &[&str] = &["split-brain", "lease-lowered", "readd"];
 
 const PROCESS: &str = "nemesis";
 
@@ -96,6 +100,14 @@ enum Fault {
     Health {
         host: String,
     },
+    /// Policies applied in order, each after its pause, optionally with a cut of the active
+    /// region's database host from every witness first (`cut`). Healed by the run's own
+    /// policy.
+    Policy {
+        variant: &'static str,
+        steps: Vec<(Duration, crate::cluster::PolicySpec)>,
+        cut: Option<Vec<partition::Drop>>,
+    },
 }
 
 impl Fault {
@@ -108,6 +120,7 @@ impl Fault {
             Fault::Clock { .. } => "clock",
             Fault::Delay { .. } => "delay",
             Fault::Health { .. } => "health",
+            Fault::Policy { .. } => "policy",
         }
     }
 
@@ -143,6 +156,26 @@ impl Fault {
             }
             Fault::Health { host } => {
                 json!({"kind": "health", "variant": "endpoint-stopped", "targets": [host]})
+            }
+            Fault::Policy {
+                variant,
+                steps,
+                cut,
+            } => {
+                let kind = match *variant {
+                    "lease-lowered" | "readd" => *variant,
+                    _ => "policy",
+                };
+                let steps: Vec<serde_json::Value> = steps
+                    .iter()
+                    .map(|(after, p)| {
+                        json!({"after_ms": after.as_millis() as u64, "present": p.present,
+                               "candidates": p.candidates, "mode": p.mode, "lease_ms": p.lease_ms,
+                               "clock_drift_percent": p.clock_drift_percent,
+                               "lease_margin_ms": p.lease_margin_ms})
+                    })
+                    .collect();
+                json!({"kind": kind, "variant": variant, "steps": steps, "cut": cut.is_some()})
             }
         }
     }
@@ -292,9 +325,116 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
                 ms: rng.range(20, 400),
             }
         }
+        "policy" => plan_policy(rng, ctx),
+        "lease-lowered" => {
+            // Renewals under a long lease first, then the lease lowered and the active
+            // region's database host cut off at once: the cluster fails over while that
+            // host's agent still holds a lease granted under the long one.
+            let base = PolicySpec::base(&ctx.cluster().opts);
+            let high = PolicySpec {
+                lease_ms: base.lease_ms * 3,
+                ..base.clone()
+            };
+            let low = PolicySpec {
+                lease_ms: 1_000,
+                clock_drift_percent: 0,
+                lease_margin_ms: 0,
+                ..base
+            };
+            let renewed = Duration::from_millis(high.lease_ms);
+            let cut = db_cut_drops(ctx).await;
+            Fault::Policy {
+                variant: "lease-lowered",
+                steps: vec![(Duration::ZERO, high), (renewed, low)],
+                cut: Some(cut),
+            }
+        }
+        "readd" => {
+            // The active region's database host cut off (its agent keeps its lease), the
+            // group removed, and added back at once with the other region first.
+            let base = PolicySpec::base(&ctx.cluster().opts);
+            let flipped = flip(&base);
+            let removed = PolicySpec {
+                present: false,
+                ..base
+            };
+            let cut = db_cut_drops(ctx).await;
+            Fault::Policy {
+                variant: "readd",
+                steps: vec![
+                    (Duration::ZERO, removed),
+                    (Duration::from_millis(100), flipped),
+                ],
+                cut: Some(cut),
+            }
+        }
         _ => Fault::Health {
             host: active_db(ctx).await.name,
         },
+    }
+}
+
+/// The group's candidates in the other order.
+fn flip(p: &PolicySpec) -> PolicySpec {
+    PolicySpec {
+        candidates: [p.candidates[1], p.candidates[0]],
+        ..p.clone()
+    }
+}
+
+/// One policy change an operator might make, applied during whatever else happens: the
+/// lease lowered or raised, drift and margin lowered, the candidates reordered, the mode
+/// changed, the group removed and added back (with the other region first).
+fn plan_policy(rng: &mut Rng, ctx: &Ctx) -> Fault {
+    let base = PolicySpec::base(&ctx.cluster().opts);
+    let variant = *rng.pick(&[
+        "lease-down",
+        "lease-up",
+        "margins-down",
+        "reorder",
+        "manual",
+        "frozen",
+        "remove-readd",
+    ]);
+    let one = |p: PolicySpec| vec![(Duration::ZERO, p)];
+    let steps = match variant {
+        "lease-down" => one(PolicySpec {
+            lease_ms: (base.lease_ms / 2).max(1_000),
+            ..base.clone()
+        }),
+        "lease-up" => one(PolicySpec {
+            lease_ms: base.lease_ms * 3,
+            ..base.clone()
+        }),
+        "margins-down" => one(PolicySpec {
+            clock_drift_percent: 0,
+            lease_margin_ms: 0,
+            ..base.clone()
+        }),
+        "reorder" => one(flip(&base)),
+        "manual" => one(PolicySpec {
+            mode: "manual",
+            ..base.clone()
+        }),
+        "frozen" => one(PolicySpec {
+            mode: "frozen",
+            ..base.clone()
+        }),
+        _ => vec![
+            (
+                Duration::ZERO,
+                PolicySpec {
+                    present: false,
+                    ..base.clone()
+                },
+            ),
+            (Duration::from_millis(rng.range(100, 2_000)), flip(&base)),
+        ],
+    };
+    Fault::Policy {
+        variant,
+        steps,
+        cut: None,
     }
 }
 
@@ -326,6 +466,12 @@ async fn db_cut(ctx: &Ctx, variant: &'static str) -> Fault {
         drops: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
         targets: vec![db.name.clone()],
     }
+}
+
+/// The drops of [`db_cut`], for faults that cut the active database host as one part.
+async fn db_cut_drops(ctx: &Ctx) -> Vec<partition::Drop> {
+    let db = active_db(ctx).await;
+    partition::cut(std::slice::from_ref(&db), &ctx.witnesses())
 }
 
 fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
@@ -395,7 +541,51 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
                 None => anyhow::bail!("no health endpoint on {host}"),
             }
         }
+        // The cut only: the policies are applied by `apply_policies`, which talks to the
+        // cluster.
+        Fault::Policy { cut, .. } => match cut {
+            Some(drops) => partition::install(drops),
+            None => Ok(()),
+        },
     }
+}
+
+/// Attempts to put the run's own policy back at a heal.
+const POLICY_HEAL_ATTEMPTS: usize = 5;
+/// How long a policy apply may take (an election may be under way).
+const POLICY_APPLY: Duration = Duration::from_secs(15);
+
+/// Applies `spec` through the CLI from a witness host; the CLI's error when it fails.
+pub async fn apply_policy(ctx: &Ctx, spec: &PolicySpec, file: &str) -> anyhow::Result<()> {
+    let (path, host) = {
+        let c = ctx.cluster();
+        let path = c.dir.join(file);
+        std::fs::write(&path, c.policy.render(spec))?;
+        (path, c.witness_hosts()[0].clone())
+    };
+    let args = vec![
+        "policy".to_string(),
+        "apply".into(),
+        path.display().to_string(),
+    ];
+    let out = ctx.cli.run(&host, &args, POLICY_APPLY).await;
+    if out.code == Some(0) {
+        Ok(())
+    } else {
+        anyhow::bail!("policy apply: {}", out.error_text())
+    }
+}
+
+/// The policy steps of a policy fault, in order, each after its pause.
+async fn apply_policies(ctx: &Ctx, fault: &Fault) -> anyhow::Result<()> {
+    let Fault::Policy { steps, .. } = fault else {
+        return Ok(());
+    };
+    for (i, (after, spec)) in steps.iter().enumerate() {
+        tokio::time::sleep(*after).await;
+        apply_policy(ctx, spec, &format!("policy-nemesis-{i}.toml")).await?;
+    }
+    Ok(())
 }
 
 /// Heals everything any fault could have done: rules flushed, clocks and delays reset,
@@ -466,12 +656,21 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         }
         let value = fault.describe();
         ctx.rec.invoke(fault.f(), value.clone(), PROCESS, None);
-        let result = {
-            let ctx = ctx.clone();
-            let fault = fault.clone();
-            tokio::task::spawn_blocking(move || install(&fault, &ctx))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("install panicked: {e}")))
+        let result = match &fault {
+            // A lowered lease takes effect with the cut; a re-added group needs its agent
+            // cut off first.
+            Fault::Policy {
+                variant: "lease-lowered",
+                ..
+            } => match apply_policies(&ctx, &fault).await {
+                Ok(()) => install_blocking(&ctx, &fault).await,
+                Err(e) => Err(e),
+            },
+            Fault::Policy { .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => apply_policies(&ctx, &fault).await,
+                Err(e) => Err(e),
+            },
+            _ => install_blocking(&ctx, &fault).await,
         };
         let mut done = value.clone();
         match result {
@@ -509,6 +708,14 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
     installed
 }
 
+async fn install_blocking(ctx: &Ctx, fault: &Fault) -> anyhow::Result<()> {
+    let ctx = ctx.clone();
+    let fault = fault.clone();
+    tokio::task::spawn_blocking(move || install(&fault, &ctx))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("install panicked: {e}")))
+}
+
 /// Heals everything and records it as a `heal` of `fault`.
 pub async fn heal(ctx: &Ctx, fault: serde_json::Value) {
     ctx.rec.invoke(
@@ -518,9 +725,27 @@ pub async fn heal(ctx: &Ctx, fault: serde_json::Value) {
         None,
     );
     let c = ctx.clone();
-    let result = tokio::task::spawn_blocking(move || heal_all(&c))
+    let mut result = tokio::task::spawn_blocking(move || heal_all(&c))
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("heal panicked: {e}")));
+    // Every policy the run may have changed returns to the run's own (a group removed is
+    // added back, a lowered lease raised again).
+    let policy_faults = ["policy", "lease-lowered", "readd", "all"];
+    if policy_faults.contains(&fault["kind"].as_str().unwrap_or("")) {
+        let base = PolicySpec::base(&ctx.cluster().opts);
+        let mut last = Ok(());
+        // Bounded: an election may be under way right after the other heals.
+        for _ in 0..POLICY_HEAL_ATTEMPTS {
+            last = apply_policy(ctx, &base, "policy-healed.toml").await;
+            if last.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if let Err(e) = last {
+            result = result.and(Err(e));
+        }
+    }
     let (kind, error) = match result {
         Ok(()) => (OpType::Ok, None),
         Err(e) => (OpType::Info, Some(format!("{e:#}"))),
