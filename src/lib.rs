@@ -36,6 +36,10 @@
 //! - [`demo`]: `arbiter demo`, a whole cluster with simulated regions in one process, and
 //!   the live timeline of a failover.
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
+//! - `model` (tests only): a checked model of the lease protocol. The real state machine
+//!   driven through `apply`, with the leader's steps, agents on drifting clocks, databases
+//!   and operator actions mirrored around it, explored exhaustively within bounds by
+//!   `stateright`; S1 over the writes accepted and S2 hold in every reachable state.
 
 pub mod agent;
 pub mod api;
@@ -48,6 +52,8 @@ pub mod dns;
 pub mod fencing;
 pub mod health;
 pub mod hooks;
+#[cfg(test)]
+mod model;
 pub mod node;
 pub mod operations;
 pub mod raft;
