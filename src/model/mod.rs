@@ -538,7 +538,7 @@ impl LeaseModel {
             s.ghost.fence_under_new_leader = true;
         }
         if ok && step == Step::Activate {
-            s.ghost.issue(op.to_epoch, region_index(&op.to));
+            s.ghost.activate(op.to_epoch, region_index(&op.to));
         }
         Some(())
     }
@@ -592,8 +592,12 @@ impl LeaseModel {
             reason: "model".into(),
             approval_required: approval,
         };
-        self.apply(s, OPERATOR, command).ok()?;
+        let to_epoch = match self.apply(s, OPERATOR, command) {
+            Ok(Outcome::Operation(op)) => op.to_epoch,
+            _ => return None,
+        };
         s.budget.operations -= 1;
+        s.ghost.reserve(to_epoch);
         s.ghost.abort_then_grant = 0;
         Some(())
     }
@@ -639,7 +643,7 @@ impl LeaseModel {
         s.budget.policy_changes -= 1;
         if let (false, Some(g)) = (existed, s.group()) {
             let (epoch, region) = (g.epoch, region_index(&g.active));
-            s.ghost.issue(epoch, region);
+            s.ghost.create(epoch, region);
         }
         Some(())
     }
@@ -884,8 +888,8 @@ impl Model for LeaseModel {
 const S1_WRITES: &str = "S1: no two regions' databases accept writes at once";
 /// S1 over leases: at no instant do both regions' agents believe they hold the lease.
 const S1_LEASES: &str = "S1: no two regions' agents hold the lease at once";
-/// S2: every activation's epoch is above every earlier one, and every grant names the
-/// region its epoch was issued to.
+/// S2: every epoch issued (activation, group creation) or reserved (declared operation)
+/// is above every earlier one, and every grant names the region its epoch was issued to.
 const S2_EPOCHS: &str = "S2: epochs strictly increase and name one region each";
 /// Reachability (the model is not vacuous): a failover to region-b took writes there.
 const REACH_FAILOVER: &str = "region-b's database writes after a failover";

@@ -93,7 +93,11 @@ pub(super) struct Budget {
 pub(super) struct Ghost {
     /// The last epoch issued (by an activation or a group's creation) and its region.
     pub last_issued: (u64, usize),
-    /// S2 was broken: an epoch issued not above the last one, or a grant naming another
+    /// The last epoch reserved by a declared operation (its hooks carry it, even when the
+    /// operation is aborted and the epoch never activated).
+    pub last_reserved: u64,
+    /// S2 was broken: an epoch issued or reserved not above every earlier one (an
+    /// activation takes its own operation's reservation), or a grant naming another
     /// epoch or region than the last issued.
     pub s2_broken: bool,
     /// The term in which the operation in progress committed its revoke.
@@ -106,9 +110,27 @@ pub(super) struct Ghost {
 }
 
 impl Ghost {
-    /// An epoch is issued to `region` (S2: above every earlier one).
-    pub(super) fn issue(&mut self, epoch: u64, region: usize) {
-        if epoch <= self.last_issued.0 {
+    /// A group's creation issues `epoch` to `region`: above every epoch issued or
+    /// reserved before, its removed incarnations' included.
+    pub(super) fn create(&mut self, epoch: u64, region: usize) {
+        if epoch <= self.last_issued.0.max(self.last_reserved) {
+            self.s2_broken = true;
+        }
+        self.last_issued = (epoch, region);
+    }
+
+    /// A declared operation reserves `epoch`: above every epoch issued or reserved before.
+    pub(super) fn reserve(&mut self, epoch: u64) {
+        if epoch <= self.last_issued.0.max(self.last_reserved) {
+            self.s2_broken = true;
+        }
+        self.last_reserved = epoch;
+    }
+
+    /// An activation issues `epoch` to `region`: its operation's reservation, above the
+    /// last epoch issued.
+    pub(super) fn activate(&mut self, epoch: u64, region: usize) {
+        if epoch <= self.last_issued.0 || epoch != self.last_reserved {
             self.s2_broken = true;
         }
         self.last_issued = (epoch, region);
