@@ -44,6 +44,10 @@
 //!   environment variable its reference names, on this witness only.
 //! - [`wallclock`]: the wall clock for audit timestamps and reports, never for safety.
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
+//! - `model` (tests only): a checked model of the lease protocol. The real state machine
+//!   driven through `apply`, with the leader's steps, agents on drifting clocks, databases
+//!   and operator actions mirrored around it, explored exhaustively within bounds by
+//!   `stateright`; S1 over the writes accepted and S2 hold in every reachable state.
 
 pub mod agent;
 pub mod api;
@@ -59,6 +63,8 @@ pub mod health;
 pub mod holes;
 pub mod hooks;
 pub mod leader;
+#[cfg(test)]
+mod model;
 pub mod node;
 pub mod raft;
 pub mod secret;
