@@ -714,3 +714,69 @@ async fn a_frozen_agent_fences_as_soon_as_it_resumes() {
     let _ = database.wait();
     cluster.stop().await;
 }
+
+/// Renewals answered `allowed` by every witness, from their metrics.
+fn renewals(cluster: &Cluster) -> u64 {
+    cluster
+        .witnesses
+        .iter()
+        .filter_map(|w| w.node.as_ref())
+        .map(|n| {
+            n.metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("arbiter_fence_requests_total")
+                        && l.contains("kind=\"renew\"")
+                        && l.contains("result=\"allowed\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .sum()
+}
+
+/// Goal: after a policy lowers the lease, the agent renews at its usual pace for the new
+/// lease (a third of it before each deadline), not back to back. Method: a 6 s lease
+/// lowered to 1 s while the agent holds; the renewals the witnesses answer over 3 s are
+/// counted (about 5 at that pace; the old agent, keeping the 6 s lease for its schedule,
+/// renewed as fast as the cluster answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_renews_at_the_pace_of_the_lease_it_was_last_granted() {
+    let cluster = Cluster::start(3).await;
+    let long = POLICY.replacen("lease_ms = 1000", "lease_ms = 6000", 1);
+    cluster.init_with(&long).await;
+    let client = cluster.client();
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = Agent::start(&cluster, &dir, "region-a");
+    eventually("region-a's agent holds the lease", || async {
+        a.holding().then_some(())
+    })
+    .await;
+    let req = arbiter::proto::PolicyApplyRequest {
+        toml: POLICY.to_string(),
+        dry_run: false,
+        if_version: 0,
+        request_id: arbiter::api::new_request_id(),
+    };
+    client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.policy_apply(req).await }
+        })
+        .await
+        .expect("the lease lowered to 1 s");
+    // The agent's next renewal (within 2 s) brings the 1 s lease.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let before = renewals(&cluster);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let renewed = renewals(&cluster) - before;
+    assert!(
+        (1..30).contains(&renewed),
+        "{renewed} renewals in 3 s of a 1 s lease"
+    );
+    assert!(a.holding());
+    drop(a);
+    cluster.stop().await;
+}

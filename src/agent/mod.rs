@@ -239,15 +239,22 @@ pub async fn run(
                         agent.lose("agent stopping").await;
                         return agent.stop().await;
                     }
-                    Renewal::Answer(Ok(LeaseState::Held { deadline: next, .. })) => {
+                    Renewal::Answer(Ok(LeaseState::Held {
+                        deadline: next,
+                        lease,
+                        ..
+                    })) => {
                         // A grant whose deadline is already past (the process was paused
                         // while the answer was in flight) is no lease at all.
                         if Instant::now() >= next {
                             holding = None;
                             agent.lose("renewal arrived after its own deadline").await;
                         } else {
+                            // The lease of this grant: a policy that changed it moves the
+                            // next renewal to a third of the new lease before its deadline.
                             let held = Held {
                                 deadline: next,
+                                lease,
                                 ..held
                             };
                             holding = Some(held);
