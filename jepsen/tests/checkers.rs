@@ -625,3 +625,31 @@ fn an_automatic_failover_known_only_from_the_final_state_explains_the_reads() {
     let results = run(&history);
     assert_eq!(result(&results, "linearizable").valid, Valid::Unknown);
 }
+
+/// Goal: S1 gives no verdict without evidence: a history without an accepted write, or with
+/// a write the checker cannot read, is unknown, never valid.
+#[test]
+fn single_writer_without_evidence_is_unknown() {
+    let mut b = Builder::default();
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let results = run(&history);
+    let r = result(&results, "single-writer");
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+
+    let mut b = valid_without_final();
+    b.op(
+        "writer-a",
+        "write",
+        70,
+        80,
+        OpType::Ok,
+        json!({"group": "g", "region": "a", "seq": 70}),
+    );
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let results = run(&history);
+    let r = result(&results, "single-writer");
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert_eq!(r.counts["writes-unreadable"], 1, "{r:#?}");
+}

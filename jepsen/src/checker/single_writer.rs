@@ -109,6 +109,18 @@ pub fn windows(ctx: &Context) -> Vec<Window> {
 pub fn check(ctx: &Context) -> CheckResult {
     let mut r = CheckResult::new(NAME);
     let all = writes(ctx);
+    // No verdict without evidence: a run without an accepted write proves nothing about S1,
+    // and a write the checker cannot read (no group, region or epoch) is evidence lost.
+    let unreadable = ctx.pairs_of(&["write"]).count() - all.len();
+    if unreadable > 0 {
+        r.count("writes-unreadable", unreadable as u64);
+        r.unknown(format!(
+            "{unreadable} write(s) without a group, region or epoch: they cannot be judged"
+        ));
+    }
+    if !all.iter().any(|w| w.pair.is_ok()) {
+        r.unknown("no accepted write in the history: nothing to judge S1 on".into());
+    }
     for w in &all {
         let key = match w.pair.kind() {
             OpType::Ok => "writes-ok",
