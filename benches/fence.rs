@@ -465,20 +465,13 @@ impl ArbiterCluster {
         }
         let client = Client::new(addrs.iter().map(|a| a.to_string()).collect(), &certs.client)
             .expect("client");
+        client.init().await.expect("init");
         client
-            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-            .await
-            .expect("init");
-        let req = proto::PolicyApplyRequest {
-            toml: POLICY.to_string(),
-            dry_run: false,
-            if_version: 0,
-            request_id: "bench-policy".into(),
-        };
-        client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.policy_apply(req).await }
+            .policy_apply(proto::PolicyApplyRequest {
+                toml: POLICY.to_string(),
+                dry_run: false,
+                if_version: 0,
+                request_id: "bench-policy".into(),
             })
             .await
             .expect("policy applies");

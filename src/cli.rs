@@ -465,9 +465,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         }
         Cmd::Init(conn) => {
             let client = conn.client()?;
-            let reply = client
-                .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-                .await?;
+            let reply = client.init().await?;
             println!(
                 "cluster {} initialised with {} witnesses",
                 reply.cluster_id,
@@ -496,16 +494,14 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                     })?
                     .into_inner()
             } else {
-                client
-                    .call(|mut c| async move { c.status(req).await })
-                    .await?
+                client.status(req.audit_limit).await?
             };
             // What each DNS source publishes (only through the leader; best effort).
             let dns = if local {
                 Vec::new()
             } else {
                 client
-                    .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
+                    .dns_check()
                     .await
                     .map(|r| r.sources)
                     .unwrap_or_default()
@@ -567,8 +563,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             wait,
         } => {
             let client = conn.client()?;
-            let req = action(operation, "", "");
-            let reply = act(&client, Act::Approve, req).await?;
+            let reply = client.approve(action(operation, "", "")).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Retry {
@@ -577,8 +572,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             wait,
         } => {
             let client = conn.client()?;
-            let req = action(operation, "", "");
-            let reply = act(&client, Act::Retry, req).await?;
+            let reply = client.retry(action(operation, "", "")).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Skip {
@@ -588,8 +582,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             wait,
         } => {
             let client = conn.client()?;
-            let req = action(operation, &step, "");
-            let reply = act(&client, Act::Skip, req).await?;
+            let reply = client.skip(action(operation, &step, "")).await?;
             follow(&client, reply, &wait).await
         }
         Cmd::Abort {
@@ -598,8 +591,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             reason,
         } => {
             let client = conn.client()?;
-            let req = action(operation, "", &reason);
-            let reply = act(&client, Act::Abort, req).await?;
+            let reply = client.abort(action(operation, "", &reason)).await?;
             let op = reply.operation.unwrap_or_default();
             println!(
                 "operation {} aborted: {} stays active at epoch {}",
@@ -614,15 +606,11 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             json,
         } => {
             let client = conn.client()?;
-            let req = proto::OperationsRequest {
-                group,
-                limit,
-                active_only: false,
-            };
             let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.operations(req).await }
+                .operations(proto::OperationsRequest {
+                    group,
+                    limit,
+                    active_only: false,
                 })
                 .await?;
             if json {
@@ -642,16 +630,12 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             reason,
         } => {
             let client = conn.client()?;
-            let req = proto::SetModeRequest {
-                group,
-                mode,
-                reason,
-                request_id: crate::api::new_request_id(),
-            };
             let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.set_mode(req).await }
+                .set_mode(proto::SetModeRequest {
+                    group,
+                    mode,
+                    reason,
+                    request_id: crate::api::new_request_id(),
                 })
                 .await?;
             let g = reply.group.unwrap_or_default();
@@ -771,9 +755,7 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
             command: DnsCmd::Check { conn, json },
         } => {
             let client = conn.client()?;
-            let reply = client
-                .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
-                .await?;
+            let reply = client.dns_check().await?;
             if json {
                 println!(
                     "{}",
@@ -883,16 +865,12 @@ async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
             crate::config::Policy::parse(&file.display().to_string(), &toml)
                 .map_err(|e| Failure::usage(format!("invalid policy: {e}")))?;
             let client = conn.client()?;
-            let req = proto::PolicyApplyRequest {
-                toml,
-                dry_run,
-                if_version,
-                request_id: crate::api::new_request_id(),
-            };
             let reply = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.policy_apply(req).await }
+                .policy_apply(proto::PolicyApplyRequest {
+                    toml,
+                    dry_run,
+                    if_version,
+                    request_id: crate::api::new_request_id(),
                 })
                 .await?;
             if reply.diff.is_empty() {
@@ -912,9 +890,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
         }
         PolicyCmd::Show(conn) => {
             let client = conn.client()?;
-            let reply = client
-                .call(|mut c| async move { c.policy_show(proto::PolicyShowRequest {}).await })
-                .await?;
+            let reply = client.policy_show().await?;
             println!("# policy version {}", reply.version);
             print!("{}", reply.toml);
             Ok(())
@@ -923,42 +899,20 @@ async fn policy(cmd: PolicyCmd) -> Result<(), Failure> {
 }
 
 async fn members(cmd: MembersCmd) -> Result<(), Failure> {
-    let (conn, reply) = match cmd {
-        MembersCmd::List(conn) => {
-            let client = conn.client()?;
-            let r = client
-                .call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await })
-                .await?;
-            (conn, r)
-        }
+    let reply = match cmd {
+        MembersCmd::List(conn) => conn.client()?.members_list().await?,
         MembersCmd::Add {
             conn,
             id,
             addr,
             site,
         } => {
-            let client = conn.client()?;
-            let req = proto::MembersAddRequest { id, addr, site };
-            let r = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.members_add(req).await }
-                })
-                .await?;
-            (conn, r)
+            conn.client()?
+                .members_add(proto::MembersAddRequest { id, addr, site })
+                .await?
         }
-        MembersCmd::Remove { conn, id } => {
-            let client = conn.client()?;
-            let r =
-                client
-                    .call(|mut c| async move {
-                        c.members_remove(proto::MembersRemoveRequest { id }).await
-                    })
-                    .await?;
-            (conn, r)
-        }
+        MembersCmd::Remove { conn, id } => conn.client()?.members_remove(id).await?,
     };
-    let _ = conn;
     print!("{}", witness_table(&reply.witnesses));
     Ok(())
 }
@@ -1015,49 +969,12 @@ async fn start_operation(
         reason,
         request_id: crate::api::new_request_id(),
     };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move {
-                if failback {
-                    c.failback(req).await
-                } else {
-                    c.failover(req).await
-                }
-            }
-        })
-        .await?;
+    let reply = if failback {
+        client.failback(req).await?
+    } else {
+        client.failover(req).await?
+    };
     follow(&client, reply, wait).await
-}
-
-/// An operator's action on an operation.
-#[derive(Clone, Copy)]
-enum Act {
-    Approve,
-    Retry,
-    Skip,
-    Abort,
-}
-
-/// Sends `act` for the operation in `req` to the leader.
-async fn act(
-    client: &Client,
-    act: Act,
-    req: proto::OperationAction,
-) -> Result<proto::OperationReply, ClientError> {
-    client
-        .call(|mut c| {
-            let req = req.clone();
-            async move {
-                match act {
-                    Act::Approve => c.approve(req).await,
-                    Act::Retry => c.retry(req).await,
-                    Act::Skip => c.skip(req).await,
-                    Act::Abort => c.abort(req).await,
-                }
-            }
-        })
-        .await
 }
 
 fn action(operation: u64, step: &str, reason: &str) -> proto::OperationAction {
@@ -1132,18 +1049,7 @@ async fn follow(client: &Client, reply: proto::OperationReply, wait: &Wait) -> R
             });
         }
         tokio::time::sleep(POLL).await;
-        let req = proto::OperationsRequest {
-            group: op.group.clone(),
-            limit: 100,
-            active_only: false,
-        };
-        let reply = client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.operations(req).await }
-            })
-            .await?;
-        if let Some(o) = reply.operations.into_iter().find(|o| o.id == op.id) {
+        if let Some(o) = client.operation(&op.group, op.id).await? {
             op = o;
         }
     }

@@ -141,13 +141,7 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
 
     tracing::info!("--- dns check: every source matches; then a hand edit on BIND shows up");
     let client = cluster.client();
-    let check = || async {
-        client
-            .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
-            .await
-            .unwrap()
-            .sources
-    };
+    let check = || async { client.dns_check().await.unwrap().sources };
     let sources = check().await;
     assert_eq!(sources.len(), 3, "embedded + BIND + Knot: {sources:?}");
     assert!(
@@ -228,14 +222,10 @@ async fn wrong_tsig_secret_halts_the_operation_until_fixed() {
 
     tracing::info!("--- fix the secret and retry");
     std::fs::write(&secret, &bind.secret).unwrap();
-    let req = proto::OperationAction {
-        operation: op.id,
-        ..Default::default()
-    };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.retry(req).await }
+        .retry(proto::OperationAction {
+            operation: op.id,
+            ..Default::default()
         })
         .await
         .expect("retry");

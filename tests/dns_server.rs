@@ -418,10 +418,7 @@ async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
     let sources = eventually(
         "dns check lists every witness's embedded server",
         || async {
-            let reply = survivors
-                .call(|mut c| async move { c.dns_check(arbiter::proto::DnsCheckRequest {}).await })
-                .await
-                .ok()?;
+            let reply = survivors.dns_check().await.ok()?;
             let checkout: Vec<_> = reply
                 .sources
                 .into_iter()

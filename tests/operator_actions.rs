@@ -40,18 +40,7 @@ lease_margin_ms = 200
 const AB: &str = r#"["region-a", "region-b"]"#;
 
 async fn apply(client: &Client, toml: &str) -> Result<u64, arbiter::client::ClientError> {
-    let req = proto::PolicyApplyRequest {
-        toml: toml.to_string(),
-        dry_run: false,
-        if_version: 0,
-        request_id: arbiter::api::new_request_id(),
-    };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.policy_apply(req).await }
-        })
-        .await?;
+    let reply = client.policy_apply(apply_request(toml)).await?;
     Ok(reply.version)
 }
 
@@ -220,19 +209,10 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
     }
     let client = cluster.client();
     let s = eventually("the restarted cluster serves status", || async {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.call(|mut c| async move {
-                c.status(proto::StatusRequest {
-                    local: false,
-                    audit_limit: 10,
-                })
-                .await
-            }),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.status(10))
+            .await
+            .ok()?
+            .ok()?;
         Some(reply)
     })
     .await;
@@ -242,16 +222,12 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
 }
 
 async fn abort(client: &Client, operation: u64) -> proto::OperationStatus {
-    let req = proto::OperationAction {
-        operation,
-        step: String::new(),
-        reason: "operator".into(),
-        request_id: arbiter::api::new_request_id(),
-    };
     let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.abort(req).await }
+        .abort(proto::OperationAction {
+            operation,
+            step: String::new(),
+            reason: "operator".into(),
+            request_id: arbiter::api::new_request_id(),
         })
         .await
         .expect("abort");

@@ -284,20 +284,11 @@ impl Cluster {
     /// Initialises the cluster and applies `policy`.
     pub async fn init_with(&self, policy: &str) -> String {
         let client = self.client();
-        let reply = client
-            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-            .await
-            .expect("init");
-        let req = proto::PolicyApplyRequest {
-            toml: policy.to_string(),
-            dry_run: false,
-            if_version: 0,
-            request_id: "policy-1".into(),
-        };
+        let reply = client.init().await.expect("init");
         client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.policy_apply(req).await }
+            .policy_apply(proto::PolicyApplyRequest {
+                request_id: "policy-1".into(),
+                ..apply_request(policy)
             })
             .await
             .expect("policy applies");
@@ -387,16 +378,17 @@ pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
 }
 
 pub async fn status(client: &Client) -> proto::StatusReply {
-    client
-        .call(|mut c| async move {
-            c.status(proto::StatusRequest {
-                local: false,
-                audit_limit: 100,
-            })
-            .await
-        })
-        .await
-        .expect("status")
+    client.status(100).await.expect("status")
+}
+
+/// A request to commit `policy` (no dry run, no version check) under a new request id.
+pub fn apply_request(policy: &str) -> proto::PolicyApplyRequest {
+    proto::PolicyApplyRequest {
+        toml: policy.to_string(),
+        dry_run: false,
+        if_version: 0,
+        request_id: arbiter::api::new_request_id(),
+    }
 }
 
 /// Starts a failover of `group` to `to` and waits until the operation is done.
@@ -415,16 +407,12 @@ pub async fn start_failover(
     group: &str,
     to: &str,
 ) -> Result<proto::OperationStatus, arbiter::client::ClientError> {
-    let req = proto::FailoverRequest {
-        group: group.into(),
-        to: to.into(),
-        reason: "test".into(),
-        request_id: arbiter::api::new_request_id(),
-    };
     let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.failover(req).await }
+        .failover(proto::FailoverRequest {
+            group: group.into(),
+            to: to.into(),
+            reason: "test".into(),
+            request_id: arbiter::api::new_request_id(),
         })
         .await?;
     Ok(reply.operation.expect("operation in reply"))
@@ -441,17 +429,5 @@ pub async fn wait_operation(client: &Client, id: u64, state: &str) -> proto::Ope
 
 /// The operation `id`, if the cluster answers.
 pub async fn operation(client: &Client, id: u64) -> Option<proto::OperationStatus> {
-    let req = proto::OperationsRequest {
-        group: String::new(),
-        limit: 1000,
-        active_only: false,
-    };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.operations(req).await }
-        })
-        .await
-        .ok()?;
-    reply.operations.into_iter().find(|o| o.id == id)
+    client.operation("", id).await.ok().flatten()
 }
