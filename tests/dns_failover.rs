@@ -13,6 +13,7 @@ use arbiter::config::{RecordKind, TsigAlgorithm};
 use arbiter::proto;
 use common::authoritative::INITIAL_A;
 use common::authoritative::{available, Authoritative, Flavour, KEY_NAME, NAME, ZONE};
+use common::policy::CHECKOUT;
 use common::*;
 
 /// A policy whose group `checkout` publishes `checkout.shop.example.` on the given servers,
@@ -46,14 +47,7 @@ name = "region-b"
 zones = [{{ name = "{ZONE}", nameservers = ["ns1.{ZONE}"] }}]
 servers = [{servers}]
 reconcile_interval_ms = {reconcile_ms}
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-step_attempts = 2
+{CHECKOUT}step_attempts = 2
 {group_dns}"#,
         servers = servers.join(", ")
     )

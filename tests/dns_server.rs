@@ -16,6 +16,7 @@ use hickory_server::proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use common::policy::CHECKOUT;
 use common::*;
 
 /// Every witness runs its DNS server on a free port (UDP and TCP share it).
@@ -40,14 +41,7 @@ name = "region-b"
 zones = [{{ name = "shop.example.", nameservers = ["ns1.shop.example.", "ns2.shop.example."] }}]
 when_isolated = "{when_isolated}"
 stale_after_ms = 1000
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-[groups.dns]
+{CHECKOUT}[groups.dns]
 zone = "shop.example."
 name = "checkout.shop.example."
 ttl = 30

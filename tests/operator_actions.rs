@@ -13,31 +13,17 @@ use std::time::Duration;
 use arbiter::client::Client;
 use arbiter::fencing::{LeaseClient, LeaseState};
 use arbiter::proto;
+use common::policy::{checkout_only, AB};
 use common::*;
 use tokio::time::Instant;
 
 /// A policy with `checkout` over `candidates` (TOML list) and the given lease.
 fn policy(candidates: &str, lease_ms: u64) -> String {
-    format!(
-        r#"
-[[regions]]
-name = "region-a"
-[[regions]]
-name = "region-b"
-[[regions]]
-name = "region-c"
-
-[[groups]]
-name = "checkout"
-candidates = {candidates}
-mode = "manual"
-lease_ms = {lease_ms}
-lease_margin_ms = 200
-"#
+    checkout_only(
+        candidates,
+        &format!("lease_ms = {lease_ms}\nlease_margin_ms = 200\n"),
     )
 }
-
-const AB: &str = r#"["region-a", "region-b"]"#;
 
 async fn apply(client: &Client, toml: &str) -> Result<u64, arbiter::client::ClientError> {
     let reply = client.policy_apply(apply_request(toml)).await?;
