@@ -22,17 +22,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use arbiter::certs::{init_dev_certs, DevCerts};
-use arbiter::client::Client;
-use arbiter::config::NodeConfig;
-use arbiter::node::Node;
 use arbiter::proto;
 use arbiter::proto::fencing_client::FencingClient;
 use arbiter::tls::TlsMaterial;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// The in-process cluster harness and policy fixtures of the integration tests.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::policy::{checkout_only, AB};
+use common::{eventually, free_addrs, Cluster, Timing};
 
 mod etcdpb {
     #![allow(clippy::all, missing_docs)]
@@ -52,29 +52,13 @@ const WARMUP_SECS_DEFAULT: u64 = 1;
 const CLIENTS_PER_CHANNEL: usize = 32;
 /// Deadline of one measured call; a call that takes longer counts as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline for a cluster to start, elect a leader and answer (WAN timing, loaded 2 cores).
-const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
-/// Pause between polls while waiting for a cluster.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Connect timeout of one try to reach an etcd member while waiting for a leader; the next
+/// poll tries again.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Group whose epoch the arbiter clients check.
 const GROUP: &str = "checkout";
 /// The key the etcd clients read.
 const ETCD_KEY: &[u8] = b"/fence/checkout";
-
-/// Default lease timing; `manual` so nothing moves the active region during the run.
-const POLICY: &str = r#"
-[[regions]]
-name = "region-a"
-[[regions]]
-name = "region-b"
-[[regions]]
-name = "region-c"
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-"#;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -112,8 +96,8 @@ fn main() {
         .build()
         .expect("load runtime");
 
-    let arbiter = server_rt.block_on(ArbiterCluster::start());
-    let target = load_rt.block_on(arbiter.target());
+    let arbiter = server_rt.block_on(start_arbiter());
+    let target = load_rt.block_on(ArbiterTarget::find(&arbiter));
     println!(
         "arbiter: 3 witnesses, WAN-default timing, mutual TLS; leader {} at {}; Check {GROUP} region {} epoch {}",
         target.leader_id, target.leader_addr, target.region, target.epoch
@@ -366,47 +350,16 @@ fn print_table(rows: &[(usize, LevelResult, Option<LevelResult>)]) {
     }
 }
 
-/// Polls `check` until it returns `Some`, or panics after [`STARTUP_DEADLINE`] naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < STARTUP_DEADLINE,
-            "timed out after {STARTUP_DEADLINE:?} waiting for: {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// Free loopback ports, reserved by binding port 0 and released for the server to take.
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound address"))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // Arbiter
 
-/// Three in-process witnesses and their certificates; the temp dir goes with it.
-struct ArbiterCluster {
-    dir: tempfile::TempDir,
-    certs: DevCerts,
-    addrs: Vec<SocketAddr>,
-    nodes: Vec<Node>,
-    /// Dropping a sender is the node's shutdown signal.
-    stops: Vec<oneshot::Sender<()>>,
+/// Starts three witnesses with WAN-default timing (no `[timing]` table), initialises the
+/// cluster and applies a policy whose only group, `checkout`, is manual (nothing moves its
+/// active region during the run) with the default lease. Runs on the witnesses' runtime.
+async fn start_arbiter() -> Cluster {
+    let cluster = Cluster::start_timed(3, Timing::WanDefault, "").await;
+    cluster.init_with(&checkout_only(AB, "")).await;
+    cluster
 }
 
 /// Where and what the arbiter clients ask.
@@ -418,94 +371,18 @@ struct ArbiterTarget {
     epoch: u64,
 }
 
-impl ArbiterCluster {
-    /// Starts three witnesses with WAN-default timing (no `[timing]` table), initialises the
-    /// cluster and applies [`POLICY`]. Runs on the witnesses' runtime.
-    async fn start() -> ArbiterCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let certs = init_dev_certs(&dir.path().join("certs"), 3, &[], false).expect("dev certs");
-        let addrs = free_ports(3);
-        let sites = ["region-a", "region-b", "tiebreaker"];
-        let peers: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                format!(
-                    "{{ id = {}, addr = \"{a}\", site = \"{}\" }}",
-                    i + 1,
-                    sites[i]
-                )
-            })
-            .collect();
-        let mut nodes = Vec::new();
-        let mut stops = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let tls = &certs.nodes[i];
-            let text = format!(
-                "id = {id}\nsite = \"{site}\"\ndata_dir = \"{data}\"\nlisten = \"{addr}\"\n\
-                 tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}\npeers = [{peers}]\n",
-                id = i + 1,
-                site = sites[i],
-                data = dir.path().join(format!("node-{}", i + 1)).display(),
-                ca = tls.ca.display(),
-                cert = tls.cert.display(),
-                key = tls.key.display(),
-                peers = peers.join(", "),
-            );
-            let config = NodeConfig::parse("node.toml", &text, dir.path()).expect("node file");
-            let listener = TcpListener::bind(addr).await.expect("bind witness port");
-            let (tx, rx) = oneshot::channel::<()>();
-            let node = Node::start(config, listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("witness starts");
-            nodes.push(node);
-            stops.push(tx);
-        }
-        let client = Client::new(addrs.iter().map(|a| a.to_string()).collect(), &certs.client)
-            .expect("client");
-        client
-            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-            .await
-            .expect("init");
-        let req = proto::PolicyApplyRequest {
-            toml: POLICY.to_string(),
-            dry_run: false,
-            if_version: 0,
-            request_id: "bench-policy".into(),
-        };
-        client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.policy_apply(req).await }
-            })
-            .await
-            .expect("policy applies");
-        ArbiterCluster {
-            dir,
-            certs,
-            addrs,
-            nodes,
-            stops,
-        }
-    }
-
+impl ArbiterTarget {
     /// Waits until every witness agrees on a leader, then learns the group's active region
     /// and epoch from a refused or allowed check.
-    async fn target(&self) -> ArbiterTarget {
-        let leader_id = eventually("every witness agrees on a leader", || async {
-            let views: Vec<_> = self
-                .nodes
-                .iter()
-                .map(|n| n.consensus.view().leader)
-                .collect();
-            let first = views[0]?;
-            views.iter().all(|v| *v == Some(first)).then_some(first)
-        })
-        .await;
-        let leader_addr = self.addrs[leader_id as usize - 1];
-        let tls = TlsMaterial::load(&self.certs.client)
+    async fn find(cluster: &Cluster) -> ArbiterTarget {
+        let leader_id = cluster.leader().await;
+        let leader_addr = cluster
+            .witnesses
+            .iter()
+            .find(|w| w.id == leader_id)
+            .expect("the leader is a witness")
+            .addr;
+        let tls = TlsMaterial::load(&cluster.certs.client)
             .expect("client certificate")
             .client_config(None);
         let mut target = ArbiterTarget {
@@ -539,16 +416,6 @@ impl ArbiterCluster {
         target
     }
 
-    async fn stop(self) {
-        drop(self.stops);
-        for node in self.nodes {
-            node.stop().await;
-        }
-        drop(self.dir);
-    }
-}
-
-impl ArbiterTarget {
     fn request(&self) -> proto::LeaseRequest {
         proto::LeaseRequest {
             group: GROUP.into(),
@@ -619,7 +486,7 @@ struct EtcdCluster {
 impl EtcdCluster {
     fn start(bin: &Path) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = free_ports(6);
+        let ports = free_addrs(6);
         let (clients, peers) = ports.split_at(3);
         let initial_cluster: Vec<String> = peers
             .iter()
@@ -673,7 +540,7 @@ impl EtcdCluster {
             for addr in &self.clients {
                 let Ok(channel) = Endpoint::from_shared(format!("http://{addr}"))
                     .expect("etcd address")
-                    .connect_timeout(POLL_INTERVAL * 10)
+                    .connect_timeout(ETCD_CONNECT_TIMEOUT)
                     .connect()
                     .await
                 else {

@@ -4,6 +4,13 @@
 //! skipped for the next one, within a call and for [`FAILED_MEMORY`] across calls, and the
 //! witness that answered last is tried first. Each attempt and the whole call are bounded
 //! ([`CallBounds`]; the agent bounds them by a fraction of its lease).
+//!
+//! Callers use the typed methods, one per RPC of the `Arbiter` service ([`Client::failover`],
+//! [`Client::status`], [`Client::policy_apply`], ...), which send the request to the leader
+//! through [`Client::call`]; [`Client::call_channel_within`] is the mechanism underneath, also
+//! used by the `Fencing` lease client with its own bounds. Two calls need no leader and go
+//! to the first witness that answers: a watch and a status from one witness's own applied
+//! state ([`Client::connect_any`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,6 +21,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::api::{ErrorKind, META_ERROR, META_LEADER_ADDR};
+use crate::proto;
 use crate::proto::arbiter_client::ArbiterClient;
 use crate::tls::{TlsMaterial, TlsPaths};
 
@@ -32,6 +40,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// How long a witness that failed stays at the back of the line across calls: a few
 /// renewals of a short lease, and less than an election on WAN timing plus a retry.
 pub const FAILED_MEMORY: Duration = Duration::from_secs(5);
+/// Newest operations searched for one id ([`Client::operation`]): an operation someone
+/// follows is among the newest, and the reply stays small while it is polled.
+const OPERATION_LOOKUP_LIMIT: u32 = 100;
 
 /// Time limits of one call: each attempt (one witness), and all attempts together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +99,22 @@ impl ClientError {
             message,
         }
     }
+}
+
+/// A typed method of [`Client`] for one unary RPC of the `Arbiter` service whose request
+/// the caller builds (it chooses the request id, which a retry must reuse): sent to the
+/// leader through [`Client::call`], the request cloned for each attempt.
+macro_rules! leader_rpc {
+    ($(#[$doc:meta])* $rpc:ident($request:ident) -> $reply:ident) => {
+        $(#[$doc])*
+        pub async fn $rpc(&self, req: proto::$request) -> Result<proto::$reply, ClientError> {
+            self.call(|mut c| {
+                let req = req.clone();
+                async move { c.$rpc(req).await }
+            })
+            .await
+        }
+    };
 }
 
 /// A client of the witness cluster.
@@ -332,6 +359,120 @@ impl Client {
             }
         }
         Err(last)
+    }
+}
+
+/// The typed calls of the `Arbiter` service, one per RPC that callers use.
+impl Client {
+    leader_rpc! {
+        /// Starts a failover operation of `req.group` to `req.to`; returns once the
+        /// operation is declared (committed).
+        failover(FailoverRequest) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Starts a failback of `req.group` to a higher-priority candidate (`req.to`, or the
+        /// group's first candidate when empty).
+        failback(FailoverRequest) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Lets an operation waiting for approval run, or accepts a halted rpo-check.
+        approve(OperationAction) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Runs a halted operation's step again.
+        retry(OperationAction) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Skips a halted operation's step (`req.step`).
+        skip(OperationAction) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Aborts an operation before its activation (`req.reason` says why).
+        abort(OperationAction) -> OperationReply
+    }
+
+    leader_rpc! {
+        /// Operations, newest first, as `req` selects them.
+        operations(OperationsRequest) -> OperationsReply
+    }
+
+    leader_rpc! {
+        /// Sets a group's mode.
+        set_mode(SetModeRequest) -> DecisionReply
+    }
+
+    leader_rpc! {
+        /// Validates a policy, shows its diff against the committed one and, unless
+        /// `req.dry_run`, commits it.
+        policy_apply(PolicyApplyRequest) -> PolicyApplyReply
+    }
+
+    leader_rpc! {
+        /// Adds a witness: as a learner until it has caught up, then as a voter.
+        members_add(MembersAddRequest) -> MembersListReply
+    }
+
+    /// Initialises a new cluster from the initial peers of the witness that answers.
+    pub async fn init(&self) -> Result<proto::InitReply, ClientError> {
+        self.call(|mut c| async move { c.init(proto::InitRequest {}).await })
+            .await
+    }
+
+    /// The cluster's state as the leader confirms it, with the newest `audit_limit` audit
+    /// entries (0: the server's default). A witness's own, possibly stale, view is asked of
+    /// that witness directly ([`Client::connect_any`]).
+    pub async fn status(&self, audit_limit: u32) -> Result<proto::StatusReply, ClientError> {
+        let req = proto::StatusRequest {
+            local: false,
+            audit_limit,
+        };
+        self.call(|mut c| async move { c.status(req).await }).await
+    }
+
+    /// Operation `id` of `group` (empty: any group), if it is among the newest
+    /// [`OPERATION_LOOKUP_LIMIT`] the cluster still holds.
+    pub async fn operation(
+        &self,
+        group: &str,
+        id: u64,
+    ) -> Result<Option<proto::OperationStatus>, ClientError> {
+        let reply = self
+            .operations(proto::OperationsRequest {
+                group: group.to_string(),
+                limit: OPERATION_LOOKUP_LIMIT,
+                active_only: false,
+            })
+            .await?;
+        Ok(reply.operations.into_iter().find(|o| o.id == id))
+    }
+
+    /// What every DNS source publishes, compared with the committed state.
+    pub async fn dns_check(&self) -> Result<proto::DnsCheckReply, ClientError> {
+        self.call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
+            .await
+    }
+
+    /// The committed policy and its version.
+    pub async fn policy_show(&self) -> Result<proto::PolicyShowReply, ClientError> {
+        self.call(|mut c| async move { c.policy_show(proto::PolicyShowRequest {}).await })
+            .await
+    }
+
+    /// The witnesses of the cluster.
+    pub async fn members_list(&self) -> Result<proto::MembersListReply, ClientError> {
+        self.call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await })
+            .await
+    }
+
+    /// Removes witness `id` from the cluster.
+    pub async fn members_remove(&self, id: u64) -> Result<proto::MembersListReply, ClientError> {
+        self.call(|mut c| async move { c.members_remove(proto::MembersRemoveRequest { id }).await })
+            .await
     }
 }
 

@@ -14,7 +14,8 @@
 //! - [`agent`]: `arbiter agent`, the lease-holding sidecar that self-fences when its lease
 //!   lapses.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
-//! - [`client`]: the client used by the CLI and tests; follows the leader transparently.
+//! - [`client`]: the client used by the CLI, the agent, the demo and tests: a typed method per
+//!   call of the `Arbiter` service; follows the leader transparently.
 //! - [`dns`]: the embedded authoritative DNS server, answering each group's record from the
 //!   applied state only.
 //! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints

@@ -255,17 +255,8 @@ async fn agent_of_a_removed_group_self_fences_at_its_next_renewal() {
 
     tracing::info!("--- checkout is removed from the policy");
     let without = long.replace("name = \"checkout\"", "name = \"other\"");
-    let req = arbiter::proto::PolicyApplyRequest {
-        toml: without,
-        dry_run: false,
-        if_version: 0,
-        request_id: arbiter::api::new_request_id(),
-    };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.policy_apply(req).await }
-        })
+        .policy_apply(apply_request(&without))
         .await
         .expect("policy without checkout");
     let removed = now_ns();

@@ -92,13 +92,7 @@ async fn failover_commits_once_and_refusals_are_typed() {
         reason: "change freeze".into(),
         request_id: String::new(),
     };
-    client
-        .call(|mut c| {
-            let mode = mode.clone();
-            async move { c.set_mode(mode).await }
-        })
-        .await
-        .expect("set mode");
+    client.set_mode(mode).await.expect("set mode");
     let e = failover(&client, "checkout", "region-a").await.unwrap_err();
     assert_eq!(e.kind, "frozen", "{e}");
     let after = status(&client).await;
@@ -187,7 +181,7 @@ async fn second_initialisation_is_refused() {
     for i in 0..3 {
         let e = cluster
             .client_of(i)
-            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
+            .init()
             .await
             .expect_err("second init must be refused");
         assert_eq!(e.kind, "already-initialized", "{e}");
@@ -275,7 +269,7 @@ async fn peers_and_clients_with_another_ca_are_refused() {
     tracing::info!("--- a client certificate from another CA is refused");
     let foreign = arbiter::client::Client::new(cluster.addrs(), &other.client).unwrap();
     let e = foreign
-        .call(|mut c| async move { c.status(proto::StatusRequest::default()).await })
+        .status(0)
         .await
         .expect_err("foreign client must be refused");
     assert_ne!(e.kind, "not-leader", "{e}");
@@ -298,12 +292,7 @@ async fn invalid_policy_is_refused_and_dry_run_commits_nothing() {
                 if_version: 0,
                 request_id: String::new(),
             };
-            client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.policy_apply(req).await }
-                })
-                .await
+            client.policy_apply(req).await
         }
     };
     let bad = [

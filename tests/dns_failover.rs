@@ -13,6 +13,7 @@ use arbiter::config::{RecordKind, TsigAlgorithm};
 use arbiter::proto;
 use common::authoritative::INITIAL_A;
 use common::authoritative::{available, Authoritative, Flavour, KEY_NAME, NAME, ZONE};
+use common::policy::CHECKOUT;
 use common::*;
 
 /// A policy whose group `checkout` publishes `checkout.shop.example.` on the given servers,
@@ -46,14 +47,7 @@ name = "region-b"
 zones = [{{ name = "{ZONE}", nameservers = ["ns1.{ZONE}"] }}]
 servers = [{servers}]
 reconcile_interval_ms = {reconcile_ms}
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-step_attempts = 2
+{CHECKOUT}step_attempts = 2
 {group_dns}"#,
         servers = servers.join(", ")
     )
@@ -141,13 +135,7 @@ async fn failover_publishes_the_new_region_on_bind_and_knot() {
 
     tracing::info!("--- dns check: every source matches; then a hand edit on BIND shows up");
     let client = cluster.client();
-    let check = || async {
-        client
-            .call(|mut c| async move { c.dns_check(proto::DnsCheckRequest {}).await })
-            .await
-            .unwrap()
-            .sources
-    };
+    let check = || async { client.dns_check().await.unwrap().sources };
     let sources = check().await;
     assert_eq!(sources.len(), 3, "embedded + BIND + Knot: {sources:?}");
     assert!(
@@ -228,14 +216,10 @@ async fn wrong_tsig_secret_halts_the_operation_until_fixed() {
 
     tracing::info!("--- fix the secret and retry");
     std::fs::write(&secret, &bind.secret).unwrap();
-    let req = proto::OperationAction {
-        operation: op.id,
-        ..Default::default()
-    };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.retry(req).await }
+        .retry(proto::OperationAction {
+            operation: op.id,
+            ..Default::default()
         })
         .await
         .expect("retry");

@@ -16,6 +16,7 @@ use hickory_server::proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use common::policy::CHECKOUT;
 use common::*;
 
 /// Every witness runs its DNS server on a free port (UDP and TCP share it).
@@ -40,14 +41,7 @@ name = "region-b"
 zones = [{{ name = "shop.example.", nameservers = ["ns1.shop.example.", "ns2.shop.example."] }}]
 when_isolated = "{when_isolated}"
 stale_after_ms = 1000
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-[groups.dns]
+{CHECKOUT}[groups.dns]
 zone = "shop.example."
 name = "checkout.shop.example."
 ttl = 30
@@ -418,10 +412,7 @@ async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
     let sources = eventually(
         "dns check lists every witness's embedded server",
         || async {
-            let reply = survivors
-                .call(|mut c| async move { c.dns_check(arbiter::proto::DnsCheckRequest {}).await })
-                .await
-                .ok()?;
+            let reply = survivors.dns_check().await.ok()?;
             let checkout: Vec<_> = reply
                 .sources
                 .into_iter()

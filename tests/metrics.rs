@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use common::policy::CHECKOUT;
 use common::*;
 
 /// Metric families every witness shows at every scrape (by the name in `# TYPE`).
@@ -128,14 +129,7 @@ probes = [{{ kind = "tcp", addr = "{a}", interval_ms = 200, timeout_ms = 150, ji
 [[regions]]
 name = "region-b"
 probes = [{{ kind = "tcp", addr = "{b}", interval_ms = 200, timeout_ms = 150, jitter_ms = 20 }}]
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-cooldown_ms = 0
+{CHECKOUT}cooldown_ms = 0
 hooks = {{ promote = ["promote-db"] }}
 
 [hooks.promote-db]

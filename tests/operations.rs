@@ -169,14 +169,7 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
         reason: reason.into(),
         request_id: String::new(),
     };
-    let req = act(op.id, "");
-    client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.approve(req).await }
-        })
-        .await
-        .expect("approve");
+    client.approve(act(op.id, "")).await.expect("approve");
     wait_operation(&client, op.id, "done").await;
 
     tracing::info!("--- region-a back, region-b dark: the next proposal is aborted");
@@ -189,12 +182,8 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
             .find(|o| o.state == "awaiting-approval" && o.id > op.id)
     })
     .await;
-    let req = act(next.id, "region-b is being patched; not moving");
     let aborted = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.abort(req).await }
-        })
+        .abort(act(next.id, "region-b is being patched; not moving"))
         .await
         .expect("abort");
     assert_eq!(aborted.operation.unwrap().state, "aborted");
@@ -212,12 +201,9 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
         "the reason is recorded"
     );
     let e = client
-        .call(|mut c| async move {
-            c.approve(proto::OperationAction {
-                operation: 999,
-                ..Default::default()
-            })
-            .await
+        .approve(proto::OperationAction {
+            operation: 999,
+            ..Default::default()
         })
         .await
         .expect_err("approving an unknown operation is refused");
@@ -269,14 +255,10 @@ async fn failing_hook_halts_visibly_and_retry_completes() {
 
     tracing::info!("--- fix the cause and retry");
     std::fs::write(&fixed, "").unwrap();
-    let req = proto::OperationAction {
-        operation: op.id,
-        ..Default::default()
-    };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.retry(req).await }
+        .retry(proto::OperationAction {
+            operation: op.id,
+            ..Default::default()
         })
         .await
         .expect("retry");
@@ -529,14 +511,7 @@ async fn policy_with_missing_hook_program_is_refused() {
         if_version: 0,
         request_id: String::new(),
     };
-    let e = cluster
-        .client()
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.policy_apply(req).await }
-        })
-        .await
-        .unwrap_err();
+    let e = cluster.client().policy_apply(req).await.unwrap_err();
     assert_eq!(e.kind, "invalid-policy");
     assert!(e.message.contains("hooks.promote-db.program"), "{e}");
     assert_eq!(status(&cluster.client()).await.policy_version, 1);
@@ -737,14 +712,10 @@ async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
         "{}",
         halted.error
     );
-    let req = proto::OperationAction {
-        operation: op.id,
-        ..Default::default()
-    };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.approve(req).await }
+        .approve(proto::OperationAction {
+            operation: op.id,
+            ..Default::default()
         })
         .await
         .expect("approve");

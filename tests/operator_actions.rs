@@ -13,45 +13,20 @@ use std::time::Duration;
 use arbiter::client::Client;
 use arbiter::fencing::{LeaseClient, LeaseState};
 use arbiter::proto;
+use common::policy::{checkout_only, AB};
 use common::*;
 use tokio::time::Instant;
 
 /// A policy with `checkout` over `candidates` (TOML list) and the given lease.
 fn policy(candidates: &str, lease_ms: u64) -> String {
-    format!(
-        r#"
-[[regions]]
-name = "region-a"
-[[regions]]
-name = "region-b"
-[[regions]]
-name = "region-c"
-
-[[groups]]
-name = "checkout"
-candidates = {candidates}
-mode = "manual"
-lease_ms = {lease_ms}
-lease_margin_ms = 200
-"#
+    checkout_only(
+        candidates,
+        &format!("lease_ms = {lease_ms}\nlease_margin_ms = 200\n"),
     )
 }
 
-const AB: &str = r#"["region-a", "region-b"]"#;
-
 async fn apply(client: &Client, toml: &str) -> Result<u64, arbiter::client::ClientError> {
-    let req = proto::PolicyApplyRequest {
-        toml: toml.to_string(),
-        dry_run: false,
-        if_version: 0,
-        request_id: arbiter::api::new_request_id(),
-    };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.policy_apply(req).await }
-        })
-        .await?;
+    let reply = client.policy_apply(apply_request(toml)).await?;
     Ok(reply.version)
 }
 
@@ -220,19 +195,10 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
     }
     let client = cluster.client();
     let s = eventually("the restarted cluster serves status", || async {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.call(|mut c| async move {
-                c.status(proto::StatusRequest {
-                    local: false,
-                    audit_limit: 10,
-                })
-                .await
-            }),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.status(10))
+            .await
+            .ok()?
+            .ok()?;
         Some(reply)
     })
     .await;
@@ -242,16 +208,12 @@ async fn a_policy_dropping_the_target_of_a_running_operation_never_bricks_the_cl
 }
 
 async fn abort(client: &Client, operation: u64) -> proto::OperationStatus {
-    let req = proto::OperationAction {
-        operation,
-        step: String::new(),
-        reason: "operator".into(),
-        request_id: arbiter::api::new_request_id(),
-    };
     let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.abort(req).await }
+        .abort(proto::OperationAction {
+            operation,
+            step: String::new(),
+            reason: "operator".into(),
+            request_id: arbiter::api::new_request_id(),
         })
         .await
         .expect("abort");

@@ -10,30 +10,8 @@
 mod common;
 
 use common::processes::*;
+use common::POLICY;
 use serde_json::Value;
-
-const POLICY: &str = r#"
-[[regions]]
-name = "region-a"
-[[regions]]
-name = "region-b"
-[[regions]]
-name = "region-c"
-
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
-
-[[groups]]
-name = "catalog"
-candidates = ["region-b", "region-a"]
-mode = "auto"
-lease_ms = 1000
-lease_margin_ms = 200
-"#;
 
 /// Roles of the rows of a witness table (`members list`/`add`/`remove`), by id.
 fn member_roles(table: &str) -> Vec<(u64, String)> {

@@ -324,19 +324,13 @@ async fn play(
 
     let servers: Vec<String> = layout.witnesses.iter().map(|a| a.to_string()).collect();
     let client = Client::new(servers.clone(), &certs.client)?;
-    let init = client
-        .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-        .await?;
-    let req = proto::PolicyApplyRequest {
-        toml: policy,
-        dry_run: false,
-        if_version: 0,
-        request_id: crate::api::new_request_id(),
-    };
+    let init = client.init().await?;
     let applied = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.policy_apply(req).await }
+        .policy_apply(proto::PolicyApplyRequest {
+            toml: policy,
+            dry_run: false,
+            if_version: 0,
+            request_id: crate::api::new_request_id(),
         })
         .await?;
     println!(
@@ -502,16 +496,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DemoError> {
 async fn wait_ready(client: &Client, layout: &Layout, dir: &Path) -> Result<(), DemoError> {
     let deadline = Instant::now() + SETUP_DEADLINE;
     loop {
-        let status = client
-            .call(|mut c| async move {
-                c.status(proto::StatusRequest {
-                    local: false,
-                    audit_limit: 1,
-                })
-                .await
-            })
-            .await
-            .ok();
+        let status = client.status(1).await.ok();
         let regions_up = status.as_ref().is_some_and(|s| {
             REGIONS
                 .iter()

@@ -218,7 +218,7 @@ async fn observe(
                         last_seq = last_seq.max(seq);
                     }
                     if let Some(id) = operation {
-                        if let Some(op) = fetch_operation(&s.client, id).await? {
+                        if let Some(op) = s.client.operation(GROUP, id).await? {
                             to_epoch = op.to_epoch;
                             steps(t, &op, &mut steps_seen);
                             if op.state == "halted" || op.state == "aborted" {
@@ -373,24 +373,6 @@ pub async fn answers(addr: &SocketAddr) -> Vec<String> {
     )
     .await
     .unwrap_or_default()
-}
-
-async fn fetch_operation(
-    client: &Client,
-    id: u64,
-) -> Result<Option<proto::OperationStatus>, DemoError> {
-    let req = proto::OperationsRequest {
-        group: GROUP.to_string(),
-        limit: 10,
-        active_only: false,
-    };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.operations(req).await }
-        })
-        .await?;
-    Ok(reply.operations.into_iter().find(|o| o.id == id))
 }
 
 /// The parts of an agent's state file the timeline reads.

@@ -1,11 +1,15 @@
-//! Shared harness of the cluster tests: dev certificates, in-process witnesses on loopback
-//! port 0, a client, and bounded waits on observable conditions (never bare sleeps).
+//! Shared harness of the cluster tests and the fence bench (`benches/fence.rs` includes it
+//! by path): dev certificates, in-process witnesses on loopback port 0, a client, the policy
+//! fixtures ([`policy`]), and bounded waits on observable conditions (never bare sleeps).
 
 #![allow(dead_code)]
 
 pub mod authoritative;
+pub mod policy;
 pub mod postgres;
 pub mod processes;
+
+pub use policy::POLICY;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,40 +74,53 @@ where
     }
 }
 
-pub const POLICY: &str = r#"
-[[regions]]
-name = "region-a"
-[[regions]]
-name = "region-b"
-[[regions]]
-name = "region-c"
+/// `n` distinct free loopback ports: bound to port 0, read, then released for the servers.
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
 
-[[groups]]
-name = "checkout"
-candidates = ["region-a", "region-b"]
-mode = "manual"
-lease_ms = 1000
-lease_margin_ms = 200
+/// Sites of the in-process witnesses by id: the topology of DESIGN.md for 3 or 5 voters.
+const SITES: [&str; 5] = ["region-a", "region-b", "tiebreaker", "region-a", "region-b"];
 
-[[groups]]
-name = "catalog"
-candidates = ["region-b", "region-a"]
-mode = "auto"
-lease_ms = 1000
-lease_margin_ms = 200
-"#;
+/// How the witnesses of a test cluster are timed: the `[timing]` table of their node files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// Short: elections of about a second keep tests quick.
+    Test,
+    /// No `[timing]` table: the production defaults, WAN-sized (what the bench measures).
+    WanDefault,
+}
 
-/// Node file text for witness `id` of a cluster whose witnesses listen on `addrs`. Short
-/// timing keeps tests quick; production defaults are WAN-sized.
+impl Timing {
+    fn table(self) -> &'static str {
+        match self {
+            Timing::Test => {
+                "
+[timing]
+heartbeat_ms = 100
+election_timeout_min_ms = 600
+election_timeout_max_ms = 1200
+rpc_timeout_ms = 500
+"
+            }
+            Timing::WanDefault => "",
+        }
+    }
+}
+
+/// Node file text for witness `id` of a cluster whose witnesses listen on `addrs`, with
+/// [`Timing::Test`].
 pub fn node_toml(
     id: u64,
     addrs: &[SocketAddr],
     data_dir: &Path,
     tls: &arbiter::tls::TlsPaths,
 ) -> String {
-    let sites = ["region-a", "region-b", "tiebreaker", "region-a", "region-b"];
     let peers: Vec<u64> = (1..=addrs.len() as u64).collect();
-    node_toml_with(id, addrs, &peers, &sites, data_dir, tls)
+    node_toml_with(id, addrs, &peers, &SITES, data_dir, tls, Timing::Test)
 }
 
 /// Node file text for witness `id` listing only `peers` (ids) as initial peers; witness `n`
@@ -116,6 +133,7 @@ pub fn node_toml_with(
     sites: &[&str],
     data_dir: &Path,
     tls: &arbiter::tls::TlsPaths,
+    timing: Timing,
 ) -> String {
     let site = |n: u64| sites[(n as usize - 1) % sites.len()];
     let peers: Vec<String> = peers
@@ -135,13 +153,7 @@ data_dir = "{data}"
 listen = "{listen}"
 tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
 peers = [{peers}]
-
-[timing]
-heartbeat_ms = 100
-election_timeout_min_ms = 600
-election_timeout_max_ms = 1200
-rpc_timeout_ms = 500
-"#,
+{timing}"#,
         site = site(id),
         data = data_dir.display(),
         listen = addrs[id as usize - 1],
@@ -149,6 +161,7 @@ rpc_timeout_ms = 500
         cert = tls.cert.display(),
         key = tls.key.display(),
         peers = peers.join(", "),
+        timing = timing.table(),
     )
 }
 
@@ -223,19 +236,19 @@ impl Cluster {
 
     /// Starts `n` witnesses whose node files end with `extra` (TOML tables).
     pub async fn start_with(n: usize, extra: &str) -> Cluster {
+        Self::start_timed(n, Timing::Test, extra).await
+    }
+
+    /// Starts `n` witnesses with `timing` whose node files end with `extra` (TOML tables).
+    pub async fn start_timed(n: usize, timing: Timing, extra: &str) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let certs = init_dev_certs(&dir.path().join("certs"), n as u32, &[], false).unwrap();
         // Reserve ports first so every node file can list all peers.
-        let mut listeners = Vec::new();
-        for _ in 0..n {
-            listeners.push(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-        }
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        drop(listeners);
+        let addrs = free_addrs(n);
         let mut witnesses = Vec::new();
         for id in 1..=n as u64 {
-            let config = Self::config(dir.path(), &certs, id, &addrs, extra);
+            let config = Self::config(dir.path(), &certs, id, &addrs, timing, extra);
             witnesses.push(Witness::start(config).await);
         }
         Cluster {
@@ -250,10 +263,13 @@ impl Cluster {
         certs: &DevCerts,
         id: u64,
         addrs: &[SocketAddr],
+        timing: Timing,
         extra: &str,
     ) -> NodeConfig {
         let data = dir.join(format!("node-{id}"));
-        let text = node_toml(id, addrs, &data, &certs.nodes[id as usize - 1])
+        let peers: Vec<u64> = (1..=addrs.len() as u64).collect();
+        let tls = &certs.nodes[id as usize - 1];
+        let text = node_toml_with(id, addrs, &peers, &SITES, &data, tls, timing)
             + &extra.replace("{id}", &id.to_string());
         NodeConfig::parse("node.toml", &text, dir).expect("valid node file")
     }
@@ -284,20 +300,11 @@ impl Cluster {
     /// Initialises the cluster and applies `policy`.
     pub async fn init_with(&self, policy: &str) -> String {
         let client = self.client();
-        let reply = client
-            .call(|mut c| async move { c.init(proto::InitRequest {}).await })
-            .await
-            .expect("init");
-        let req = proto::PolicyApplyRequest {
-            toml: policy.to_string(),
-            dry_run: false,
-            if_version: 0,
-            request_id: "policy-1".into(),
-        };
+        let reply = client.init().await.expect("init");
         client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.policy_apply(req).await }
+            .policy_apply(proto::PolicyApplyRequest {
+                request_id: "policy-1".into(),
+                ..apply_request(policy)
             })
             .await
             .expect("policy applies");
@@ -387,16 +394,17 @@ pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
 }
 
 pub async fn status(client: &Client) -> proto::StatusReply {
-    client
-        .call(|mut c| async move {
-            c.status(proto::StatusRequest {
-                local: false,
-                audit_limit: 100,
-            })
-            .await
-        })
-        .await
-        .expect("status")
+    client.status(100).await.expect("status")
+}
+
+/// A request to commit `policy` (no dry run, no version check) under a new request id.
+pub fn apply_request(policy: &str) -> proto::PolicyApplyRequest {
+    proto::PolicyApplyRequest {
+        toml: policy.to_string(),
+        dry_run: false,
+        if_version: 0,
+        request_id: arbiter::api::new_request_id(),
+    }
 }
 
 /// Starts a failover of `group` to `to` and waits until the operation is done.
@@ -415,16 +423,12 @@ pub async fn start_failover(
     group: &str,
     to: &str,
 ) -> Result<proto::OperationStatus, arbiter::client::ClientError> {
-    let req = proto::FailoverRequest {
-        group: group.into(),
-        to: to.into(),
-        reason: "test".into(),
-        request_id: arbiter::api::new_request_id(),
-    };
     let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.failover(req).await }
+        .failover(proto::FailoverRequest {
+            group: group.into(),
+            to: to.into(),
+            reason: "test".into(),
+            request_id: arbiter::api::new_request_id(),
         })
         .await?;
     Ok(reply.operation.expect("operation in reply"))
@@ -441,17 +445,5 @@ pub async fn wait_operation(client: &Client, id: u64, state: &str) -> proto::Ope
 
 /// The operation `id`, if the cluster answers.
 pub async fn operation(client: &Client, id: u64) -> Option<proto::OperationStatus> {
-    let req = proto::OperationsRequest {
-        group: String::new(),
-        limit: 1000,
-        active_only: false,
-    };
-    let reply = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.operations(req).await }
-        })
-        .await
-        .ok()?;
-    reply.operations.into_iter().find(|o| o.id == id)
+    client.operation("", id).await.ok().flatten()
 }

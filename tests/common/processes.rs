@@ -7,12 +7,14 @@
 //! Waits are bounded polls on an observable condition (a log line, a CLI answer).
 
 use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub use super::free_addrs;
 
 /// Generous deadline for anything the cluster should do "soon" (start, elect, catch up) on a
 /// loaded 2-core machine running several clusters at once.
@@ -126,14 +128,6 @@ pub fn run(dir: &Path, args: &[&str]) -> Out {
     out
 }
 
-/// `n` distinct free loopback ports: bound to port 0, read, then released for the witnesses.
-pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 /// Node file of witness `id`; `peers` are the ids it lists as initial peers.
 pub fn node_toml(dir: &Path, certs: &Path, addrs: &[SocketAddr], id: u64, peers: &[u64]) -> String {
     let tls = arbiter::tls::TlsPaths {
@@ -142,7 +136,7 @@ pub fn node_toml(dir: &Path, certs: &Path, addrs: &[SocketAddr], id: u64, peers:
         key: certs.join(format!("node-{id}.key")),
     };
     let data = dir.join(format!("node-{id}"));
-    super::node_toml_with(id, addrs, peers, &SITES, &data, &tls)
+    super::node_toml_with(id, addrs, peers, &SITES, &data, &tls, super::Timing::Test)
 }
 
 pub fn tail(path: &Path, lines: usize) -> String {
