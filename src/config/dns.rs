@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
-use super::policy::SecretRef;
+use super::secret_ref::SecretRef;
 
 /// TTL bounds: below 5 s resolvers hammer the servers; above a day a failover is invisible.
 pub const TTL_MIN: u32 = 5;

@@ -4,9 +4,12 @@
 
 mod dns;
 mod error;
+mod hook;
 mod node;
 mod policy;
 mod postgres;
+pub mod probe;
+mod secret_ref;
 
 pub use dns::{
     check_fqdn, in_zone, DnsPolicy, DnsServer, DnsZone, GroupDns, RecordKind, RecordSet,
@@ -23,3 +26,4 @@ pub use policy::{
 pub use postgres::{
     split_tls, PostgresAction, PostgresHook, PostgresRegion, PostgresTls, StopCommand,
 };
+pub use probe::{ProbeSpec, ProbeTarget};

@@ -5,12 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_name, ConfigError};
+use super::hook::{check_program, check_timeout, default_hook_timeout_ms};
 use super::postgres::PostgresHook;
+pub use super::secret_ref::SecretRef;
 
 /// At most this many regions: a failover group is a handful of regions, not a fleet.
 pub const REGIONS_MAX: usize = 16;
@@ -72,48 +74,6 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Where a secret lives on each witness. The secret itself never enters the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    /// A file readable by the witness process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-    /// An environment variable of the witness process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-}
-
-impl SecretRef {
-    /// Checks that the reference names exactly one source and that it resolves here.
-    pub(crate) fn check(&self, key: &str) -> Result<(), ConfigError> {
-        match (&self.file, &self.env) {
-            (Some(path), None) => match std::fs::metadata(path) {
-                Ok(m) if m.is_file() => Ok(()),
-                Ok(_) => Err(ConfigError::new(
-                    format!("{key}.file"),
-                    format!("{} is not a regular file", path.display()),
-                )),
-                Err(e) => Err(ConfigError::new(
-                    format!("{key}.file"),
-                    format!("secret file {} cannot be read: {e}", path.display()),
-                )),
-            },
-            (None, Some(var)) => match std::env::var_os(var) {
-                Some(_) => Ok(()),
-                None => Err(ConfigError::new(
-                    format!("{key}.env"),
-                    format!("environment variable {var} is not set on this witness"),
-                )),
-            },
-            _ => Err(ConfigError::new(
-                key,
-                "a secret reference needs exactly one of `file` or `env`",
-            )),
-        }
-    }
-}
-
 /// A region: a site that can run the workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +82,7 @@ pub struct Region {
     /// How witnesses check the region's health; a region without probes is never `down`
     /// and never `up` by verdict (only operators fail it over).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub probes: Vec<crate::health::ProbeSpec>,
+    pub probes: Vec<super::probe::ProbeSpec>,
 }
 
 /// A failover group as written in the policy.
@@ -292,10 +252,6 @@ impl Hook {
     }
 }
 
-pub(super) fn default_hook_timeout_ms() -> u64 {
-    30_000
-}
-
 /// The policy, exactly as it will be replicated. Build it with [`Policy::parse`], which
 /// validates everything; a `Policy` value is always valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,7 +315,7 @@ impl Policy {
                     format!("duplicate region {:?}", region.name),
                 ));
             }
-            crate::health::validate_region_probes(&format!("regions[{i}]"), &region.probes)?;
+            super::probe::validate_region_probes(&format!("regions[{i}]"), &region.probes)?;
         }
         if self.groups.len() > GROUPS_MAX {
             return Err(ConfigError::new(
@@ -670,48 +626,6 @@ impl Policy {
         }
         out
     }
-}
-
-/// An `exec` hook's program must be an absolute path to an executable regular file on the
-/// witness that validates the policy, so a typo is refused now rather than during a
-/// failover. (Every witness that may become leader needs it at the same path.)
-pub(super) fn check_program(key: &str, program: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    /// Any of the owner, group and other execute bits.
-    const MODE_EXECUTE_ANY: u32 = 0o111;
-    if !program.is_absolute() {
-        return Err(ConfigError::new(key, "must be an absolute path"));
-    }
-    let shown = program.display();
-    let meta = std::fs::metadata(program).map_err(|e| {
-        ConfigError::new(key, format!("{shown} cannot be used on this witness: {e}"))
-    })?;
-    if !meta.is_file() {
-        return Err(ConfigError::new(
-            key,
-            format!("{shown} is not a regular file"),
-        ));
-    }
-    let mode = meta.permissions().mode();
-    if mode & MODE_EXECUTE_ANY == 0 {
-        return Err(ConfigError::new(
-            key,
-            format!("{shown} is not executable (mode {:o})", mode & 0o7777),
-        ));
-    }
-    Ok(())
-}
-
-fn check_timeout(key: &str, timeout_ms: u64) -> Result<(), ConfigError> {
-    /// A hook that needs more than 10 minutes should report progress another way.
-    const HOOK_TIMEOUT_MS_MAX: u64 = 600_000;
-    if timeout_ms == 0 || timeout_ms > HOOK_TIMEOUT_MS_MAX {
-        return Err(ConfigError::new(
-            format!("{key}.timeout_ms"),
-            format!("{timeout_ms} is outside 1..={HOOK_TIMEOUT_MS_MAX}"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

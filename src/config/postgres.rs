@@ -24,7 +24,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
-use super::policy::SecretRef;
+use super::secret_ref::SecretRef;
 
 /// What a `postgres` hook does. Each action serves exactly one failover step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +83,7 @@ pub struct PostgresHook {
     /// uses the hook must be listed: any of them may be the source or the target.
     pub regions: BTreeMap<String, PostgresRegion>,
     /// Deadline of the whole action, connections included.
-    #[serde(default = "super::policy::default_hook_timeout_ms")]
+    #[serde(default = "super::hook::default_hook_timeout_ms")]
     pub timeout_ms: u64,
 }
 
@@ -148,7 +148,7 @@ impl PostgresHook {
                         ),
                     ));
                 }
-                super::policy::check_program(&format!("{rkey}.stop.program"), &stop.program)?;
+                super::hook::check_program(&format!("{rkey}.stop.program"), &stop.program)?;
             }
         }
         Ok(())

@@ -21,9 +21,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::service::{Fencing, LeaseKind, FORWARD_TIMEOUT_MAX};
+use super::service::{Fencing, FORWARD_TIMEOUT_MAX};
 use crate::api::{ApiError, ErrorKind};
 use crate::proto;
+use crate::state::LeaseKind;
 
 #[derive(Clone)]
 struct AppState {

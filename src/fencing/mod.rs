@@ -11,6 +11,7 @@ mod client;
 mod http;
 mod service;
 
+pub use crate::state::LeaseKind;
 pub use client::{LeaseClient, LeaseState};
 pub use http::router;
-pub use service::{Fencing, FencingService, LeaseKind};
+pub use service::{Fencing, FencingService};

@@ -19,7 +19,7 @@ use crate::proto;
 use crate::proto::fencing_client::FencingClient;
 use crate::proto::fencing_server::Fencing as FencingRpc;
 use crate::raft::{Consensus, ConsensusError, Network};
-use crate::state::LeaseRefusal;
+use crate::state::{LeaseKind, LeaseRefusal};
 use crate::telemetry::{FenceResult, Metrics};
 
 /// Bound on holder names and other strings from the network.
@@ -29,14 +29,6 @@ pub const META_FORWARDED: &str = "arbiter-forwarded";
 /// Longest a follower waits for the leader's answer to a forwarded request: one round trip
 /// and a batched read; a leader that takes longer is as good as unreachable.
 pub const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(5);
-
-/// Which question is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseKind {
-    Acquire,
-    Renew,
-    Check,
-}
 
 /// The fencing decisions of one witness.
 #[derive(Clone)]

@@ -1,4 +1,4 @@
-//! Region health: probe specifications, the witness's probes and probe loop, the leader's
+//! Region health: the witness's probes and probe loop, the leader's
 //! table of reports, and the pure quorum verdict (S7).
 //!
 //! Witnesses probe every region and report what they see; the leader keeps the latest report
@@ -6,7 +6,6 @@
 //! nothing about failover and never touches replicated state: it only says `up`, `down` or
 //! `unknown`, with evidence, for the failover policy to act on.
 //!
-//! - [`spec`]: the TOML form of a probe and its validation.
 //! - [`probe`]: one probe, run once with its deadline.
 //! - [`prober`]: the per-region probe loop on a witness.
 //! - [`table`]: the leader's latest report per (region, witness).
@@ -14,12 +13,10 @@
 
 pub mod probe;
 pub mod prober;
-pub mod spec;
 pub mod table;
 pub mod verdict;
 
 pub use probe::{check_source, probe_once, ProbeOptions, ProbeResult};
 pub use prober::{Prober, RegionObservation};
-pub use spec::{validate_region_probes, ProbeSpec, ProbeTarget};
 pub use table::{RecordError, RegionSummary, RegionView, ReportTable, TABLE_REGIONS_MAX};
 pub use verdict::{verdict, Evidence, Observation, Seen, Verdict, WitnessEvidence};

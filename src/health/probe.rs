@@ -17,7 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::spec::{ProbeSpec, ProbeTarget};
+use crate::config::{ProbeSpec, ProbeTarget};
 
 /// At most this much of an HTTP body is read to look for `body_contains`: health endpoints
 /// answer in a few bytes, and a probe must not download a page.

@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::probe::{Probe, ProbeOptions, ProbeResult, DETAIL_BYTES_MAX};
-use super::spec::{ProbeSpec, INTERVAL_MS_MIN, PROBES_PER_REGION_MAX};
 use super::table::TABLE_REGIONS_MAX;
+use crate::config::probe::{INTERVAL_MS_MIN, PROBES_PER_REGION_MAX};
+use crate::config::ProbeSpec;
 
 /// What this witness currently sees of one region, ready to report to the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]

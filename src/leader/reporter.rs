@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::LeaderTables;
-use crate::health::{ProbeOptions, ProbeSpec, Prober};
+use crate::config::ProbeSpec;
+use crate::health::{ProbeOptions, Prober};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{ProbeReport, RegionProbe};
 use crate::raft::{Consensus, Network};

@@ -109,3 +109,12 @@ mod tests {
         assert_eq!(huge.wait_ms(), u64::MAX, "saturates, never wraps");
     }
 }
+
+/// The three questions a database's agent (or a script) asks about a lease: take it, keep it,
+/// or may I still act at this epoch. Answered by `crate::fencing`, counted by telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    Acquire,
+    Renew,
+    Check,
+}

@@ -21,7 +21,7 @@ mod lease;
 pub mod limits;
 mod operation;
 
-pub use lease::{LeaseBound, RemovedGroup};
+pub use lease::{LeaseBound, LeaseKind, RemovedGroup};
 pub use limits::{
     text, AUDIT_DETAIL_BYTES_MAX, AUDIT_ENTRIES_MAX, DETAIL_BYTES_MAX, FINISHED_OPERATIONS_MAX,
     NAME_BYTES_MAX, PROPOSAL_BYTES_MAX, REASON_BYTES_MAX, REQUEST_IDS_MAX, REQUEST_ID_BYTES_MAX,

@@ -13,8 +13,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::StateCollector;
-use crate::fencing::LeaseKind;
 use crate::raft::Consensus;
+use crate::state::LeaseKind;
 use crate::state::Step;
 
 /// Label set of a family whose label values are known in advance (no allocation).

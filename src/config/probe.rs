@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 
 /// Probe interval bounds: faster than 100 ms is load, not health checking; slower than a
 /// minute makes failover detection slower than most RTO targets.
@@ -28,7 +28,7 @@ pub const TIMEOUT_MS_MIN: u64 = 10;
 /// At most this many probes per region: a region is judged on a few signals, and every probe
 /// runs on every witness.
 pub const PROBES_PER_REGION_MAX: usize = 8;
-/// Bound on `body_contains`: the probe reads at most [`super::probe::BODY_BYTES_MAX`] bytes
+/// Bound on `body_contains`: the probe reads at most [`crate::health::probe::BODY_BYTES_MAX`] bytes
 /// of body anyway, and a short marker is what the option is for.
 pub const BODY_CONTAINS_BYTES_MAX: usize = 1_024;
 /// Bound on URLs and addresses, so a policy cannot carry arbitrarily large strings into every
