@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbiter::health::{
-    check_source, probe_once, ProbeOptions, ProbeSpec, ProbeTarget, Prober, RegionObservation,
-};
+use arbiter::config::{ProbeSpec, ProbeTarget};
+use arbiter::health::{check_source, probe_once, ProbeOptions, Prober, RegionObservation};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::get;
