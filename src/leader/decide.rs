@@ -51,11 +51,11 @@ pub fn verdict_changes(state: &ClusterState, verdicts: &Verdicts) -> Vec<Command
         .iter()
         .filter(|(_, (v, _))| *v != Verdict::Unknown)
         .filter(|(region, (v, _))| {
-            state.verdicts.get(*region).map(String::as_str) != Some(v.as_str())
+            state.verdicts.get(*region) != Some(v)
         })
         .map(|(region, (v, evidence))| Command::RecordVerdict {
             region: region.clone(),
-            verdict: v.as_str().to_string(),
+            verdict: *v,
             evidence: describe_evidence(evidence),
         })
         .collect()
@@ -387,7 +387,7 @@ mod tests {
         let changes = verdict_changes(&s, &v);
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert!(
-            matches!(&changes[0], Command::RecordVerdict { region, verdict, .. } if region == "a" && verdict == "up")
+            matches!(&changes[0], Command::RecordVerdict { region, verdict, .. } if region == "a" && *verdict == Verdict::Up)
         );
     }
 }

@@ -192,7 +192,7 @@ fn worst_case_state_fits_a_snapshot() {
     for i in 0..AUDIT_ENTRIES_MAX {
         d.ok(Command::RecordVerdict {
             region: regions[i % regions.len()].clone(),
-            verdict: quotes(NAME_BYTES_MAX),
+            verdict: Verdict::Unknown,
             evidence: quotes(AUDIT_DETAIL_BYTES_MAX * 4),
         });
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Policy};
+use crate::health::Verdict;
 
 mod lease;
 pub mod limits;
@@ -108,7 +109,7 @@ pub enum Command {
     /// The leader's quorum verdict about a region changed.
     RecordVerdict {
         region: String,
-        verdict: String,
+        verdict: Verdict,
         evidence: String,
     },
     SetMode {
@@ -383,9 +384,9 @@ pub struct ClusterState {
     /// Last operation id issued.
     #[serde(default)]
     pub last_operation_id: u64,
-    /// Last recorded quorum verdict per region (`up`, `down`, `unknown`).
+    /// Last recorded quorum verdict per region (`up`, `down`, `unknown` on the wire).
     #[serde(default)]
-    pub verdicts: BTreeMap<String, String>,
+    pub verdicts: BTreeMap<String, Verdict>,
 }
 
 impl ClusterState {
@@ -655,8 +656,8 @@ impl ClusterState {
                         region: region.clone(),
                     });
                 }
-                let previous = self.verdicts.insert(region.clone(), verdict.clone());
-                let from = previous.as_deref().unwrap_or("unknown");
+                let previous = self.verdicts.insert(region.clone(), *verdict);
+                let from = previous.unwrap_or(Verdict::Unknown);
                 self.audit(
                     index,
                     p,
@@ -1518,12 +1519,7 @@ fn check_proposal(p: &Proposal) -> Result<(), Refusal> {
             name("group", group)?;
             too_long("server", server, SERVER_BYTES_MAX)
         }
-        Command::RecordVerdict {
-            region, verdict, ..
-        } => {
-            name("region", region)?;
-            name("verdict", verdict)
-        }
+        Command::RecordVerdict { region, .. } => name("region", region),
         Command::SetMode {
             group, reason: r, ..
         } => {

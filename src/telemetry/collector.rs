@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::config::Mode;
 use crate::raft::Consensus;
+use crate::health::Verdict;
 use crate::state::{ClusterState, OperationState};
 
 /// Roles reported by `arbiter_raft_role`, one series each.
@@ -132,8 +133,9 @@ fn group_rows(s: &ClusterState) -> GroupRows {
         let verdict = s
             .verdicts
             .get(&r.name)
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_string());
+            .copied()
+            .unwrap_or(Verdict::Unknown)
+            .to_string();
         rows.recorded_verdicts.push((r.name.clone(), verdict));
     }
     rows
