@@ -5,6 +5,7 @@
 mod common;
 
 use arbiter::proto;
+use arbiter::state::AuditKind;
 use common::*;
 
 /// Goal: 3 and 5 witnesses elect a leader and every witness answers `Status`.
@@ -65,13 +66,13 @@ async fn failover_commits_once_and_refusals_are_typed() {
             let done = s
                 .audit
                 .iter()
-                .filter(|a| a.kind == "operation-done" && a.group == "checkout")
+                .filter(|a| a.kind == AuditKind::OperationDone && a.group == "checkout")
                 .count();
             assert_eq!(done, 1, "the operation is recorded done exactly once");
             let entry = s
                 .audit
                 .iter()
-                .find(|a| a.kind == "operation-declared")
+                .find(|a| a.kind == AuditKind::OperationDeclared)
                 .unwrap();
             assert_eq!(
                 entry.actor, "operator",

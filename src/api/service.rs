@@ -216,7 +216,7 @@ fn audit_pb(a: &AuditEntry) -> proto::AuditEntry {
         at_ms: a.at_ms,
         actor: a.actor.clone(),
         group: a.group.clone(),
-        kind: a.kind.clone(),
+        kind: a.kind.to_string(),
         detail: a.detail.clone(),
         epoch: a.epoch,
     }

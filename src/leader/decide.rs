@@ -50,9 +50,7 @@ pub fn verdict_changes(state: &ClusterState, verdicts: &Verdicts) -> Vec<Command
     verdicts
         .iter()
         .filter(|(_, (v, _))| *v != Verdict::Unknown)
-        .filter(|(region, (v, _))| {
-            state.verdicts.get(*region) != Some(v)
-        })
+        .filter(|(region, (v, _))| state.verdicts.get(*region) != Some(v))
         .map(|(region, (v, evidence))| Command::RecordVerdict {
             region: region.clone(),
             verdict: *v,

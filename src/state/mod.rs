@@ -18,10 +18,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Mode, Policy};
 use crate::health::Verdict;
 
+mod audit;
 mod lease;
 pub mod limits;
 mod operation;
 
+pub use audit::AuditKind;
 pub use lease::{LeaseBound, LeaseKind, RemovedGroup};
 pub use limits::{
     text, AUDIT_DETAIL_BYTES_MAX, AUDIT_ENTRIES_MAX, DETAIL_BYTES_MAX, FINISHED_OPERATIONS_MAX,
@@ -346,8 +348,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// Empty for cluster-wide decisions.
     pub group: String,
-    /// `bootstrap`, `policy`, `failover`, `mode`, `group-created`, `group-removed`, ...
-    pub kind: String,
+    pub kind: AuditKind,
     pub detail: String,
     /// The group's epoch after the decision (0 for cluster-wide decisions).
     pub epoch: u64,
@@ -449,7 +450,7 @@ impl ClusterState {
                     index,
                     p,
                     "",
-                    "bootstrap",
+                    AuditKind::Bootstrap,
                     format!("cluster {cluster_id} initialised"),
                     0,
                 );
@@ -490,7 +491,7 @@ impl ClusterState {
                     index,
                     p,
                     &group,
-                    "operation-halted",
+                    AuditKind::OperationHalted,
                     format!("operation {operation} halted at {step}: {error}"),
                     epoch,
                 );
@@ -510,7 +511,7 @@ impl ClusterState {
                     index,
                     p,
                     &group,
-                    "operation-retry",
+                    AuditKind::OperationRetry,
                     format!("operation {operation}: retry {step}"),
                     epoch,
                 );
@@ -553,7 +554,7 @@ impl ClusterState {
                             index,
                             p,
                             &group,
-                            "operation-approved",
+                            AuditKind::OperationApproved,
                             format!("operation {operation} approved"),
                             epoch,
                         );
@@ -612,7 +613,7 @@ impl ClusterState {
                     index,
                     p,
                     group,
-                    "removed-leases-expired",
+                    AuditKind::RemovedLeasesExpired,
                     format!(
                         "leases of removed group {group} (region {active}, up to epoch {epoch}) have expired: waited {} ms ({bound})",
                         bound.wait_ms()
@@ -636,7 +637,7 @@ impl ClusterState {
                     index,
                     p,
                     group,
-                    "dns-repair",
+                    AuditKind::DnsRepair,
                     format!("server {server}: {detail}"),
                     epoch,
                 );
@@ -662,7 +663,7 @@ impl ClusterState {
                     index,
                     p,
                     "",
-                    "verdict",
+                    AuditKind::Verdict,
                     format!("region {region}: {from} -> {verdict}\n{evidence}"),
                     0,
                 );
@@ -681,7 +682,7 @@ impl ClusterState {
                     index,
                     p,
                     group,
-                    "mode",
+                    AuditKind::Mode,
                     format!("mode {from} -> {mode}: {reason}"),
                     after.epoch,
                 );
@@ -783,7 +784,7 @@ impl ClusterState {
             index,
             p,
             group,
-            "operation-declared",
+            AuditKind::OperationDeclared,
             format!(
                 "operation {id} ({}) {from} -> {to}, epoch {to_epoch} reserved{}: {reason}",
                 kind.as_str(),
@@ -886,9 +887,9 @@ impl ClusterState {
             g.operation = None;
         }
         let kind = if op.state == OperationState::Done {
-            "operation-done"
+            AuditKind::OperationDone
         } else {
-            "step"
+            AuditKind::Step
         };
         let epoch = if op.has_completed(Step::Activate) {
             op.to_epoch
@@ -962,7 +963,7 @@ impl ClusterState {
                     index,
                     p,
                     &group,
-                    "operation-aborting",
+                    AuditKind::OperationAborting,
                     format!("operation {operation} aborted, {from} stays active at epoch {epoch}; its unfence hooks run next: {reason}"),
                     epoch,
                 );
@@ -1008,7 +1009,7 @@ impl ClusterState {
             index,
             p,
             &group,
-            "operation-aborted",
+            AuditKind::OperationAborted,
             format!("operation {operation} aborted, {from} stays active at epoch {epoch}: {reason}{tail}"),
             epoch,
         );
@@ -1062,7 +1063,7 @@ impl ClusterState {
             index,
             p,
             &group,
-            "operation-done",
+            AuditKind::OperationDone,
             format!("operation {old}: {detail}"),
             epoch,
         );
@@ -1318,7 +1319,7 @@ impl ClusterState {
                         );
                     }
                     self.groups.insert(gp.name.clone(), g);
-                    self.audit(index, p, &gp.name, "group-created", detail, epoch);
+                    self.audit(index, p, &gp.name, AuditKind::GroupCreated, detail, epoch);
                 }
             }
         }
@@ -1354,7 +1355,7 @@ impl ClusterState {
                 index,
                 p,
                 &name,
-                "group-removed",
+                AuditKind::GroupRemoved,
                 format!(
                     "group removed at epoch {} ({} was active; its lease may be held for {} ms more)",
                     g.epoch,
@@ -1373,7 +1374,7 @@ impl ClusterState {
             index,
             p,
             "",
-            "policy",
+            AuditKind::Policy,
             format!("policy version {version}\n{diff}"),
             0,
         );
@@ -1399,7 +1400,7 @@ impl ClusterState {
         index: u64,
         p: &Proposal,
         group: &str,
-        kind: &str,
+        kind: AuditKind,
         detail: String,
         epoch: u64,
     ) {
@@ -1410,7 +1411,7 @@ impl ClusterState {
             at_ms: p.at_ms,
             actor: p.actor.clone(),
             group: group.to_string(),
-            kind: kind.to_string(),
+            kind,
             detail: text(&detail, AUDIT_DETAIL_BYTES_MAX),
             epoch,
         };

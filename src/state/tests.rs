@@ -95,7 +95,7 @@ fn new_group_starts_on_first_candidate_at_epoch_one() {
         (g.active.as_str(), g.epoch, g.mode),
         ("region-a", 1, Mode::Manual)
     );
-    assert_eq!(s.audit.back().unwrap().kind, "policy");
+    assert_eq!(s.audit.back().unwrap().kind, AuditKind::Policy);
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn operation_runs_its_steps_in_order_and_bumps_the_epoch_once() {
     assert_eq!(
         s.audit
             .iter()
-            .filter(|a| a.kind == "operation-done")
+            .filter(|a| a.kind == AuditKind::OperationDone)
             .count(),
         1
     );

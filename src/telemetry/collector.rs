@@ -10,8 +10,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use crate::config::Mode;
-use crate::raft::Consensus;
 use crate::health::Verdict;
+use crate::raft::Consensus;
 use crate::state::{ClusterState, OperationState};
 
 /// Roles reported by `arbiter_raft_role`, one series each.
