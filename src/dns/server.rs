@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::publication::Publication;
 use crate::config::{DnsPolicy, RecordKind, WhenIsolated};
 use crate::raft::Consensus;
 use crate::state::ClusterState;
@@ -163,15 +164,16 @@ impl ZoneView {
             });
         }
         for g in &policy.groups {
-            let Some(dns) = &g.dns else { continue };
-            let Some(active) = state.groups.get(&g.name).map(|s| &s.active) else {
+            // The same publication the `dns` step, the reconciler and `dns check` use.
+            let Some((publication, _)) = Publication::from_state(state, &g.name) else {
+                if g.dns.is_some() && state.groups.contains_key(&g.name) {
+                    tracing::warn!(group = %g.name, "no record set for the active region");
+                }
                 continue;
             };
-            let Some(set) = dns.records.get(active) else {
-                tracing::warn!(group = %g.name, active = %active, "no record set for the active region");
-                continue;
-            };
-            let (Some(zone_name), Some(owner)) = (name(&dns.zone), name(&dns.name)) else {
+            let set = &publication.set;
+            let (Some(zone_name), Some(owner)) = (name(&publication.zone), name(&publication.name))
+            else {
                 continue;
             };
             let Some(zone) = view.zones.iter_mut().find(|z| z.apex == zone_name) else {
@@ -186,7 +188,7 @@ impl ZoneView {
                         RecordKind::AAAA => RData::AAAA(AAAA(v.parse::<Ipv6Addr>().ok()?)),
                         RecordKind::CNAME => RData::CNAME(CNAME(name(v)?)),
                     };
-                    Some(Record::from_rdata(owner.clone(), dns.ttl, rdata))
+                    Some(Record::from_rdata(owner.clone(), publication.ttl, rdata))
                 })
                 .collect();
             match records {
