@@ -27,7 +27,6 @@ use crate::raft::{Consensus, ConsensusError, Network, RaftService};
 use crate::state::{Command, Proposal};
 use crate::telemetry::{Metrics, PlaintextServer};
 use crate::tls::{TlsError, TlsMaterial};
-use crate::wallclock::now_ms;
 
 /// How long a witness with an empty data dir asks its peers whether they count it as a
 /// member before starting.
@@ -88,12 +87,52 @@ pub struct Node {
     plaintext: Option<PlaintextServer>,
 }
 
+/// How a witness meets what lies outside it, each behind a trait so a simulation (or a test)
+/// can swap it: the hooks its steps run, the external DNS servers it updates, the probes of
+/// the regions, its wall clock, and its storage. [`World::real`] is production's.
+///
+/// Raft's network is the gRPC one over the listener a witness is given; [`Consensus::start_with`]
+/// takes any openraft network for code that runs Raft without a `Node`.
+pub struct World {
+    pub hooks: Arc<dyn crate::hooks::HookRunner>,
+    pub dns: Arc<dyn crate::dns::DnsClient>,
+    /// `None`: probe the regions over the network.
+    pub probes: Option<Arc<dyn crate::health::ProbeRunner>>,
+    pub clock: Arc<dyn crate::wallclock::WallClock>,
+    /// `None`: the redb file in the node's data dir. `Some`: these stores, opened by the
+    /// caller (for example on an in-memory or fault-injecting backend, `store::open_on`).
+    pub stores: Option<crate::raft::Stores>,
+}
+
+impl World {
+    /// Real hooks, real DNS servers, real probes, the system clock, the data dir.
+    pub fn real() -> Self {
+        World {
+            hooks: Arc::new(crate::hooks::LocalHooks),
+            dns: Arc::new(crate::dns::Rfc2136),
+            probes: None,
+            clock: Arc::new(crate::wallclock::SystemClock),
+            stores: None,
+        }
+    }
+}
+
 impl Node {
     /// Starts a witness on `listener`; it runs until `shutdown` completes or [`Node::stop`].
     pub async fn start(
         config: NodeConfig,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Node, NodeError> {
+        Self::start_in(config, listener, shutdown, World::real()).await
+    }
+
+    /// [`Node::start`] in `world`.
+    pub async fn start_in(
+        config: NodeConfig,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        world: World,
     ) -> Result<Node, NodeError> {
         crate::tls::install_crypto_provider();
         #[cfg(feature = "unsafe-holes")]
@@ -122,7 +161,12 @@ impl Node {
             None => None,
         };
         let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
-        let consensus = Consensus::start(&config, network.clone()).await?;
+        let stores = match world.stores {
+            Some(stores) => stores,
+            None => Consensus::open_stores(&config).await?,
+        };
+        let consensus =
+            Consensus::start_with(&config, network.clone(), stores, world.clock.clone()).await?;
         if let Some((stored_id, _)) = consensus.stored_identity()? {
             if stored_id != config.id {
                 consensus.shutdown().await;
@@ -221,7 +265,10 @@ impl Node {
                 metrics: m.clone(),
                 wal: wal.clone(),
                 observations: observations.clone(),
+                hooks: world.hooks.clone(),
+                dns: world.dns.clone(),
             };
+            let probes = world.probes.clone();
             tokio::spawn(async move {
                 tokio::join!(
                     duties(c.clone()),
@@ -234,7 +281,7 @@ impl Node {
                         wal
                     ),
                     crate::leader::observations::run(c.clone(), observations),
-                    crate::leader::reporter::run(c, t, n, probe_options, dns_addr, m),
+                    crate::leader::reporter::run(c, t, n, probe_options, dns_addr, m, probes),
                     crate::leader::supervisor::run(leader),
                 );
             })
@@ -342,7 +389,7 @@ async fn duties(consensus: Arc<Consensus>) {
             None if consensus.view().leader == Some(consensus.id()) => {
                 let proposal = Proposal {
                     actor: "arbiter".into(),
-                    at_ms: now_ms(),
+                    at_ms: consensus.now_ms(),
                     request_id: String::new(),
                     command: Command::Bootstrap {
                         cluster_id: crate::api::new_request_id(),

@@ -28,14 +28,15 @@ mod hook;
 pub mod watchdog;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::fencing::{LeaseClient, LeaseState};
-use crate::wallclock::now_ms;
+use crate::fencing::{LeaseClient, LeaseService, LeaseState};
+use crate::wallclock::{SystemClock, WallClock};
 use hook::{Outcome, Running, Spec};
 
 /// Default bound of `--on-gain`: a promotion or a service start may take a while, and it
@@ -141,9 +142,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let lease = LeaseClient::new(client, &config.group, &config.region, &config.holder);
+    run_with(config, Box::new(lease), Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`], asking `lease` about the lease and stamping the state file with `clock`: the
+/// seams a simulation swaps (the agent's deadlines run on the monotonic clock either way).
+pub async fn run_with(
+    config: AgentConfig,
+    lease: Box<dyn LeaseService>,
+    clock: Arc<dyn WallClock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let mut agent = Agent {
         config,
         lease,
+        clock,
         since: None,
         active: String::new(),
         epoch: 0,
@@ -303,7 +316,9 @@ enum Renewal {
 
 struct Agent {
     config: AgentConfig,
-    lease: LeaseClient,
+    lease: Box<dyn LeaseService>,
+    /// Stamps the state file (for people; never for the lease).
+    clock: Arc<dyn WallClock>,
     /// The last `holding` written and since when (wall-clock ms), for the state file.
     since: Option<(bool, u64)>,
     /// The group's active region as last reported.
@@ -447,7 +462,7 @@ impl Agent {
         let Some(path) = self.config.state_file.clone() else {
             return;
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let holding = held.is_some();
         let since_ms = match self.since {
             Some((was, at)) if was == holding => at,

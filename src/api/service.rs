@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::wallclock::now_ms;
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -61,7 +59,7 @@ impl ApiService {
         check_request_id(&request_id)?;
         let resp = self
             .consensus
-            .propose(Self::proposal(req, request_id, command))
+            .propose(self.proposal(req, request_id, command))
             .await
             .map_err(ApiError::from)?;
         match resp.outcome.map_err(ApiError::from)? {
@@ -76,10 +74,10 @@ impl ApiService {
         }
     }
 
-    fn proposal<T>(req: &Request<T>, request_id: String, command: Command) -> Proposal {
+    fn proposal<T>(&self, req: &Request<T>, request_id: String, command: Command) -> Proposal {
         Proposal {
             actor: peer_identity(req).unwrap_or_else(|| "unknown".to_string()),
-            at_ms: now_ms(),
+            at_ms: self.consensus.now_ms(),
             request_id: if request_id.is_empty() {
                 new_request_id()
             } else {
@@ -657,7 +655,7 @@ impl Arbiter for ApiService {
             .mode
             .parse()
             .map_err(|e: String| ApiError::invalid("mode", e))?;
-        let p = Self::proposal(
+        let p = self.proposal(
             &req,
             r.request_id,
             Command::SetMode {
@@ -710,7 +708,7 @@ impl Arbiter for ApiService {
                 applied: false,
             }));
         }
-        let p = Self::proposal(
+        let p = self.proposal(
             &req,
             r.request_id,
             Command::ApplyPolicy {

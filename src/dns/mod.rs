@@ -23,7 +23,8 @@ pub use server::{
     answer, published, Answer, DnsListeners, DnsServer as EmbeddedServer, Query, ZoneView,
 };
 pub use update::{
-    conditional_replace, drift, normalise, publish, publish_to, query_rrset, query_rrset_at,
-    read_marker, record_drift, replace_rrset, soa_serial, DnsUpdateError, Drift, DriftReport,
-    MarkerRead, PublishReport, Published, ServerOutcome, UpdateReport, PREREQUISITE_ROUNDS_MAX,
+    conditional_replace, drift, normalise, publish, publish_to, publish_with, query_rrset,
+    query_rrset_at, read_marker, record_drift, replace_rrset, soa_serial, DnsClient,
+    DnsUpdateError, Drift, DriftReport, MarkerRead, PublishReport, Published, Rfc2136,
+    ServerOutcome, UpdateReport, PREREQUISITE_ROUNDS_MAX,
 };

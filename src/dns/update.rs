@@ -18,6 +18,7 @@
 //! loop decide any other retry), never publish over a marker that names a newer decision,
 //! and never put the TSIG secret into an error or a log line.
 
+use futures::future::BoxFuture;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -610,16 +611,65 @@ pub async fn record_drift(
     Ok(drifts)
 }
 
+/// The one way the leader reaches an external DNS server: the `dns` step and the reconciler
+/// hold one of these and never send an UPDATE or a query themselves, so a simulation can
+/// record every UPDATE and play any server. [`Rfc2136`] is the real one.
+pub trait DnsClient: Send + Sync + 'static {
+    /// [`publish_to`]: one conditional UPDATE of `server`.
+    fn publish_to<'a>(
+        &'a self,
+        server: &'a DnsServer,
+        publication: &'a Publication,
+    ) -> BoxFuture<'a, Result<Published, DnsUpdateError>>;
+    /// [`drift`]: what `server` publishes, compared with `publication`.
+    fn drift<'a>(
+        &'a self,
+        server: &'a DnsServer,
+        publication: &'a Publication,
+    ) -> BoxFuture<'a, Result<DriftReport, DnsUpdateError>>;
+}
+
+/// Real servers over the network: TSIG-signed RFC 2136 UPDATEs and queries.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rfc2136;
+
+impl DnsClient for Rfc2136 {
+    fn publish_to<'a>(
+        &'a self,
+        server: &'a DnsServer,
+        publication: &'a Publication,
+    ) -> BoxFuture<'a, Result<Published, DnsUpdateError>> {
+        Box::pin(publish_to(server, publication))
+    }
+
+    fn drift<'a>(
+        &'a self,
+        server: &'a DnsServer,
+        publication: &'a Publication,
+    ) -> BoxFuture<'a, Result<DriftReport, DnsUpdateError>> {
+        Box::pin(drift(server, publication))
+    }
+}
+
 /// Publishes `publication` on every one of `servers` in its zone concurrently
 /// ([`publish_to`] each) and reports each server. A slow or failing server costs at most its
 /// own `timeout_ms` per exchange and never blocks the others.
 pub async fn publish(servers: &[DnsServer], publication: &Publication) -> PublishReport {
+    publish_with(&Rfc2136, servers, publication).await
+}
+
+/// [`publish`] through `client`.
+pub async fn publish_with(
+    client: &dyn DnsClient,
+    servers: &[DnsServer],
+    publication: &Publication,
+) -> PublishReport {
     let p = publication;
     let updates = servers
         .iter()
         .filter(|s| s.zone.eq_ignore_ascii_case(&p.zone))
         .map(|server| async move {
-            let result = publish_to(server, p).await;
+            let result = client.publish_to(server, p).await;
             match &result {
                 Ok(Published::Updated { serial, replaced }) => info!(
                     server = %server.address, zone = %p.zone, name = %p.name, kind = ?p.set.kind,

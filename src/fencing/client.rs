@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::api::ErrorKind;
@@ -45,6 +46,32 @@ impl LeaseState {
 const LEASE_ATTEMPT_FRACTION: u32 = 5;
 /// The shortest attempt: a TLS handshake and a forwarded read across a WAN fit in it.
 const ATTEMPT_MIN: Duration = Duration::from_millis(200);
+
+/// What a holder asks of the cluster about its lease: the seam between the agent and the
+/// witnesses. [`LeaseClient`] asks them over gRPC; a simulation answers as it pleases (a
+/// grant, a refusal, no answer within the bounds).
+pub trait LeaseService: Send + Sync + 'static {
+    /// Asks for the lease. `Held` only when the region is active and not revoked.
+    fn acquire(&self) -> BoxFuture<'_, Result<LeaseState, ClientError>>;
+    /// Renews the lease held at `epoch`.
+    fn renew(&self, epoch: u64) -> BoxFuture<'_, Result<LeaseState, ClientError>>;
+    /// Bounds every later call by `lease` (see [`LeaseClient::bound_by_lease`]).
+    fn bound_by_lease(&mut self, lease: Duration);
+}
+
+impl LeaseService for LeaseClient {
+    fn acquire(&self) -> BoxFuture<'_, Result<LeaseState, ClientError>> {
+        Box::pin(LeaseClient::acquire(self))
+    }
+
+    fn renew(&self, epoch: u64) -> BoxFuture<'_, Result<LeaseState, ClientError>> {
+        Box::pin(LeaseClient::renew(self, epoch))
+    }
+
+    fn bound_by_lease(&mut self, lease: Duration) {
+        LeaseClient::bound_by_lease(self, lease)
+    }
+}
 
 /// A holder of the lease of one (group, region).
 #[derive(Clone)]

@@ -12,6 +12,6 @@ mod http;
 mod service;
 
 pub use crate::state::LeaseKind;
-pub use client::{LeaseClient, LeaseState};
+pub use client::{LeaseClient, LeaseService, LeaseState};
 pub use http::router;
 pub use service::{Fencing, FencingService};

@@ -17,6 +17,6 @@ pub mod table;
 pub mod verdict;
 
 pub use probe::{check_source, probe_once, ProbeOptions, ProbeResult};
-pub use prober::{Prober, RegionObservation};
+pub use prober::{ProbeRunner, Prober, RegionObservation};
 pub use table::{RecordError, RegionSummary, RegionView, ReportTable, TABLE_REGIONS_MAX};
 pub use verdict::{verdict, Evidence, Observation, Seen, Verdict, WitnessEvidence};

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -62,6 +62,17 @@ pub struct Prober {
     /// Fixed for the prober's life: they come from the node file, which only a restart
     /// changes. Every region task, including those `update` starts later, uses them.
     options: ProbeOptions,
+    /// Who runs each probe: `None` probes the network for real.
+    runner: Option<Arc<dyn ProbeRunner>>,
+}
+
+/// The seam between the probe loop and the network: with one, a [`Prober`] asks it for each
+/// probe's result instead of connecting, so a simulation decides what every witness sees of
+/// every region. The schedule (intervals, jitter, folding into a region's state) is the
+/// prober's either way.
+pub trait ProbeRunner: Send + Sync + 'static {
+    /// The outcome of one run of `spec`, a probe of `region`.
+    fn probe(&self, region: &str, spec: &ProbeSpec) -> BoxFuture<'static, ProbeResult>;
 }
 
 impl std::fmt::Debug for Prober {
@@ -77,9 +88,19 @@ impl Prober {
     /// Starts probing `specs` (region → its probes) with `options`. Regions without probes
     /// are not probed.
     pub fn start(specs: BTreeMap<String, Vec<ProbeSpec>>, options: ProbeOptions) -> Self {
+        Self::start_with(specs, options, None)
+    }
+
+    /// [`Prober::start`], with every probe run by `runner` when there is one.
+    pub fn start_with(
+        specs: BTreeMap<String, Vec<ProbeSpec>>,
+        options: ProbeOptions,
+        runner: Option<Arc<dyn ProbeRunner>>,
+    ) -> Self {
         let mut prober = Self {
             tasks: BTreeMap::new(),
             options,
+            runner,
         };
         prober.update(specs);
         prober
@@ -123,6 +144,7 @@ impl Prober {
                 region.clone(),
                 probes.clone(),
                 self.options,
+                self.runner.clone(),
                 slot.clone(),
             ));
             self.tasks.insert(
@@ -181,14 +203,22 @@ impl Drop for Prober {
 /// One probe of a region: prepared, or the reason it could not be (which fails every run).
 enum Prepared {
     Ready(Probe),
-    Broken { spec: ProbeSpec, reason: String },
+    Broken {
+        spec: ProbeSpec,
+        reason: String,
+    },
+    Injected {
+        region: String,
+        spec: ProbeSpec,
+        runner: Arc<dyn ProbeRunner>,
+    },
 }
 
 impl Prepared {
     fn spec(&self) -> &ProbeSpec {
         match self {
             Prepared::Ready(probe) => probe.spec(),
-            Prepared::Broken { spec, .. } => spec,
+            Prepared::Broken { spec, .. } | Prepared::Injected { spec, .. } => spec,
         }
     }
 
@@ -200,6 +230,11 @@ impl Prepared {
                 detail: reason.clone(),
                 latency: Duration::ZERO,
             },
+            Prepared::Injected {
+                region,
+                spec,
+                runner,
+            } => runner.probe(region, spec).await,
         }
     }
 }
@@ -210,15 +245,28 @@ impl Prepared {
 /// Each probe is rescheduled `interval + jitter` after the round started. A round lasts at
 /// most the longest timeout, which validation keeps below the interval, so the next wait is
 /// never zero.
-async fn run_region(region: String, specs: Vec<ProbeSpec>, options: ProbeOptions, slot: Slot) {
+async fn run_region(
+    region: String,
+    specs: Vec<ProbeSpec>,
+    options: ProbeOptions,
+    runner: Option<Arc<dyn ProbeRunner>>,
+    slot: Slot,
+) {
     let probes: Vec<Prepared> = specs
         .into_iter()
-        .map(|spec| match Probe::new(&spec, options) {
-            Ok(probe) => Prepared::Ready(probe),
-            Err(reason) => {
-                warn!(region = %region, probe = %spec.target, reason = %reason, "probe cannot be prepared; it fails until the policy changes");
-                Prepared::Broken { spec, reason }
-            }
+        .map(|spec| match &runner {
+            Some(runner) => Prepared::Injected {
+                region: region.clone(),
+                spec,
+                runner: runner.clone(),
+            },
+            None => match Probe::new(&spec, options) {
+                Ok(probe) => Prepared::Ready(probe),
+                Err(reason) => {
+                    warn!(region = %region, probe = %spec.target, reason = %reason, "probe cannot be prepared; it fails until the policy changes");
+                    Prepared::Broken { spec, reason }
+                }
+            },
         })
         .collect();
     let start = Instant::now();

@@ -179,6 +179,35 @@ impl HookOutcome {
     }
 }
 
+/// The one way a step calls a hook: the leader's executor holds one of these and never calls
+/// [`run`] itself, so a simulation can record and script every hook call. [`LocalHooks`] is
+/// the real one.
+pub trait HookRunner: Send + Sync + 'static {
+    /// Runs hook `name` for the step in `ctx`; the contract of [`run`] (bounded, never
+    /// panics, dropping the future abandons the call).
+    fn run<'a>(
+        &'a self,
+        name: &'a str,
+        hook: &'a Hook,
+        ctx: &'a HookContext,
+    ) -> futures::future::BoxFuture<'a, HookOutcome>;
+}
+
+/// Runs hooks on this witness for real: programs, webhooks, PostgreSQL ([`run`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalHooks;
+
+impl HookRunner for LocalHooks {
+    fn run<'a>(
+        &'a self,
+        name: &'a str,
+        hook: &'a Hook,
+        ctx: &'a HookContext,
+    ) -> futures::future::BoxFuture<'a, HookOutcome> {
+        Box::pin(run(name, hook, ctx))
+    }
+}
+
 /// Runs hook `name` for the step described by `ctx` and waits for its outcome, at most the
 /// hook's `timeout_ms` (plus a few seconds to reap a killed program). Never panics.
 ///

@@ -25,7 +25,10 @@ use super::plan::{plan, StepPlan};
 use super::propose::propose;
 use super::{Duty, LeaderTables};
 use crate::config::{GroupPolicy, Hook, Policy};
-use crate::hooks::{self, HookContext, HookOutcome, RpoBound, RpoContext, WalHistories};
+use crate::dns::DnsClient;
+use crate::hooks::{
+    self, HookContext, HookOutcome, HookRunner, RpoBound, RpoContext, WalHistories,
+};
 use crate::raft::Consensus;
 use crate::state::{Command, LeaseBound, Operation, OperationState, Refusal, Step, StepOutcome};
 use crate::telemetry::Metrics;
@@ -224,6 +227,8 @@ async fn step_task(duty: Duty, op: Operation, revoke_seen: Instant) {
         tables: &duty.tables,
         metrics: &duty.metrics,
         wal: &duty.wal,
+        hooks: duty.hooks.as_ref(),
+        dns: duty.dns.as_ref(),
         op: &op,
         policy: &policy,
         group: &group_policy,
@@ -327,6 +332,8 @@ async fn unfence_task(duty: Duty, op: Operation) {
         policy: &policy,
         group: &group_policy,
         wal: &duty.wal,
+        hooks: duty.hooks.as_ref(),
+        dns: duty.dns.as_ref(),
     };
     let detail = match ctx.run_hooks(&group_policy.hooks.unfence).await {
         StepResult::Complete { detail, .. } => format!("unfenced {}: {detail}", op.from),
@@ -350,6 +357,8 @@ struct StepContext<'a> {
     tables: &'a LeaderTables,
     metrics: &'a Metrics,
     wal: &'a WalHistories,
+    hooks: &'a dyn HookRunner,
+    dns: &'a dyn DnsClient,
     op: &'a Operation,
     policy: &'a Policy,
     group: &'a GroupPolicy,
@@ -437,7 +446,7 @@ impl StepContext<'_> {
                 http_status: None,
             });
         };
-        let outcome = hooks::run(name, hook, &self.hook_context()).await;
+        let outcome = self.hooks.run(name, hook, &self.hook_context()).await;
         self.metrics
             .hook(self.op.step, hook.kind(), outcome.success);
         tracing::info!(operation = self.op.id, step = %self.op.step, hook = name, success = outcome.success, summary = %outcome.summary, "hook ran");
@@ -683,7 +692,7 @@ impl StepContext<'_> {
                     ),
                 };
             }
-            let report = crate::dns::publish(&servers, &publication).await;
+            let report = crate::dns::publish_with(self.dns, &servers, &publication).await;
             let summary: Vec<String> = report
                 .outcomes
                 .iter()

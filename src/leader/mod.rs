@@ -26,12 +26,14 @@ pub use crate::health::RegionView;
 pub use observations::Observations;
 pub use tables::{LeaderTables, LeaseHolder};
 
-use crate::hooks::WalHistories;
+use crate::dns::DnsClient;
+use crate::hooks::{HookRunner, WalHistories};
 use crate::raft::Consensus;
 use crate::telemetry::Metrics;
 
 /// What the leader duties share: consensus, the leader's tables, metrics, this witness's
-/// primaries' WAL histories and its observations. Cheap to clone.
+/// primaries' WAL histories and its observations, and the two ways it acts on the world
+/// (hooks and external DNS servers), which a simulation swaps. Cheap to clone.
 #[derive(Clone)]
 pub struct Duty {
     pub consensus: Arc<Consensus>,
@@ -39,4 +41,8 @@ pub struct Duty {
     pub metrics: Arc<Metrics>,
     pub wal: Arc<WalHistories>,
     pub observations: Arc<Observations>,
+    /// Runs every hook of every step ([`crate::hooks::LocalHooks`] for real).
+    pub hooks: Arc<dyn HookRunner>,
+    /// Sends every UPDATE and drift query ([`crate::dns::Rfc2136`] for real).
+    pub dns: Arc<dyn DnsClient>,
 }

@@ -7,11 +7,11 @@ use crate::state::{Command, Proposal, Refusal};
 /// Who the cluster's own proposals are from, in the audit log.
 pub const ACTOR: &str = "arbiter";
 
-/// A proposal of `command` by the cluster itself.
-pub fn proposal(command: Command) -> Proposal {
+/// A proposal of `command` by the cluster itself, stamped `at_ms` (the witness's wall clock).
+pub fn proposal(at_ms: u64, command: Command) -> Proposal {
     Proposal {
         actor: ACTOR.to_string(),
-        at_ms: crate::wallclock::now_ms(),
+        at_ms,
         request_id: String::new(),
         command,
     }
@@ -22,7 +22,9 @@ pub async fn propose(
     consensus: &Consensus,
     command: Command,
 ) -> Result<Result<(), Refusal>, ConsensusError> {
-    let response = consensus.propose(proposal(command)).await?;
+    let response = consensus
+        .propose(proposal(consensus.now_ms(), command))
+        .await?;
     if let Err(refusal) = &response.outcome {
         tracing::info!(%refusal, "proposal refused");
     }

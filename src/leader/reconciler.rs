@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::config::DnsServer;
-use crate::dns::{DnsUpdateError, DriftReport, Publication, Published};
+use crate::dns::{DnsClient, DnsUpdateError, DriftReport, Publication, Published};
 use crate::raft::Consensus;
 use crate::state::{ClusterState, Command};
 use crate::telemetry::Metrics;
@@ -31,7 +31,7 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The DNS duty of one term; runs until the supervisor cancels it.
 pub async fn run(duty: super::Duty) {
-    let (consensus, metrics) = (duty.consensus, duty.metrics);
+    let (consensus, metrics, dns) = (duty.consensus, duty.metrics, duty.dns);
     let mut next_round = tokio::time::Instant::now();
     // The refusal (or newer marker) last logged per (server, name): logged again only when it
     // changes, so a marker waiting for an operator is one warning, not one per round. At
@@ -60,6 +60,7 @@ pub async fn run(duty: super::Duty) {
             for server in &servers {
                 reconcile_server(
                     &consensus,
+                    dns.as_ref(),
                     &metrics,
                     &mut refusals,
                     &group,
@@ -128,6 +129,7 @@ fn decide(report: &DriftReport, publication: &Publication) -> Action {
 /// current right before the repair.
 async fn reconcile_server(
     consensus: &Consensus,
+    dns: &dyn DnsClient,
     metrics: &Metrics,
     refusals: &mut HashMap<(String, String), String>,
     group: &str,
@@ -135,7 +137,7 @@ async fn reconcile_server(
     server: &DnsServer,
 ) {
     let key = (server.address.clone(), planned.name.clone());
-    let report = match crate::dns::drift(server, planned).await {
+    let report = match dns.drift(server, planned).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(server = %server.address, name = %planned.name, error = %e, "cannot compare DNS with the committed state");
@@ -190,7 +192,7 @@ async fn reconcile_server(
         }))
         .collect();
     let d = &current.decision;
-    let detail = match crate::dns::publish_to(server, &current).await {
+    let detail = match dns.publish_to(server, &current).await {
         Ok(Published::Updated { .. }) => format!(
             "{} published {}; repaired to {} at epoch {}",
             current.name,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::LeaderTables;
 use crate::config::ProbeSpec;
-use crate::health::{ProbeOptions, Prober};
+use crate::health::{ProbeOptions, ProbeRunner, Prober};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{ProbeReport, RegionProbe};
 use crate::raft::{Consensus, Network};
@@ -31,6 +31,7 @@ pub async fn run(
     probe_options: ProbeOptions,
     dns_addr: String,
     metrics: Arc<Metrics>,
+    probes: Option<Arc<dyn ProbeRunner>>,
 ) {
     let mut prober: Option<(u64, Prober)> = None;
     let mut ticker = tokio::time::interval(ROUND);
@@ -51,7 +52,10 @@ pub async fn run(
                 *v = version;
             }
             Some(_) => {}
-            None => prober = Some((version, Prober::start(specs, probe_options))),
+            None => {
+                let started = Prober::start_with(specs, probe_options, probes.clone());
+                prober = Some((version, started));
+            }
         }
         let observations = prober
             .as_ref()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::network::RaftNetworkFactory;
 use openraft::Instant as _;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,6 +20,7 @@ use super::types::{TypeConfig, WitnessNode};
 use crate::config::{NodeConfig, Peer};
 use crate::proto::HelloReply;
 use crate::state::{ClusterState, Proposal, Response, PROPOSAL_BYTES_MAX};
+use crate::wallclock::{SystemClock, WallClock};
 
 /// The Raft instance type of a witness.
 pub(crate) type ArbiterRaft =
@@ -124,6 +126,8 @@ pub struct Consensus {
     /// For the identity record; dropped at shutdown so the store's file is released even
     /// while connection tasks still hold this handle.
     log_store: std::sync::Mutex<Option<LogStore<TypeConfig>>>,
+    /// The wall clock this witness stamps its proposals with.
+    clock: Arc<dyn WallClock>,
     /// The store had no log, no purged prefix and no vote when this witness started.
     pristine: bool,
     /// How long [`Consensus::confirm_leadership`] waits for a quorum: one maximal election
@@ -184,15 +188,22 @@ async fn confirm_leadership(raft: &ArbiterRaft) -> Result<(), ConsensusError> {
 }
 
 impl Consensus {
-    /// Opens storage in the node's data dir and starts Raft. Does not initialise a cluster.
+    /// Opens storage in the node's data dir and starts Raft over the gRPC network, with the
+    /// system's wall clock. Does not initialise a cluster.
     pub async fn start(
         config: &NodeConfig,
         network: Network,
     ) -> Result<Arc<Consensus>, ConsensusError> {
+        let stores = Self::open_stores(config).await?;
+        Self::start_with(config, network, stores, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the stores in the node's data dir (the redb file [`store::DB_FILE_NAME`]).
+    pub async fn open_stores(config: &NodeConfig) -> Result<super::Stores, ConsensusError> {
         // A witness restarted in the same process (tests, drills) may find its previous
         // instance still releasing the store's lock: wait a bounded moment for it.
         let mut attempts = 0;
-        let (mut log_store, sm) = loop {
+        let stores = loop {
             match store::open::<TypeConfig, ClusterState>(&config.data_dir) {
                 Ok(stores) => break stores,
                 Err(store::StoreError::Open {
@@ -205,6 +216,25 @@ impl Consensus {
                 Err(e) => return Err(ConsensusError::Storage(e.to_string())),
             }
         };
+        let (log, sm) = stores;
+        Ok(super::Stores(log, sm))
+    }
+
+    /// Starts Raft on `stores` (see [`store::open`] and [`store::open_on`], which takes any
+    /// redb storage backend), talking to the other witnesses through `network`, with `clock`
+    /// as this witness's wall clock for proposals' timestamps. The seams a simulation
+    /// swaps; [`Consensus::start`] is this with the real ones.
+    pub async fn start_with<N>(
+        config: &NodeConfig,
+        network: N,
+        stores: super::Stores,
+        clock: Arc<dyn WallClock>,
+    ) -> Result<Arc<Consensus>, ConsensusError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = Vec<u8>>,
+    {
+        let super::Stores(mut log_store, sm) = stores;
         // Read from the store itself, before Raft starts: Raft's metrics are not loaded yet
         // when `start` returns, and a witness with any log or vote is not pristine.
         let pristine = {
@@ -258,6 +288,7 @@ impl Consensus {
             applied,
             applied_index,
             log_store: std::sync::Mutex::new(Some(log_store)),
+            clock,
             reads,
             pristine,
             last_leader_append: std::sync::Mutex::new(None),
@@ -267,6 +298,12 @@ impl Consensus {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// This witness's wall clock, in milliseconds since the Unix epoch: for proposals'
+    /// timestamps and reports, never for safety.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Proposes a command and waits until it is committed and applied here. A proposal

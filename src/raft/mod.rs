@@ -11,6 +11,25 @@ pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView, RaftStat
 pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
 pub use service::{ProbeReports, RaftService};
 
+/// A witness's log store and state machine, which share one redb database.
+pub struct Stores(
+    pub(crate) store::LogStore<types::TypeConfig>,
+    pub(crate) store::StateMachineStore<types::TypeConfig, crate::state::ClusterState>,
+);
+
+impl Stores {
+    /// A witness's stores on any redb storage `backend` (in memory, or one a simulation
+    /// controls: lost writes, failed syncs, a crash between two); `name` stands for the file
+    /// in error messages. A witness started on them with `node::World::stores`.
+    pub fn on(
+        backend: impl redb::StorageBackend,
+        name: impl Into<std::path::PathBuf>,
+    ) -> Result<Stores, store::StoreError> {
+        let (log, sm) = store::open_on(backend, name)?;
+        Ok(Stores(log, sm))
+    }
+}
+
 /// The application state replicated by Raft. Pure: `apply` does no I/O and reads no clock.
 ///
 /// Every replica applies the same committed commands in the same order, so `apply` must be

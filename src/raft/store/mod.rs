@@ -137,6 +137,40 @@ where
         path: path.clone(),
         source,
     })?;
+    stores(db, path)
+}
+
+/// Opens (creating if needed) the store on any redb storage `backend`: an in-memory one, or
+/// one a simulation controls (lost writes, failed syncs, a crash between two). `name` stands
+/// for the file in every error message. Otherwise as [`open`].
+#[allow(clippy::type_complexity)]
+pub fn open_on<C, S>(
+    backend: impl redb::StorageBackend,
+    name: impl Into<PathBuf>,
+) -> Result<(LogStore<C>, StateMachineStore<C, S>), StoreError>
+where
+    C: RaftTypeConfig,
+    S: ReplicatedState,
+{
+    let path = name.into();
+    let db = redb::Builder::new()
+        .create_with_backend(backend)
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    stores(db, path)
+}
+
+#[allow(clippy::type_complexity)]
+fn stores<C, S>(
+    db: Database,
+    path: PathBuf,
+) -> Result<(LogStore<C>, StateMachineStore<C, S>), StoreError>
+where
+    C: RaftTypeConfig,
+    S: ReplicatedState,
+{
     let shared = Arc::new(Shared { db, path });
 
     // Create every table up front so read transactions never meet a missing table.
