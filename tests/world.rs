@@ -24,9 +24,12 @@ use common::*;
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 
-/// The hook calls the leader made: (step, hook name, group, from, to, epoch).
+/// One hook call: (step, hook name, group, from, to, epoch).
+type HookCall = (String, String, String, String, String, u64);
+
+/// The hook calls the leader made.
 #[derive(Default)]
-struct RecordedHooks(Mutex<Vec<(String, String, String, String, String, u64)>>);
+struct RecordedHooks(Mutex<Vec<HookCall>>);
 
 impl HookRunner for RecordedHooks {
     fn run<'a>(
