@@ -238,14 +238,14 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
     out.refused(
         "serve with malformed TOML",
         EXIT_CONFIG,
-        &["malformed-node.toml", "line"],
+        &["error: ", "malformed-node.toml", "line 2"],
     );
     let unknown = c.write("unknown-key.toml", &format!("{good}\nbogus_key = 1\n"));
     let out = run(c.path(), &["serve", "--config", &unknown]);
     out.refused(
         "serve with an unknown key",
         EXIT_CONFIG,
-        &["unknown-key.toml", "bogus_key"],
+        &["error: ", "unknown-key.toml", "unknown field `bogus_key`"],
     );
     let node1 = c.node_file(1);
     let out = run(
@@ -274,16 +274,20 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
 
     tracing::info!("--- bad policies are refused before anything is proposed");
     let bad_policies = [
-        ("malformed", "[[regions]\nname = 1\n".to_string(), "line 1"),
+        (
+            "malformed",
+            "[[regions]\nname = 1\n".to_string(),
+            ["line 1", "unclosed array table"],
+        ),
         (
             "unknown-key",
             format!("{POLICY}\ncolour = \"red\"\n"),
-            "colour",
+            ["colour", "unknown field `colour`"],
         ),
         (
             "duplicate-region",
             format!("{POLICY}\n[[regions]]\nname = \"region-a\"\n"),
-            "regions[3].name",
+            ["regions[3].name", "duplicate region \"region-a\""],
         ),
         (
             "one-candidate",
@@ -292,23 +296,30 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
                 r#"["region-a"]"#,
                 1,
             ),
-            "groups[0].candidates",
+            [
+                "groups[0].candidates",
+                "needs at least two candidate regions",
+            ],
         ),
         (
             "missing-secret",
             format!(
                 "{POLICY}\n[hooks.notify]\nkind = \"http\"\nurl = \"https://hooks.invalid/x\"\nsecret = {{ file = \"/nonexistent/arbiter-secret\" }}\n"
             ),
-            "hooks.notify.secret.file",
+            ["hooks.notify.secret.file", "/nonexistent/arbiter-secret"],
         ),
     ];
-    for (name, text, key) in &bad_policies {
+    for (name, text, [key, reason]) in &bad_policies {
         let file = c.write(&format!("{name}.toml"), text);
         let out = c.cli(&["policy", "apply", &file]);
         out.refused(
             &format!("policy {name}"),
             EXIT_CONFIG,
-            &["invalid policy", key],
+            &["error: ", "invalid policy", key, reason],
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "policy {name}: nothing applied: {out:#?}"
         );
     }
     assert_eq!(c.policy_version(), 1, "refused policies change nothing");
@@ -319,20 +330,28 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
     out.refused(
         "failover to a non-candidate",
         EXIT_REFUSED,
-        &["not-candidate"],
+        &[
+            "error: ",
+            "region \"region-c\" is not a candidate of group \"checkout\"",
+            "(not-candidate)",
+        ],
     );
     let out = c.cli(&["failover", "nope", "--to", "region-a", "--reason", "x"]);
     out.refused(
         "failover of an unknown group",
         EXIT_REFUSED,
-        &["unknown-group"],
+        &["error: ", "unknown group \"nope\"", "(unknown-group)"],
     );
     let out = c
         .cli(&["mode", "checkout", "frozen", "--reason", "change freeze"])
         .ok("mode frozen");
     assert!(out.contains("checkout: mode frozen"), "{out}");
     let out = c.cli(&["failover", "checkout", "--to", "region-b", "--reason", "x"]);
-    out.refused("failover of a frozen group", EXIT_REFUSED, &["frozen"]);
+    out.refused(
+        "failover of a frozen group",
+        EXIT_REFUSED,
+        &["error: ", "group \"checkout\" is frozen", "(frozen)"],
+    );
     let after = c.status();
     for g in ["checkout", "catalog"] {
         assert_eq!(
