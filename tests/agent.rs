@@ -44,8 +44,9 @@ impl Agent {
                 &format!("db-{region}"),
             ])
             .arg("--on-lose")
+            // The copy first: once the timestamp is there, so is the copy.
             .arg(format!(
-                "{}; cp {d}/{region}.json {d}/{region}.at-lose.json 2>/dev/null || true",
+                "{{ cp {d}/{region}.json {d}/{region}.at-lose.json 2>/dev/null || true; }}; {}",
                 stamp(dir, region, "lose"),
                 d = dir.display()
             ));
