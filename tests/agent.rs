@@ -25,8 +25,9 @@ impl Agent {
     }
 
     /// An agent of `checkout` in `region` whose on-lose and on-gain append a timestamp to
-    /// `REGION.lose` and `REGION.gain`; `extra` are further arguments (a later `--on-gain`
-    /// replaces the default one).
+    /// `REGION.lose` and `REGION.gain` (on-lose also keeps a copy of the state file as it was
+    /// when on-lose ran, see [`Agent::state_at_lose`]); `extra` are further arguments (a later
+    /// `--on-gain` replaces the default one).
     fn start_with(cluster: &Cluster, dir: &Path, region: &str, extra: &[String]) -> Agent {
         let certs = cluster.certs.client.ca.parent().unwrap();
         let log = std::fs::File::create(dir.join(format!("{region}.log"))).unwrap();
@@ -43,7 +44,12 @@ impl Agent {
                 &format!("db-{region}"),
             ])
             .arg("--on-lose")
-            .arg(stamp(dir, region, "lose"));
+            // The copy first: once the timestamp is there, so is the copy.
+            .arg(format!(
+                "{{ cp {d}/{region}.json {d}/{region}.at-lose.json 2>/dev/null || true; }}; {}",
+                stamp(dir, region, "lose"),
+                d = dir.display()
+            ));
         if !extra.iter().any(|a| a == "--on-gain") {
             command.arg("--on-gain").arg(stamp(dir, region, "gain"));
         }
@@ -77,6 +83,13 @@ impl Agent {
     fn state(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join(format!("{}.json", self.region))).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The state file as the last on-lose found it: what the agent had just recorded about
+    /// the loss (its `event`) before running the command.
+    fn state_at_lose(&self) -> Option<serde_json::Value> {
+        let path = self.dir.join(format!("{}.at-lose.json", self.region));
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     }
 
     fn holding(&self) -> bool {
@@ -140,6 +153,9 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
+/// `checkout`'s lease in [`POLICY`].
+const LEASE_MS: u64 = 1000;
+
 /// Goal: the old region's agent self-fences (on-lose) before the new region's agent is
 /// told it may write (on-gain), and a frozen agent does not keep a lease past its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,6 +207,19 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
         gained[0]
     );
     assert!(!a.holding());
+    let at_lose = a
+        .state_at_lose()
+        .expect("region-a's state when on-lose ran");
+    let event = at_lose["event"].as_str().unwrap();
+    assert!(
+        event.starts_with("renewal refused:") || event == "lease deadline passed without a renewal",
+        "region-a lost the lease to the revoke: {at_lose}"
+    );
+    assert_eq!(at_lose["holding"], false, "{at_lose}");
+    assert_eq!(
+        at_lose["fence_pending"], true,
+        "on-lose runs for a held lease: {at_lose}"
+    );
 
     tracing::info!("--- freeze region-b's agent, fail back to region-a, then resume it");
     eventually("region-b's agent holds", || async {
@@ -199,6 +228,15 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
     .await;
     let b_lost_before = b.events("lose").len();
     b.signal(libc::SIGSTOP);
+    let stopped = now_ns();
+    // What the frozen agent last recorded: nothing it does after the stop can change it. Its
+    // real deadline is at most a lease after the stop (every renewal it sent, it sent before).
+    let frozen = b.state().expect("region-b's state file");
+    assert_eq!(frozen["holding"], true, "{frozen}");
+    let recorded_deadline = u128::from(
+        frozen["updated_at_ms"].as_u64().unwrap() + frozen["deadline_in_ms"].as_u64().unwrap(),
+    ) * 1_000_000;
+    let latest_deadline = stopped + u128::from(LEASE_MS) * 1_000_000;
     failover(&client, "checkout", "region-a")
         .await
         .expect("failback while region-b's agent is frozen");
@@ -219,11 +257,35 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
         a_regained < b_lost,
         "region-a gained while region-b was frozen; region-b never resumed writing"
     );
-    let state = b.state().unwrap();
+    assert!(
+        recorded_deadline < a_regained,
+        "region-b's last recorded deadline ({recorded_deadline}) passed before region-a's on-gain ({a_regained})"
+    );
+    assert!(
+        latest_deadline < a_regained,
+        "every lease region-b could hold (sent before the freeze at {stopped}, {LEASE_MS} ms) expired before region-a's on-gain ({a_regained})"
+    );
+    let at_lose = b
+        .state_at_lose()
+        .expect("region-b's state when on-lose ran");
+    assert_eq!(
+        at_lose["event"], "lease deadline passed without a renewal",
+        "the resumed agent fenced because its deadline had passed, not on an answer: {at_lose}"
+    );
+    assert_eq!(at_lose["holding"], false, "{at_lose}");
+    assert_eq!(at_lose["fence_pending"], true, "{at_lose}");
+    tracing::info!("--- it never regains: region-b is not active");
+    let state = eventually("region-b's agent is refused after its fence", || async {
+        let s = b.state()?;
+        (s["fence_pending"] == false
+            && s["event"]
+                .as_str()
+                .is_some_and(|e| e != "fenced: on-lose succeeded"))
+        .then_some(s)
+    })
+    .await;
     assert_eq!(state["holding"], false, "{state}");
     assert_eq!(state["active"], "region-a", "{state}");
-    // It never regains: region-b is not active.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(!b.holding());
     assert_eq!(b.events("gain").len(), 1);
     assert_eq!(
@@ -232,6 +294,74 @@ async fn old_holder_self_fences_before_the_new_one_gains_even_when_frozen() {
         "on-lose runs once per loss, not at every refused acquire"
     );
     drop((a, b));
+    cluster.stop().await;
+}
+
+/// Goal: an agent that can reach no witness at all keeps its lease only until its deadline,
+/// then self-fences on its own (S1 from the holder's side: no answer is never a renewal), and
+/// does not run on-lose again while it keeps failing to reach the cluster.
+/// Method: region-a's agent holds the lease; every witness is stopped. on-lose must run no
+/// earlier than the last deadline the agent recorded, with the deadline as the recorded
+/// reason; its renewals were all sent before the stop, so the deadline is at most a lease
+/// after it (the bound below allows several leases for a loaded machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_self_fences_at_its_deadline_when_no_witness_answers() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let dir = cluster.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = Agent::start(&cluster, &dir, "region-a");
+    eventually("region-a's agent holds the lease", || async {
+        (a.holding() && !a.events("gain").is_empty()).then_some(())
+    })
+    .await;
+    assert!(a.events("lose").is_empty());
+
+    tracing::info!("--- every witness stops");
+    let cut = now_ns();
+    for id in 1..=3 {
+        cluster.witness(id).kill().await;
+    }
+    // No renewal can succeed from here on: what the agent recorded last is its last deadline.
+    let last = a.state().expect("state file");
+    let lost = eventually("region-a's agent self-fences", || async {
+        a.events("lose").first().copied()
+    })
+    .await;
+    let at_lose = a.state_at_lose().expect("the state when on-lose ran");
+    assert_eq!(
+        at_lose["event"], "lease deadline passed without a renewal",
+        "{at_lose}"
+    );
+    assert_eq!(at_lose["fence_pending"], true, "{at_lose}");
+    assert_eq!(at_lose["holding"], false, "{at_lose}");
+    if last["holding"] == true {
+        let recorded_deadline_ms =
+            last["updated_at_ms"].as_u64().unwrap() + last["deadline_in_ms"].as_u64().unwrap();
+        // Milliseconds on both sides: allow the rounding of one.
+        assert!(
+            lost / 1_000_000 + 1 >= u128::from(recorded_deadline_ms),
+            "on-lose ran at {lost} ns, before the recorded deadline {recorded_deadline_ms} ms: {last}"
+        );
+    }
+    let bound = u128::from(5 * LEASE_MS) * 1_000_000;
+    assert!(
+        lost < cut + bound,
+        "on-lose ran {} ms after the witnesses stopped: it must run at the deadline, at most one lease ({LEASE_MS} ms) after the last renewal",
+        (lost - cut) / 1_000_000
+    );
+
+    tracing::info!("--- unreachable cluster: no second on-lose, no gain");
+    let state = eventually("the agent retries and finds no witness", || async {
+        let s = a.state()?;
+        (s["event"] == "no witness reachable").then_some(s)
+    })
+    .await;
+    assert_eq!(state["holding"], false, "{state}");
+    assert_eq!(state["fence_pending"], false, "on-lose succeeded: {state}");
+    assert_eq!(a.events("lose").len(), 1, "one loss, one on-lose");
+    assert_eq!(a.events("gain").len(), 1);
+    drop(a);
     cluster.stop().await;
 }
 
@@ -368,13 +498,13 @@ async fn standby_agent_never_runs_on_lose_without_having_held_the_lease() {
         (s["holding"] == false && s["active"] == "region-a").then_some(())
     })
     .await;
-    // Several refused acquires (every 100 ms) later, still no on-lose.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert!(
-        b.events("lose").is_empty(),
-        "the standby's agent ran on-lose {} time(s) without ever holding the lease",
-        b.events("lose").len()
-    );
+    // Several refused acquires (every 100 ms): never an on-lose.
+    always_for(
+        "the standby's agent runs no on-lose without ever holding the lease",
+        std::time::Duration::from_secs(2),
+        || async { b.events("lose").is_empty() },
+    )
+    .await;
     drop(b);
     let _ = std::fs::remove_file(dir.join("region-b.json"));
 
@@ -392,9 +522,12 @@ async fn standby_agent_never_runs_on_lose_without_having_held_the_lease() {
         (b.events("start").len() == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    assert_eq!(b.events("start").len(), 1, "once, not at every refusal");
-    assert!(b.events("lose").is_empty());
+    always_for(
+        "the start action ran once, not at every refusal, and no on-lose",
+        std::time::Duration::from_secs(1),
+        || async { b.events("start").len() == 1 && b.events("lose").is_empty() },
+    )
+    .await;
     drop(b);
     cluster.stop().await;
 }
@@ -611,15 +744,16 @@ async fn frozen_agent_without_watchdog_leaves_its_database_running() {
     let (cluster, dir) = watchdog_cluster().await;
     tracing::info!("--- the agent freezes while holding; nothing kills its database");
     let (a, mut database, monitor, _frozen) = freeze_holder(&cluster, &dir, false).await;
-    tokio::time::sleep(std::time::Duration::from_nanos(
-        (WATCHDOG_LEASE_NS + 2 * WATCHDOG_MARGIN_NS) as u64,
-    ))
+    // Past the deadline by which the watchdog test's database is killed.
+    always_for(
+        "nothing kills the database of a frozen agent without a watchdog",
+        std::time::Duration::from_nanos((WATCHDOG_LEASE_NS + 2 * WATCHDOG_MARGIN_NS) as u64),
+        || {
+            let quiet = database.try_wait().unwrap().is_none() && monitor.fired().is_none();
+            async move { quiet }
+        },
+    )
     .await;
-    assert!(
-        database.try_wait().unwrap().is_none(),
-        "nothing killed the database"
-    );
-    assert!(monitor.fired().is_none());
     drop((a, monitor));
     let _ = database.kill();
     let _ = database.wait();
@@ -758,8 +892,13 @@ async fn agent_renews_at_the_pace_of_the_lease_it_was_last_granted() {
         })
         .await
         .expect("the lease lowered to 1 s");
-    // The agent's next renewal (within 2 s) brings the 1 s lease.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The agent's next renewal (within 2 s) brings the 1 s lease: its deadline is then at
+    // most a second away.
+    eventually("the agent holds the lowered lease", || async {
+        let s = a.state()?;
+        (s["holding"] == true && s["deadline_in_ms"].as_u64()? <= 1_000).then_some(())
+    })
+    .await;
     let before = renewals(&cluster);
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let renewed = renewals(&cluster) - before;

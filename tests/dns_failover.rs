@@ -16,6 +16,15 @@ use common::authoritative::{available, Authoritative, Flavour, KEY_NAME, NAME, Z
 use common::policy::CHECKOUT;
 use common::*;
 
+/// The records the policy gives region-a: not those of the zone file the servers start with
+/// ([`INITIAL_A`]), so a server answering them has been updated by the cluster.
+const REGION_A_RECORDS: [&str; 2] = ["192.0.2.20", "192.0.2.21"];
+
+/// The marker the cluster writes next to the record for the decision `epoch` in `region`.
+fn marker_text(epoch: u64, region: &str) -> String {
+    format!("arbiter/1 group=checkout epoch={epoch} policy=1 region={region}")
+}
+
 /// A policy whose group `checkout` publishes `checkout.shop.example.` on the given servers,
 /// each with its secret in a file.
 fn dns_policy(servers: &[(&Authoritative, &Path)]) -> String {
@@ -34,7 +43,8 @@ fn dns_policy_reconciling_every(servers: &[(&Authoritative, &Path)], reconcile_m
         })
         .collect();
     let group_dns = format!(
-        "[groups.dns]\nzone = \"{ZONE}\"\nname = \"{NAME}\"\nttl = 30\nrecords = {{ region-a = {{ type = \"A\", values = [\"192.0.2.10\", \"192.0.2.11\"] }}, region-b = {{ type = \"A\", values = [\"198.51.100.20\"] }} }}\n"
+        "[groups.dns]\nzone = \"{ZONE}\"\nname = \"{NAME}\"\nttl = 30\nrecords = {{ region-a = {{ type = \"A\", values = [\"{}\", \"{}\"] }}, region-b = {{ type = \"A\", values = [\"198.51.100.20\"] }} }}\n",
+        REGION_A_RECORDS[0], REGION_A_RECORDS[1]
     );
     format!(
         r#"
@@ -213,6 +223,10 @@ async fn wrong_tsig_secret_halts_the_operation_until_fixed() {
         halted.error
     );
     assert!(!halted.error.contains(&bind.secret), "no secret in errors");
+    let a = arbiter::dns::query_rrset(&server(&bind, &secret), NAME, RecordKind::A)
+        .await
+        .unwrap();
+    assert_eq!(a, INITIAL_A, "a refused update changed nothing on BIND");
 
     tracing::info!("--- fix the secret and retry");
     std::fs::write(&secret, &bind.secret).unwrap();
@@ -246,6 +260,7 @@ async fn reconciler_repairs_drift_and_audits_it() {
     cluster.init_with(&dns_policy(&[(&bind, &secret)])).await;
     let srv = server(&bind, &secret);
     let client = cluster.client();
+    // The zone file holds other records and no marker: only the cluster can produce these.
     eventually(
         "the committed region-a records are published with their marker",
         || async {
@@ -253,17 +268,27 @@ async fn reconciler_repairs_drift_and_audits_it() {
                 .await
                 .ok()?;
             let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
-            (a == ["192.0.2.10", "192.0.2.11"] && marker.texts.len() == 1).then_some(())
+            (a == REGION_A_RECORDS && marker.texts == [marker_text(1, "region-a")]).then_some(())
         },
     )
     .await;
-    let s = status(&client).await;
+    // The repair is recorded once the server took it, so it may trail the answer.
+    let repair = eventually(
+        "the first publication (no marker yet) is a repair on record",
+        || async {
+            status(&client)
+                .await
+                .audit
+                .into_iter()
+                .find(|e| e.kind == "dns-repair")
+        },
+    )
+    .await;
     assert!(
-        s.audit
-            .iter()
-            .any(|e| e.kind == "dns-repair" && e.detail.contains("no marker")),
-        "the first publication (no marker yet) is a repair on record: {:?}",
-        s.audit
+        repair.detail.contains("no marker")
+            && INITIAL_A.iter().all(|a| repair.detail.contains(a))
+            && repair.detail.contains("repaired to region-a at epoch 1"),
+        "the repair names what the server held: {repair:?}"
     );
 
     tracing::info!("--- someone changes the record by hand");
@@ -278,7 +303,7 @@ async fn reconciler_repairs_drift_and_audits_it() {
         let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
             .await
             .ok()?;
-        (a == ["192.0.2.10", "192.0.2.11"]).then_some(())
+        (a == REGION_A_RECORDS).then_some(())
     })
     .await;
     let s = eventually("the repair is audited", || async {
@@ -330,8 +355,11 @@ async fn a_cut_off_leader_never_repairs_from_its_stale_state() {
         .await;
     let srv = server(&bind, &secret);
     eventually("region-a is published with its marker", || async {
+        let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
+            .await
+            .ok()?;
         let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
-        (marker.texts.len() == 1).then_some(())
+        (a == REGION_A_RECORDS && marker.texts == [marker_text(1, "region-a")]).then_some(())
     })
     .await;
 
@@ -364,7 +392,9 @@ async fn a_cut_off_leader_never_repairs_from_its_stale_state() {
         let a = arbiter::dns::query_rrset(&srv, NAME, RecordKind::A)
             .await
             .ok()?;
-        (a == ["198.51.100.20"]).then_some(())
+        let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
+        (a == ["198.51.100.20"] && marker.texts == [marker_text(op.to_epoch, "region-b")])
+            .then_some(())
     })
     .await;
     let stale = cluster.witnesses[cut as usize - 1].node().consensus.clone();
@@ -396,7 +426,7 @@ async fn a_cut_off_leader_never_repairs_from_its_stale_state() {
         let marker = arbiter::dns::read_marker(&srv, NAME).await.unwrap();
         assert!(
             a.is_empty() && marker.texts.is_empty(),
-            "the cut-off witness published its stale state: A {a:?}, marker {:?} (region-a is {INITIAL_A:?})",
+            "the cut-off witness published its stale state: A {a:?}, marker {:?} (region-a is {REGION_A_RECORDS:?})",
             marker.texts
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -413,13 +443,8 @@ async fn a_cut_off_leader_never_repairs_from_its_stale_state() {
             .await
             .ok()?;
         let marker = arbiter::dns::read_marker(&srv, NAME).await.ok()?;
-        (a == ["198.51.100.20"]
-            && marker.texts
-                == [format!(
-                    "arbiter/1 group=checkout epoch={} policy=1 region=region-b",
-                    op.to_epoch
-                )])
-        .then_some(())
+        (a == ["198.51.100.20"] && marker.texts == [marker_text(op.to_epoch, "region-b")])
+            .then_some(())
     })
     .await;
     cluster.stop().await;

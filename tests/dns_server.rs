@@ -159,8 +159,10 @@ async fn all_answer(cluster: &Cluster, want: &[&str]) {
 /// after a failover, never the new region before its activation is applied there (S5);
 /// negative answers and other zones follow the DNS rules; a large answer is truncated over
 /// UDP and complete over TCP.
-/// Method: 3 witnesses with `dns.listen`; query each; fail over while a sampler checks
-/// every `region-b` answer against the answering witness's applied state; query again.
+/// Method: 3 witnesses with `dns.listen`; query each; fail over while a sampler reads the
+/// answering witness's applied state before and after each query: a `region-b` answer must
+/// be bracketed by a state that has applied the activation, no witness goes back to
+/// region-a, and every witness is sampled before its activation too; query again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_witness_answers_the_committed_region_through_a_failover() {
     let cluster = Cluster::start_with(3, DNS_NODE).await;
@@ -237,33 +239,49 @@ async fn every_witness_answers_the_committed_region_through_a_failover() {
             })
             .collect();
         tokio::spawn(async move {
-            let mut region_b_answers = 0;
+            // Per witness: answers sampled while its applied state still said region-a
+            // (before the query), and region-b answers.
+            let mut before_activation = [0u32; 3];
+            let mut region_b_answers = [0u32; 3];
             loop {
-                for (id, addr, consensus) in &witnesses {
+                for (i, (id, addr, consensus)) in witnesses.iter().enumerate() {
+                    let applied = || consensus.with_state(|s| s.groups["checkout"].active.clone());
+                    // The applied state before and after the query bracket the view that
+                    // answered: it was built from a state applied by the time of `after`.
+                    let before = applied();
                     let m = udp(*addr, "checkout.shop.example.", RecordType::A, None).await;
+                    let after = applied();
                     if addresses(&m) == ["198.51.100.10"] {
-                        // The view that answered was built from an applied state at or
-                        // before now: the activation must be applied on this witness.
-                        let active = consensus.with_state(|s| s.groups["checkout"].active.clone());
-                        assert_eq!(active, "region-b", "witness {id} published before applying");
-                        region_b_answers += 1;
+                        assert_eq!(after, "region-b", "witness {id} published before applying");
+                        region_b_answers[i] += 1;
                     } else {
                         assert_eq!(addresses(&m), ["192.0.2.10", "192.0.2.11"], "witness {id}");
+                        assert_eq!(
+                            region_b_answers[i], 0,
+                            "witness {id} went back to region-a after answering region-b"
+                        );
+                        if before == "region-a" {
+                            before_activation[i] += 1;
+                        }
                     }
                 }
-                if region_b_answers >= 9 {
-                    return region_b_answers;
+                if region_b_answers.iter().all(|n| *n >= 3) {
+                    return (before_activation, region_b_answers);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
     failover(&client, "checkout", "region-b").await.unwrap();
-    let sampled = tokio::time::timeout(DEADLINE, sampler)
+    let (before_activation, region_b_answers) = tokio::time::timeout(DEADLINE, sampler)
         .await
         .expect("every witness answers region-b in time")
         .expect("sampler saw no premature answer");
-    tracing::info!(sampled, "sampler done");
+    tracing::info!(?before_activation, ?region_b_answers, "sampler done");
+    assert!(
+        before_activation.iter().all(|n| *n > 0),
+        "the sampler saw every witness before its activation (else it shows nothing): {before_activation:?}"
+    );
 
     tracing::info!("--- after the failover: region-b everywhere, serial grew");
     all_answer(&cluster, &["198.51.100.10"]).await;

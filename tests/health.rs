@@ -18,7 +18,7 @@ use arbiter::health::{check_source, probe_once, ProbeOptions, Prober, RegionObse
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::{eventually, init_tracing, DEADLINE};
+use common::{always_for, eventually, init_tracing, DEADLINE};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -452,7 +452,9 @@ async fn prober_state_follows_the_endpoint_down_and_back() {
         region(&prober, "region-a").filter(|o| !o.ok)
     })
     .await;
-    let since_down = Instant::now() - down.since_age;
+    // The snapshot was taken before this instant, so `since` was set before it too.
+    let down_seen_at = Instant::now();
+    let since_down = down_seen_at - down.since_age;
     assert!(
         since_down >= stopped_at,
         "since moved to the failure: {down:?}"
@@ -471,14 +473,16 @@ async fn prober_state_follows_the_endpoint_down_and_back() {
         (o.since_age >= Duration::from_millis(500)).then_some(())
     })
     .await;
+    let asked_at = Instant::now();
     let still = region(&prober, "region-a").unwrap();
     assert!(!still.ok);
-    let since_still = Instant::now() - still.since_age;
-    // Both `since` values come from subtracting ages from separate clock reads; allow the
-    // millisecond rounding of neither: they must be the same instant within a round.
+    // The snapshot was taken after `asked_at`, so `asked_at - since_age` is at or before the
+    // `since` it reports. Had `since` moved to a later failing round, it would be after the
+    // failure was first seen.
+    let since_still_earliest = asked_at - still.since_age;
     assert!(
-        since_still <= since_down + Duration::from_millis(50),
-        "{since_still:?} vs {since_down:?}"
+        since_still_earliest <= down_seen_at,
+        "since moved after the failure was first seen: {since_still_earliest:?} vs {down_seen_at:?}"
     );
 
     tracing::info!("--- the endpoint returns");
@@ -537,12 +541,22 @@ async fn prober_update_and_drop_stop_probing() {
 
     tracing::info!("--- drop the prober: no more requests");
     drop(prober);
-    // Let any probe that was in flight when the task was aborted land, then check the count
-    // holds still across many intervals.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after_drop = endpoint.hits.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(endpoint.hits.load(Ordering::SeqCst), after_drop);
+    // A probe in flight when the task was aborted may still land: wait until the count is
+    // still between two polls, then it must hold still across many intervals (100-120 ms).
+    let mut last = endpoint.hits.load(Ordering::SeqCst);
+    let after_drop = eventually("no probe in flight", || {
+        let now = endpoint.hits.load(Ordering::SeqCst);
+        let still = now == last;
+        last = now;
+        async move { still.then_some(now) }
+    })
+    .await;
+    always_for(
+        "no probe after the prober was dropped",
+        Duration::from_millis(1_000),
+        || async { endpoint.hits.load(Ordering::SeqCst) == after_drop },
+    )
+    .await;
     drop(listener);
 }
 

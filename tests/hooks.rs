@@ -20,9 +20,11 @@ use axum::routing::post;
 use axum::Router;
 use tokio::time::Instant;
 
-/// Generous bound for "returned promptly" after a short hook timeout: far above the
-/// timeouts used here, far below the 30 s the hung hooks would take.
+/// Deadline of the polls for what a hook writes (a pid file): generous for a loaded machine.
 const PROMPT: Duration = Duration::from_secs(10);
+/// How long the hung hooks of the timeout tests would take on their own: a hook that
+/// returns before this (and says it timed out) was cut off by its deadline.
+const HANG: Duration = Duration::from_secs(30);
 
 fn ctx() -> HookContext {
     HookContext {
@@ -183,24 +185,41 @@ async fn exec_hook_killed_by_signal_names_it() {
 
 /// Goal: at its deadline a hung hook is killed together with the processes it started.
 /// Method: the script starts a background `sleep 30`, records its pid, then sleeps 30 s
-/// itself; the hook's timeout is 300 ms. The outcome must come back promptly, say it timed
-/// out, keep the output written before the deadline, and the background sleep must be gone.
+/// itself and would then write a marker; the hook's timeout is 300 ms. The outcome must come
+/// back after the timeout and before the script could have finished (no marker), say it
+/// timed out, keep the output written before the deadline, and the background sleep must be
+/// gone.
 #[tokio::test]
 async fn exec_hook_timeout_kills_the_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("grandchild.pid");
+    let finished = dir.path().join("finished");
     let program = script(
         dir.path(),
         "hang.sh",
         r#"sleep 30 &
 echo $! > "$1"
 echo "started"
-sleep 30"#,
+sleep 30
+touch "$2""#,
     );
     let started = Instant::now();
-    let hook = exec(program, &[pid_file.to_str().unwrap()], 300);
+    let hook = exec(
+        program,
+        &[pid_file.to_str().unwrap(), finished.to_str().unwrap()],
+        300,
+    );
     let outcome = hooks::run("hang", &hook, &ctx()).await;
-    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited its timeout: {took:?}"
+    );
+    assert!(
+        took < HANG,
+        "cut off by the deadline, not finished: {took:?}"
+    );
+    assert!(!finished.exists(), "the hung script never reached its end");
     assert!(!outcome.success);
     assert_eq!(
         outcome.summary, "timed out after 300 ms; process group killed",
@@ -360,7 +379,7 @@ async fn receiver() -> (SocketAddr, Log) {
     }
     async fn slow(State(log): State<Log>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
         record(&log, headers, body).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(HANG).await;
         (StatusCode::OK, String::new())
     }
     let log: Log = Arc::default();
@@ -557,7 +576,20 @@ async fn http_hook_timeout_fails() {
     );
     let started = Instant::now();
     let outcome = hooks::run("slow", &hook, &ctx()).await;
-    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited its timeout: {took:?}"
+    );
+    assert!(
+        took < HANG,
+        "cut off by the deadline, not answered: {took:?}"
+    );
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "the receiver got the one request (it answers only after HANG)"
+    );
     assert!(!outcome.success);
     assert!(
         outcome.summary.starts_with("timed out after 300 ms"),

@@ -156,7 +156,16 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
     tracing::info!("--- region-a goes dark: an operation waits for approval");
     a.set(false);
     let op = wait_operation(&client, 1, "awaiting-approval").await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    always_for(
+        "the operation awaits approval, only declared",
+        std::time::Duration::from_secs(2),
+        || async {
+            operation(&client, op.id)
+                .await
+                .is_some_and(|o| o.state == "awaiting-approval" && o.steps.len() == 1)
+        },
+    )
+    .await;
     let still = operation(&client, op.id).await.unwrap();
     assert_eq!(
         still.state, "awaiting-approval",
@@ -272,10 +281,44 @@ async fn failing_hook_halts_visibly_and_retry_completes() {
     cluster.stop().await;
 }
 
+/// One run of a gate hook as it recorded itself: `OPERATION EPOCH WITNESS TERM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HookRun {
+    epoch: u64,
+    witness: u64,
+    term: u64,
+}
+
+/// The runs of operation `op` recorded in `runs`, oldest first.
+fn hook_runs(runs: &std::path::Path, op: u64) -> Vec<HookRun> {
+    std::fs::read_to_string(runs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split(' ')
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            match f[..] {
+                [o, epoch, witness, term] if o == op => Some(HookRun {
+                    epoch,
+                    witness,
+                    term,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Goal: when the leader dies while an operation sits in `fence`, `promote` or `validate`,
-/// the new leader resumes the step and completes the operation; each hook's side effect is
-/// observed at least once and the operation is recorded done exactly once (S6).
-/// Method: each step's hook records its run, then blocks until the test opens its gate.
+/// the new leader runs the step again and completes the operation; the step is recorded once,
+/// with the outcome of the new leader's run, and the operation is recorded done exactly once
+/// (S6).
+/// Method: each step's hook records the operation, epoch, calling witness and its term, then
+/// blocks until the test opens its gate and prints who passed it. The killed leader's run is
+/// the first record; after the kill there must be a run by the new leader in a later term,
+/// and the recorded step must carry that run's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
     let mut cluster = Cluster::start(3).await;
@@ -285,7 +328,7 @@ async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
             &dir,
             &format!("{step}.sh"),
             &format!(
-                "echo \"$ARBITER_OPERATION $ARBITER_EPOCH\" >> {d}/{step}.runs\ni=0\nwhile [ ! -e {d}/{step}.open ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\ntest -e {d}/{step}.open",
+                "echo \"$ARBITER_OPERATION $ARBITER_EPOCH $ARBITER_WITNESS $ARBITER_TERM\" >> {d}/{step}.runs\ni=0\nwhile [ ! -e {d}/{step}.open ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\ntest -e {d}/{step}.open && echo \"gate passed by witness $ARBITER_WITNESS in term $ARBITER_TERM\"",
                 d = dir.display()
             ),
         )
@@ -319,34 +362,62 @@ async fn new_leader_resumes_operations_stuck_in_fence_promote_and_validate() {
         }
         let op = start_failover(&client, "checkout", to).await.unwrap();
         let runs = dir.join(format!("{step}.runs"));
-        eventually(
+        let first = eventually(
             &format!("the {step} hook runs for operation {}", op.id),
-            || async {
-                std::fs::read_to_string(&runs)
-                    .ok()
-                    .filter(|t| t.lines().any(|l| l.starts_with(&format!("{} ", op.id))))
-                    .map(|_| ())
-            },
+            || async { hook_runs(&runs, op.id).first().copied() },
         )
         .await;
         let leader = cluster.leader().await;
+        assert_eq!(
+            first.witness, leader,
+            "the {step} hook first ran on the leader: {first:?}"
+        );
         tracing::info!(leader, "--- kill the leader mid-step");
         cluster.witness(leader).kill().await;
         let survivors = Cluster::client_for(&cluster);
-        eventually("a new leader", || async {
+        let new_leader = eventually("a new leader", || async {
             let s = status(&survivors).await;
             s.leader_id.filter(|l| *l != leader)
         })
         .await;
+        tracing::info!(new_leader, "--- the new leader runs the {step} step again");
+        let rerun = eventually(
+            &format!(
+                "witness {new_leader} runs the {step} hook of operation {}",
+                op.id
+            ),
+            || async {
+                hook_runs(&runs, op.id)
+                    .into_iter()
+                    .find(|r| r.witness == new_leader)
+            },
+        )
+        .await;
+        assert!(
+            rerun.term > first.term,
+            "the re-run is in the new leader's term: first {first:?}, re-run {rerun:?}"
+        );
+        assert_eq!(rerun.epoch, first.epoch, "the same operation's epoch");
         std::fs::write(dir.join(format!("{step}.open")), "").unwrap();
         let done = wait_operation(&survivors, op.id, "done").await;
         assert_eq!(done.to_epoch, round as u64 + 2);
-        let ran = std::fs::read_to_string(&runs)
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with(&format!("{} ", op.id)))
-            .count();
-        assert!(ran >= 1, "{step} hook ran for operation {}", op.id);
+        assert!(
+            hook_runs(&runs, op.id)
+                .iter()
+                .all(|r| r.witness == leader || r.witness == new_leader),
+            "only the old and the new leader ran the {step} hook: {:?}",
+            hook_runs(&runs, op.id)
+        );
+        let recorded = done.steps.iter().find(|s| s.step == step).unwrap();
+        assert_eq!(recorded.outcome, "completed", "{recorded:?}");
+        assert!(
+            recorded.detail.contains(&format!(
+                "gate passed by witness {new_leader} in term {}",
+                rerun.term
+            )),
+            "the {step} step records the new leader's run: {}",
+            recorded.detail
+        );
         let s = status(&survivors).await;
         let done_entries = s
             .audit
@@ -580,7 +651,16 @@ async fn a_cut_link_seen_by_one_witness_never_fails_over() {
     );
 
     tracing::info!("--- several down_after windows later: still up, no operation");
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    always_for(
+        "region-b stays up by verdict and nothing fails over",
+        std::time::Duration::from_secs(3),
+        || async {
+            let s = status(&client).await;
+            let verdict = s.regions.iter().find(|r| r.name == "region-b").unwrap();
+            verdict.verdict == "up" && s.operations.is_empty()
+        },
+    )
+    .await;
     let s = status(&client).await;
     assert_eq!(
         s.regions
@@ -633,20 +713,84 @@ async fn cooldown_holds_back_a_second_automatic_failover() {
         (verdict(&client, "region-b").await.as_deref() == Some("down")).then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Several down windows (600 ms) and probe rounds: a failover would have started.
+    always_for(
+        "no automatic operation during the cooldown",
+        std::time::Duration::from_secs(2),
+        || async { status(&client).await.operations.is_empty() },
+    )
+    .await;
     let s = status(&client).await;
-    assert!(
-        s.operations.is_empty(),
-        "no automatic operation during the cooldown: {:?}",
-        s.operations
-    );
     let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
     assert_eq!((g.active.as_str(), g.epoch), ("region-b", 2));
     cluster.stop().await;
 }
 
+/// Goal: S7 needs a target: an active region down by quorum verdict while no other
+/// candidate is up starts nothing (a failover to a dead region would only add an outage);
+/// once a candidate is up again the failover starts, so the cluster was able to act.
+/// Method: region-b goes dark, then region-a; both are down by verdict for several down
+/// windows with no operation; region-b returns and the automatic failover to it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_region_down_with_no_candidate_up_starts_nothing() {
+    let (a, b) = (Endpoint::start().await, Endpoint::start().await);
+    let cluster = Cluster::start(3).await;
+    cluster.init_with(&probed_policy(&a, &b, "auto", "")).await;
+    let client = cluster.client();
+    eventually("both regions up", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("up")
+            && verdict(&client, "region-b").await.as_deref() == Some("up"))
+        .then_some(())
+    })
+    .await;
+
+    tracing::info!("--- region-b goes dark, then region-a");
+    b.set(false);
+    eventually("region-b is down by verdict", || async {
+        (verdict(&client, "region-b").await.as_deref() == Some("down")).then_some(())
+    })
+    .await;
+    a.set(false);
+    eventually("region-a is down by verdict", || async {
+        (verdict(&client, "region-a").await.as_deref() == Some("down")).then_some(())
+    })
+    .await;
+    // Several down windows (600 ms) and probe rounds (200 ms) with the active region down.
+    always_for(
+        "no operation while no candidate is up",
+        std::time::Duration::from_secs(3),
+        || async {
+            let s = status(&client).await;
+            let g = s.groups.iter().find(|g| g.name == "checkout").unwrap();
+            s.operations.is_empty() && (g.active.as_str(), g.epoch) == ("region-a", 1)
+        },
+    )
+    .await;
+    let s = status(&client).await;
+    assert!(
+        !s.audit.iter().any(|e| e.kind == "operation-declared"),
+        "nothing declared: {:?}",
+        s.audit
+    );
+
+    tracing::info!("--- region-b returns: now there is a target");
+    b.set(true);
+    let op = wait_operation(&client, 1, "done").await;
+    assert_eq!(
+        (op.kind.as_str(), op.to.as_str(), op.to_epoch),
+        ("automatic", "region-b", 2)
+    );
+    cluster.stop().await;
+}
+
+/// The stable period of [`automatic_failback_after_the_stable_period`].
+const FAILBACK_AFTER_MS: u64 = 1500;
+
 /// Goal: with `failback_after_ms`, the group returns to its first candidate by itself once
-/// that region has been up for the stable period.
+/// that region has been up for the stable period, and not before.
+/// Method: the operation's own declaration time (the leader's wall clock: every witness runs
+/// in this process) is compared with the moment the test let region-a's probes pass again;
+/// no failback can be declared sooner than `failback_after_ms` after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_failback_after_the_stable_period() {
     let (a, b) = (Endpoint::start().await, Endpoint::start().await);
@@ -654,7 +798,7 @@ async fn automatic_failback_after_the_stable_period() {
     cluster
         .init_with(&probed_policy(&a, &b, "auto", "").replace(
             "cooldown_ms = 0",
-            "cooldown_ms = 0\nfailback_after_ms = 1500",
+            &format!("cooldown_ms = 0\nfailback_after_ms = {FAILBACK_AFTER_MS}"),
         ))
         .await;
     let client = cluster.client();
@@ -665,11 +809,23 @@ async fn automatic_failback_after_the_stable_period() {
     a.set(false);
     wait_operation(&client, 1, "done").await;
     tracing::info!("--- region-a recovers: failback after the stable period");
+    let recovered_ms = (now_ns() / 1_000_000) as u64;
     a.set(true);
     let back = wait_operation(&client, 2, "done").await;
     assert_eq!(
         (back.kind.as_str(), back.to.as_str(), back.to_epoch),
         ("failback", "region-a", 3)
+    );
+    assert!(
+        back.created_at_ms >= recovered_ms + FAILBACK_AFTER_MS,
+        "the failback was declared {} ms after region-a recovered, before its stable period of {FAILBACK_AFTER_MS} ms",
+        back.created_at_ms.saturating_sub(recovered_ms)
+    );
+    assert!(
+        back.reason
+            .contains(&format!("up for {FAILBACK_AFTER_MS} ms")),
+        "{}",
+        back.reason
     );
     cluster.stop().await;
 }

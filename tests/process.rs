@@ -238,14 +238,14 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
     out.refused(
         "serve with malformed TOML",
         EXIT_CONFIG,
-        &["malformed-node.toml", "line"],
+        &["error: ", "malformed-node.toml", "line 2"],
     );
     let unknown = c.write("unknown-key.toml", &format!("{good}\nbogus_key = 1\n"));
     let out = run(c.path(), &["serve", "--config", &unknown]);
     out.refused(
         "serve with an unknown key",
         EXIT_CONFIG,
-        &["unknown-key.toml", "bogus_key"],
+        &["error: ", "unknown-key.toml", "unknown field `bogus_key`"],
     );
     let node1 = c.node_file(1);
     let out = run(
@@ -274,16 +274,20 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
 
     tracing::info!("--- bad policies are refused before anything is proposed");
     let bad_policies = [
-        ("malformed", "[[regions]\nname = 1\n".to_string(), "line 1"),
+        (
+            "malformed",
+            "[[regions]\nname = 1\n".to_string(),
+            ["line 1", "unclosed array table"],
+        ),
         (
             "unknown-key",
             format!("{POLICY}\ncolour = \"red\"\n"),
-            "colour",
+            ["colour", "unknown field `colour`"],
         ),
         (
             "duplicate-region",
             format!("{POLICY}\n[[regions]]\nname = \"region-a\"\n"),
-            "regions[3].name",
+            ["regions[3].name", "duplicate region \"region-a\""],
         ),
         (
             "one-candidate",
@@ -292,23 +296,30 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
                 r#"["region-a"]"#,
                 1,
             ),
-            "groups[0].candidates",
+            [
+                "groups[0].candidates",
+                "needs at least two candidate regions",
+            ],
         ),
         (
             "missing-secret",
             format!(
                 "{POLICY}\n[hooks.notify]\nkind = \"http\"\nurl = \"https://hooks.invalid/x\"\nsecret = {{ file = \"/nonexistent/arbiter-secret\" }}\n"
             ),
-            "hooks.notify.secret.file",
+            ["hooks.notify.secret.file", "/nonexistent/arbiter-secret"],
         ),
     ];
-    for (name, text, key) in &bad_policies {
+    for (name, text, [key, reason]) in &bad_policies {
         let file = c.write(&format!("{name}.toml"), text);
         let out = c.cli(&["policy", "apply", &file]);
         out.refused(
             &format!("policy {name}"),
             EXIT_CONFIG,
-            &["invalid policy", key],
+            &["error: ", "invalid policy", key, reason],
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "policy {name}: nothing applied: {out:#?}"
         );
     }
     assert_eq!(c.policy_version(), 1, "refused policies change nothing");
@@ -319,20 +330,28 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
     out.refused(
         "failover to a non-candidate",
         EXIT_REFUSED,
-        &["not-candidate"],
+        &[
+            "error: ",
+            "region \"region-c\" is not a candidate of group \"checkout\"",
+            "(not-candidate)",
+        ],
     );
     let out = c.cli(&["failover", "nope", "--to", "region-a", "--reason", "x"]);
     out.refused(
         "failover of an unknown group",
         EXIT_REFUSED,
-        &["unknown-group"],
+        &["error: ", "unknown group \"nope\"", "(unknown-group)"],
     );
     let out = c
         .cli(&["mode", "checkout", "frozen", "--reason", "change freeze"])
         .ok("mode frozen");
     assert!(out.contains("checkout: mode frozen"), "{out}");
     let out = c.cli(&["failover", "checkout", "--to", "region-b", "--reason", "x"]);
-    out.refused("failover of a frozen group", EXIT_REFUSED, &["frozen"]);
+    out.refused(
+        "failover of a frozen group",
+        EXIT_REFUSED,
+        &["error: ", "group \"checkout\" is frozen", "(frozen)"],
+    );
     let after = c.status();
     for g in ["checkout", "catalog"] {
         assert_eq!(
@@ -383,7 +402,16 @@ fn client_with_certificate_from_another_ca_is_refused() {
             other.to_str().unwrap(),
         ],
     );
-    assert_ne!(out.code, 0, "status with a foreign CA must fail: {out:#?}");
+    // The CLI trusts only the other CA, so it refuses the witness's certificate itself.
+    out.refused(
+        "status with a foreign CA",
+        EXIT_UNAVAILABLE,
+        &[
+            "error: ",
+            "invalid peer certificate: UnknownIssuer",
+            "(unavailable)",
+        ],
+    );
     assert!(out.stdout.is_empty(), "no status printed: {out:#?}");
 
     tracing::info!("--- foreign client certificate, cluster CA trusted: the witness refuses");
@@ -401,9 +429,22 @@ fn client_with_certificate_from_another_ca_is_refused() {
             ca.to_str().unwrap(),
         ],
     );
-    assert_ne!(
-        out.code, 0,
+    // The witness ends the handshake with an alert; the HTTP/2 client reports only that the
+    // connection closed (the alert itself is asserted at the TLS level in tests/cluster.rs),
+    // so the error is a connection-level kind, never an answer of the service.
+    assert!(
+        [EXIT_REFUSED, EXIT_UNAVAILABLE].contains(&out.code),
         "a witness must refuse a client certificate from another CA: {out:#?}"
+    );
+    assert!(
+        ["(transport)", "(indeterminate)", "(unavailable)"]
+            .iter()
+            .any(|k| out.stderr.trim_end().ends_with(k)),
+        "refused by the connection, not by the service: {out:#?}"
+    );
+    assert!(
+        !out.stderr.contains("invalid peer certificate"),
+        "the CLI accepted the witness (it trusts the cluster CA): {out:#?}"
     );
     assert!(out.stdout.is_empty(), "no status printed: {out:#?}");
 
@@ -413,4 +454,264 @@ fn client_with_certificate_from_another_ca_is_refused() {
     assert_eq!(after["policy_version"], 1);
     assert_eq!(after["groups"], before["groups"]);
     assert_eq!(after["witnesses"].as_array().unwrap().len(), 3);
+}
+
+/// Node file addition of [`operator_commands_report_their_outcome_in_exit_codes`]: every
+/// witness serves the group records itself, so `dns check` has sources to compare.
+const DNS_LISTENER: &str = "\n[dns]\nlisten = \"127.0.0.1:0\"\n";
+
+/// The policy of that test: `checkout` publishes one A record per region; `extra_dns` is
+/// added to the `[dns]` table (external servers) and `checkout_keys` to the group's table.
+fn cli_policy(extra_dns: &str, checkout_keys: &str) -> String {
+    format!(
+        r#"
+[[regions]]
+name = "region-a"
+[[regions]]
+name = "region-b"
+
+[dns]
+zones = [{{ name = "shop.example.", nameservers = ["ns1.shop.example."] }}]
+{extra_dns}
+{checkout}{checkout_keys}
+[groups.dns]
+zone = "shop.example."
+name = "checkout.shop.example."
+ttl = 30
+records = {{ region-a = {{ type = "A", values = ["192.0.2.10"] }}, region-b = {{ type = "A", values = ["198.51.100.10"] }} }}
+"#,
+        checkout = common::policy::CHECKOUT,
+    )
+}
+
+/// `dns check --json`: (exit code, sources).
+fn dns_check(c: &Cluster) -> (i32, Vec<Value>, String) {
+    let out = c.cli(&["dns", "check", "--json"]);
+    let sources: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("dns check --json prints JSON ({e}): {out:#?}"));
+    (out.code, sources.as_array().unwrap().clone(), out.stderr)
+}
+
+/// Goal: the commands scripts and hooks depend on report their outcome in the exit code and
+/// say why, end to end through the real binary: `policy apply --if-version` (a stale version
+/// is refused and commits nothing), `watch` (one JSON line per applied change), `skip` (a
+/// halted step is skipped, a step the operation is not at is refused), `fence-check` (0 for
+/// the current epoch of the active region, 1 for the old one) and `dns check` (0 when every
+/// source publishes the committed state, 1 when one does not).
+/// Method: three witnesses with embedded DNS; a policy whose promote hook always fails, so a
+/// failover halts at promote; an external DNS server nobody listens on is the mismatch.
+#[test]
+fn operator_commands_report_their_outcome_in_exit_codes() {
+    let c = Cluster::three_with_node_extra(3, DNS_LISTENER, &cli_policy("", ""));
+
+    tracing::info!("--- watch: the current state first");
+    let watch = Background::start(
+        c.path(),
+        "watch",
+        &[
+            "watch",
+            "--server",
+            &[1, 2, 3].map(|id| c.addr(id)).join(","),
+            "--tls-dir",
+            c.certs.to_str().unwrap(),
+        ],
+    );
+    let events = |w: &Background| -> Vec<Value> {
+        w.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("watch prints one JSON object per line"))
+            .collect()
+    };
+    eventually("watch prints the current state", || {
+        let e = events(&watch);
+        e.first()
+            .filter(|e| {
+                e["groups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|g| g["name"] == "checkout"))
+            })
+            .map(|_| ())
+    });
+
+    tracing::info!("--- dns check: every embedded server publishes region-a");
+    // The leader learns each witness's DNS address from its reports.
+    let (code, sources, stderr) = eventually("dns check lists every witness's server", || {
+        let (code, sources, stderr) = dns_check(&c);
+        (sources.len() == 3).then_some((code, sources, stderr))
+    });
+    assert_eq!(code, 0, "{stderr} {sources:?}");
+    assert!(
+        sources
+            .iter()
+            .all(|s| s["matches"] == true && s["found"] == serde_json::json!(["A 192.0.2.10"])),
+        "{sources:?}"
+    );
+
+    tracing::info!("--- policy apply --if-version: a stale version is refused");
+    let promote = c.write(
+        "promote.sh",
+        "#!/bin/sh\necho 'standby unreachable' >&2\nexit 3\n",
+    );
+    std::fs::set_permissions(
+        &promote,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let failing_promote = format!(
+        "{}\n[hooks.promote-db]\nkind = \"exec\"\nprogram = \"{promote}\"\ntimeout_ms = 5000\n",
+        cli_policy(
+            "",
+            "step_attempts = 1\nhooks = { promote = [\"promote-db\"] }\n"
+        )
+    );
+    let v2 = c.write("v2.toml", &failing_promote);
+    let out = c.cli(&["policy", "apply", &v2, "--if-version", "7"]);
+    out.refused(
+        "policy apply with a stale --if-version",
+        EXIT_REFUSED,
+        &["error: ", "policy version is 1, not 7", "(stale-policy)"],
+    );
+    assert_eq!(c.policy_version(), 1, "a refused apply commits nothing");
+    let out = c
+        .cli(&["policy", "apply", &v2, "--if-version", "1"])
+        .ok("policy apply --if-version 1");
+    assert!(out.contains("policy version 2 committed"), "{out}");
+
+    tracing::info!("--- a failover halts at promote; skip refuses another step, then skips it");
+    let out = c.cli(&[
+        "failover", "checkout", "--to", "region-b", "--reason", "drill",
+    ]);
+    out.refused(
+        "failover whose promote hook fails",
+        EXIT_REFUSED,
+        &[
+            "operation 1 halted at promote",
+            "standby unreachable",
+            "arbiter skip 1 --step promote",
+        ],
+    );
+    let out = c.cli(&["skip", "1", "--step", "validate"]);
+    out.refused(
+        "skip of a step the operation is not at",
+        EXIT_REFUSED,
+        &[
+            "operation 1 is at step promote, not validate",
+            "(wrong-step)",
+        ],
+    );
+    let out = c
+        .cli(&["skip", "1", "--step", "promote"])
+        .ok("skip promote");
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
+    let ops: Value =
+        serde_json::from_str(&c.cli(&["operations", "--json"]).ok("operations --json")).unwrap();
+    let op = &ops[0];
+    let promote_step = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "promote")
+        .unwrap();
+    assert_eq!(promote_step["outcome"], "skipped", "{op}");
+    assert_eq!(group(&c.status(), "checkout"), ("region-b".to_string(), 2));
+
+    tracing::info!("--- watch saw the failover");
+    eventually("watch prints region-b at epoch 2", || {
+        events(&watch)
+            .iter()
+            .any(|e| {
+                e["groups"].as_array().is_some_and(|g| {
+                    g.iter().any(|g| {
+                        g["name"] == "checkout" && g["active"] == "region-b" && g["epoch"] == 2
+                    })
+                })
+            })
+            .then_some(())
+    });
+    let kinds: Vec<String> = events(&watch)
+        .iter()
+        .flat_map(|e| e["audit"].as_array().cloned().unwrap_or_default())
+        .map(|a| a["kind"].as_str().unwrap().to_string())
+        .collect();
+    for kind in ["operation-declared", "operation-halted", "operation-done"] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "watch streamed {kind}: {kinds:?}"
+        );
+    }
+
+    tracing::info!("--- fence-check: 0 for the current epoch, 1 for the old one");
+    let out = c
+        .cli(&[
+            "fence-check",
+            "checkout",
+            "--region",
+            "region-b",
+            "--epoch",
+            "2",
+        ])
+        .ok("fence-check of the current epoch");
+    assert!(
+        out.contains("allowed: region-b is active for checkout at epoch 2"),
+        "{out}"
+    );
+    let out = c.cli(&[
+        "fence-check",
+        "checkout",
+        "--region",
+        "region-a",
+        "--epoch",
+        "1",
+    ]);
+    out.refused(
+        "fence-check of the old epoch",
+        EXIT_REFUSED,
+        &["error: refused ("],
+    );
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    let out = c.cli(&[
+        "fence-check",
+        "checkout",
+        "--region",
+        "region-b",
+        "--epoch",
+        "1",
+    ]);
+    out.refused(
+        "fence-check of a stale epoch",
+        EXIT_REFUSED,
+        &["error: refused ("],
+    );
+
+    tracing::info!("--- dns check: an external server that publishes nothing is a mismatch");
+    let secret = c.write("tsig.key", &common::authoritative::random_secret());
+    let nobody = free_addrs(1)[0];
+    let v3 = c.write(
+        "v3.toml",
+        &cli_policy(
+            &format!(
+                "servers = [{{ address = \"{nobody}\", zone = \"shop.example.\", tsig_key = \"k.\", algorithm = \"hmac-sha256\", secret = {{ file = \"{secret}\" }}, timeout_ms = 1000 }}]"
+            ),
+            "",
+        ),
+    );
+    c.cli(&["policy", "apply", &v3])
+        .ok("policy with the external server");
+    let (code, sources, stderr) = dns_check(&c);
+    assert_eq!(code, EXIT_REFUSED, "{stderr} {sources:?}");
+    assert!(
+        stderr.contains("1 DNS source(s) do not publish the committed state"),
+        "{stderr}"
+    );
+    let bad: Vec<_> = sources.iter().filter(|s| s["matches"] != true).collect();
+    assert_eq!(bad.len(), 1, "{sources:?}");
+    assert_eq!(bad[0]["source"], format!("server {nobody}"), "{sources:?}");
+    assert!(
+        sources
+            .iter()
+            .filter(|s| s["matches"] == true)
+            .all(|s| s["found"] == serde_json::json!(["A 198.51.100.10"])),
+        "the embedded servers publish region-b: {sources:?}"
+    );
+    drop(watch);
 }

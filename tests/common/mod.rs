@@ -74,6 +74,21 @@ where
     }
 }
 
+/// Polls `check` for the whole of `window` and panics, naming `what`, the first time it
+/// returns false: for what must *not* happen (no operation starts, nothing is published)
+/// over a window long enough for it to have happened.
+pub async fn always_for<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        assert!(check().await, "did not hold for {window:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `n` distinct free loopback ports: bound to port 0, read, then released for the servers.
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     let listeners: Vec<std::net::TcpListener> = (0..n)

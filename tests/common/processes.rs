@@ -30,6 +30,8 @@ pub const LOG_TAIL_LINES: usize = 40;
 pub const EXIT_CONFIG: i32 = 64;
 /// Exit code when the cluster refused the request.
 pub const EXIT_REFUSED: i32 = 1;
+/// Exit code when no witness could be reached (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
 
 /// Sites of witnesses 1, 2, 3, 4 (4 is the one added later in the membership test).
 pub const SITES: [&str; 4] = ["region-a", "region-b", "tiebreaker", "tiebreaker"];
@@ -225,7 +227,18 @@ impl Cluster {
     /// initialised with `arbiter init`, have elected a leader and committed `policy` as
     /// version 1.
     pub fn three_with_policy(n: usize, policy: &str) -> Cluster {
+        Cluster::three_with_node_extra(n, "", policy)
+    }
+
+    /// [`Cluster::three_with_policy`] whose node files end with `extra` (TOML tables, such
+    /// as a `[dns]` listener).
+    pub fn three_with_node_extra(n: usize, extra: &str, policy: &str) -> Cluster {
         let mut c = Cluster::prepare(n);
+        for id in 1..=n as u64 {
+            let file = c.node_file(id);
+            let text = std::fs::read_to_string(&file).unwrap() + extra;
+            std::fs::write(&file, text).unwrap();
+        }
         for id in 1..=INITIAL_WITNESSES {
             c.start(id);
         }
@@ -356,6 +369,44 @@ impl Cluster {
             .and_then(|l| l.strip_prefix("# policy version "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("policy show header: {out}"))
+    }
+}
+
+/// A long-running CLI command (`watch`) whose stdout goes to a file; killed by PID when
+/// dropped.
+pub struct Background {
+    child: Child,
+    stdout: PathBuf,
+}
+
+impl Background {
+    /// Starts the binary with `args`, stdout to `dir/NAME.stdout`, stderr to `NAME.stderr`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Background {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let child = arbiter()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(dir.join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .expect("spawn arbiter");
+        Background { child, stdout }
+    }
+
+    /// The lines written to stdout so far.
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
