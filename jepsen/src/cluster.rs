@@ -16,9 +16,8 @@ use anyhow::{bail, Context};
 use crate::dns::DNS_PORT;
 use crate::hosts::{Host, Role};
 use crate::procs::Proc;
+use crate::spec::GROUP;
 
-/// The group every workload uses.
-pub const GROUP: &str = "checkout";
 /// Port of each witness's gRPC/HTTP listener (inside its namespace).
 pub const WITNESS_PORT: u16 = 7101;
 /// Port of the delay proxy in front of each witness: the address every peer and client uses.

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::cluster::{client_addr, Cluster, SystemOpts, GROUP};
+use crate::cluster::{client_addr, Cluster, SystemOpts};
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::hosts;
 use crate::recorder::Recorder;
-use crate::spec::TestSpec;
+use crate::spec::{TestSpec, GROUP};
 
 /// Bound on waiting for every witness to answer after start.
 const STARTUP: Duration = Duration::from_secs(60);

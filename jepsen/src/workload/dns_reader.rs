@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::GROUP;
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::rng::Rng;
+use crate::spec::GROUP;
 
 /// The process that records every DNS read.
 pub const PROCESS: &str = "reader-dns";
