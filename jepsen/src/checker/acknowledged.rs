@@ -20,7 +20,10 @@ pub fn check(ctx: &Context) -> CheckResult {
     r.count("acknowledged", acked.len() as u64);
     let Some(f) = &ctx.final_state else {
         if !acked.is_empty() {
-            r.unknown("no final state to look acknowledged commands up in".into());
+            r.unknown(format!(
+                "{}: acknowledged commands cannot be looked up",
+                ctx.final_missing
+            ));
         }
         return r;
     };
