@@ -126,6 +126,8 @@ pub fn expected(spec: &str) -> anyhow::Result<Expected> {
 /// in seconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
+    /// When the harness started the probe.
+    pub spawned: f64,
     pub faked: [f64; 2],
     pub real: [f64; 2],
 }
@@ -141,7 +143,10 @@ pub fn judge(want: Expected, p: Probe) -> Result<Expected, String> {
         ));
     }
     let rate = (p.faked[1] - p.faked[0]) / real_elapsed;
-    if (offset - want.offset_s).abs() > OFFSET_TOLERANCE_S {
+    // Under a rate the probe's clock has already drifted by the time it first prints: by
+    // the rate's excess over the time since it started.
+    let drift = (want.rate - 1.0).abs() * (p.real[0] - p.spawned).max(0.0);
+    if (offset - want.offset_s).abs() > OFFSET_TOLERANCE_S + drift {
         return Err(format!(
             "a faked process is {offset:+.1} s from real time, not {:+.0} s",
             want.offset_s
@@ -181,6 +186,7 @@ pub async fn probe(ns: &str, env: &[(String, String)]) -> anyhow::Result<Probe> 
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    let spawned = real_now_s();
     let mut child = cmd.spawn().context("cannot run the clock probe")?;
     let mut stdin = child.stdin.take().context("the probe has no stdin")?;
     let stdout = child.stdout.take().context("the probe has no stdout")?;
@@ -204,7 +210,11 @@ pub async fn probe(ns: &str, env: &[(String, String)]) -> anyhow::Result<Probe> 
                 .parse()
                 .with_context(|| format!("the probe printed {line:?}, not a time"))?;
         }
-        anyhow::Ok(Probe { faked, real })
+        anyhow::Ok(Probe {
+            spawned,
+            faked,
+            real,
+        })
     };
     let probe = tokio::time::timeout(PROBE_TIMEOUT, read)
         .await
@@ -240,6 +250,7 @@ mod tests {
             judge(
                 jump,
                 Probe {
+                    spawned: 999.9,
                     faked: [1300.0, 1301.0],
                     real
                 }
@@ -253,6 +264,7 @@ mod tests {
         let err = judge(
             jump,
             Probe {
+                spawned: 999.9,
                 faked: [1000.0, 1001.0],
                 real,
             },
@@ -263,6 +275,7 @@ mod tests {
         assert!(judge(
             slow,
             Probe {
+                spawned: 999.9,
                 faked: [1000.0, 1000.9],
                 real
             }
@@ -271,11 +284,20 @@ mod tests {
         let err = judge(
             slow,
             Probe {
+                spawned: 999.9,
                 faked: [1000.0, 1001.0],
                 real,
             },
         )
         .unwrap_err();
         assert!(err.contains("x1.000, not x0.9"), "{err}");
+        // A fast clock started 0.2 s before its first line is already 0.8 s ahead.
+        let fast = expected("+0 x5.0").unwrap();
+        let started_late = Probe {
+            spawned: 999.8,
+            faked: [1000.8, 1005.8],
+            real,
+        };
+        assert!(judge(fast, started_late).is_ok());
     }
 }
