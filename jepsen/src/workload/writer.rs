@@ -192,3 +192,28 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     }
     acknowledged
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_missing_or_of_another_shape_is_an_error_not_a_lease() {
+        let dir = std::env::temp_dir().join(format!("jepsen-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.json");
+        let _ = std::fs::remove_file(&path);
+        assert!(read_lease(&path).is_err());
+        std::fs::write(&path, r#"{"epoch": 3}"#).unwrap();
+        assert!(read_lease(&path).unwrap_err().contains("holding"));
+        std::fs::write(
+            &path,
+            r#"{"holding": true, "epoch": 3, "deadline_in_ms": 60000}"#,
+        )
+        .unwrap();
+        let lease = read_lease(&path).unwrap();
+        assert!(lease.holding && lease.epoch == 3);
+        assert!(lease.valid_at(SystemTime::now()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
