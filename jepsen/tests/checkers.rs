@@ -836,6 +836,10 @@ fn epochs_and_operations_without_evidence_are_unknown() {
     let results = run(&history);
     assert_eq!(result(&results, "monotone-epochs").valid, Valid::Unknown);
     assert_eq!(result(&results, "operations").valid, Valid::Unknown);
+    assert_eq!(
+        result(&results, "acknowledged-commands").valid,
+        Valid::Unknown
+    );
 
     // Empty but for a final state with no operation: nothing observed, nothing resumed.
     let mut b = Builder::default();
@@ -853,6 +857,9 @@ fn epochs_and_operations_without_evidence_are_unknown() {
     let ops = result(&results, "operations");
     assert_eq!(ops.valid, Valid::Unknown, "{ops:#?}");
     assert!(ops.notes[0].contains("lists no operation"), "{ops:#?}");
+    // The operator workload was asked for (`all`) and nothing was acknowledged.
+    let acked = result(&results, "acknowledged-commands");
+    assert_eq!(acked.valid, Valid::Unknown, "{acked:#?}");
 }
 
 /// Goal: S5 gives no verdict without evidence: no final state, no final DNS answers, or too
