@@ -370,8 +370,17 @@ fn enough_writes(ctx: &Context, all: &[Write], r: &mut CheckResult) {
             ));
         }
     }
+    r.count("held-epochs", epoch_held_ns.len() as u64);
     for ((group, region, epoch), held_ns) in epoch_held_ns {
         let n = per_epoch.get(&(group, region, epoch)).copied().unwrap_or(0);
+        if held_ns >= HELD_EPOCH_JUDGED_MS * 1_000_000 {
+            // The margin the run had over the minimum, for results.json.
+            let fewest = r
+                .counts
+                .entry("fewest-writes-per-held-epoch".into())
+                .or_insert(n as u64);
+            *fewest = (*fewest).min(n as u64);
+        }
         if held_ns < HELD_EPOCH_JUDGED_MS * 1_000_000 {
             r.note(format!(
                 "group {group}: {region} held the lease at epoch {epoch} for only {} ({n} \
