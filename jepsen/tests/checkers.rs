@@ -990,7 +990,15 @@ fn node_logs_without_evidence_are_unknown() {
     );
 
     std::fs::write(dir.join("nodes/n3/serve.log"), "fine\n").unwrap();
-    assert_eq!(judge(Some(&dir)).valid, Valid::True);
+    // A standby agent with nothing to say is noted, not a lost witness.
+    std::fs::create_dir_all(dir.join("nodes/db-b")).unwrap();
+    std::fs::write(dir.join("nodes/db-b/agent.log"), "").unwrap();
+    let r = judge(Some(&dir));
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("agent.log is empty")),
+        "{r:#?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,8 +4,10 @@
 //!
 //! No verdict without evidence: `unknown` without a run directory, without any log, when a
 //! witness's `serve.log` (`nodes/n1/serve.log` .. one per witness of the run) is missing or
-//! empty, and when any log found is empty or unreadable — a process that wrote nothing
-//! cannot be said not to have panicked.
+//! empty (a witness logs as it starts, so an empty log is a witness whose output was lost
+//! and which cannot be said not to have panicked), and when a log cannot be read. Another
+//! empty log is only noted: a standby region's agent that never held the lease may have
+//! had nothing to say.
 
 use super::{CheckResult, Context, Offence};
 use std::io::BufRead;
@@ -85,8 +87,12 @@ pub fn check(ctx: &Context) -> CheckResult {
             .to_string();
         let file = match std::fs::File::open(&path) {
             Ok(f) if f.metadata().is_ok_and(|m| m.len() > 0) => f,
+            Ok(_) if path.file_name().and_then(|n| n.to_str()) == Some(WITNESS_LOG) => {
+                r.unknown(format!("{rel} is empty: the witness's output was lost"));
+                continue;
+            }
             Ok(_) => {
-                r.unknown(format!("{rel} is empty"));
+                r.note(format!("{rel} is empty"));
                 continue;
             }
             Err(e) => {
