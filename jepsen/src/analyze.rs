@@ -2,32 +2,11 @@
 //! every checker, and writes `results.json`, `timeline.html`, `latency.svg` and `rate.svg`
 //! beside them. `jepsen analyze DIR` and the end of `jepsen test` both call [`analyze`].
 
-use crate::checker::{self, CheckResult, Context, Valid};
+use crate::checker::{self, Context, Valid};
 use crate::history::History;
+pub use crate::results::{exit_code, Results};
 use crate::spec::TestSpec;
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::Path;
-
-/// What `results.json` holds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Results {
-    /// All checkers together: any invalid makes it `false`, else any unknown `"unknown"`.
-    pub valid: Valid,
-    pub checkers: BTreeMap<String, CheckResult>,
-}
-
-impl Results {
-    /// The process exit code for these results (valid 0, invalid 1, unknown 2).
-    pub fn exit_code(&self) -> i32 {
-        exit_code(self.valid)
-    }
-}
-
-/// The exit code of `jepsen test` / `jepsen analyze`: valid 0, invalid 1, unknown 2.
-pub fn exit_code(valid: Valid) -> i32 {
-    valid.exit_code()
-}
 
 /// Runs every checker on an in-memory history (no files read or written).
 pub fn check(history: &History, spec: &TestSpec, dir: Option<&Path>) -> Results {

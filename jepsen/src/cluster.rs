@@ -16,17 +16,14 @@ use anyhow::{bail, Context};
 use crate::dns::DNS_PORT;
 use crate::hosts::{Host, Role};
 use crate::procs::Proc;
+use crate::spec::GROUP;
 
-/// The group every workload uses.
-pub const GROUP: &str = "checkout";
 /// Port of each witness's gRPC/HTTP listener (inside its namespace).
 pub const WITNESS_PORT: u16 = 7101;
 /// Port of the delay proxy in front of each witness: the address every peer and client uses.
 pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
-/// Where Debian's libfaketime lives (the multithreaded variant: arbiter is multithreaded).
-pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// Timing and build choices of the system under test.
 #[derive(Debug, Clone)]
@@ -38,8 +35,9 @@ pub struct SystemOpts {
     /// Closed safety holes opened again in every witness (`ARBITER_UNSAFE_HOLES`; a build
     /// with the `unsafe-holes` feature).
     pub unsafe_holes: Vec<String>,
-    /// Run witnesses and agents under libfaketime (needed by the clock nemesis).
-    pub faketime: bool,
+    /// Run witnesses and agents under this libfaketime (needed by the clock nemesis; found
+    /// at startup by `nemesis::clock::find_libfaketime`).
+    pub libfaketime: Option<PathBuf>,
 }
 
 /// The group's settings the policy nemesis changes; the rest of the policy is fixed.
@@ -422,12 +420,12 @@ rpc_timeout_ms = 500
     /// host's control file (re-read every second) and leaves the monotonic clock alone, which
     /// arbiter uses for every safety decision (DESIGN: wall-clock time is never used for
     /// safety; a monotonic clock that jumps is outside the model).
-    fn clock_env(&self, host: &str) -> Vec<(String, String)> {
-        if !self.opts.faketime {
+    pub fn clock_env(&self, host: &str) -> Vec<(String, String)> {
+        let Some(lib) = &self.opts.libfaketime else {
             return Vec::new();
-        }
+        };
         vec![
-            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            ("LD_PRELOAD".into(), lib.display().to_string()),
             (
                 "FAKETIME_TIMESTAMP_FILE".into(),
                 self.node_dir(host).join("faketime").display().to_string(),

@@ -4,9 +4,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::cluster::{client_addr, Cli, Cluster, GROUP};
+use crate::cluster::{client_addr, Cli, Cluster};
 use crate::hosts::{Host, Role};
 use crate::recorder::Recorder;
+use crate::spec::GROUP;
 
 /// Deadline of one `status --local` asked while looking for the leader.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);

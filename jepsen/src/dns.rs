@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cluster::GROUP;
 use crate::hosts::Host;
+use crate::spec::GROUP;
 
 /// Port of every DNS server of the run (the witnesses' embedded ones and BIND), on the
 /// host's bridge address.

@@ -18,9 +18,10 @@
 //! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
 //! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
 //! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
-//! | `dns-read` | `reader-dns` | `{group, source}` | ok: `{group, source, answer, records, error?}` (what that DNS source answered; informative, not judged) |
+//! | `dns-read` | `reader-dns` | `{group, source}` | ok: `{group, source, answer, records, error?}` (what that DNS source answered; S5 judges that every region answered had a committed activation by then) |
 //! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
 //! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
+//! | `workload-error` | `writer-<region>`, ... | `{group, region?, what}` | fail, with `error`: the workload could not do its job (S1 is then unknown) |
 //! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing, and what every DNS source answers |
 //!
 //! Notes on values the checkers rely on:
@@ -116,6 +117,10 @@ pub const HEAL: &str = "heal";
 
 /// The `f` of the operation carrying the state read after healing.
 pub const FINAL: &str = "final";
+/// A workload that could not do its job (a writer that cannot open its log, an agent's
+/// state file that never appears): an invocation and a `fail` with the error, so the
+/// checkers see it and never call such a run valid.
+pub const WORKLOAD_ERROR: &str = "workload-error";
 
 /// Operator commands (S4 checks that every acknowledged one is in the final state).
 pub const OPERATOR_COMMANDS: [&str; 6] =

@@ -17,9 +17,10 @@
 //! - `nemesis`: faults on a seeded schedule, and healing.
 //! - `workload`: writers, readers and the operator.
 //! - `runner`: one test from setup to teardown; `store`: where runs are kept.
-//! - `spec`: `test.json`, the options of a run.
+//! - `spec`: `test.json`, the options of a run, and the group every workload uses.
 //! - `checker`: the checkers (S1, S2, S4, S5, S6, linearizability, faults, logs, recovery).
-//! - `analyze`: judges a stored run; `report`: its HTML timeline and SVG plots.
+//! - `analyze`: judges a stored run; `results`: what it concluded (`results.json`);
+//!   `report`: its HTML timeline and SVG plots.
 //! - `rng`: the seeded PRNG.
 
 pub mod analyze;
@@ -34,6 +35,7 @@ pub mod nemesis;
 pub mod procs;
 pub mod recorder;
 pub mod report;
+pub mod results;
 pub mod rng;
 pub mod runner;
 pub mod spec;

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::cluster::{client_addr, Cluster, SystemOpts, GROUP};
+use crate::cluster::{client_addr, Cluster, SystemOpts};
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::hosts;
 use crate::recorder::Recorder;
-use crate::spec::TestSpec;
+use crate::spec::{TestSpec, GROUP};
 
 /// Bound on waiting for every witness to answer after start.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -235,12 +235,20 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         let p = plan.clone();
         tokio::task::spawn_blocking(move || hosts::setup(&p)).await??;
     }
+    // The clock nemesis needs libfaketime and its probe; a missing one is a clear error now,
+    // not a run whose clock faults silently never happen.
+    let libfaketime = if opts.nemeses.iter().any(|n| n == "clock") {
+        crate::nemesis::clock::check_probe()?;
+        Some(crate::nemesis::clock::find_libfaketime()?)
+    } else {
+        None
+    };
     let system = SystemOpts {
         lease_ms: opts.lease_ms,
         down_after_ms: opts.down_after_ms,
         unsafe_skip_lease_wait: opts.unsafe_skip_lease_wait,
         unsafe_holes: opts.unsafe_holes.clone(),
-        faketime: opts.nemeses.iter().any(|n| n == "clock"),
+        libfaketime,
     };
     let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;
     cluster.start()?;

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The group every workload uses (the runs have one group; the checkers take theirs from
+/// `groups`).
+pub const GROUP: &str = "checkout";
+
 /// How long, after the last `heal`, every group may take to answer a status read again when
 /// the run does not say: long enough for an election and a lease expiry, short enough that a
 /// cluster which never recovers fails the run.

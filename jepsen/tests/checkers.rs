@@ -88,6 +88,18 @@ impl Builder {
         k
     }
 
+    /// What the DNS reader records: `source` answered `region`'s records.
+    fn dns_read(&mut self, source: &str, region: &str, start: u64, end: u64) -> Key {
+        self.op(
+            "reader-dns",
+            "dns-read",
+            start,
+            end,
+            OpType::Ok,
+            json!({"group": "g", "source": source, "answer": region, "records": ["10.0.0.1"]}),
+        )
+    }
+
     fn finish(mut self) -> (History, impl Fn(Key) -> u64) {
         self.events.sort_by_key(|(seq, op)| (op.time_ns, *seq));
         let mut index_of = vec![0u64; self.events.len()];
@@ -129,6 +141,10 @@ fn final_value(extra_operations: Vec<Value>, mode: &str) -> Value {
     let mut operations = vec![operation(1, "b", "a", 2, "done", &ALL_STEPS)];
     operations.extend(extra_operations);
     json!({
+        "dns": [
+            {"source": "witness-n1", "group": "g", "answer": "b"},
+            {"source": "bind", "group": "g", "answer": "b"}
+        ],
         "status": {
             "groups": [{"name": "g", "active": "b", "epoch": 2, "mode": mode, "candidates": ["a", "b"]}],
             "audit": [
@@ -155,6 +171,11 @@ fn valid_without_final() -> Builder {
         json!({"kind": "partition", "targets": ["n1"], "installed": true}),
     );
     b.read("reader-n1", "a", 1, 5, 8);
+    // The DNS reader: a's records before the failover, b's after it.
+    for k in 0..6 {
+        b.dns_read("witness-n1", "a", 11 + 10 * k, 13 + 10 * k);
+        b.dns_read("bind", "b", 470 + 20 * k, 472 + 20 * k);
+    }
     b.write("a", 1, 10, 20);
     b.write("a", 1, 30, 40);
     b.write("a", 1, 50, 60);
@@ -218,9 +239,23 @@ fn spec() -> TestSpec {
     spec
 }
 
+/// A run directory with a log per witness of [`spec`], for the node-logs checker.
+fn logs_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("jepsen-logs-{}", std::process::id()));
+        for n in 1..=spec().nodes {
+            let node = dir.join(format!("nodes/n{n}"));
+            std::fs::create_dir_all(&node).unwrap();
+            std::fs::write(node.join("serve.log"), "starting\nall good\n").unwrap();
+        }
+        dir
+    })
+}
+
 fn run(history: &History) -> Vec<CheckResult> {
     let spec = spec();
-    let ctx = Context::new(history, &spec, None);
+    let ctx = Context::new(history, &spec, Some(logs_dir()));
     checker::check_all(&ctx)
 }
 
@@ -509,7 +544,9 @@ fn a_search_beyond_the_budget_is_unknown() {
 fn analyze_writes_results_and_report_and_reads_node_logs() {
     let dir = std::env::temp_dir().join(format!("jepsen-analyze-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("nodes/n1")).unwrap();
+    for n in 1..=3 {
+        std::fs::create_dir_all(dir.join(format!("nodes/n{n}"))).unwrap();
+    }
     let mut b = valid_without_final();
     // A value with markup must come out escaped.
     b.op(
@@ -524,7 +561,13 @@ fn analyze_writes_results_and_report_and_reads_node_logs() {
     let (history, _) = b.finish();
     history.write(&dir.join("history.jsonl")).unwrap();
     spec().write(&dir.join("test.json")).unwrap();
-    std::fs::write(dir.join("nodes/n1/arbiter.log"), "starting\nall good\n").unwrap();
+    for n in 1..=3 {
+        std::fs::write(
+            dir.join(format!("nodes/n{n}/serve.log")),
+            "starting\nall good\n",
+        )
+        .unwrap();
+    }
 
     let results = analyze::analyze(&dir).unwrap();
     assert_eq!(results.valid, Valid::True, "{:#?}", results.checkers);
@@ -547,7 +590,7 @@ fn analyze_writes_results_and_report_and_reads_node_logs() {
 
     // A panic in a node log makes the run invalid, naming the file and line.
     std::fs::write(
-        dir.join("nodes/n1/arbiter.log"),
+        dir.join("nodes/n1/serve.log"),
         "starting\nthread 'tokio-runtime-worker' panicked at src/state/mod.rs:10:5:\nepoch monotonicity violated\n",
     )
     .unwrap();
@@ -555,11 +598,11 @@ fn analyze_writes_results_and_report_and_reads_node_logs() {
     assert_eq!(results.valid, Valid::False);
     assert_eq!(results.exit_code(), 1);
     let logs = &results.checkers["node-logs"];
-    assert_eq!(logs.errors[0].file.as_deref(), Some("nodes/n1/arbiter.log"));
+    assert_eq!(logs.errors[0].file.as_deref(), Some("nodes/n1/serve.log"));
     assert_eq!(logs.errors[0].line, Some(2));
 
     // A budget too small for the search: unknown, exit code 2.
-    std::fs::write(dir.join("nodes/n1/arbiter.log"), "fine\n").unwrap();
+    std::fs::write(dir.join("nodes/n1/serve.log"), "fine\n").unwrap();
     let mut small = spec();
     small.linearizable_steps = 2;
     small.write(&dir.join("test.json")).unwrap();
@@ -613,6 +656,8 @@ fn an_automatic_failover_known_only_from_the_final_state_explains_the_reads() {
     let mut b = valid_without_final();
     let mut v = final_value(vec![], "manual");
     v["operations"][0]["kind"] = json!("automatic");
+    v["operations"][0]["actor"] = json!("arbiter");
+    v["operations"][0]["reason"] = json!(AUTOMATIC_REASON);
     add_final(&mut b, v);
     let (mut history, _) = b.finish();
     history.ops.retain(|o| o.f != "failover");
@@ -652,4 +697,334 @@ fn single_writer_without_evidence_is_unknown() {
     let r = result(&results, "single-writer");
     assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
     assert_eq!(r.counts["writes-unreadable"], 1, "{r:#?}");
+}
+
+/// The reason of an automatic failover as the cluster records it: the quorum verdict.
+const AUTOMATIC_REASON: &str = "a is down by quorum verdict; b is up\n3 voters, majority 2:\n  \
+    witness 1: down for 1200 ms (report 20 ms old): timeout\n  \
+    witness 2: down for 1100 ms (report 40 ms old): timeout\n  \
+    witness 3: no report for 0 ms (report 0 ms old)";
+
+/// The lease of `region` at `epoch` held from `start` until `end` ms, as the writer
+/// records its agent's hold changing.
+fn hold(b: &mut Builder, region: &str, epoch: u64, start: u64, end: u64) {
+    for (at, held) in [(start, true), (end, false)] {
+        b.op(
+            &format!("agent-{region}"),
+            "lease",
+            at,
+            at + 1,
+            OpType::Ok,
+            json!({"group": "g", "region": region, "epoch": epoch, "held": held}),
+        );
+    }
+}
+
+/// Goal: S1 states its minimums: an epoch whose lease an agent held for seconds with only a
+/// few writes, or a region that held the lease long with few writes, is unknown, while a
+/// hold too short for the minimum is only noted.
+///
+/// Method: a lease of a at epoch 1 held 3 s with 2 writes (below the per-epoch minimum);
+/// then one held 6 s with 10 writes (enough for the epoch, not for the region); then the
+/// same 6 s hold with 25 writes (valid); and a 0.5 s hold with 2 writes (noted, valid).
+#[test]
+fn single_writer_below_its_stated_minimums_is_unknown() {
+    use jepsen::checker::single_writer::{WRITES_PER_HELD_EPOCH_MIN, WRITES_PER_REGION_MIN};
+    let judge = |held_ms: u64, writes: u64| {
+        let mut b = Builder::default();
+        hold(&mut b, "a", 1, 0, held_ms);
+        for k in 0..writes {
+            b.write("a", 1, 10 + 10 * k, 15 + 10 * k);
+        }
+        let mut v = final_value(vec![], "manual");
+        v["status"]["groups"][0]["active"] = json!("a");
+        v["status"]["groups"][0]["epoch"] = json!(1);
+        add_final(&mut b, v);
+        let (history, _) = b.finish();
+        result(&run(&history), "single-writer").clone()
+    };
+    const { assert!(2 < WRITES_PER_HELD_EPOCH_MIN && 10 < WRITES_PER_REGION_MIN) };
+    let r = judge(3_000, 2);
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("at epoch 1 for 3.000s")),
+        "{r:#?}"
+    );
+    let r = judge(6_000, 10);
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("made only 10 accepted write(s), fewer than the 20")),
+        "{r:#?}"
+    );
+    let r = judge(6_000, 25);
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    let r = judge(500, 2);
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("not enough to apply the minimum")),
+        "{r:#?}"
+    );
+}
+
+/// Goal: a writer that could not do its job (it recorded a `workload-error`) makes S1
+/// unknown, even when every write it did make is fine.
+#[test]
+fn a_writer_that_could_not_write_makes_single_writer_unknown() {
+    let mut b = valid_without_final();
+    b.op(
+        "writer-b",
+        "workload-error",
+        300,
+        301,
+        OpType::Fail,
+        json!({"group": "g", "region": "b", "what": "cannot open the write log"}),
+    );
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let r = result(&run(&history), "single-writer").clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert_eq!(r.counts["writer-errors"], 1, "{r:#?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("writer-b could not write")),
+        "{r:#?}"
+    );
+}
+
+/// Goal: a final state that does not parse into the CLI's shape is no evidence: every
+/// checker that reads it says unknown and names the parse error, none reads it as empty.
+#[test]
+fn a_final_state_of_the_wrong_shape_is_unknown_not_empty() {
+    for bad in [
+        json!({"status": {"groups": "none", "audit": [], "operations": []}}),
+        json!({"status": {"groups": [{"name": "g"}], "audit": [], "operations": []}}),
+        json!({"operations": []}),
+    ] {
+        let mut b = valid_without_final();
+        add_final(&mut b, bad.clone());
+        let (history, _) = b.finish();
+        let results = run(&history);
+        for name in [
+            "single-writer",
+            "monotone-epochs",
+            "acknowledged-commands",
+            "dns",
+            "operations",
+            "linearizable",
+        ] {
+            let r = result(&results, name);
+            assert_eq!(r.valid, Valid::Unknown, "{name} on {bad}: {r:#?}");
+            assert!(
+                r.notes.iter().any(|n| n.contains("does not parse")),
+                "{name} on {bad}: {r:#?}"
+            );
+        }
+    }
+}
+
+/// Goal: S2 and S6 give no verdict without evidence: no final state, no observation of an
+/// epoch during the run, or a final state without operations is unknown.
+#[test]
+fn epochs_and_operations_without_evidence_are_unknown() {
+    // Truncated: the run ended before its final state.
+    let (history, _) = valid_without_final().finish();
+    let results = run(&history);
+    assert_eq!(result(&results, "monotone-epochs").valid, Valid::Unknown);
+    assert_eq!(result(&results, "operations").valid, Valid::Unknown);
+    assert_eq!(
+        result(&results, "acknowledged-commands").valid,
+        Valid::Unknown
+    );
+
+    // Empty but for a final state with no operation: nothing observed, nothing resumed.
+    let mut b = Builder::default();
+    let mut v = final_value(vec![], "manual");
+    v["operations"] = json!([]);
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    let results = run(&history);
+    let epochs = result(&results, "monotone-epochs");
+    assert_eq!(epochs.valid, Valid::Unknown, "{epochs:#?}");
+    assert!(
+        epochs.notes[0].contains("no epoch was observed"),
+        "{epochs:#?}"
+    );
+    let ops = result(&results, "operations");
+    assert_eq!(ops.valid, Valid::Unknown, "{ops:#?}");
+    assert!(ops.notes[0].contains("lists no operation"), "{ops:#?}");
+    // The operator workload was asked for (`all`) and nothing was acknowledged.
+    let acked = result(&results, "acknowledged-commands");
+    assert_eq!(acked.valid, Valid::Unknown, "{acked:#?}");
+}
+
+/// Goal: S5 gives no verdict without evidence: no final state, no final DNS answers, or too
+/// few DNS answers during the run is unknown.
+#[test]
+fn dns_without_evidence_is_unknown() {
+    let (history, _) = valid_without_final().finish();
+    assert_eq!(result(&run(&history), "dns").valid, Valid::Unknown);
+
+    let mut b = valid_without_final();
+    let mut v = final_value(vec![], "manual");
+    v.as_object_mut().unwrap().remove("dns");
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    let r = result(&run(&history), "dns").clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("no DNS answers")),
+        "{r:#?}"
+    );
+
+    let mut b = valid_without_final();
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (mut history, _) = b.finish();
+    history.ops.retain(|o| o.f != "dns-read");
+    let r = result(&run(&history), "dns").clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("only 0 DNS answer(s)")),
+        "{r:#?}"
+    );
+}
+
+/// Goal: S5 judges the DNS reader's answers during the run: an answer naming a region before
+/// any activation of it could have been committed is invalid, naming that read; an answer
+/// lagging behind a failover (the old region, committed earlier) is not.
+///
+/// Method: bind answers b at 120 ms, while a status read invoked at 150 ms still sees epoch
+/// 1, so b's activation (epoch 2) was not committed yet; witness-n1 answers a at 500 ms,
+/// after the failover to b, which is a lagging but committed answer.
+#[test]
+fn a_dns_answer_ahead_of_consensus_is_invalid() {
+    let mut b = valid_without_final();
+    let early = b.dns_read("bind", "b", 115, 120);
+    b.dns_read("witness-n1", "a", 500, 505);
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, index) = b.finish();
+    let results = run(&history);
+    let r = result(&results, "dns");
+    assert_eq!(r.offending_indexes(), vec![index(early)], "{r:#?}");
+    assert!(
+        r.errors[0].message.contains("before any activation of b"),
+        "{r:#?}"
+    );
+}
+
+/// Goal: linearizability explains an activation without a recorded command only by an
+/// operation the cluster started itself with its evidence; one started by an operator that
+/// the history never recorded, or an automatic one without its quorum verdict, is invalid.
+#[test]
+fn an_activation_neither_commanded_nor_automatic_is_invalid() {
+    for (kind, actor, reason) in [
+        ("failover", "operator", "test"),
+        ("automatic", "arbiter", "a is down"),
+        ("automatic", "operator", AUTOMATIC_REASON),
+    ] {
+        let mut b = valid_without_final();
+        let mut v = final_value(vec![], "manual");
+        v["operations"][0]["kind"] = json!(kind);
+        v["operations"][0]["actor"] = json!(actor);
+        v["operations"][0]["reason"] = json!(reason);
+        add_final(&mut b, v);
+        let (mut history, _) = b.finish();
+        history.ops.retain(|o| o.f != "failover");
+        let results = run(&history);
+        let r = result(&results, "linearizable");
+        assert_eq!(r.valid, Valid::False, "{kind} by {actor}: {r:#?}");
+        assert!(
+            r.errors[0]
+                .message
+                .contains("matches no recorded operator command"),
+            "{r:#?}"
+        );
+    }
+}
+
+/// Goal: node logs give no verdict without evidence: no run directory, no logs, a witness
+/// without its log, or an empty log is unknown.
+#[test]
+fn node_logs_without_evidence_are_unknown() {
+    let mut b = valid_without_final();
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let spec = spec();
+    let judge = |dir: Option<&std::path::Path>| {
+        checker::node_logs::check(&Context::new(&history, &spec, dir))
+    };
+    let r = judge(None);
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+
+    let dir = std::env::temp_dir().join(format!("jepsen-no-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nodes/n1")).unwrap();
+    let r = judge(Some(&dir));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(r.notes.iter().any(|n| n.contains("no node logs")), "{r:#?}");
+
+    for n in 1..=2 {
+        std::fs::create_dir_all(dir.join(format!("nodes/n{n}"))).unwrap();
+        std::fs::write(dir.join(format!("nodes/n{n}/serve.log")), "fine\n").unwrap();
+    }
+    let r = judge(Some(&dir));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("nodes/n3/serve.log is missing")),
+        "{r:#?}"
+    );
+
+    std::fs::create_dir_all(dir.join("nodes/n3")).unwrap();
+    std::fs::write(dir.join("nodes/n3/serve.log"), "").unwrap();
+    let r = judge(Some(&dir));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("n3/serve.log is empty")),
+        "{r:#?}"
+    );
+
+    std::fs::write(dir.join("nodes/n3/serve.log"), "fine\n").unwrap();
+    // A standby agent with nothing to say is noted, not a lost witness.
+    std::fs::create_dir_all(dir.join("nodes/db-b")).unwrap();
+    std::fs::write(dir.join("nodes/db-b/agent.log"), "").unwrap();
+    let r = judge(Some(&dir));
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("agent.log is empty")),
+        "{r:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal: a clock fault counts as installed only with the probes that read the faked clock
+/// back (`verified`); one that only claims `installed: true` does not.
+#[test]
+fn a_clock_fault_without_its_read_back_did_not_happen() {
+    let judge = |value: Value| {
+        let mut b = valid_without_final();
+        b.op("nemesis", "clock", 200, 210, OpType::Ok, value);
+        add_final(&mut b, final_value(vec![], "manual"));
+        let (history, _) = b.finish();
+        let mut spec = spec();
+        spec.nemeses.push("clock".into());
+        checker::faults::check(&Context::new(&history, &spec, None))
+    };
+    let r =
+        judge(json!({"kind": "clock", "targets": ["n1"], "faketime": "+300s", "installed": true}));
+    assert_eq!(r.valid, Valid::False, "{r:#?}");
+    assert!(
+        r.errors[0].message.contains("faked clock read back"),
+        "{r:#?}"
+    );
+    let r = judge(
+        json!({"kind": "clock", "targets": ["n1"], "faketime": "+300s", "installed": true,
+        "verified": [{"host": "n1", "offset_s": 300.01, "rate": 1.0}]}),
+    );
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
 }

@@ -1,7 +1,7 @@
 //! The harness against the real system, as CI runs it: real `arbiter` processes in network
 //! namespaces under every nemesis, judged by the checkers. Needs root (namespaces, a bridge
 //! and firewall rules of the harness's own) and Debian's `iproute2`, `iptables` and
-//! `faketime`; without them each test prints SKIPPED on a developer machine and fails under
+//! `faketime` (and `perl`, whose one-line probe verifies each clock fault); without them each test prints SKIPPED on a developer machine and fails under
 //! CI (`CI` set), so a broken `.ci/run` cannot pass by skipping.
 //!
 //! One run owns the hosts at a time (the harness takes a lock), so the tests of this file

@@ -4,6 +4,10 @@
 //! of `awaiting-approval`; an ok abort left it `aborted`; an ok retry is in the audit log; an
 //! ok mode change is the group's final mode unless a later mode command may have replaced it,
 //! and is in the audit log either way.
+//!
+//! No verdict without evidence: `unknown` without a final state (or one that does not
+//! parse), and when the run asked for the operator workload but no command was
+//! acknowledged.
 
 use super::final_state::{FinalOperation, FinalState};
 use super::{CheckResult, Context, Pair};
@@ -18,10 +22,17 @@ pub fn check(ctx: &Context) -> CheckResult {
         .filter(|p| p.is_ok())
         .collect();
     r.count("acknowledged", acked.len() as u64);
+    if acked.is_empty() && ctx.has_workload("operator") {
+        r.unknown(
+            "the operator workload ran but no command was acknowledged: nothing to judge S4 on"
+                .into(),
+        );
+    }
     let Some(f) = &ctx.final_state else {
-        if !acked.is_empty() {
-            r.unknown("no final state to look acknowledged commands up in".into());
-        }
+        r.unknown(format!(
+            "{}: acknowledged commands cannot be looked up",
+            ctx.final_missing
+        ));
         return r;
     };
     for p in &acked {

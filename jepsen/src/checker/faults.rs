@@ -1,10 +1,19 @@
 //! The faults asked for happened: every nemesis kind in `test.json` has at least one
 //! invocation whose completion says `installed: true`. A run whose faults never took hold
 //! proves nothing.
+//!
+//! `installed: true` is the nemesis's claim that the fault took effect, and for each kind it
+//! means that: rules in place, signals delivered, policies applied, and for `clock` a process
+//! under the host's libfaketime environment read back the faked clock (jump or rate); a
+//! control file written but not read is `installed: false` with the probe's finding, and
+//! a `clock` fault counts only with the probes' readings (`verified`) beside it.
 
 use super::{CheckResult, Context};
 
 pub const NAME: &str = "faults-happened";
+
+/// The nemesis kind whose installation must carry the probes' evidence (`verified`).
+const CLOCK: &str = "clock";
 
 pub fn check(ctx: &Context) -> CheckResult {
     let mut r = CheckResult::new(NAME);
@@ -17,10 +26,18 @@ pub fn check(ctx: &Context) -> CheckResult {
         let installed = matching
             .iter()
             .filter(|p| {
-                p.complete
-                    .and_then(|c| c.value.get("installed"))
+                let done = p.complete.map(|c| &c.value);
+                let claimed = done
+                    .and_then(|v| v.get("installed"))
                     .and_then(|v| v.as_bool())
-                    == Some(true)
+                    == Some(true);
+                // A clock fault counts only with the probes that read the faked clock back.
+                let evidenced = kind.as_str() != CLOCK
+                    || done
+                        .and_then(|v| v.get("verified"))
+                        .and_then(|v| v.as_array())
+                        .is_some_and(|v| !v.is_empty());
+                claimed && evidenced
             })
             .count();
         r.count(&format!("{kind}-invoked"), matching.len() as u64);
@@ -28,7 +45,12 @@ pub fn check(ctx: &Context) -> CheckResult {
         if installed == 0 {
             r.offend(
                 format!(
-                    "nemesis {kind} was asked for but never installed ({} attempt(s))",
+                    "nemesis {kind} was asked for but never installed{} ({} attempt(s))",
+                    if kind.as_str() == CLOCK {
+                        " with a faked clock read back"
+                    } else {
+                        ""
+                    },
                     matching.len()
                 ),
                 matching.iter().map(|p| p.op_ref()).collect(),

@@ -8,6 +8,17 @@
 //! an ok that returned before the operation finished, an automatic operation) is open-ended:
 //! it may take effect at any time after its invocation, or never.
 //!
+//! Every activation the final state records must be explained: by a recorded operator
+//! command (matched by operation id, or by kind and target), by a re-creation of the group
+//! in the audit log, or by an operation the cluster started itself — actor `arbiter`, an
+//! `automatic` failover carrying its quorum verdict's `down` reports, or an automatic
+//! failback ([`FinalOperation::automatic_evidence`]). Any other activation is a finding:
+//! something activated a region that neither an operator nor the cluster's own rules asked
+//! for.
+//!
+//! No verdict without evidence: `unknown` without a final state, or for a group without a
+//! single ok read.
+//!
 //! Search: Wing & Gong's algorithm with Lowe's memoisation — a cache of (set of linearized
 //! operations, model state) pairs already explored — run per group, with a step budget
 //! that yields `unknown`. The set is kept as a 128-bit Zobrist hash of the linearized
@@ -15,6 +26,7 @@
 //! history length (two different sets colliding on 128 bits is not a practical concern).
 
 use super::epochs::failover_done;
+use super::final_state::FinalOperation;
 use super::{CheckResult, Context, OpRef};
 use std::collections::HashSet;
 
@@ -263,6 +275,9 @@ pub struct GroupHistory {
     pub ops: Vec<LinOp>,
     /// Whether automatic activations are known (from a final state).
     pub complete: bool,
+    /// Activations of the final state that no recorded command and no evidence of an
+    /// automatic operation explain: `(operation id, what)`.
+    pub unexplained: Vec<(u64, String)>,
 }
 
 impl GroupHistory {
@@ -321,6 +336,7 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
         init: State::Any,
         ops: Vec::new(),
         complete: ctx.final_state.is_some(),
+        unexplained: Vec::new(),
     };
     let in_group = |p: &&super::Pair| p.group() == Some(group);
     for p in ctx.pairs_of(&["status", "fence-check"]).filter(in_group) {
@@ -404,10 +420,13 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
                         d,
                     );
                 }
-                None => {
-                    let d = format!("{} {what} (no command in the history)", o.kind);
-                    g.write(&o.to, Some(o.to_epoch), 0, None, None, d);
-                }
+                None => match o.automatic_evidence() {
+                    Some(evidence) => {
+                        let d = format!("{} {what} (by the cluster: {evidence})", o.kind);
+                        g.write(&o.to, Some(o.to_epoch), 0, None, None, d);
+                    }
+                    None => g.unexplained.push((o.id, unexplained(o, &what))),
+                },
             }
         }
     }
@@ -434,6 +453,17 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
     }
     narrow_unknown_starts(&mut g.ops);
     g
+}
+
+/// Why an activation is not explained, for the finding.
+fn unexplained(o: &FinalOperation, what: &str) -> String {
+    format!(
+        "{what} ({}, actor {:?}) matches no recorded operator command and is not an \
+         operation of the cluster's own with its evidence (reason: {:?})",
+        o.kind,
+        o.actor,
+        o.reason.lines().next().unwrap_or("")
+    )
 }
 
 /// An activation no command in the history explains (an automatic failover) may have
@@ -464,8 +494,33 @@ fn narrow_unknown_starts(ops: &mut [LinOp]) {
 
 pub fn check(ctx: &Context, budget: u64) -> CheckResult {
     let mut r = CheckResult::new(NAME);
+    if ctx.final_state.is_none() {
+        r.unknown(format!(
+            "{}: the activations cannot be told apart from unexplained ones",
+            ctx.final_missing
+        ));
+    }
     for group in ctx.groups() {
         let g = group_history(ctx, &group);
+        if !g.ops.iter().any(|o| matches!(o.kind, Kind::Read { .. })) {
+            r.unknown(format!(
+                "group {group}: no ok status read or allowed fence check: nothing to judge \
+                 linearizability on"
+            ));
+        }
+        let final_op: Vec<OpRef> = ctx
+            .final_state
+            .as_ref()
+            .and_then(|f| f.op.clone())
+            .into_iter()
+            .collect();
+        for (id, what) in &g.unexplained {
+            r.count(&format!("{group}-unexplained"), 1);
+            r.offend(
+                format!("group {group}: operation {id}: {what}"),
+                final_op.clone(),
+            );
+        }
         let s = search(&g.ops, g.init, budget);
         r.count(&format!("{group}-ops"), g.ops.len() as u64);
         r.count(&format!("{group}-steps"), s.steps);

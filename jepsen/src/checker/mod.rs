@@ -1,7 +1,10 @@
 //! Checkers: each judges a recorded history (and the state read after healing) against one
 //! safety or liveness property and returns a [`CheckResult`] naming the offending operations
 //! by history index and process. Checkers only read; they never run anything, and a checker
-//! that cannot decide says `unknown` rather than guess.
+//! that cannot decide says `unknown` rather than guess: no verdict without evidence. A
+//! missing or unparsable final state, an empty history, too few writes or DNS answers (each
+//! checker states its minimum as a named constant), a workload that recorded it could not
+//! do its job, or missing node logs make the checkers that need them `unknown`.
 //!
 //! # Layout
 //!
@@ -23,7 +26,7 @@ pub mod operations;
 pub mod recovery;
 pub mod single_writer;
 
-use crate::history::{History, Op, OpType};
+use crate::history::{History, Op, OpType, WORKLOAD_ERROR};
 use crate::spec::TestSpec;
 use final_state::FinalState;
 use serde::{Serialize, Serializer};
@@ -262,8 +265,11 @@ pub struct Context<'a> {
     pub spec: &'a TestSpec,
     /// Every invocation with its completion, in invocation order.
     pub pairs: Vec<Pair<'a>>,
-    /// The state read after healing, when the history has an ok `final`.
+    /// The state read after healing, when the history has an ok `final` that parses.
     pub final_state: Option<FinalState>,
+    /// Why `final_state` is `None`: no ok `final` in the history, or the error its value
+    /// gave when parsed (a checker that needs it says `unknown` with this).
+    pub final_missing: String,
     /// The run directory (node logs live under `nodes/*/`), when checking a stored run.
     pub dir: Option<&'a Path>,
 }
@@ -275,11 +281,17 @@ impl<'a> Context<'a> {
             .into_iter()
             .map(|(invoke, complete)| Pair { invoke, complete })
             .collect();
+        let (final_state, final_missing) = match FinalState::from_history(history) {
+            None => (None, "the history has no ok final state".to_string()),
+            Some(Ok(f)) => (Some(f), String::new()),
+            Some(Err(e)) => (None, format!("the final state does not parse: {e}")),
+        };
         Context {
             history,
             spec,
             pairs,
-            final_state: FinalState::from_history(history),
+            final_state,
+            final_missing,
             dir,
         }
     }
@@ -303,6 +315,23 @@ impl<'a> Context<'a> {
         }
         groups.extend(self.spec.groups.iter().cloned());
         groups.into_iter().collect()
+    }
+
+    /// Whether the run was asked for this workload (`writes`, `operator`, `reads`).
+    pub fn has_workload(&self, name: &str) -> bool {
+        self.spec
+            .workload
+            .split(',')
+            .any(|w| w.trim() == "all" || w.trim() == name)
+    }
+
+    /// The harness's own failures recorded in the history (`workload-error`) by processes
+    /// whose name starts with `prefix`: evidence that a workload could not do its job.
+    pub fn workload_errors(&self, prefix: &str) -> Vec<&Pair<'a>> {
+        self.pairs
+            .iter()
+            .filter(|p| p.invoke.f == WORKLOAD_ERROR && p.invoke.process.starts_with(prefix))
+            .collect()
     }
 
     /// The end of the history (the last event's time).

@@ -1,6 +1,10 @@
 //! S6 resumable operations: after healing and recovery, every operation in the final state
 //! has ended `done` or `aborted`, or is visibly `halted` (or waits for an approval nobody
 //! gave) — none is still `running` — and no step is recorded twice.
+//!
+//! No verdict without evidence: `unknown` without a final state (or one that does not
+//! parse) and when the final state has no operation at all (nothing was interrupted or
+//! resumed, so S6 was not tested).
 
 use super::{CheckResult, Context};
 use std::collections::BTreeMap;
@@ -10,9 +14,15 @@ pub const NAME: &str = "operations";
 pub fn check(ctx: &Context) -> CheckResult {
     let mut r = CheckResult::new(NAME);
     let Some(f) = &ctx.final_state else {
-        r.unknown("no final state: cannot tell how operations ended".into());
+        r.unknown(format!(
+            "{}: cannot tell how operations ended",
+            ctx.final_missing
+        ));
         return r;
     };
+    if f.operations.is_empty() {
+        r.unknown("the final state lists no operation: nothing to judge S6 on".into());
+    }
     let final_op: Vec<_> = f.op.clone().into_iter().collect();
     for o in f.operations.values() {
         r.count(&format!("state-{}", o.state), 1);

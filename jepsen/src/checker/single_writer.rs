@@ -7,12 +7,41 @@
 //! can only add evidence, never remove it — but their invocations count for the stale-epoch
 //! rule: no write at epoch e completes after a write at a higher epoch was invoked. Each
 //! window's epoch must be one the final state says was activated for that region.
+//!
+//! No verdict without evidence: the checker answers `unknown` (never `valid`) when a writer
+//! recorded that it could not do its job (`workload-error`), when a write's value lacks its
+//! group, region or epoch, when the final state is missing, and when there are too few
+//! writes to have tested the property: fewer than [`WRITES_PER_REGION_MIN`] accepted writes
+//! by a region that held the lease, or fewer than [`WRITES_PER_HELD_EPOCH_MIN`] at an epoch
+//! a region's agent held (a `lease` event with `held`), each once the hold lasted long
+//! enough to allow them.
 
 use super::{fmt_s, CheckResult, Context, OpRef, Pair};
 use crate::history::OpType;
 use std::collections::BTreeMap;
 
 pub const NAME: &str = "single-writer";
+
+/// Accepted writes each region that held the lease for at least [`HELD_REGION_JUDGED_MS`]
+/// must have made. A writer writes every 50 ms while its agent holds the lease (about 100
+/// writes in that time), so a region this short of writes had a writer that was not
+/// writing; the runs of `tests/runs.rs` record well over 100 per region.
+pub const WRITES_PER_REGION_MIN: usize = 20;
+
+/// How long a region must have held the lease, in all, for [`WRITES_PER_REGION_MIN`] to
+/// apply.
+pub const HELD_REGION_JUDGED_MS: u64 = 5_000;
+
+/// Accepted writes each (region, epoch) whose lease an agent was seen to hold for at least
+/// [`HELD_EPOCH_JUDGED_MS`] must have made: about 20 in that time at one write per 50 ms,
+/// so fewer than this means the window was barely tested; the runs of `tests/runs.rs`
+/// record at least 50 per epoch.
+pub const WRITES_PER_HELD_EPOCH_MIN: usize = 5;
+
+/// How long an agent must have held the lease at one epoch for
+/// [`WRITES_PER_HELD_EPOCH_MIN`] to apply (a hold that began in the workload's last second
+/// has room for few writes).
+pub const HELD_EPOCH_JUDGED_MS: u64 = 1_000;
 
 /// A maximal run of one region's writes at one epoch.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +150,18 @@ pub fn check(ctx: &Context) -> CheckResult {
     if !all.iter().any(|w| w.pair.is_ok()) {
         r.unknown("no accepted write in the history: nothing to judge S1 on".into());
     }
+    for p in ctx.workload_errors("writer-") {
+        r.count("writer-errors", 1);
+        r.unknown(format!(
+            "{} could not write: {}",
+            p.invoke.process,
+            p.complete
+                .and_then(|c| c.error.clone())
+                .or_else(|| p.str_field("what").map(str::to_string))
+                .unwrap_or_else(|| "no error recorded".into())
+        ));
+    }
+    enough_writes(ctx, &all, &mut r);
     for w in &all {
         let key = match w.pair.kind() {
             OpType::Ok => "writes-ok",
@@ -212,9 +253,10 @@ pub fn check(ctx: &Context) -> CheckResult {
 
     // Every window's epoch was activated for its region.
     match &ctx.final_state {
-        None => r.unknown(
-            "no final state: cannot tell which epochs were activated for which region".into(),
-        ),
+        None => r.unknown(format!(
+            "{}: cannot tell which epochs were activated for which region",
+            ctx.final_missing
+        )),
         Some(f) => {
             let mut maps = BTreeMap::new();
             for win in &wins {
@@ -250,4 +292,108 @@ pub fn check(ctx: &Context) -> CheckResult {
         }
     }
     r
+}
+
+/// An agent's hold changing, as the writer saw it: `(time ns, held, epoch)`.
+type Hold = (u64, bool, u64);
+
+/// The stated minimums, over the time each agent was seen to hold the lease (from a `lease`
+/// event with `held` to the agent's next `lease` event, or to the end of the writes): a
+/// (region, epoch) held for at least [`HELD_EPOCH_JUDGED_MS`] has at least
+/// [`WRITES_PER_HELD_EPOCH_MIN`] accepted writes, and a region that held the lease for at
+/// least [`HELD_REGION_JUDGED_MS`] in all has at least [`WRITES_PER_REGION_MIN`]; otherwise
+/// `unknown`. A hold shorter than that (a failover in the last moments of the workload) is
+/// only noted: its few writes are all a correct writer could make.
+fn enough_writes(ctx: &Context, all: &[Write], r: &mut CheckResult) {
+    // The end of the writes workload: every writer stops at the same instant.
+    let writes_end = ctx
+        .history
+        .ops
+        .iter()
+        .filter(|o| o.process.starts_with("writer-") || o.process.starts_with("agent-"))
+        .map(|o| o.time_ns)
+        .max()
+        .unwrap_or(0);
+    let mut events: BTreeMap<(&str, &str), Vec<Hold>> = BTreeMap::new();
+    for p in ctx.pairs_of(&["lease"]).filter(|p| p.is_ok()) {
+        let (Some(group), Some(region), Some(epoch), Some(held)) = (
+            p.group(),
+            p.str_field("region"),
+            p.u64_field("epoch"),
+            p.bool_field("held"),
+        ) else {
+            r.unknown(format!(
+                "{}: a lease event without group, region, epoch or held",
+                p.describe()
+            ));
+            continue;
+        };
+        events.entry((group, region)).or_default().push((
+            p.end_ns().unwrap_or(p.invoke.time_ns),
+            held,
+            epoch,
+        ));
+    }
+    let mut region_held_ns: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut epoch_held_ns: BTreeMap<(&str, &str, u64), u64> = BTreeMap::new();
+    for ((group, region), mut list) in events {
+        list.sort_by_key(|(t, ..)| *t);
+        for (k, (t, held, epoch)) in list.iter().enumerate() {
+            if !held {
+                continue;
+            }
+            let until = list.get(k + 1).map(|(t, ..)| *t).unwrap_or(writes_end);
+            let span = until.saturating_sub(*t);
+            *region_held_ns.entry((group, region)).or_default() += span;
+            *epoch_held_ns.entry((group, region, *epoch)).or_default() += span;
+        }
+    }
+    let mut per_region: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut per_epoch: BTreeMap<(&str, &str, u64), usize> = BTreeMap::new();
+    for w in all.iter().filter(|w| w.pair.is_ok()) {
+        *per_region.entry((w.group, w.region)).or_default() += 1;
+        *per_epoch.entry((w.group, w.region, w.epoch)).or_default() += 1;
+    }
+    for ((group, region), held_ns) in region_held_ns {
+        let n = per_region.get(&(group, region)).copied().unwrap_or(0);
+        if held_ns < HELD_REGION_JUDGED_MS * 1_000_000 {
+            r.note(format!(
+                "group {group}: {region} held the lease for only {} ({n} writes): not enough \
+                 to apply the minimum",
+                fmt_s(held_ns)
+            ));
+        } else if n < WRITES_PER_REGION_MIN {
+            r.unknown(format!(
+                "group {group}: {region} held the lease for {} but made only {n} accepted \
+                 write(s), fewer than the {WRITES_PER_REGION_MIN} needed to judge it",
+                fmt_s(held_ns)
+            ));
+        }
+    }
+    r.count("held-epochs", epoch_held_ns.len() as u64);
+    for ((group, region, epoch), held_ns) in epoch_held_ns {
+        let n = per_epoch.get(&(group, region, epoch)).copied().unwrap_or(0);
+        if held_ns >= HELD_EPOCH_JUDGED_MS * 1_000_000 {
+            // The margin the run had over the minimum, for results.json.
+            let fewest = r
+                .counts
+                .entry("fewest-writes-per-held-epoch".into())
+                .or_insert(n as u64);
+            *fewest = (*fewest).min(n as u64);
+        }
+        if held_ns < HELD_EPOCH_JUDGED_MS * 1_000_000 {
+            r.note(format!(
+                "group {group}: {region} held the lease at epoch {epoch} for only {} ({n} \
+                 writes): not enough to apply the minimum",
+                fmt_s(held_ns)
+            ));
+        } else if n < WRITES_PER_HELD_EPOCH_MIN {
+            r.unknown(format!(
+                "group {group}: {region}'s agent held the lease at epoch {epoch} for {} but its \
+                 writer made only {n} accepted write(s) at that epoch, fewer than the \
+                 {WRITES_PER_HELD_EPOCH_MIN} needed to judge that window",
+                fmt_s(held_ns)
+            ));
+        }
+    }
 }

@@ -13,11 +13,16 @@
 //! active region's health endpoint stops, which makes the cluster fail over by itself), and
 //! `split-brain` (not in `all`: the active region's database host is cut from every witness
 //! again and again, the fault that breaks S1 when the lease wait is skipped).
+//!
+//! A clock fault is `installed: true` only once a process under the faulted host's
+//! libfaketime environment shows the faked clock (`clock`).
 
+pub mod clock;
 pub mod partition;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde_json::json;
 
 use crate::cluster::PolicySpec;
@@ -656,6 +661,8 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         }
         let value = fault.describe();
         ctx.rec.invoke(fault.f(), value.clone(), PROCESS, None);
+        // What a verified fault showed (the clock probes), recorded with it.
+        let mut verified = None;
         let result = match &fault {
             // A lowered lease takes effect with the cut; a re-added group needs its agent
             // cut off first.
@@ -670,6 +677,13 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
                 Ok(()) => apply_policies(&ctx, &fault).await,
                 Err(e) => Err(e),
             },
+            // A clock fault counts once a faked process shows it, not once its file is written.
+            Fault::Clock { hosts, spec, .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => verify_clock(&ctx, hosts, spec)
+                    .await
+                    .map(|v| verified = Some(v)),
+                Err(e) => Err(e),
+            },
             _ => install_blocking(&ctx, &fault).await,
         };
         let mut done = value.clone();
@@ -677,6 +691,9 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
             Ok(()) => {
                 installed += 1;
                 done["installed"] = json!(true);
+                if let Some(v) = verified {
+                    done["verified"] = v;
+                }
                 ctx.rec
                     .complete(OpType::Ok, fault.f(), done, PROCESS, None, None);
             }
@@ -706,6 +723,49 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         sleep_until_or(quiet, until).await;
     }
     installed
+}
+
+/// Probes every faulted host's clock at once (`clock`): what each showed (`[{host,
+/// offset_s, rate}]`, recorded as the fault's `verified`), or the first host whose faked
+/// process does not show the fault as the error.
+async fn verify_clock(
+    ctx: &Ctx,
+    hosts: &[String],
+    spec: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let want = clock::expected(spec)?;
+    let probes: Vec<_> = {
+        let c = ctx.cluster();
+        hosts
+            .iter()
+            .map(|h| (h.clone(), c.host(h).ns(), c.clock_env(h)))
+            .collect()
+    };
+    let tasks: Vec<_> = probes
+        .into_iter()
+        .map(|(h, ns, env)| {
+            tokio::spawn(async move {
+                let p = clock::probe(&ns, &env)
+                    .await
+                    .with_context(|| format!("clock of {h}"))?;
+                let seen =
+                    clock::judge(want, p).map_err(|e| anyhow::anyhow!("clock of {h}: {e}"))?;
+                anyhow::Ok(json!({
+                    "host": h,
+                    "offset_s": (seen.offset_s * 1000.0).round() / 1000.0,
+                    "rate": (seen.rate * 1000.0).round() / 1000.0,
+                }))
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(
+            t.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("clock probe panicked: {e}")))?,
+        );
+    }
+    Ok(json!(seen))
 }
 
 async fn install_blocking(ctx: &Ctx, fault: &Fault) -> anyhow::Result<()> {

@@ -11,9 +11,9 @@
 pub mod plots;
 pub mod timeline;
 
-use crate::analyze::Results;
 use crate::checker::Pair;
 use crate::history::{History, HEAL};
+use crate::results::Results;
 use crate::spec::TestSpec;
 use std::path::Path;
 

@@ -5,9 +5,9 @@
 //! process's row, coloured by outcome. Hovering anything shows its details.
 
 use super::{escape, fault_colour, fault_intervals, palette, TimeAxis};
-use crate::analyze::Results;
 use crate::checker::{epochs, fmt_s, single_writer, Context, Pair, Valid};
 use crate::history::{History, OpType};
+use crate::results::Results;
 use crate::spec::TestSpec;
 use std::collections::BTreeMap;
 use std::fmt::Write;

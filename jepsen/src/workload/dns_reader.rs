@@ -1,17 +1,20 @@
 //! DNS reads during the run: one process asks a random DNS source (a witness's embedded
 //! server, or BIND) for the group's name at a bounded rate and records what it answered as
-//! `dns-read`. Informative only: while faults are installed DNS may lag the committed state
-//! by design (S5 is judged after healing, on the `final` operation); the reads show in the
-//! timeline how it followed the failovers. A read changes nothing, so no answer is `fail`.
+//! `dns-read`. While faults are installed DNS may lag the committed state by design, so S5
+//! does not ask these answers to be current; it asks that none names a region before an
+//! activation of that region could have been committed (DNS never runs ahead of
+//! consensus), and convergence is judged after healing, on the `final` operation. The
+//! reads also show in the timeline how DNS followed the failovers. A read that got no
+//! answer is `fail` (it changes nothing).
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::GROUP;
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::rng::Rng;
+use crate::spec::GROUP;
 
 /// The process that records every DNS read.
 pub const PROCESS: &str = "reader-dns";

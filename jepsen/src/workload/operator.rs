@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::{CliOut, GROUP};
+use crate::cluster::CliOut;
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::rng::Rng;
+use crate::spec::GROUP;
 
 /// How long the CLI waits for an operation (`--timeout`), and the kill deadline after it.
 const WAIT_S: u64 = 20;

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::{client_addr, GROUP};
+use crate::cluster::client_addr;
 use crate::ctx::Ctx;
 use crate::history::OpType;
 use crate::hosts::Host;
 use crate::rng::Rng;
+use crate::spec::GROUP;
 
 /// Deadline of one read.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,6 +7,11 @@
 //! agent cannot touch it). A write is recorded only if, at the instant it is stamped, that
 //! deadline has not passed: a paused agent that cannot run its on-lose command does not keep
 //! its region writing. Each record is appended to `writes.log` on the host before the `ok`.
+//!
+//! A writer that cannot do its job says so in the history (`workload-error`, which makes S1
+//! `unknown`) instead of going quiet: when it cannot open its log, and when the agent's
+//! state file cannot be read for [`AGENT_STATE_WAIT`] in a row (it never appeared, or it
+//! went away); then it stops.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,13 +19,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-use crate::cluster::GROUP;
 use crate::ctx::Ctx;
-use crate::history::OpType;
+use crate::history::{OpType, WORKLOAD_ERROR};
 use crate::hosts::{Host, Role};
+use crate::spec::GROUP;
 
 /// Pause between writes (and between reads of the agent's state file).
 const WRITE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long the agent's state file may stay unreadable before the writer gives up with an
+/// error: the agent writes it (by rename, so never half-written) at every attempt to
+/// acquire, about once a second even when it holds nothing, and a paused agent leaves the
+/// last one in place; so this long without it means the agent is not running.
+const AGENT_STATE_WAIT: Duration = Duration::from_secs(15);
 
 /// What the agent's state file says, with its deadline in wall time.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,19 +41,39 @@ struct Lease {
     deadline: Option<SystemTime>,
 }
 
-fn read_lease(path: &PathBuf) -> Option<Lease> {
-    let meta = std::fs::metadata(path).ok()?;
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let holding = v["holding"].as_bool().unwrap_or(false);
+/// The agent's state file, or why it cannot be read.
+fn read_lease(path: &PathBuf) -> Result<Lease, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let holding = v["holding"]
+        .as_bool()
+        .ok_or("no `holding` in the state file")?;
+    let epoch = v["epoch"].as_u64().ok_or("no `epoch` in the state file")?;
     let deadline = v["deadline_in_ms"]
         .as_u64()
         .and_then(|ms| Some(meta.modified().ok()? + Duration::from_millis(ms)));
-    Some(Lease {
+    Ok(Lease {
         holding,
-        epoch: v["epoch"].as_u64().unwrap_or(0),
+        epoch,
         deadline,
     })
+}
+
+/// Records that the writer cannot do its job (an invocation and a `fail` with the error).
+fn workload_error(ctx: &Ctx, process: &str, node: &str, region: &str, what: &str, error: String) {
+    eprintln!("jepsen: {process}: {what}: {error}");
+    let value = json!({"group": GROUP, "region": region, "what": what});
+    ctx.rec
+        .invoke(WORKLOAD_ERROR, value.clone(), process, Some(node));
+    ctx.rec.complete(
+        OpType::Fail,
+        WORKLOAD_ERROR,
+        value,
+        process,
+        Some(node),
+        Some(error),
+    );
 }
 
 impl Lease {
@@ -54,6 +85,15 @@ impl Lease {
 /// Writes for `db`'s region until `until`. Returns the number of acknowledged writes.
 pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     let Role::Database { region } = db.role.clone() else {
+        let what = "not a database host";
+        workload_error(
+            &ctx,
+            &format!("writer-{}", db.name),
+            &db.name,
+            "",
+            what,
+            db.name.clone(),
+        );
         return 0;
     };
     let dir = ctx.cluster().node_dir(&db.name);
@@ -67,17 +107,32 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("jepsen: cannot open the write log of {}: {e}", db.name);
+            let what = "cannot open the write log";
+            workload_error(&ctx, &process, &db.name, &region, what, e.to_string());
             return 0;
         }
     };
     let mut seq = 0u64;
     let mut acknowledged = 0;
     let mut last: Option<(bool, u64)> = None;
+    let mut last_read = Instant::now();
     while Instant::now() < until {
         tokio::time::sleep(WRITE_INTERVAL).await;
-        let Some(lease) = read_lease(&state) else {
-            continue;
+        let lease = match read_lease(&state) {
+            Ok(lease) => {
+                last_read = Instant::now();
+                lease
+            }
+            Err(e) if last_read.elapsed() >= AGENT_STATE_WAIT => {
+                let what = format!(
+                    "the agent's state file {} was unreadable for {} s",
+                    state.display(),
+                    AGENT_STATE_WAIT.as_secs()
+                );
+                workload_error(&ctx, &process, &db.name, &region, &what, e);
+                return acknowledged;
+            }
+            Err(_) => continue,
         };
         let held = lease.valid_at(SystemTime::now());
         if last != Some((held, lease.epoch)) {
@@ -136,4 +191,29 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
         }
     }
     acknowledged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_missing_or_of_another_shape_is_an_error_not_a_lease() {
+        let dir = std::env::temp_dir().join(format!("jepsen-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.json");
+        let _ = std::fs::remove_file(&path);
+        assert!(read_lease(&path).is_err());
+        std::fs::write(&path, r#"{"epoch": 3}"#).unwrap();
+        assert!(read_lease(&path).unwrap_err().contains("holding"));
+        std::fs::write(
+            &path,
+            r#"{"holding": true, "epoch": 3, "deadline_in_ms": 60000}"#,
+        )
+        .unwrap();
+        let lease = read_lease(&path).unwrap();
+        assert!(lease.holding && lease.epoch == 3);
+        assert!(lease.valid_at(SystemTime::now()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

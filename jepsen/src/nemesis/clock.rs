@@ -1,0 +1,303 @@
+//! The clock nemesis's evidence: a clock fault counts as installed only once a process
+//! under the same libfaketime environment as the faulted host's witness or agent shows the
+//! faked wall clock. Writing the control file proves nothing by itself (the library may be
+//! missing, not preloaded, or reading another file).
+//!
+//! The probe is a one-line Perl program run in the host's namespace with that environment
+//! (libfaketime fakes what it reads with `gettimeofday`; a shell's own clock variables are
+//! not faked). It prints its wall clock, waits for a line on its stdin, which the harness
+//! sends [`PROBE_WINDOW`] later on its own (real) clock, and prints it again; the harness
+//! stamps each line with its real wall clock as it arrives. The window is timed by the
+//! harness because libfaketime also scales the sleeps of a faked process. A jump shows as
+//! the faked minus the real time (within [`OFFSET_TOLERANCE_S`]), a rate as the faked over
+//! the real elapsed time (within [`RATE_TOLERANCE`] of it, relative).
+//!
+//! This module finds libfaketime and judges probes; it never writes a control file (the
+//! nemesis does) and never touches the processes under test.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncBufReadExt;
+
+/// The multithreaded variant (arbiter is multithreaded), as Debian's `faketime` installs it.
+pub const LIBFAKETIME_NAME: &str = "libfaketimeMT.so.1";
+
+/// Time between the probe's two readings: long enough that a rate of x0.9 or x1.1 moves the
+/// faked elapsed time well outside [`RATE_TOLERANCE`] of the real one.
+pub const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How far a probe's faked offset may be from the requested jump: the probe's first line
+/// reaches the harness a few milliseconds after it was printed.
+pub const OFFSET_TOLERANCE_S: f64 = 0.5;
+
+/// How far the probe's measured rate may be from the requested one, as a fraction of it:
+/// the lines' arrival jitter over [`PROBE_WINDOW`] (40 ms), well under the 9 % between x1.1
+/// or x0.9 and a clock left alone.
+pub const RATE_TOLERANCE: f64 = 0.04;
+
+/// The probe: its wall clock, a line read from stdin, its wall clock again.
+const PROBE_PERL: &str = r#"$| = 1; printf "%.6f\n", Time::HiRes::time(); <STDIN>; printf "%.6f\n", Time::HiRes::time();"#;
+
+/// Checks at startup that the probe can run (Perl with `Time::HiRes`).
+pub fn check_probe() -> anyhow::Result<()> {
+    let out = std::process::Command::new("perl")
+        .args(["-MTime::HiRes", "-e", "1"])
+        .output()
+        .context("the clock nemesis verifies its faults with perl, which cannot be run")?;
+    if !out.status.success() {
+        bail!(
+            "the clock nemesis verifies its faults with perl's Time::HiRes, which is missing: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The probe may take this long in all before it is killed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where libfaketime is looked for: `<lib>/<multiarch>/faketime/` for every multiarch
+/// directory under `/usr/lib` and `/lib` (x86_64-linux-gnu, aarch64-linux-gnu, ...), then
+/// the directories without a multiarch part.
+pub fn find_libfaketime() -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    for lib in ["/usr/lib", "/lib", "/usr/local/lib"] {
+        let mut arches: Vec<PathBuf> = std::fs::read_dir(lib)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.contains("-linux-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        arches.sort();
+        for arch in arches {
+            candidates.push(arch.join("faketime").join(LIBFAKETIME_NAME));
+        }
+        candidates.push(PathBuf::from(lib).join("faketime").join(LIBFAKETIME_NAME));
+    }
+    candidates.push(PathBuf::from("/usr/lib64/faketime").join(LIBFAKETIME_NAME));
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => bail!(
+            "the clock nemesis needs libfaketime, and {LIBFAKETIME_NAME} is in none of {} \
+             (install the `faketime` package)",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// What a libfaketime control line asks for: `+Ns` / `-Ns` (a jump) or `+0 xR` (a rate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expected {
+    pub offset_s: f64,
+    pub rate: f64,
+}
+
+/// Parses the control lines the nemesis writes (`+300s`, `-12s`, `+0 x2.0`).
+pub fn expected(spec: &str) -> anyhow::Result<Expected> {
+    let mut parts = spec.split_whitespace();
+    let offset = parts.next().context("an empty clock spec")?;
+    let offset_s: f64 = offset
+        .trim_end_matches('s')
+        .parse()
+        .with_context(|| format!("clock spec {spec:?}: offset {offset:?}"))?;
+    let rate = match parts.next() {
+        None => 1.0,
+        Some(r) => r
+            .strip_prefix('x')
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("clock spec {spec:?}: rate {r:?}"))?,
+    };
+    Ok(Expected { offset_s, rate })
+}
+
+/// One probe's readings: the faked times it printed and the real times the lines arrived,
+/// in seconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    /// When the harness started the probe.
+    pub spawned: f64,
+    pub faked: [f64; 2],
+    pub real: [f64; 2],
+}
+
+/// Whether a probe shows the expected clock: the offset and rate it measured, or an error
+/// saying what it showed instead.
+pub fn judge(want: Expected, p: Probe) -> Result<Expected, String> {
+    let offset = p.faked[0] - p.real[0];
+    let real_elapsed = p.real[1] - p.real[0];
+    if real_elapsed <= 0.0 {
+        return Err(format!(
+            "the probe's lines arrived {real_elapsed:.3} s apart"
+        ));
+    }
+    let rate = (p.faked[1] - p.faked[0]) / real_elapsed;
+    // Under a rate the probe's clock has already drifted by the time it first prints: by
+    // the rate's excess over the time since it started.
+    let drift = (want.rate - 1.0).abs() * (p.real[0] - p.spawned).max(0.0);
+    if (offset - want.offset_s).abs() > OFFSET_TOLERANCE_S + drift {
+        return Err(format!(
+            "a faked process is {offset:+.1} s from real time, not {:+.0} s",
+            want.offset_s
+        ));
+    }
+    if (rate / want.rate - 1.0).abs() > RATE_TOLERANCE {
+        return Err(format!(
+            "a faked process's clock runs at x{rate:.3}, not x{}",
+            want.rate
+        ));
+    }
+    Ok(Expected {
+        offset_s: offset,
+        rate,
+    })
+}
+
+fn real_now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Runs the probe in namespace `ns` under `env` (the host's libfaketime environment) and
+/// returns its readings.
+pub async fn probe(ns: &str, env: &[(String, String)]) -> anyhow::Result<Probe> {
+    use tokio::io::AsyncWriteExt;
+    if env.is_empty() {
+        bail!("the run's processes are not under libfaketime (no clock nemesis asked for)");
+    }
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "env"])
+        .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+        .args(["perl", "-MTime::HiRes", "-e", PROBE_PERL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let spawned = real_now_s();
+    let mut child = cmd.spawn().context("cannot run the clock probe")?;
+    let mut stdin = child.stdin.take().context("the probe has no stdin")?;
+    let stdout = child.stdout.take().context("the probe has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let read = async {
+        let mut faked = [0.0; 2];
+        let mut real = [0.0; 2];
+        for k in 0..2 {
+            if k == 1 {
+                tokio::time::sleep(PROBE_WINDOW).await;
+                stdin.write_all(b"\n").await?;
+                stdin.flush().await?;
+            }
+            let line = lines
+                .next_line()
+                .await?
+                .context("the probe ended before printing its time")?;
+            real[k] = real_now_s();
+            faked[k] = line
+                .trim()
+                .parse()
+                .with_context(|| format!("the probe printed {line:?}, not a time"))?;
+        }
+        anyhow::Ok(Probe {
+            spawned,
+            faked,
+            real,
+        })
+    };
+    let probe = tokio::time::timeout(PROBE_TIMEOUT, read)
+        .await
+        .context("the clock probe did not answer in time")?;
+    let _ = child.kill().await;
+    probe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_into_offsets_and_rates() {
+        assert_eq!(
+            expected("+300s").unwrap(),
+            Expected {
+                offset_s: 300.0,
+                rate: 1.0
+            }
+        );
+        assert_eq!(expected("-12s").unwrap().offset_s, -12.0);
+        assert_eq!(expected("+0 x2.0").unwrap().rate, 2.0);
+        assert!(expected("x").is_err());
+        assert!(expected("+0 2.0").is_err());
+    }
+
+    #[test]
+    fn a_probe_shows_the_fault_or_says_what_it_saw() {
+        let real = [1000.0, 1001.0];
+        let jump = expected("+300s").unwrap();
+        assert_eq!(
+            judge(
+                jump,
+                Probe {
+                    spawned: 999.9,
+                    faked: [1300.0, 1301.0],
+                    real
+                }
+            ),
+            Ok(Expected {
+                offset_s: 300.0,
+                rate: 1.0
+            })
+        );
+        // The file was written but nothing reads it: real time.
+        let err = judge(
+            jump,
+            Probe {
+                spawned: 999.9,
+                faked: [1000.0, 1001.0],
+                real,
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("+0.0 s from real time, not +300 s"), "{err}");
+        let slow = expected("+0 x0.9").unwrap();
+        assert!(judge(
+            slow,
+            Probe {
+                spawned: 999.9,
+                faked: [1000.0, 1000.9],
+                real
+            }
+        )
+        .is_ok());
+        let err = judge(
+            slow,
+            Probe {
+                spawned: 999.9,
+                faked: [1000.0, 1001.0],
+                real,
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("x1.000, not x0.9"), "{err}");
+        // A fast clock started 0.2 s before its first line is already 0.8 s ahead.
+        let fast = expected("+0 x5.0").unwrap();
+        let started_late = Probe {
+            spawned: 999.8,
+            faked: [1000.8, 1005.8],
+            real,
+        };
+        assert!(judge(fast, started_late).is_ok());
+    }
+}
