@@ -11,6 +11,10 @@
 //! used by the `Fencing` lease client with its own bounds. Two calls need no leader and go
 //! to the first witness that answers: a watch and a status from one witness's own applied
 //! state ([`Client::connect_any`]).
+//!
+//! It must never retry a call whose outcome it does not know as if it had failed: a deadline
+//! is `indeterminate` (the write may have committed), and a retried write carries its request
+//! id so the cluster applies it once.
 
 use std::collections::HashMap;
 use std::future::Future;

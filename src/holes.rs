@@ -10,6 +10,9 @@
 //!   leases of its removed incarnation may still be held.
 //! - `no-leader-confirm`: the leader acts on openraft's `Leader` state alone, without a
 //!   quorum's confirmation (a deposed leader keeps calling hooks).
+//!
+//! It must never be compiled into a build that runs in production: the feature is for the
+//! harness's own target directory only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

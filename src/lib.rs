@@ -5,27 +5,32 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the node file and the policy, parsed and validated into typed values.
-//! - [`state`]: the replicated state machine, pure (no I/O): groups, epochs, modes, audit log.
+//! - [`config`]: the node file and the policy (probe specs, secret references and hook
+//!   bounds included), parsed and validated into typed values.
+//! - [`state`]: the replicated state machine, pure (no I/O): groups, epochs, modes, lease
+//!   bounds, operations, the audit log (typed kinds, verdicts and states; the wire text is
+//!   their names).
 //! - [`raft`]: openraft glue. Type configuration, the redb-backed log and state-machine
-//!   stores, and the gRPC network between witnesses. openraft types never leave this module.
-//! - [`health`]: region probes (specs, probe loop on each witness), the leader's table of
-//!   probe reports, and the pure quorum verdict (`up`, `down`, `unknown`) on each region.
+//!   stores (on any redb backend), and the gRPC network between witnesses (or any openraft
+//!   network, `Consensus::start_with`). openraft types never leave this module.
+//! - [`health`]: region probes (the probe loop on each witness, behind `ProbeRunner`), the
+//!   leader's table of probe reports, and the pure quorum verdict (`up`, `down`, `unknown`).
 //! - [`agent`]: `arbiter agent`, the lease-holding sidecar that self-fences when its lease
 //!   lapses.
 //! - [`api`]: the public gRPC service `Arbiter` and the one mapping of errors to statuses.
 //! - [`client`]: the client used by the CLI, the agent, the demo and tests: a typed method per
 //!   call of the `Arbiter` service; follows the leader transparently.
-//! - [`dns`]: the embedded authoritative DNS server, answering each group's record from the
-//!   applied state only.
 //! - [`fencing`]: leases and fencing epochs: the `Fencing` gRPC service, the HTTP endpoints
-//!   for hooks, and the holder-side lease client (deadline = send time + lease).
+//!   for hooks, and the holder-side lease client (deadline = send time + lease) behind
+//!   `LeaseService`.
 //! - [`hooks`]: runs a step's hook (an `exec` program, a signed `http` webhook or a built-in
-//!   PostgreSQL action) with a deadline and bounded output, reads the lag an `rpo-check` hook
+//!   PostgreSQL action, behind `HookRunner`) with a deadline and bounded output, reads the lag an `rpo-check` hook
 //!   reports, and keeps on every witness the last known WAL position of each group's
 //!   PostgreSQL primary, which the built-in rpo-check measures against (S8).
-//! - [`dns`]: publishing group records in DNS: RFC 2136 updates (TSIG-signed) of external
-//!   authoritative servers, each conditional on the server's `_arbiter.` marker so an older
+//! - [`dns`]: publishing group records in DNS: one pure `Publication` of a committed state
+//!   used by the embedded authoritative server of every witness, the `dns` step, the
+//!   reconciler and `dns check`; RFC 2136 updates (TSIG-signed, behind `DnsClient`) of
+//!   external servers, each conditional on the server's `_arbiter.` marker so an older
 //!   decision never overwrites a newer one, and the drift check that reads back what they
 //!   publish.
 //! - [`leader`]: what a witness does as the Raft leader, under one term supervisor that
@@ -35,7 +40,8 @@
 //!   what every witness does so it can become leader (probes and reports, observations).
 //! - [`telemetry`]: Prometheus metrics of each witness (its own registry), `/metrics`,
 //!   `/healthz` and `/readyz` (`docs/metrics.md`).
-//! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener.
+//! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener,
+//!   in a `World` of hooks, DNS servers, probes, a wall clock and storage it is given.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
 //!   client configurations, and the peer identity of a request.
 //! - [`certs`]: the development CA behind `arbiter certs init`.
@@ -43,8 +49,11 @@
 //!   the live timeline of a failover.
 //! - [`secret`]: reads a secret (TSIG key, webhook key, database password) from the file or
 //!   environment variable its reference names, on this witness only.
-//! - [`wallclock`]: the wall clock for audit timestamps and reports, never for safety.
+//! - [`wallclock`]: the wall clock for audit timestamps and reports, never for safety
+//!   (`WallClock`: the system's, or a manual one for tests and simulations).
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
+//! - `holes` (only with the `unsafe-holes` feature): safety holes put back on purpose, so
+//!   jepsen's checkers can be shown to catch them.
 //! - `model` (tests only): a checked model of the lease protocol. The real state machine
 //!   driven through `apply`, with the leader's steps, agents on drifting clocks, databases
 //!   and operator actions mirrored around it, explored exhaustively within bounds by

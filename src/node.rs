@@ -2,7 +2,10 @@
 //! mutual TLS on an already-bound listener (with the HTTP routes beside them, and
 //! `/metrics`, `/healthz`, `/readyz` also in plaintext when the node file asks), and runs
 //! the leader's duties. The entry point takes the listener and a shutdown future so tests
-//! bind port 0 and own the lifetime.
+//! bind port 0 and own the lifetime. [`World`] is everything outside the witness it meets
+//! (hooks, external DNS servers, probes, the wall clock, storage), each swappable.
+//!
+//! It wires; it must never decide: no failover rule, lease rule or step lives here.
 
 use std::future::Future;
 use std::net::SocketAddr;

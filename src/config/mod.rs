@@ -1,6 +1,9 @@
 //! Configuration input: the node file (local to a witness) and the policy (replicated).
 //! Everything here turns raw TOML into validated, typed values; nothing here binds a port,
 //! proposes a command or reads a secret's contents.
+//!
+//! Probe specifications ([`probe`]), secret references and the bounds every hook shares live
+//! here too: they are policy input, validated before anything is proposed.
 
 mod dns;
 mod error;

@@ -75,7 +75,7 @@ pub enum ProbeTarget {
         /// The status that counts as passing; any other status fails. Redirects are not
         /// followed, so a 301 is compared like any other status.
         expect_status: u16,
-        /// If set, the first [`super::probe::BODY_BYTES_MAX`] bytes of the body must contain
+        /// If set, the first [`crate::health::probe::BODY_BYTES_MAX`] bytes of the body must contain
         /// this text.
         body_contains: Option<String>,
         /// PEM file of the only CA trusted for this https endpoint. Without it, the system's

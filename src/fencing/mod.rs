@@ -6,6 +6,10 @@
 //! The client side ([`LeaseClient`]) keeps the holder's rule in one place: the deadline is
 //! the *send* time of the successful request plus the lease, on the holder's monotonic
 //! clock, so the holder stops before the leader can activate another region (S1).
+//! [`LeaseService`] is the holder's seam (the agent asks through it; a simulation answers).
+//!
+//! It must never grant or renew from a state this witness has not just confirmed with a
+//! quorum, and never let a holder count its lease from the time an answer arrived.
 
 mod client;
 mod http;

@@ -1,5 +1,9 @@
 //! openraft glue: type configuration, durable storage (redb) and the witness-to-witness network.
-//! This module owns every openraft type; nothing outside it names one.
+//! This module owns every openraft type; nothing outside it names one. [`Stores`] and
+//! [`Consensus::start_with`] are its seams: any redb storage backend, any openraft network.
+//!
+//! It must never interpret a command (that is the state machine's), never act on the world,
+//! and never answer a read as current without a quorum's confirmation when asked for one.
 
 mod consensus;
 mod network;
