@@ -6,6 +6,7 @@
 //! and never answer a read as current without a quorum's confirmation when asked for one.
 
 mod consensus;
+pub mod memory;
 mod network;
 mod service;
 pub mod store;
