@@ -70,6 +70,16 @@ cooldown_ms = 0
     )
 }
 
+/// Waits until the leader judges both regions up.
+async fn both_regions_up(client: &arbiter::client::Client) {
+    eventually("both regions are up by verdict", || async {
+        (verdict(client, "region-a").await.as_deref() == Some("up")
+            && verdict(client, "region-b").await.as_deref() == Some("up"))
+        .then_some(())
+    })
+    .await;
+}
+
 async fn verdict(client: &arbiter::client::Client, region: &str) -> Option<String> {
     let s = status(client).await;
     s.regions
@@ -87,12 +97,7 @@ async fn region_down_by_quorum_fails_over_automatically() {
     let cluster = Cluster::start(3).await;
     cluster.init_with(&probed_policy(&a, &b, "auto", "")).await;
     let client = cluster.client();
-    eventually("both regions are up by verdict", || async {
-        (verdict(&client, "region-a").await.as_deref() == Some("up")
-            && verdict(&client, "region-b").await.as_deref() == Some("up"))
-        .then_some(())
-    })
-    .await;
+    both_regions_up(&client).await;
 
     tracing::info!("--- region-a goes dark");
     a.set(false);
@@ -693,12 +698,7 @@ async fn cooldown_holds_back_a_second_automatic_failover() {
         )
         .await;
     let client = cluster.client();
-    eventually("both regions up", || async {
-        (verdict(&client, "region-a").await.as_deref() == Some("up")
-            && verdict(&client, "region-b").await.as_deref() == Some("up"))
-        .then_some(())
-    })
-    .await;
+    both_regions_up(&client).await;
     tracing::info!("--- region-a goes dark: automatic failover");
     a.set(false);
     wait_operation(&client, 1, "done").await;
@@ -737,12 +737,7 @@ async fn active_region_down_with_no_candidate_up_starts_nothing() {
     let cluster = Cluster::start(3).await;
     cluster.init_with(&probed_policy(&a, &b, "auto", "")).await;
     let client = cluster.client();
-    eventually("both regions up", || async {
-        (verdict(&client, "region-a").await.as_deref() == Some("up")
-            && verdict(&client, "region-b").await.as_deref() == Some("up"))
-        .then_some(())
-    })
-    .await;
+    both_regions_up(&client).await;
 
     tracing::info!("--- region-b goes dark, then region-a");
     b.set(false);
