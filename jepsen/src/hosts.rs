@@ -30,8 +30,14 @@ pub struct HostsLock {
     _file: std::fs::File,
 }
 
-/// Takes the hosts lock, or says that another run holds it: a second run would otherwise
-/// tear down the first one's namespaces as leftovers.
+/// How long a run waits for another one to release the hosts before it gives up.
+const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+/// How often a waiting run says it is still waiting.
+const LOCK_WAIT_NOTICE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes the hosts lock, waiting (at most [`LOCK_WAIT_MAX`], saying so every
+/// [`LOCK_WAIT_NOTICE`]) while another run holds it: a second run would otherwise tear down
+/// the first one's namespaces as leftovers.
 pub fn lock() -> anyhow::Result<HostsLock> {
     use std::os::unix::io::AsRawFd;
     let path = if std::path::Path::new("/run/lock").is_dir() {
@@ -45,13 +51,32 @@ pub fn lock() -> anyhow::Result<HostsLock> {
         .write(true)
         .open(&path)
         .with_context(|| format!("{}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor we own; no memory involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
-            "another jepsen run holds {} (it owns the bridge {BRIDGE}); wait for it to end",
-            path.display()
-        );
+    let started = std::time::Instant::now();
+    let mut noticed: Option<std::time::Instant> = None;
+    loop {
+        // SAFETY: flock(2) on a descriptor we own; no memory involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        let waited = started.elapsed();
+        if waited >= LOCK_WAIT_MAX {
+            bail!(
+                "another jepsen run has held {} (it owns the bridge {BRIDGE}) for over {} min; \
+                 wait for it to end",
+                path.display(),
+                LOCK_WAIT_MAX.as_secs() / 60
+            );
+        }
+        if noticed.is_none_or(|at| at.elapsed() >= LOCK_WAIT_NOTICE) {
+            eprintln!(
+                "jepsen: another run holds {} (it owns the bridge {BRIDGE}); waiting ({} s so far)",
+                path.display(),
+                waited.as_secs()
+            );
+            noticed = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     Ok(HostsLock { _file: file })
 }
