@@ -715,7 +715,7 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
             },
             // The leader is cut off once it is seen calling a promote hook.
             Fault::LeaderHook { .. } => match install_blocking(&ctx, &fault).await {
-                Ok(()) => isolate_hook_caller(&ctx, "promote")
+                Ok(()) => isolate_hook_caller(&ctx, "promote", until)
                     .await
                     .map(|v| verified = Some(v)),
                 Err(e) => Err(e),
@@ -761,11 +761,18 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
     installed
 }
 
-/// Waits (at most [`LEADER_HOOK_WAIT`]) for a witness to start a hook call for `step`, as
-/// its hook log shows, then cuts that witness from every other host. What it did (`{host,
-/// term, operation}`) is recorded as the fault's `verified`.
-async fn isolate_hook_caller(ctx: &Ctx, step: &str) -> anyhow::Result<serde_json::Value> {
+/// Waits (at most [`LEADER_HOOK_WAIT`], never past `until`) for a witness to start a hook
+/// call for `step`, as its hook log shows, then cuts that witness from every other host and
+/// keeps it cut for at least the hooks' sleep (so the call it is in ends while it is cut
+/// off, whatever the hold). What it did (`{isolated, term, operation, hook}`) is recorded
+/// as the fault's `verified`.
+async fn isolate_hook_caller(
+    ctx: &Ctx,
+    step: &str,
+    until: Instant,
+) -> anyhow::Result<serde_json::Value> {
     let since = crate::hook_log::monotonic_ns();
+    let sleep = Duration::from_millis(ctx.cluster().opts.hook_sleep_ms);
     let logs: Vec<(Host, std::path::PathBuf)> = {
         let c = ctx.cluster();
         c.witness_hosts()
@@ -776,7 +783,7 @@ async fn isolate_hook_caller(ctx: &Ctx, step: &str) -> anyhow::Result<serde_json
             })
             .collect()
     };
-    let deadline = Instant::now() + LEADER_HOOK_WAIT;
+    let deadline = (Instant::now() + LEADER_HOOK_WAIT).min(until);
     while Instant::now() < deadline {
         for (host, log) in &logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -795,6 +802,7 @@ async fn isolate_hook_caller(ctx: &Ctx, step: &str) -> anyhow::Result<serde_json
                 tokio::task::spawn_blocking(move || partition::install(&drops))
                     .await
                     .unwrap_or_else(|e| Err(anyhow::anyhow!("install panicked: {e}")))?;
+                sleep_until_or(sleep, until).await;
                 return Ok(json!({"isolated": host.name, "term": call["term"],
                     "operation": call["operation"], "hook": call["hook"]}));
             }
@@ -802,7 +810,7 @@ async fn isolate_hook_caller(ctx: &Ctx, step: &str) -> anyhow::Result<serde_json
         tokio::time::sleep(LEADER_HOOK_POLL).await;
     }
     anyhow::bail!(
-        "no {step} hook was called within {} s",
+        "no {step} hook was called within {} s or before the time limit",
         LEADER_HOOK_WAIT.as_secs()
     )
 }
