@@ -1159,6 +1159,16 @@ fn hook_calls_without_a_committed_decision_or_from_a_deposed_leader_are_invalid(
     );
     assert_eq!(r.counts["errors"], 1, "{r:#?}");
 
+    // A step that ran no hook (`no-op`) needs no call.
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let mut v = final_ok();
+    v["operations"][0]["steps"][3]["outcome"] = json!("no-op");
+    v["operations"][0]["steps"][3]["detail"] = json!("no rpo-check hook configured");
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    assert_eq!(result(&run(&history), checker).valid, Valid::True);
+
     // Within the ordering margin the two calls are not ordered.
     let mut b = valid_without_final();
     hook_call(&mut b, 1, 2, 1, 2, "fence", "fence-db", 150);

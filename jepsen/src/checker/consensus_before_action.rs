@@ -23,8 +23,8 @@
 //!
 //! Unknown when there is no final state, when no hook call was recorded
 //! (`HOOK_CALLS_MIN`), when a call lacks a field it is judged on, or when a step of an
-//! operation in the final state completed by running hooks (its detail names a hook) with
-//! no call recorded for it: the log lost evidence.
+//! operation in the final state completed by running hooks (not a `no-op`, and its detail
+//! reports `hook NAME: ...`) with no call recorded for it: the log lost evidence.
 
 use std::collections::BTreeSet;
 
@@ -131,6 +131,16 @@ fn uncommitted(call: &Call, op: &FinalOperation) -> Option<String> {
     })
 }
 
+/// Whether a step's detail reports a hook that ran: `hook NAME: ...`, as the executor
+/// describes every call (`no rpo-check hook configured` does not).
+fn ran_hook(detail: &str) -> bool {
+    detail.match_indices("hook ").any(|(at, _)| {
+        let rest = &detail[at + "hook ".len()..];
+        rest.split_once(':')
+            .is_some_and(|(name, _)| !name.is_empty() && !name.contains(char::is_whitespace))
+    })
+}
+
 pub fn check(ctx: &Context) -> CheckResult {
     let mut r = CheckResult::new(NAME);
     let Some(final_state) = &ctx.final_state else {
@@ -195,7 +205,10 @@ pub fn check(ctx: &Context) -> CheckResult {
     let mut steps_with_hooks = 0;
     for op in final_state.operations.values() {
         for s in &op.steps {
-            if !HOOK_STEPS.contains(&s.step.as_str()) || !s.detail.contains("hook ") {
+            if !HOOK_STEPS.contains(&s.step.as_str())
+                || s.outcome == "no-op"
+                || !ran_hook(&s.detail)
+            {
                 continue;
             }
             steps_with_hooks += 1;
