@@ -20,7 +20,7 @@
 //! - `workload`: writers, readers and the operator.
 //! - `runner`: one test from setup to teardown; `store`: where runs are kept.
 //! - `spec`: `test.json`, the options of a run, and the group every workload uses.
-//! - `checker`: the checkers (S1, S2, S4, S5, S6, linearizability, faults, logs, recovery).
+//! - `checker`: the checkers (S1–S7, linearizability, faults, logs, recovery).
 //! - `analyze`: judges a stored run; `results`: what it concluded (`results.json`);
 //!   `report`: its HTML timeline and SVG plots.
 //! - `rng`: the seeded PRNG.
