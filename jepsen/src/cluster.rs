@@ -141,10 +141,11 @@ name = "region-b"
 }
 
 /// The hooks of the group: fence, promote (two, so a deposed leader has a second call to
-/// make after a slow first one) and validate, all exec hooks of `jepsen hook`.
+/// make after a slow first one) and validate (an exec hook of `jepsen hook`, then a webhook
+/// to the calling witness's `jepsen hook-server`).
 fn group_hooks(opts: &SystemOpts) -> String {
     format!(
-        "fence_ends_lease_wait = {}\nhooks = {{ fence = [\"jp-fence\"], promote = [\"jp-promote-db\", \"jp-promote-app\"], validate = [\"jp-validate\"] }}",
+        "fence_ends_lease_wait = {}\nhooks = {{ fence = [\"jp-fence\"], promote = [\"jp-promote-db\", \"jp-promote-app\"], validate = [\"jp-validate\", \"jp-validate-http\"] }}",
         opts.hard_fence
     )
 }
@@ -194,11 +195,23 @@ fn hook_tables(hosts: &[Host], dir: &Path, opts: &SystemOpts) -> anyhow::Result<
         String::new()
     };
     let sleep = format!(", \"--sleep-ms\", \"{}\"", opts.hook_sleep_ms);
+    let secret = dir.join("certs").join("hook.secret");
+    std::fs::create_dir_all(dir.join("certs"))?;
+    // A fresh random secret per run, referenced by file (secrets never enter the policy).
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+    std::fs::write(&secret, data_encoding::HEXLOWER.encode(&key) + "\n")?;
+    let webhook = format!(
+        "[hooks.jp-validate-http]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = {{ file = \"{}\" }}\ntimeout_ms = 5000\n",
+        crate::hook_log::HOOK_PORT,
+        secret.display()
+    );
     Ok([
         table("jp-fence", &fence_args),
         table("jp-promote-db", &sleep),
         table("jp-promote-app", &sleep),
         table("jp-validate", ""),
+        webhook,
     ]
     .join("\n"))
 }
@@ -216,6 +229,8 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Proc>,
     pub health: BTreeMap<String, Proc>,
     pub proxies: BTreeMap<String, Proc>,
+    /// The webhook endpoint on each witness host (`jepsen hook-server`).
+    pub hook_servers: BTreeMap<String, Proc>,
     /// BIND on the DNS host.
     pub bind: Option<Proc>,
 }
@@ -455,6 +470,7 @@ rpc_timeout_ms = 500
             agents: BTreeMap::new(),
             health: BTreeMap::new(),
             proxies: BTreeMap::new(),
+            hook_servers: BTreeMap::new(),
             bind: None,
         })
     }
@@ -567,6 +583,23 @@ rpc_timeout_ms = 500
                         nd.join("proxy.log"),
                     );
                     self.proxies.insert(h.name.clone(), proxy);
+                    let hooks = Proc::new(
+                        &h.name,
+                        &h.ns(),
+                        vec![
+                            me.clone(),
+                            "hook-server".into(),
+                            "--listen".into(),
+                            format!("127.0.0.1:{}", crate::hook_log::HOOK_PORT),
+                            "--log".into(),
+                            nd.join(crate::hook_log::LOG_FILE).display().to_string(),
+                            "--name".into(),
+                            "jp-validate-http".into(),
+                        ],
+                        Vec::new(),
+                        nd.join("hook-server.log"),
+                    );
+                    self.hook_servers.insert(h.name.clone(), hooks);
                 }
                 Role::Database { region } => {
                     let argv = vec![
@@ -626,6 +659,9 @@ rpc_timeout_ms = 500
         for p in self.proxies.values_mut() {
             p.start()?;
         }
+        for p in self.hook_servers.values_mut() {
+            p.start()?;
+        }
         for p in self.health.values_mut() {
             p.start()?;
         }
@@ -649,6 +685,7 @@ rpc_timeout_ms = 500
             &mut self.witnesses,
             &mut self.health,
             &mut self.proxies,
+            &mut self.hook_servers,
         ] {
             for p in set.values_mut() {
                 p.stop();

@@ -10,6 +10,13 @@
 //! shares the kernel's), and the clock nemesis never fakes it, so the calls of different
 //! witnesses are ordered exactly against each other and against the history.
 //!
+//! One hook is a webhook (`kind = "http"`): arbiter POSTs its signed JSON body to
+//! `http://127.0.0.1:HOOK_PORT/hook` inside the calling witness's namespace, where
+//! [`hook_server`] (`jepsen hook-server`, one per witness host) logs the call the same way
+//! when the request arrives and answers `200 OK`. It does not verify the signature (the
+//! harness has no HMAC of its own; arbiter's tests cover signing): it is there for the
+//! call's evidence.
+//!
 //! This module never decides whether a call was right: that is the checker's business.
 
 use std::collections::BTreeMap;
@@ -29,6 +36,10 @@ pub const LOG_FILE: &str = "hooks.jsonl";
 pub const FENCE_FILE: &str = "fenced";
 /// The history's `f` of a hook call.
 pub const HOOK: &str = "hook";
+/// Port of each witness host's webhook endpoint, on its loopback address.
+pub const HOOK_PORT: u16 = 7301;
+/// Largest webhook request read (headers and body); arbiter's bodies are ~200 bytes.
+const REQUEST_BYTES_MAX: usize = 16 * 1024;
 /// Longest sleep a hook honours, whatever its options say (hook timeouts are longer).
 const SLEEP_MS_MAX: u64 = 10_000;
 
@@ -79,14 +90,7 @@ pub fn run_hook(args: &HookArgs) -> anyhow::Result<()> {
         "mono_ns": monotonic_ns(),
         "pid": std::process::id(),
     });
-    let mut text = serde_json::to_string(&line)?;
-    text.push('\n');
-    // One write of one line with O_APPEND: lines of concurrent calls never interleave.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.log)?
-        .write_all(text.as_bytes())?;
+    append(&args.log, &line)?;
     std::thread::sleep(Duration::from_millis(args.sleep_ms.min(SLEEP_MS_MAX)));
     if !args.fence.is_empty() {
         let from = env("FROM");
@@ -104,6 +108,111 @@ pub fn run_hook(args: &HookArgs) -> anyhow::Result<()> {
         println!("{}", json!({"fenced": true, "epoch": epoch}));
     }
     Ok(())
+}
+
+/// Appends `line` to the call log in one write with `O_APPEND`, so lines of concurrent
+/// calls never interleave.
+fn append(log: &Path, line: &serde_json::Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string(line)?;
+    text.push('\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?
+        .write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The webhook endpoint of a witness host: every POST whose body is arbiter's hook context
+/// is logged to `log` as a call of hook `name` (its start being the request's arrival) and
+/// answered `200 OK`; anything else is answered `400`. One connection at a time, forever.
+pub fn hook_server(listen: &str, log: &Path, name: &str) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    eprintln!(
+        "hook endpoint {name} listening on {listen}, logging to {}",
+        log.display()
+    );
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let arrived = monotonic_ns();
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+        let answer = match read_request(&mut conn) {
+            Ok(body) => {
+                let logged = serde_json::from_slice::<serde_json::Value>(&body)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|ctx| {
+                        let line = json!({
+                            "hook": name,
+                            "kind": "http",
+                            "group": ctx["group"],
+                            "from": ctx["from"],
+                            "to": ctx["to"],
+                            "epoch": ctx["epoch"],
+                            "operation": ctx["operation"],
+                            "step": ctx["step"],
+                            "witness": ctx["witness"],
+                            "term": ctx["term"],
+                            "mono_ns": arrived,
+                            "pid": std::process::id(),
+                        });
+                        append(log, &line)
+                    });
+                match logged {
+                    Ok(()) => "200 OK",
+                    Err(e) => {
+                        eprintln!("hook endpoint: {e:#}");
+                        "400 Bad Request"
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("hook endpoint: {e:#}");
+                "400 Bad Request"
+            }
+        };
+        let _ = conn.write_all(
+            format!("HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// Reads one HTTP request and returns its body (`Content-Length` bytes after the headers).
+fn read_request(conn: &mut std::net::TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("a request without Content-Length"))?;
+            let body_at = end + 4;
+            while buf.len() < body_at + length {
+                if buf.len() > REQUEST_BYTES_MAX {
+                    anyhow::bail!("a request over {REQUEST_BYTES_MAX} bytes");
+                }
+                let n = conn.read(&mut chunk)?;
+                if n == 0 {
+                    anyhow::bail!("the request ended early");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(buf[body_at..body_at + length].to_vec());
+        }
+        if buf.len() > REQUEST_BYTES_MAX {
+            anyhow::bail!("a request over {REQUEST_BYTES_MAX} bytes");
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            anyhow::bail!("the request ended early");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// The epoch a writer's fence file names, when it exists: writes of older epochs are

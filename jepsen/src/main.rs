@@ -52,6 +52,16 @@ enum Cmd {
         #[arg(long)]
         fence: Vec<String>,
     },
+    /// The webhook endpoint of a witness host: logs every hook call it receives.
+    #[command(hide = true)]
+    HookServer {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
     /// The delay proxy in front of a witness (run by the harness inside a witness host).
     #[command(hide = true)]
     Proxy {
@@ -150,6 +160,10 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
                 sleep_ms,
                 fence,
             })?;
+            Ok(0)
+        }
+        Cmd::HookServer { listen, log, name } => {
+            jepsen::hook_log::hook_server(&listen, &log, &name)?;
             Ok(0)
         }
         Cmd::Proxy {

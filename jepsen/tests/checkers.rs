@@ -1234,9 +1234,10 @@ fn consensus_before_action_without_evidence_is_unknown() {
     );
 }
 
-/// Goal: S7 reads every automatic failover's committed evidence: a majority of `down` is
-/// valid, fewer is invalid (and so is an `automatic` operation not started by the cluster),
-/// and a final state without automatic failovers is unknown.
+/// Goal: S7 reads the committed evidence of every operation the cluster started itself: an
+/// automatic failover with a majority of `down` is valid, fewer is invalid (and so is an
+/// `automatic` operation not started by the cluster); a failback of its own must say it is
+/// the automatic failback; a final state without operations of its own is unknown.
 #[test]
 fn an_automatic_failover_without_a_majority_down_is_invalid() {
     let checker = "quorum-verdict";
@@ -1260,6 +1261,23 @@ fn an_automatic_failover_without_a_majority_down_is_invalid() {
     );
     assert_eq!(judge("b is down", "arbiter").valid, Valid::False);
     assert_eq!(judge(&verdict(2), "operator").valid, Valid::False);
+
+    // The cluster's own failback: its reason must say it is the automatic failback.
+    let failback = |reason: &str| {
+        let mut b = valid_without_final();
+        let mut op = automatic_operation(reason);
+        op["kind"] = json!("failback");
+        add_final(&mut b, final_value(vec![op], "manual"));
+        let (history, _) = b.finish();
+        result(&run(&history), checker).clone()
+    };
+    let r = failback("a has been up for 4000 ms: automatic failback");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("only the failback rule")),
+        "{r:#?}"
+    );
+    assert_eq!(failback("because").valid, Valid::False);
 
     // No automatic failover, and no final state: unknown.
     let mut b = valid_without_final();

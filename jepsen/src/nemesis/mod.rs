@@ -641,7 +641,12 @@ pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
     }
-    for set in [&mut c.proxies, &mut c.health, &mut c.witnesses] {
+    for set in [
+        &mut c.proxies,
+        &mut c.hook_servers,
+        &mut c.health,
+        &mut c.witnesses,
+    ] {
         for p in set.values_mut() {
             if let Err(e) = p.start() {
                 first_error.get_or_insert(e);
@@ -695,11 +700,21 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         let result = match &fault {
             // A lowered lease takes effect with the cut; a re-added group needs its agent
             // cut off first.
+            // The cut is of the region active now: during the renewals under the long lease
+            // the group may have failed back from the one active when the fault was planned.
             Fault::Policy {
                 variant: "lease-lowered",
+                steps,
                 ..
             } => match apply_policies(&ctx, &fault).await {
-                Ok(()) => install_blocking(&ctx, &fault).await,
+                Ok(()) => {
+                    let now = Fault::Policy {
+                        variant: "lease-lowered",
+                        steps: steps.clone(),
+                        cut: Some(db_cut_drops(&ctx).await),
+                    };
+                    install_blocking(&ctx, &now).await
+                }
                 Err(e) => Err(e),
             },
             Fault::Policy { .. } => match install_blocking(&ctx, &fault).await {
