@@ -35,6 +35,11 @@ pub struct SystemOpts {
     /// Closed safety holes opened again in every witness (`ARBITER_UNSAFE_HOLES`; a build
     /// with the `unsafe-holes` feature).
     pub unsafe_holes: Vec<String>,
+    /// Every promote hook sleeps this long (the window of the `leader-hook` nemesis).
+    pub hook_sleep_ms: u64,
+    /// The fence hook fences the old region's writer and confirms a hard fence, and the
+    /// group ends the lease wait on that confirmation (`fence_ends_lease_wait`).
+    pub hard_fence: bool,
     /// Run witnesses and agents under this libfaketime (needed by the clock nemesis; found
     /// at startup by `nemesis::clock::find_libfaketime`).
     pub libfaketime: Option<PathBuf>,
@@ -73,6 +78,10 @@ impl PolicySpec {
 pub struct PolicyParts {
     pub dns: String,
     pub group_dns: String,
+    /// The group's `hooks = {..}` and `fence_ends_lease_wait` lines.
+    pub group_hooks: String,
+    /// The `[hooks.*]` tables.
+    pub hooks: String,
     pub probes_a: String,
     pub probes_b: String,
 }
@@ -93,6 +102,7 @@ down_after_ms = {down}
 cooldown_ms = 2000
 failback_after_ms = {failback}
 step_attempts = 3
+{group_hooks}
 {group_dns}"#,
                 c0 = spec.candidates[0],
                 c1 = spec.candidates[1],
@@ -102,6 +112,7 @@ step_attempts = 3
                 margin = spec.lease_margin_ms,
                 down = spec.down_after_ms,
                 failback = (spec.down_after_ms * 4).max(4_000),
+                group_hooks = self.group_hooks,
                 group_dns = self.group_dns,
             )
         } else {
@@ -119,12 +130,90 @@ name = "region-a"
 name = "region-b"
 {pb}
 
-{group}"#,
+{group}
+{hooks}"#,
+            hooks = self.hooks,
             dns = self.dns,
             pa = self.probes_a,
             pb = self.probes_b,
         )
     }
+}
+
+/// The hooks of the group: fence, promote (two, so a deposed leader has a second call to
+/// make after a slow first one) and validate (an exec hook of `jepsen hook`, then a webhook
+/// to the calling witness's `jepsen hook-server`).
+fn group_hooks(opts: &SystemOpts) -> String {
+    format!(
+        "fence_ends_lease_wait = {}\nhooks = {{ fence = [\"jp-fence\"], promote = [\"jp-promote-db\", \"jp-promote-app\"], validate = [\"jp-validate\", \"jp-validate-http\"] }}",
+        opts.hard_fence
+    )
+}
+
+/// The `[hooks.*]` tables: each runs this harness's binary (linked into the run directory
+/// by [`Cluster::start`]) inside the calling witness's namespace, logging to that witness's
+/// `nodes/<host>/hooks.jsonl` (the log path is the witness's own: `ARBITER_WITNESS` picks it).
+fn hook_tables(hosts: &[Host], dir: &Path, opts: &SystemOpts) -> anyhow::Result<String> {
+    let me = dir.join("bin").join("jepsen").display().to_string();
+    let script = dir.join("bin").join("hook");
+    // One line of shell: the log of the calling witness, from the id arbiter passes.
+    let nodes = dir.join("nodes").display().to_string();
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# A hook of the jepsen run (generated): logs the call in the calling witness's node directory.\nexec {me} hook --log {nodes}/n\"$ARBITER_WITNESS\"/{log} \"$@\"\n",
+            log = crate::hook_log::LOG_FILE,
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let fence: Vec<String> = hosts
+        .iter()
+        .filter_map(|h| match &h.role {
+            Role::Database { region } => Some(format!(
+                "\"--fence\", \"{region}={}\"",
+                dir.join("nodes")
+                    .join(&h.name)
+                    .join(crate::hook_log::FENCE_FILE)
+                    .display()
+            )),
+            _ => None,
+        })
+        .collect();
+    let table = |name: &str, extra: &str| {
+        format!(
+            "[hooks.{name}]\nkind = \"exec\"\nprogram = \"{}\"\nargs = [\"--name\", \"{name}\"{extra}]\ntimeout_ms = 20000\n",
+            script.display()
+        )
+    };
+    let fence_args = if opts.hard_fence {
+        format!(", {}", fence.join(", "))
+    } else {
+        String::new()
+    };
+    let sleep = format!(", \"--sleep-ms\", \"{}\"", opts.hook_sleep_ms);
+    let secret = dir.join("certs").join("hook.secret");
+    std::fs::create_dir_all(dir.join("certs"))?;
+    // A fresh random secret per run, referenced by file (secrets never enter the policy).
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+    std::fs::write(&secret, data_encoding::HEXLOWER.encode(&key) + "\n")?;
+    let webhook = format!(
+        "[hooks.jp-validate-http]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/hook\"\nsecret = {{ file = \"{}\" }}\ntimeout_ms = 5000\n",
+        crate::hook_log::HOOK_PORT,
+        secret.display()
+    );
+    Ok([
+        table("jp-fence", &fence_args),
+        table("jp-promote-db", &sleep),
+        table("jp-promote-app", &sleep),
+        table("jp-validate", ""),
+        webhook,
+    ]
+    .join("\n"))
 }
 
 /// The processes and files of one run.
@@ -140,6 +229,8 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Proc>,
     pub health: BTreeMap<String, Proc>,
     pub proxies: BTreeMap<String, Proc>,
+    /// The webhook endpoint on each witness host (`jepsen hook-server`).
+    pub hook_servers: BTreeMap<String, Proc>,
     /// BIND on the DNS host.
     pub bind: Option<Proc>,
 }
@@ -362,6 +453,8 @@ rpc_timeout_ms = 500
                 &bind_files.secret,
             ),
             group_dns: crate::dns::group_table(),
+            group_hooks: group_hooks(&opts),
+            hooks: hook_tables(&hosts, dir, &opts)?,
             probes_a: probes(&db_ip("region-a")),
             probes_b: probes(&db_ip("region-b")),
         };
@@ -377,6 +470,7 @@ rpc_timeout_ms = 500
             agents: BTreeMap::new(),
             health: BTreeMap::new(),
             proxies: BTreeMap::new(),
+            hook_servers: BTreeMap::new(),
             bind: None,
         })
     }
@@ -489,6 +583,23 @@ rpc_timeout_ms = 500
                         nd.join("proxy.log"),
                     );
                     self.proxies.insert(h.name.clone(), proxy);
+                    let hooks = Proc::new(
+                        &h.name,
+                        &h.ns(),
+                        vec![
+                            me.clone(),
+                            "hook-server".into(),
+                            "--listen".into(),
+                            format!("127.0.0.1:{}", crate::hook_log::HOOK_PORT),
+                            "--log".into(),
+                            nd.join(crate::hook_log::LOG_FILE).display().to_string(),
+                            "--name".into(),
+                            "jp-validate-http".into(),
+                        ],
+                        Vec::new(),
+                        nd.join("hook-server.log"),
+                    );
+                    self.hook_servers.insert(h.name.clone(), hooks);
                 }
                 Role::Database { region } => {
                     let argv = vec![
@@ -548,6 +659,9 @@ rpc_timeout_ms = 500
         for p in self.proxies.values_mut() {
             p.start()?;
         }
+        for p in self.hook_servers.values_mut() {
+            p.start()?;
+        }
         for p in self.health.values_mut() {
             p.start()?;
         }
@@ -571,6 +685,7 @@ rpc_timeout_ms = 500
             &mut self.witnesses,
             &mut self.health,
             &mut self.proxies,
+            &mut self.hook_servers,
         ] {
             for p in set.values_mut() {
                 p.stop();

@@ -13,12 +13,14 @@
 //! - `cluster`: certificates, node files, policy and the processes of the system under test.
 //! - `dns`: BIND's files, the policy's `[dns]`, and the queries of every DNS source.
 //! - `helpers`: the health endpoint and the delay proxy (`jepsen health-server`, `jepsen proxy`).
+//! - `hook_log`: the policy's hooks (`jepsen hook`), their call log and its collection
+//!   into the history.
 //! - `ctx`: what workloads and the nemesis share; who is leader, which region is active.
 //! - `nemesis`: faults on a seeded schedule, and healing.
 //! - `workload`: writers, readers and the operator.
 //! - `runner`: one test from setup to teardown; `store`: where runs are kept.
 //! - `spec`: `test.json`, the options of a run, and the group every workload uses.
-//! - `checker`: the checkers (S1, S2, S4, S5, S6, linearizability, faults, logs, recovery).
+//! - `checker`: the checkers (S1–S7, linearizability, faults, logs, recovery).
 //! - `analyze`: judges a stored run; `results`: what it concluded (`results.json`);
 //!   `report`: its HTML timeline and SVG plots.
 //! - `rng`: the seeded PRNG.
@@ -30,6 +32,7 @@ pub mod ctx;
 pub mod dns;
 pub mod helpers;
 pub mod history;
+pub mod hook_log;
 pub mod hosts;
 pub mod nemesis;
 pub mod procs;

@@ -38,6 +38,30 @@ enum Cmd {
         #[arg(long)]
         listen: String,
     },
+    /// A hook of the run's policy (run by a witness's leader duties): logs the call, then
+    /// sleeps and fences as asked.
+    #[command(hide = true)]
+    Hook {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        sleep_ms: u64,
+        /// REGION=PATH: fence that region's writer through PATH and confirm a hard fence.
+        #[arg(long)]
+        fence: Vec<String>,
+    },
+    /// The webhook endpoint of a witness host: logs every hook call it receives.
+    #[command(hide = true)]
+    HookServer {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
     /// The delay proxy in front of a witness (run by the harness inside a witness host).
     #[command(hide = true)]
     Proxy {
@@ -56,7 +80,7 @@ struct TestArgs {
     #[arg(long, default_value = "all", value_delimiter = ',')]
     workload: Vec<String>,
     /// Nemeses: all, none, or a comma-separated list of partition, kill, pause, clock,
-    /// loss, delay, health, split-brain.
+    /// loss, delay, health, policy, split-brain, lease-lowered, readd, leader-hook.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload and faults before the final heal.
@@ -89,6 +113,13 @@ struct TestArgs {
     /// `no-leader-confirm` (comma-separated), so a checker can be shown to catch each.
     #[arg(long, value_delimiter = ',')]
     unsafe_hole: Vec<String>,
+    /// Every promote hook sleeps this long (a slow step a partition can fall into).
+    #[arg(long, default_value_t = 0)]
+    hook_sleep_ms: u64,
+    /// The fence hook fences the old region's writer and confirms a hard fence, and the
+    /// group ends the lease wait on it (`fence_ends_lease_wait`).
+    #[arg(long)]
+    hard_fence: bool,
     /// Exit 0 only if the run is invalid and this checker (e.g. S1) says so.
     #[arg(long)]
     expect_invalid: Option<String>,
@@ -115,6 +146,24 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
     match cmd {
         Cmd::HealthServer { listen } => {
             jepsen::helpers::health_server(&listen)?;
+            Ok(0)
+        }
+        Cmd::Hook {
+            name,
+            log,
+            sleep_ms,
+            fence,
+        } => {
+            jepsen::hook_log::run_hook(&jepsen::hook_log::HookArgs {
+                name,
+                log,
+                sleep_ms,
+                fence,
+            })?;
+            Ok(0)
+        }
+        Cmd::HookServer { listen, log, name } => {
+            jepsen::hook_log::hook_server(&listen, &log, &name)?;
             Ok(0)
         }
         Cmd::Proxy {
@@ -149,6 +198,8 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
                     down_after_ms: args.down_after_ms,
                     unsafe_skip_lease_wait: args.unsafe_skip_lease_wait,
                     unsafe_holes: args.unsafe_hole.clone(),
+                    hook_sleep_ms: args.hook_sleep_ms,
+                    hard_fence: args.hard_fence,
                     arbiter_bin: args.arbiter_bin.clone(),
                 },
             };
@@ -168,9 +219,11 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
 const INVARIANT_CHECKERS: &[(&str, &str)] = &[
     ("S1", jepsen::checker::single_writer::NAME),
     ("S2", jepsen::checker::epochs::NAME),
+    ("S3", jepsen::checker::consensus_before_action::NAME),
     ("S4", jepsen::checker::acknowledged::NAME),
     ("S5", jepsen::checker::dns::NAME),
     ("S6", jepsen::checker::operations::NAME),
+    ("S7", jepsen::checker::quorum_verdict::NAME),
 ];
 
 /// Judges `dir` and maps the result to an exit code.

@@ -17,6 +17,9 @@ use crate::history::{Op, OpType};
 /// Where events go, in recording order.
 pub struct Recorder {
     start: Instant,
+    /// `CLOCK_MONOTONIC` at `start`, in nanoseconds: turns a timestamp another process read
+    /// from that clock (a hook's call) into the run's time.
+    start_mono_ns: u64,
     inner: Mutex<Inner>,
 }
 
@@ -30,8 +33,11 @@ impl Recorder {
     /// Creates `path` (truncating it); times are measured from `start`.
     pub fn create(path: &Path, start: Instant) -> anyhow::Result<Recorder> {
         let out = BufWriter::new(File::create(path)?);
+        let start_mono_ns =
+            crate::hook_log::monotonic_ns().saturating_sub(start.elapsed().as_nanos() as u64);
         Ok(Recorder {
             start,
+            start_mono_ns,
             inner: Mutex::new(Inner { out, next: 0 }),
         })
     }
@@ -39,6 +45,12 @@ impl Recorder {
     /// Nanoseconds since the start of the run.
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// A `CLOCK_MONOTONIC` reading (nanoseconds) as nanoseconds since the start of the run;
+    /// `None` for an instant before the start.
+    pub fn run_ns_of_monotonic(&self, mono_ns: u64) -> Option<u64> {
+        mono_ns.checked_sub(self.start_mono_ns)
     }
 
     /// How many events have been recorded.

@@ -31,6 +31,8 @@ const BIND_READY: Duration = Duration::from_secs(20);
 /// Bound on waiting, after recovery, for every DNS source to answer the committed region
 /// (the reconciler repairs BIND every 2 s); what they answer is recorded either way.
 const DNS_CONVERGENCE: Duration = Duration::from_secs(20);
+/// How often the witnesses' hook call logs are copied into the history.
+const HOOK_LOG_POLL: Duration = Duration::from_millis(100);
 /// How often progress is printed while running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -49,6 +51,10 @@ pub struct TestOpts {
     pub unsafe_skip_lease_wait: bool,
     /// Closed safety holes to open again (a build with the `unsafe-holes` feature).
     pub unsafe_holes: Vec<String>,
+    /// Every promote hook sleeps this long.
+    pub hook_sleep_ms: u64,
+    /// The fence hook fences and confirms a hard fence; the group ends the wait on it.
+    pub hard_fence: bool,
     /// Use this arbiter binary instead of building one.
     pub arbiter_bin: Option<PathBuf>,
 }
@@ -75,6 +81,9 @@ impl TestOpts {
         );
         s.extra
             .insert("unsafe_holes".into(), json!(self.unsafe_holes));
+        s.extra
+            .insert("hook_sleep_ms".into(), json!(self.hook_sleep_ms));
+        s.extra.insert("hard_fence".into(), json!(self.hard_fence));
         s
     }
 
@@ -112,6 +121,12 @@ impl TestOpts {
                         .collect()
                 })
                 .unwrap_or_default(),
+            hook_sleep_ms: extra_u64("hook_sleep_ms", 0),
+            hard_fence: s
+                .extra
+                .get("hard_fence")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             arbiter_bin: None,
         })
     }
@@ -248,6 +263,8 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         down_after_ms: opts.down_after_ms,
         unsafe_skip_lease_wait: opts.unsafe_skip_lease_wait,
         unsafe_holes: opts.unsafe_holes.clone(),
+        hook_sleep_ms: opts.hook_sleep_ms,
+        hard_fence: opts.hard_fence,
         libfaketime,
     };
     let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;
@@ -260,10 +277,30 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         rec,
         hosts: plan,
     };
+    let collector = Arc::new(Mutex::new(crate::hook_log::Collector::default()));
+    let collecting = tokio::spawn({
+        let (ctx, collector) = (ctx.clone(), collector.clone());
+        async move {
+            // Bounded by the run: aborted once the run ends.
+            loop {
+                tokio::time::sleep(HOOK_LOG_POLL).await;
+                collector
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .poll(&ctx);
+            }
+        }
+    });
     let result = drive(opts, &ctx).await;
     eprintln!("jepsen: phase teardown");
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || c.cluster().stop_all()).await?;
+    collecting.abort();
+    // The calls of the last moments, now that no witness runs.
+    collector
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .poll(&ctx);
     result
 }
 

@@ -278,10 +278,72 @@ fn assert_invalid_naming(results: &[CheckResult], name: &str, indexes: &[u64]) {
     }
 }
 
+/// A hook call as the collector records it: witness `witness` at `term` started hook `hook`
+/// for `step` of operation `operation` (group `g`, epoch `epoch`) at `ms`.
+#[allow(clippy::too_many_arguments)]
+fn hook_call(
+    b: &mut Builder,
+    witness: u64,
+    term: u64,
+    operation: u64,
+    epoch: u64,
+    step: &str,
+    hook: &str,
+    ms: u64,
+) -> Key {
+    b.op(
+        &format!("hook-n{witness}"),
+        "hook",
+        ms + 1,
+        ms + 1,
+        OpType::Ok,
+        json!({"hook": hook, "group": "g", "from": "a", "to": "b", "epoch": epoch,
+               "operation": operation, "step": step, "witness": witness, "term": term,
+               "mono_ns": 5_000_000_000u64 + ms * 1_000_000, "call_ns": ms * 1_000_000}),
+    )
+}
+
+/// The hooks of the valid run's failover (operation 1, epoch 2): witness 1 leads at term 2.
+fn valid_hook_calls(b: &mut Builder) {
+    hook_call(b, 1, 2, 1, 2, "fence", "fence-db", 150);
+    hook_call(b, 1, 2, 1, 2, "promote", "promote-db", 250);
+    hook_call(b, 1, 2, 1, 2, "validate", "check-b", 420);
+}
+
+/// The quorum verdict an automatic failover's reason carries: `down` of `down` witnesses
+/// out of three, majority two.
+fn verdict(down: usize) -> String {
+    let mut reason = "b is down by quorum verdict; a is up\n3 voters, majority 2:".to_string();
+    for w in 1..=3 {
+        let seen = if w <= down {
+            "down for 900 ms (report 5 ms old): timeout"
+        } else {
+            "up for 100 ms (report 1 ms old)"
+        };
+        reason += &format!("\n  witness {w}: {seen}");
+    }
+    reason
+}
+
+/// An automatic failover back to `a` (operation 2, epoch 3) that an operator aborted at its
+/// fence step, so it activated nothing: S7 judges it all the same.
+fn automatic_operation(reason: &str) -> Value {
+    json!({
+        "id": 2, "group": "g", "kind": "automatic", "from": "b", "to": "a",
+        "from_epoch": 2, "to_epoch": 3, "reason": reason, "actor": "arbiter",
+        "state": "aborted", "error": "", "step": "fence", "created_at_ms": 0,
+        "steps": [{"step": "declare", "outcome": "completed", "detail": "", "finished_at_ms": 0, "index": 20}],
+    })
+}
+
 #[test]
 fn a_valid_history_passes_every_checker() {
     let mut b = valid_without_final();
-    add_final(&mut b, final_value(vec![], "manual"));
+    valid_hook_calls(&mut b);
+    add_final(
+        &mut b,
+        final_value(vec![automatic_operation(&verdict(2))], "manual"),
+    );
     let (history, _) = b.finish();
     for r in run(&history) {
         assert_eq!(r.valid, Valid::True, "{r:#?}");
@@ -557,7 +619,11 @@ fn analyze_writes_results_and_report_and_reads_node_logs() {
         OpType::Fail,
         json!({"operation": 9, "reason": "<script>x</script>"}),
     );
-    add_final(&mut b, final_value(vec![], "manual"));
+    valid_hook_calls(&mut b);
+    add_final(
+        &mut b,
+        final_value(vec![automatic_operation(&verdict(2))], "manual"),
+    );
     let (history, _) = b.finish();
     history.write(&dir.join("history.jsonl")).unwrap();
     spec().write(&dir.join("test.json")).unwrap();
@@ -1027,4 +1093,198 @@ fn a_clock_fault_without_its_read_back_did_not_happen() {
         "verified": [{"host": "n1", "offset_s": 300.01, "rate": 1.0}]}),
     );
     assert_eq!(r.valid, Valid::True, "{r:#?}");
+}
+
+/// Goal: S3 is judged on the hook calls: a call for an operation, epoch or step the final
+/// state never committed is invalid, and so is a call of an older term that started after a
+/// call of a newer term (a deposed leader acting); calls of the old term that started
+/// before the new term's first call are fine.
+#[test]
+fn hook_calls_without_a_committed_decision_or_from_a_deposed_leader_are_invalid() {
+    let checker = "consensus-before-action";
+    let final_ok = || final_value(vec![automatic_operation(&verdict(2))], "manual");
+
+    // Valid: a leader change in the middle of promote; the old leader's last call started
+    // before the new leader's first.
+    let mut b = valid_without_final();
+    hook_call(&mut b, 1, 2, 1, 2, "fence", "fence-db", 150);
+    hook_call(&mut b, 1, 2, 1, 2, "promote", "promote-db", 250);
+    hook_call(&mut b, 2, 3, 1, 2, "promote", "promote-db", 300);
+    hook_call(&mut b, 2, 3, 1, 2, "validate", "check-b", 420);
+    add_final(&mut b, final_ok());
+    let (history, _) = b.finish();
+    let r = result(&run(&history), checker).clone();
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert_eq!(r.counts["terms"], 2, "{r:#?}");
+
+    // A call for an operation the final state does not have, one at an epoch its operation
+    // never had, and one for a step its operation never reached.
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let unknown_op = hook_call(&mut b, 1, 2, 9, 5, "fence", "fence-db", 500);
+    let wrong_epoch = hook_call(&mut b, 1, 2, 1, 7, "promote", "promote-db", 510);
+    let unreached = hook_call(&mut b, 1, 2, 2, 3, "promote", "promote-db", 520);
+    add_final(&mut b, final_ok());
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(
+        &results,
+        checker,
+        &[index(unknown_op), index(wrong_epoch), index(unreached)],
+    );
+    let r = result(&results, checker);
+    assert_eq!(r.counts["errors"], 3, "{r:#?}");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.message.contains("never reached step promote")),
+        "{r:#?}"
+    );
+
+    // The old leader (witness 1, term 2) calls validate after witness 2 at term 3 called
+    // promote: deposed, it acted.
+    let mut b = valid_without_final();
+    hook_call(&mut b, 1, 2, 1, 2, "fence", "fence-db", 150);
+    hook_call(&mut b, 1, 2, 1, 2, "promote", "promote-db", 250);
+    let newer = hook_call(&mut b, 2, 3, 1, 2, "promote", "promote-db", 300);
+    let deposed = hook_call(&mut b, 1, 2, 1, 2, "validate", "check-b", 600);
+    add_final(&mut b, final_ok());
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(&results, checker, &[index(deposed), index(newer)]);
+    let r = result(&results, checker);
+    assert!(
+        r.errors[0].message.contains("a deposed leader acted"),
+        "{r:#?}"
+    );
+    assert_eq!(r.counts["errors"], 1, "{r:#?}");
+
+    // A step that ran no hook (`no-op`) needs no call.
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let mut v = final_ok();
+    v["operations"][0]["steps"][3]["outcome"] = json!("no-op");
+    v["operations"][0]["steps"][3]["detail"] = json!("no rpo-check hook configured");
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    assert_eq!(result(&run(&history), checker).valid, Valid::True);
+
+    // Within the ordering margin the two calls are not ordered.
+    let mut b = valid_without_final();
+    hook_call(&mut b, 1, 2, 1, 2, "fence", "fence-db", 150);
+    hook_call(&mut b, 2, 3, 1, 2, "promote", "promote-db", 200);
+    hook_call(&mut b, 1, 2, 1, 2, "promote", "promote-db", 250);
+    hook_call(&mut b, 2, 3, 1, 2, "validate", "check-b", 420);
+    add_final(&mut b, final_ok());
+    let (history, _) = b.finish();
+    assert_eq!(result(&run(&history), checker).valid, Valid::True);
+}
+
+/// Goal: S3 gives no verdict without evidence: no final state, no hook call at all, a call
+/// without its term, or a step that ran hooks with no call recorded is unknown.
+#[test]
+fn consensus_before_action_without_evidence_is_unknown() {
+    let checker = "consensus-before-action";
+    // No final state.
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let (history, _) = b.finish();
+    assert_eq!(result(&run(&history), checker).valid, Valid::Unknown);
+
+    // No hook call.
+    let mut b = valid_without_final();
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let r = result(&run(&history), checker).clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(r.notes[0].contains("nothing to judge"), "{r:#?}");
+
+    // A call without its term.
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    b.op(
+        "hook-n1",
+        "hook",
+        300,
+        300,
+        OpType::Ok,
+        json!({"hook": "h", "group": "g", "epoch": 2, "operation": 1, "step": "promote",
+               "witness": 1, "call_ns": 300_000_000u64}),
+    );
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let r = result(&run(&history), checker).clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(r.notes.iter().any(|n| n.contains("no `term`")), "{r:#?}");
+
+    // The final state says validate ran a hook; no call of it was recorded.
+    let mut b = valid_without_final();
+    hook_call(&mut b, 1, 2, 1, 2, "fence", "fence-db", 150);
+    let mut v = final_value(vec![], "manual");
+    v["operations"][0]["steps"][7]["detail"] = json!("hook check-b: exit code 0 after 3 ms");
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    let r = result(&run(&history), checker).clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("step validate of operation 1")),
+        "{r:#?}"
+    );
+}
+
+/// Goal: S7 reads the committed evidence of every operation the cluster started itself: an
+/// automatic failover with a majority of `down` is valid, fewer is invalid (and so is an
+/// `automatic` operation not started by the cluster); a failback of its own must say it is
+/// the automatic failback; a final state without operations of its own is unknown.
+#[test]
+fn an_automatic_failover_without_a_majority_down_is_invalid() {
+    let checker = "quorum-verdict";
+    let judge = |reason: &str, actor: &str| {
+        let mut b = valid_without_final();
+        let mut op = automatic_operation(reason);
+        op["actor"] = json!(actor);
+        add_final(&mut b, final_value(vec![op], "manual"));
+        let (history, _) = b.finish();
+        result(&run(&history), checker).clone()
+    };
+    let r = judge(&verdict(3), "arbiter");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert_eq!(r.counts["automatic-failovers"], 1, "{r:#?}");
+
+    let r = judge(&verdict(1), "arbiter");
+    assert_eq!(r.valid, Valid::False, "{r:#?}");
+    assert!(
+        r.errors[0].message.contains("no majority of witnesses"),
+        "{r:#?}"
+    );
+    assert_eq!(judge("b is down", "arbiter").valid, Valid::False);
+    assert_eq!(judge(&verdict(2), "operator").valid, Valid::False);
+
+    // The cluster's own failback: its reason must say it is the automatic failback.
+    let failback = |reason: &str| {
+        let mut b = valid_without_final();
+        let mut op = automatic_operation(reason);
+        op["kind"] = json!("failback");
+        add_final(&mut b, final_value(vec![op], "manual"));
+        let (history, _) = b.finish();
+        result(&run(&history), checker).clone()
+    };
+    let r = failback("a has been up for 4000 ms: automatic failback");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("only the failback rule")),
+        "{r:#?}"
+    );
+    assert_eq!(failback("because").valid, Valid::False);
+
+    // No automatic failover, and no final state: unknown.
+    let mut b = valid_without_final();
+    add_final(&mut b, final_value(vec![], "manual"));
+    let (history, _) = b.finish();
+    let r = result(&run(&history), checker).clone();
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    let (history, _) = valid_without_final().finish();
+    assert_eq!(result(&run(&history), checker).valid, Valid::Unknown);
 }

@@ -74,8 +74,9 @@ fn invalid_checkers(results: &serde_json::Value) -> Vec<String> {
 }
 
 /// Goal: with every nemesis (partitions, kills, pauses, clock jumps, loss, delay, health
-/// loss) on a fixed seed, every checker holds: S1 single writer, S2 epochs, S4 acknowledged
-/// commands, S5 DNS, S6 operations, linearizability, faults installed, recovery, no panics.
+/// loss, policy changes) on a fixed seed, every checker holds: S1 single writer, S2 epochs,
+/// S3 hook calls, S4 acknowledged commands, S5 DNS, S6 operations, S7 quorum verdicts,
+/// linearizability, faults installed, recovery, no panics.
 #[test]
 fn short_run_with_every_nemesis_is_valid() {
     if !can_run() {
@@ -231,4 +232,66 @@ fn holes_of_operator_actions_are_caught_by_s1_when_put_back() {
         "the normal build under both schedules: invalid checkers {:?}",
         invalid_checkers(&results)
     );
+}
+
+/// Goal: S3 catches a deposed leader that keeps calling hooks (`no-leader-confirm` put back:
+/// the leader acts on openraft's `Leader` state without a quorum's confirmation), and the
+/// hard fence's early end of the lease wait runs in both builds. Method: the `leader-hook`
+/// schedule: the active region's database host cut off, so the cluster fails over; the
+/// leader cut off from every host as soon as it starts the first of two 3-second promote
+/// hooks; the fence hook fences the old region's writer and confirms (`--hard-fence`). With
+/// the hole the old leader calls the second promote hook after the new leader's first call
+/// at a newer term, and `consensus-before-action` must say so; the normal build under the
+/// same schedule must be valid (the old leader stops at its next confirmation).
+#[test]
+fn a_deposed_leader_calling_hooks_is_caught_by_s3() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let schedule = [
+        "--workload",
+        "writes,reads",
+        "--nemesis",
+        "leader-hook",
+        "--hook-sleep-ms",
+        "3000",
+        "--hard-fence",
+        "--time-limit",
+        "20",
+        "--lease-ms",
+        "2000",
+        "--down-after-ms",
+        "300",
+        "--recovery",
+        "10",
+        "--seed",
+        "1",
+    ];
+    let (code, dir) = run(
+        "ci-hole-no-leader-confirm",
+        &[&["--unsafe-hole", "no-leader-confirm"], &schedule[..]].concat(),
+    );
+    let results = read_results(&dir);
+    let s3 = &results["checkers"]["consensus-before-action"];
+    assert_eq!(
+        s3["valid"], false,
+        "the deposed leader's calls went unnoticed: {s3}"
+    );
+    let errors = s3["errors"].to_string();
+    assert!(errors.contains("a deposed leader acted"), "{errors}");
+    assert_eq!(code, 1, "an invalid run exits 1");
+
+    let (code, dir) = run("ci-hole-no-leader-confirm-control", &schedule);
+    let results = read_results(&dir);
+    assert_eq!(
+        (code, results["valid"].clone()),
+        (0, serde_json::Value::Bool(true)),
+        "the normal build under the same schedule: invalid checkers {:?}",
+        invalid_checkers(&results)
+    );
+    let hook_steps = results["checkers"]["consensus-before-action"]["counts"]["steps-with-hooks"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(hook_steps > 0, "no step ran hooks: {}", results["checkers"]);
 }

@@ -9,13 +9,15 @@
 //! # Layout
 //!
 //! - `final_state`: the `final` operation's value, parsed once for every checker.
-//! - `single_writer` (S1), `epochs` (S2), `acknowledged` (S4), `dns` (S5), `operations` (S6).
+//! - `single_writer` (S1), `epochs` (S2), `consensus_before_action` (S3, on the hook calls),
+//!   `acknowledged` (S4), `dns` (S5), `operations` (S6), `quorum_verdict` (S7).
 //! - `linearizable`: each group's `(active, epoch)` register, Wing–Gong search with Lowe's
 //!   memoisation and a step budget.
 //! - `faults`, `node_logs`, `recovery`: the run did what it was asked (faults happened, no
 //!   process panicked, the cluster answered again soon after healing).
 
 pub mod acknowledged;
+pub mod consensus_before_action;
 pub mod dns;
 pub mod epochs;
 pub mod faults;
@@ -23,6 +25,7 @@ pub mod final_state;
 pub mod linearizable;
 pub mod node_logs;
 pub mod operations;
+pub mod quorum_verdict;
 pub mod recovery;
 pub mod single_writer;
 
@@ -350,9 +353,11 @@ pub fn check_all(ctx: &Context) -> Vec<CheckResult> {
     vec![
         single_writer::check(ctx),
         epochs::check(ctx),
+        consensus_before_action::check(ctx),
         acknowledged::check(ctx),
         dns::check(ctx),
         operations::check(ctx),
+        quorum_verdict::check(ctx),
         linearizable::check(ctx, ctx.spec.linearizable_steps),
         faults::check(ctx),
         node_logs::check(ctx),

@@ -12,7 +12,9 @@
 //! (random packet drops), `delay` (the witnesses' proxies delay every chunk), `health` (the
 //! active region's health endpoint stops, which makes the cluster fail over by itself), and
 //! `split-brain` (not in `all`: the active region's database host is cut from every witness
-//! again and again, the fault that breaks S1 when the lease wait is skipped).
+//! again and again, the fault that breaks S1 when the lease wait is skipped), and
+//! `leader-hook` (not in `all`: that cut, then the leader cut off from every host as soon as
+//! it starts a promote hook, so a deposed leader has a step in hand).
 //!
 //! A clock fault is `installed: true` only once a process under the faulted host's
 //! libfaketime environment shows the faked clock (`clock`).
@@ -45,7 +47,15 @@ pub const ALL: &[&str] = &[
 /// Kinds that exist but are not part of `all`: the demonstrations that a checker catches
 /// a hole when it is put back (`split-brain`: the lease wait skipped; `lease-lowered`: the
 /// wait taken from a lowered lease; `readd`: a group re-added without a wait).
-pub const EXTRA: &[&str] = &["split-brain", "lease-lowered", "readd"];
+/// `leader-hook`: the leader cut off while it runs a (slow) promote hook, the schedule in
+/// which a deposed leader that does not confirm its leadership calls hooks (S3).
+pub const EXTRA: &[&str] = &["split-brain", "lease-lowered", "readd", "leader-hook"];
+
+/// How long the `leader-hook` fault waits for a promote hook call after cutting the active
+/// region's database host: detection, the lease wait and the steps before promote, with room.
+const LEADER_HOOK_WAIT: Duration = Duration::from_secs(30);
+/// How often it looks at the witnesses' hook logs meanwhile.
+const LEADER_HOOK_POLL: Duration = Duration::from_millis(50);
 
 const PROCESS: &str = "nemesis";
 
@@ -113,6 +123,13 @@ enum Fault {
         steps: Vec<(Duration, crate::cluster::PolicySpec)>,
         cut: Option<Vec<partition::Drop>>,
     },
+    /// The active region's database host cut from every witness (`cut`, so the cluster
+    /// fails over); then, once a witness calls a promote hook, that witness (the leader)
+    /// cut from every other host, in the middle of its step.
+    LeaderHook {
+        cut: Vec<partition::Drop>,
+        targets: Vec<String>,
+    },
 }
 
 impl Fault {
@@ -126,6 +143,7 @@ impl Fault {
             Fault::Delay { .. } => "delay",
             Fault::Health { .. } => "health",
             Fault::Policy { .. } => "policy",
+            Fault::LeaderHook { .. } => "partition",
         }
     }
 
@@ -161,6 +179,9 @@ impl Fault {
             }
             Fault::Health { host } => {
                 json!({"kind": "health", "variant": "endpoint-stopped", "targets": [host]})
+            }
+            Fault::LeaderHook { targets, .. } => {
+                json!({"kind": "leader-hook", "variant": "leader-hook", "targets": targets})
             }
             Fault::Policy {
                 variant,
@@ -269,6 +290,13 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
             }
         }
         "split-brain" => db_cut(ctx, "split-brain").await,
+        "leader-hook" => {
+            let db = active_db(ctx).await;
+            Fault::LeaderHook {
+                cut: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
+                targets: vec![db.name.clone()],
+            }
+        }
         "loss" => {
             let k = rng.range(1, n as u64) as usize;
             Fault::Loss {
@@ -483,6 +511,7 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
     let dir = ctx.cluster().dir.clone();
     match fault {
         Fault::Partition { drops, .. } => partition::install(drops),
+        Fault::LeaderHook { cut, .. } => partition::install(cut),
         Fault::Loss { hosts, probability } => {
             for h in hosts {
                 partition::loss(h, *probability)?;
@@ -612,7 +641,12 @@ pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
     }
-    for set in [&mut c.proxies, &mut c.health, &mut c.witnesses] {
+    for set in [
+        &mut c.proxies,
+        &mut c.hook_servers,
+        &mut c.health,
+        &mut c.witnesses,
+    ] {
         for p in set.values_mut() {
             if let Err(e) = p.start() {
                 first_error.get_or_insert(e);
@@ -666,11 +700,21 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         let result = match &fault {
             // A lowered lease takes effect with the cut; a re-added group needs its agent
             // cut off first.
+            // The cut is of the region active now: during the renewals under the long lease
+            // the group may have failed back from the one active when the fault was planned.
             Fault::Policy {
                 variant: "lease-lowered",
+                steps,
                 ..
             } => match apply_policies(&ctx, &fault).await {
-                Ok(()) => install_blocking(&ctx, &fault).await,
+                Ok(()) => {
+                    let now = Fault::Policy {
+                        variant: "lease-lowered",
+                        steps: steps.clone(),
+                        cut: Some(db_cut_drops(&ctx).await),
+                    };
+                    install_blocking(&ctx, &now).await
+                }
                 Err(e) => Err(e),
             },
             Fault::Policy { .. } => match install_blocking(&ctx, &fault).await {
@@ -680,6 +724,13 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
             // A clock fault counts once a faked process shows it, not once its file is written.
             Fault::Clock { hosts, spec, .. } => match install_blocking(&ctx, &fault).await {
                 Ok(()) => verify_clock(&ctx, hosts, spec)
+                    .await
+                    .map(|v| verified = Some(v)),
+                Err(e) => Err(e),
+            },
+            // The leader is cut off once it is seen calling a promote hook.
+            Fault::LeaderHook { .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => isolate_hook_caller(&ctx, "promote", until)
                     .await
                     .map(|v| verified = Some(v)),
                 Err(e) => Err(e),
@@ -723,6 +774,60 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         sleep_until_or(quiet, until).await;
     }
     installed
+}
+
+/// Waits (at most [`LEADER_HOOK_WAIT`], never past `until`) for a witness to start a hook
+/// call for `step`, as its hook log shows, then cuts that witness from every other host and
+/// keeps it cut for at least the hooks' sleep (so the call it is in ends while it is cut
+/// off, whatever the hold). What it did (`{isolated, term, operation, hook}`) is recorded
+/// as the fault's `verified`.
+async fn isolate_hook_caller(
+    ctx: &Ctx,
+    step: &str,
+    until: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    let since = crate::hook_log::monotonic_ns();
+    let sleep = Duration::from_millis(ctx.cluster().opts.hook_sleep_ms);
+    let logs: Vec<(Host, std::path::PathBuf)> = {
+        let c = ctx.cluster();
+        c.witness_hosts()
+            .into_iter()
+            .map(|h| {
+                let log = c.node_dir(&h.name).join(crate::hook_log::LOG_FILE);
+                (h, log)
+            })
+            .collect()
+    };
+    let deadline = (Instant::now() + LEADER_HOOK_WAIT).min(until);
+    while Instant::now() < deadline {
+        for (host, log) in &logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let call = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["step"] == step && v["mono_ns"].as_u64().is_some_and(|t| t >= since));
+            if let Some(call) = call {
+                let rest: Vec<Host> = ctx
+                    .hosts
+                    .iter()
+                    .filter(|h| h.name != host.name)
+                    .cloned()
+                    .collect();
+                let drops = partition::cut(std::slice::from_ref(host), &rest);
+                tokio::task::spawn_blocking(move || partition::install(&drops))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("install panicked: {e}")))?;
+                sleep_until_or(sleep, until).await;
+                return Ok(json!({"isolated": host.name, "term": call["term"],
+                    "operation": call["operation"], "hook": call["hook"]}));
+            }
+        }
+        tokio::time::sleep(LEADER_HOOK_POLL).await;
+    }
+    anyhow::bail!(
+        "no {step} hook was called within {} s or before the time limit",
+        LEADER_HOOK_WAIT.as_secs()
+    )
 }
 
 /// Probes every faulted host's clock at once (`clock`): what each showed (`[{host,

@@ -8,6 +8,10 @@
 //! deadline has not passed: a paused agent that cannot run its on-lose command does not keep
 //! its region writing. Each record is appended to `writes.log` on the host before the `ok`.
 //!
+//! A hard fence stops the writer too: once the fence hook wrote an epoch into the host's
+//! `fenced` file, no write of an older epoch is accepted (the old primary is fenced, so the
+//! cluster may end the lease wait early on the hook's confirmation).
+//!
 //! A writer that cannot do its job says so in the history (`workload-error`, which makes S1
 //! `unknown`) instead of going quiet: when it cannot open its log, and when the agent's
 //! state file cannot be read for [`AGENT_STATE_WAIT`] in a row (it never appeared, or it
@@ -76,6 +80,13 @@ fn workload_error(ctx: &Ctx, process: &str, node: &str, region: &str, what: &str
     );
 }
 
+/// Whether a hard fence (the policy's fence hook under `--hard-fence`) stopped this region's
+/// primary for writes of `epoch`: the fence names a newer epoch. Checked at the instant a
+/// write is stamped, like the lease, so no write of a fenced epoch is ever accepted.
+fn fenced(fence: &std::path::Path, epoch: u64) -> bool {
+    crate::hook_log::fenced_epoch(fence).is_some_and(|fenced| epoch < fenced)
+}
+
 impl Lease {
     fn valid_at(&self, now: SystemTime) -> bool {
         self.holding && self.deadline.is_some_and(|d| now < d)
@@ -98,6 +109,7 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     };
     let dir = ctx.cluster().node_dir(&db.name);
     let state = dir.join("agent.json");
+    let fence = dir.join(crate::hook_log::FENCE_FILE);
     let process = format!("writer-{region}");
     let agent_process = format!("agent-{region}");
     let mut log = match std::fs::OpenOptions::new()
@@ -165,7 +177,7 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
             &process,
             Some(&db.name),
             None,
-            || lease.valid_at(SystemTime::now()),
+            || lease.valid_at(SystemTime::now()) && !fenced(&fence, lease.epoch),
         );
         if invoked.is_none() {
             continue;
