@@ -12,17 +12,19 @@
 //! # What a hook receives
 //!
 //! Every hook call carries the [`HookContext`]: `group`, `from` (the region being left),
-//! `to` (the region being activated), `epoch`, `operation` (the operation id) and `step`
-//! (`fence`, `rpo-check`, `promote`, `dns` or `validate`). Steps are retried after a leader
+//! `to` (the region being activated), `epoch`, `operation` (the operation id), `step`
+//! (`fence`, `rpo-check`, `promote`, `dns` or `validate`), and `witness` and `term` (the
+//! leader that calls it, so a target can refuse a call from an older term). Steps are retried after a leader
 //! change (S6), so a hook must be idempotent for a given `(group, epoch, operation, step)`.
 //!
 //! ## `exec` hooks
 //!
 //! - Each argument has the placeholders `{group}`, `{from}`, `{to}`, `{epoch}`,
-//!   `{operation}` and `{step}` replaced by the context values, in one pass (a value that
+//!   `{operation}`, `{step}`, `{witness}` and `{term}` replaced by the context values, in one pass (a value that
 //!   itself contains `{step}` is not expanded again). Other text in braces is left as is.
 //! - The environment variables `ARBITER_GROUP`, `ARBITER_FROM`, `ARBITER_TO`,
-//!   `ARBITER_EPOCH`, `ARBITER_OPERATION` and `ARBITER_STEP` carry the same values. The rest
+//!   `ARBITER_EPOCH`, `ARBITER_OPERATION`, `ARBITER_STEP`, `ARBITER_WITNESS` and
+//!   `ARBITER_TERM` carry the same values. The rest
 //!   of the witness's environment is inherited: hook programs are configured by the operator
 //!   and trusted like the witness itself.
 //! - Standard input is `/dev/null`; standard output and standard error share one pipe, so the
@@ -34,8 +36,8 @@
 //! ## `http` hooks
 //!
 //! A `POST` to the configured URL with `Content-Type: application/json` and the body
-//! `{"group":..,"from":..,"to":..,"epoch":..,"operation":..,"step":..}` (epoch and
-//! operation are JSON numbers). Any 2xx status is success; redirects are not followed.
+//! `{"group":..,"from":..,"to":..,"epoch":..,"operation":..,"step":..,"witness":..,"term":..}`
+//! (epoch, operation, witness and term are JSON numbers). Any 2xx status is success; redirects are not followed.
 //!
 //! The request is signed with the hook's secret (read when the hook runs, from the file,
 //! without its trailing newline, or from the environment variable the policy names):
