@@ -15,7 +15,7 @@
 //! | `write` | `writer-<region>` | `{group, region, epoch, seq}` | same (ok once the record is durable on the host) |
 //! | `failover`, `failback` | `operator-<n>` | `{group, to?, request_id}` | ok: `{group, to, epoch, operation, state?}` |
 //! | `mode` | `operator-<n>` | `{group, mode, request_id}` | ok: `{group, mode}` |
-//! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
+//! | `approve`, `retry`, `abort`, `skip` | `operator-<n>` | `{group, operation, step, seen_state?, seen_step?}` (`step`: the step it targets, for a skip the one it names; `seen_*`: what the look before it saw) | the same, plus `error_kind` when the CLI printed one (`operation-state`, `wrong-step`, `not-skippable`, `promote-started`, ...) |
 //! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
 //! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
 //! | `dns-read` | `reader-dns` | `{group, source}` | ok: `{group, source, answer, records, error?}` (what that DNS source answered; S5 judges that every region answered had a committed activation by then) |
@@ -124,8 +124,9 @@ pub const FINAL: &str = "final";
 pub const WORKLOAD_ERROR: &str = "workload-error";
 
 /// Operator commands (S4 checks that every acknowledged one is in the final state).
-pub const OPERATOR_COMMANDS: [&str; 6] =
-    ["failover", "failback", "mode", "approve", "retry", "abort"];
+pub const OPERATOR_COMMANDS: [&str; 7] = [
+    "failover", "failback", "mode", "approve", "retry", "abort", "skip",
+];
 
 /// A whole history, in recording order.
 #[derive(Debug, Clone, Default, PartialEq)]
