@@ -1523,3 +1523,42 @@ fn unaccounted_aborted_and_skipped_steps_are_invalid() {
     );
     assert_eq!(r.counts["errors"], 4, "{r:#?}");
 }
+
+/// Goal: a fence hook called for an operation that an abort then ended during its fence is
+/// a committed decision's call (arbiter moves an aborted operation to step `done`, so S3
+/// takes the step after its last recorded one), while a promote hook for that operation
+/// acted on nothing committed.
+/// Method: operation 3 aborted after its revoke, with hook calls of its fence and promote.
+#[test]
+fn a_fence_hook_of_an_operation_aborted_in_its_fence_is_committed() {
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    hook_call(&mut b, 1, 2, 3, 3, "fence", "fence-db", 520);
+    step_action(&mut b, "abort", 3, "fence", 530, OpType::Ok, None);
+    let aborted = operation_with(
+        3,
+        "aborted",
+        "done",
+        &[("declare", "completed", ""), ("revoke", "completed", "")],
+    );
+    let automatic = automatic_operation(&verdict(2));
+    add_final(
+        &mut b,
+        final_value(vec![automatic, aborted.clone()], "manual"),
+    );
+    let (history, _) = b.finish();
+    for r in run(&history) {
+        assert_eq!(r.valid, Valid::True, "{r:#?}");
+    }
+
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let promote = hook_call(&mut b, 1, 2, 3, 3, "promote", "promote-db", 540);
+    add_final(
+        &mut b,
+        final_value(vec![automatic_operation(&verdict(2)), aborted], "manual"),
+    );
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(&results, "consensus-before-action", &[index(promote)]);
+}
