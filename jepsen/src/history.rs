@@ -22,6 +22,7 @@
 //! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
 //! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
 //! | `hook` | `hook-<witness host>` | `{hook, group, from, to, epoch, operation, step, witness, term, mono_ns, pid}` | ok: the same plus `call_ns` (a policy hook's call as the hook program logged it when it started, or the webhook endpoint when the request arrived, with `kind: "http"`; `call_ns` is that start on the run's clock, from `CLOCK_MONOTONIC`; recorded when the runner collects the log, so `time_ns` is later); info with `error` for a line that does not parse |
+//! | `hook-fail` | `operator-1` | `{group, operation, step}` | ok: the hooks of `step` fail from now on (`nodes/hook-fail`) until the step actions see the operation halted, a newer one, or 12 s pass |
 //! | `workload-error` | `writer-<region>`, ... | `{group, region?, what}` | fail, with `error`: the workload could not do its job (S1 is then unknown) |
 //! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing, and what every DNS source answers |
 //!

@@ -97,6 +97,10 @@ fn short_run_with_every_nemesis_is_valid() {
             "1",
             "--nodes",
             "3",
+            // Promote hooks that take 0.3 s each: long enough for the step actions to meet
+            // the promote step.
+            "--hook-sleep-ms",
+            "300",
         ],
     );
     let results = read_results(&dir);

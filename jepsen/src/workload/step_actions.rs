@@ -13,19 +13,26 @@
 //!
 //! It never waits for the operation it acted on (`--no-wait`): the next step must get its
 //! turn. It changes no mode and declares no operation; the main operator loop does that.
+//!
+//! So that retries and skips also meet halted operations, it sometimes arms a failure of
+//! the hooks of one step (`fence`, `promote` or `validate`: `nodes/hook-fail`, which the
+//! hook program reads) when it first sees an operation, recorded as `hook-fail` with the
+//! step; the operation halts there after its attempts, and the file is emptied once it
+//! is seen halted (or after [`ARMED_MAX`]), so that a retry can succeed.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
+use crate::history::OpType;
 use crate::rng::Rng;
 use crate::spec::GROUP;
 
 /// Pause between two looks at the group's operation, in milliseconds (uniform): short
 /// enough that a step of a few hundred milliseconds is sometimes seen, long enough that
 /// the CLI processes leave the two cores to the witnesses.
-const POLL_MS: (u64, u64) = (100, 350);
+const POLL_MS: (u64, u64) = (60, 200);
 /// How long a look (`status --json`) may take before it is given up.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The kill deadline of an action (it never waits for the operation).
@@ -33,6 +40,12 @@ const ACT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The chance that a look that found an operation leads to an action: the seeded random
 /// moment. Below 1 so that an operation is not acted on at every look.
 const ACT_CHANCE: f64 = 0.5;
+/// The chance that a newly seen operation gets a step whose hooks fail.
+const ARM_CHANCE: f64 = 0.4;
+/// The steps whose hooks the run's policy has, which an armed failure halts.
+const FAIL_STEPS: [&str; 3] = ["fence", "promote", "validate"];
+/// How long an armed failure lasts at most: the step's attempts and backoff, with room.
+pub const ARMED_MAX: Duration = Duration::from_secs(12);
 /// The steps a skip may name when it does not name the current one.
 pub const STEPS: [&str; 7] = [
     "revoke",
@@ -79,10 +92,10 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
         return ("approve", s.step.clone());
     }
     match rng.range(0, 99) {
-        // Aborts are the rarest: an accepted one ends a failover before its activation.
-        0..=11 => ("abort", s.step.clone()),
-        12..=35 => ("retry", s.step.clone()),
-        36..=59 => ("approve", s.step.clone()),
+        // Aborts are the rarest: an accepted one ends a failover before its later steps.
+        0..=5 => ("abort", s.step.clone()),
+        6..=32 => ("retry", s.step.clone()),
+        33..=59 => ("approve", s.step.clone()),
         60..=79 => ("skip", s.step.clone()),
         _ => ("skip", rng.pick(&STEPS).to_string()),
     }
@@ -92,7 +105,18 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
 pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
     let mut rng = Rng::new(seed);
     let look: Vec<String> = ["status", "--json"].iter().map(|s| s.to_string()).collect();
+    let fail_file = ctx
+        .cluster()
+        .dir
+        .join("nodes")
+        .join(crate::hook_log::FAIL_FILE);
+    // The armed failure: the operation it was armed for and since when.
+    let mut armed: Option<(u64, Instant)> = None;
+    let mut last_seen: Option<u64> = None;
     while Instant::now() < until {
+        if armed.is_some_and(|(_, at)| at.elapsed() > ARMED_MAX) {
+            disarm(&fail_file, &mut armed);
+        }
         tokio::time::sleep(Duration::from_millis(rng.range(POLL_MS.0, POLL_MS.1))).await;
         if Instant::now() >= until {
             break;
@@ -109,11 +133,46 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
         else {
             continue;
         };
+        if armed.is_some_and(|(id, _)| id != s.id || s.state == "halted") {
+            disarm(&fail_file, &mut armed);
+        }
+        if last_seen != Some(s.id) {
+            last_seen = Some(s.id);
+            if s.state == "running" && armed.is_none() && rng.chance(ARM_CHANCE) {
+                let step = *rng.pick(&FAIL_STEPS);
+                let value = json!({"group": GROUP, "operation": s.id, "step": step});
+                ctx.rec.invoke("hook-fail", value.clone(), PROCESS, None);
+                match std::fs::write(&fail_file, step) {
+                    Ok(()) => {
+                        armed = Some((s.id, Instant::now()));
+                        ctx.rec
+                            .complete(OpType::Ok, "hook-fail", value, PROCESS, None, None);
+                    }
+                    Err(e) => ctx.rec.complete(
+                        OpType::Fail,
+                        "hook-fail",
+                        value,
+                        PROCESS,
+                        None,
+                        Some(e.to_string()),
+                    ),
+                }
+            }
+        }
         if !rng.chance(ACT_CHANCE) {
             continue;
         }
         let (f, step) = choose(&mut rng, &s);
         act(&ctx, &mut rng, f, &step, &s).await;
+    }
+    disarm(&fail_file, &mut armed);
+}
+
+/// Ends an armed hook failure: the file emptied, so the step's next attempt succeeds.
+fn disarm(path: &std::path::Path, armed: &mut Option<(u64, Instant)>) {
+    if armed.take().is_some() {
+        // An error leaves the hooks failing, which halts operations: visible, not unsafe.
+        let _ = std::fs::write(path, "");
     }
 }
 
