@@ -91,6 +91,17 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
     if s.state == "awaiting-approval" && rng.chance(0.6) {
         return ("approve", s.step.clone());
     }
+    if s.state == "halted" {
+        // A halted operation waits for exactly these: most often a skip of its step
+        // (accepted where skippable, `not-skippable` at the fence) or a retry.
+        return match rng.range(0, 99) {
+            0..=9 => ("abort", s.step.clone()),
+            10..=34 => ("retry", s.step.clone()),
+            35..=44 => ("approve", s.step.clone()),
+            45..=84 => ("skip", s.step.clone()),
+            _ => ("skip", rng.pick(&STEPS).to_string()),
+        };
+    }
     match rng.range(0, 99) {
         // Aborts are the rarest: an accepted one ends a failover before its later steps.
         0..=5 => ("abort", s.step.clone()),
@@ -113,6 +124,9 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
     // The armed failure: the operation it was armed for and since when.
     let mut armed: Option<(u64, Instant)> = None;
     let mut last_seen: Option<u64> = None;
+    // The last operation an abort was tried on: one try per operation, so that most
+    // operations live on to meet the actions at their later steps.
+    let mut abort_tried: Option<u64> = None;
     while Instant::now() < until {
         if armed.is_some_and(|(_, at)| at.elapsed() > ARMED_MAX) {
             disarm(&fail_file, &mut armed);
@@ -162,7 +176,10 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
         if !rng.chance(ACT_CHANCE) {
             continue;
         }
-        let (f, step) = choose(&mut rng, &s);
+        let (mut f, step) = choose(&mut rng, &s);
+        if f == "abort" && abort_tried.replace(s.id) == Some(s.id) {
+            f = "retry";
+        }
         act(&ctx, &mut rng, f, &step, &s).await;
     }
     disarm(&fail_file, &mut armed);
