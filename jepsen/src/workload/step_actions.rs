@@ -16,7 +16,7 @@
 //!
 //! So that retries and skips also meet halted operations, it sometimes arms a failure of
 //! the hooks of one step (`fence`, `promote` or `validate`: `nodes/hook-fail`, which the
-//! hook program reads) when it first sees an operation, recorded as `hook-fail` with the
+//! hook program reads) still ahead of an operation when it first sees it, recorded as `hook-fail` with the
 //! step; the operation halts there after its attempts, and the file is emptied once it
 //! is seen halted (or after [`ARMED_MAX`]), so that a retry can succeed.
 
@@ -104,8 +104,8 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
     }
     match rng.range(0, 99) {
         // Aborts are the rarest: an accepted one ends a failover before its later steps.
-        0..=5 => ("abort", s.step.clone()),
-        6..=32 => ("retry", s.step.clone()),
+        0..=2 => ("abort", s.step.clone()),
+        3..=32 => ("retry", s.step.clone()),
         33..=59 => ("approve", s.step.clone()),
         60..=79 => ("skip", s.step.clone()),
         _ => ("skip", rng.pick(&STEPS).to_string()),
@@ -153,7 +153,18 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
         if last_seen != Some(s.id) {
             last_seen = Some(s.id);
             if s.state == "running" && armed.is_none() && rng.chance(ARM_CHANCE) {
-                let step = *rng.pick(&FAIL_STEPS);
+                // A step still ahead: a fence hook runs as the fence step starts, so an
+                // operation first seen at its fence has called it already.
+                let ahead: Vec<&str> = FAIL_STEPS
+                    .iter()
+                    .copied()
+                    .filter(|f| step_order(f) > step_order(&s.step))
+                    .collect();
+                let step = if ahead.is_empty() {
+                    "validate"
+                } else {
+                    *rng.pick(&ahead)
+                };
                 let value = json!({"group": GROUP, "operation": s.id, "step": step});
                 ctx.rec.invoke("hook-fail", value.clone(), PROCESS, None);
                 match std::fs::write(&fail_file, step) {
@@ -183,6 +194,14 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
         act(&ctx, &mut rng, f, &step, &s).await;
     }
     disarm(&fail_file, &mut armed);
+}
+
+/// The position of `step` in a failover (`declare` first), for "still ahead".
+fn step_order(step: &str) -> usize {
+    std::iter::once("declare")
+        .chain(STEPS)
+        .position(|s| s == step)
+        .unwrap_or(usize::MAX)
 }
 
 /// Ends an armed hook failure: the file emptied, so the step's next attempt succeeds.
