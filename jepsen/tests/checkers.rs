@@ -1562,3 +1562,43 @@ fn a_fence_hook_of_an_operation_aborted_in_its_fence_is_committed() {
     let results = run(&history);
     assert_invalid_naming(&results, "consensus-before-action", &[index(promote)]);
 }
+
+/// Goal: a failback command that ended `info` (its operation halted at validate, after the
+/// activation) explains its own operation, not an earlier automatic failback of the
+/// cluster's own that looks the same; before, it was taken by the first such operation and
+/// its own activation was reported unexplained.
+/// Method: the valid run, then the cluster's automatic failback to `a` (operation 2, epoch 3)
+/// and an operator's failback to `b` (operation 3, epoch 4) whose command ended `info`.
+#[test]
+fn a_halted_failback_explains_its_own_operation_not_the_clusters() {
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    b.event(
+        OpType::Invoke,
+        "operator-0",
+        "failback",
+        640,
+        json!({"group": "g", "request_id": "r9"}),
+    );
+    b.event(
+        OpType::Info,
+        "operator-0",
+        "failback",
+        690,
+        json!({"group": "g", "request_id": "r9", "operation": 3, "to": "b", "epoch": 4}),
+    );
+    let mut automatic = operation(2, "a", "b", 3, "done", &ALL_STEPS);
+    automatic["kind"] = json!("failback");
+    automatic["actor"] = json!("arbiter");
+    automatic["reason"] = json!("region-a has been up for 4000 ms: automatic failback");
+    let mut halted = operation(3, "b", "a", 4, "halted", &ALL_STEPS[..7]);
+    halted["kind"] = json!("failback");
+    halted["step"] = json!("validate");
+    let mut v = final_value(vec![automatic, halted], "manual");
+    v["status"]["groups"][0]["epoch"] = json!(4);
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    let results = run(&history);
+    let r = result(&results, "linearizable");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+}
