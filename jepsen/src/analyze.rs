@@ -4,7 +4,7 @@
 
 use crate::checker::{self, Context, Valid};
 use crate::history::History;
-pub use crate::results::{exit_code, Results};
+pub use crate::results::{exit_code, operator_actions, ActionCounts, Results};
 use crate::spec::TestSpec;
 use std::path::Path;
 
@@ -16,6 +16,7 @@ pub fn check(history: &History, spec: &TestSpec, dir: Option<&Path>) -> Results 
     Results {
         valid,
         checkers: results.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        operator_actions: crate::results::operator_actions(history),
     }
 }
 

@@ -162,8 +162,9 @@ fn hook_tables(hosts: &[Host], dir: &Path, opts: &SystemOpts) -> anyhow::Result<
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# A hook of the jepsen run (generated): logs the call in the calling witness's node directory.\nexec {me} hook --log {nodes}/n\"$ARBITER_WITNESS\"/{log} \"$@\"\n",
+            "#!/bin/sh\n# A hook of the jepsen run (generated): logs the call in the calling witness's node directory.\nexec {me} hook --log {nodes}/n\"$ARBITER_WITNESS\"/{log} --fail-file {nodes}/{fail} \"$@\"\n",
             log = crate::hook_log::LOG_FILE,
+            fail = crate::hook_log::FAIL_FILE,
         ),
     )?;
     {

@@ -15,13 +15,14 @@
 //! | `write` | `writer-<region>` | `{group, region, epoch, seq}` | same (ok once the record is durable on the host) |
 //! | `failover`, `failback` | `operator-<n>` | `{group, to?, request_id}` | ok: `{group, to, epoch, operation, state?}` |
 //! | `mode` | `operator-<n>` | `{group, mode, request_id}` | ok: `{group, mode}` |
-//! | `approve`, `retry`, `abort` | `operator-<n>` | `{operation}` | ok: `{operation}` |
+//! | `approve`, `retry`, `abort`, `skip` | `operator-<n>` | `{group, operation, step, seen_state?, seen_step?}` (`step`: the step it targets, for a skip the one it names; `seen_*`: what the look before it saw) | the same, plus `error_kind` when the CLI printed one (`operation-state`, `wrong-step`, `not-skippable`, `promote-started`, ...) |
 //! | `status` | `reader-<node>` | `{group}` | ok: `{group, active, epoch}` (linearizable read) |
 //! | `fence-check` | `reader-<node>` | `{group, region, epoch}` | ok: `{group, region, epoch, allowed}` |
 //! | `dns-read` | `reader-dns` | `{group, source}` | ok: `{group, source, answer, records, error?}` (what that DNS source answered; S5 judges that every region answered had a committed activation by then) |
 //! | `lease` | `agent-<region>` | `{group, region}` | ok: `{group, region, epoch, held}` (an agent's hold changed) |
 //! | nemesis names (`partition`, `kill`, `pause`, `clock`, `loss`, `delay`, `heal`) | `nemesis` | `{kind, targets, ...}` | ok/info: `{installed: bool, ...}` |
 //! | `hook` | `hook-<witness host>` | `{hook, group, from, to, epoch, operation, step, witness, term, mono_ns, pid}` | ok: the same plus `call_ns` (a policy hook's call as the hook program logged it when it started, or the webhook endpoint when the request arrived, with `kind: "http"`; `call_ns` is that start on the run's clock, from `CLOCK_MONOTONIC`; recorded when the runner collects the log, so `time_ns` is later); info with `error` for a line that does not parse |
+//! | `hook-fail` | `operator-1` | `{group, operation, step}` | ok: the hooks of `step` fail from now on (`nodes/hook-fail`) until the step actions see the operation halted, a newer one, or 12 s pass |
 //! | `workload-error` | `writer-<region>`, ... | `{group, region?, what}` | fail, with `error`: the workload could not do its job (S1 is then unknown) |
 //! | `final` | `checker` | `{}` | ok: `{status, operations, dns?}`: the final `arbiter status --json` and `arbiter operations --json` after healing, and what every DNS source answers |
 //!
@@ -124,8 +125,9 @@ pub const FINAL: &str = "final";
 pub const WORKLOAD_ERROR: &str = "workload-error";
 
 /// Operator commands (S4 checks that every acknowledged one is in the final state).
-pub const OPERATOR_COMMANDS: [&str; 6] =
-    ["failover", "failback", "mode", "approve", "retry", "abort"];
+pub const OPERATOR_COMMANDS: [&str; 7] = [
+    "failover", "failback", "mode", "approve", "retry", "abort", "skip",
+];
 
 /// A whole history, in recording order.
 #[derive(Debug, Clone, Default, PartialEq)]

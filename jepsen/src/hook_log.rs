@@ -69,7 +69,13 @@ pub struct HookArgs {
     /// the epoch into the fence file of the region being left and prints the hard-fence
     /// confirmation `{"fenced": true, "epoch": N}`.
     pub fence: Vec<String>,
+    /// While this file names the call's step, the hook fails after logging (the step
+    /// actions arm it so that an operation halts there).
+    pub fail_file: Option<PathBuf>,
 }
+
+/// The file, in the run's `nodes/`, that makes hooks of the step it names fail.
+pub const FAIL_FILE: &str = "hook-fail";
 
 /// The hook program: logs the call, then sleeps, fences and confirms as asked. An error
 /// (no log, no context) is a failed hook: exit code non-zero.
@@ -92,6 +98,12 @@ pub fn run_hook(args: &HookArgs) -> anyhow::Result<()> {
     });
     append(&args.log, &line)?;
     std::thread::sleep(Duration::from_millis(args.sleep_ms.min(SLEEP_MS_MAX)));
+    if let Some(path) = &args.fail_file {
+        let armed = std::fs::read_to_string(path).unwrap_or_default();
+        if !armed.trim().is_empty() && armed.trim() == env("STEP") {
+            anyhow::bail!("failing as {} asks (step {})", path.display(), armed.trim());
+        }
+    }
     if !args.fence.is_empty() {
         let from = env("FROM");
         let path = args

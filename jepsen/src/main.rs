@@ -51,6 +51,9 @@ enum Cmd {
         /// REGION=PATH: fence that region's writer through PATH and confirm a hard fence.
         #[arg(long)]
         fence: Vec<String>,
+        /// Fail (after logging) while PATH names this call's step: the step actions' halts.
+        #[arg(long)]
+        fail_file: Option<PathBuf>,
     },
     /// The webhook endpoint of a witness host: logs every hook call it receives.
     #[command(hide = true)]
@@ -153,12 +156,14 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
             log,
             sleep_ms,
             fence,
+            fail_file,
         } => {
             jepsen::hook_log::run_hook(&jepsen::hook_log::HookArgs {
                 name,
                 log,
                 sleep_ms,
                 fence,
+                fail_file,
             })?;
             Ok(0)
         }

@@ -349,6 +349,11 @@ async fn drive(opts: &TestOpts, ctx: &Ctx) -> anyhow::Result<()> {
             opts.seed.wrapping_add(7),
             run_until,
         )));
+        tasks.push(tokio::spawn(crate::workload::step_actions::run(
+            ctx.clone(),
+            opts.seed.wrapping_add(8),
+            run_until,
+        )));
     }
     let progress = tokio::spawn({
         let ctx = ctx.clone();

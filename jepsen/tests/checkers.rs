@@ -1288,3 +1288,317 @@ fn an_automatic_failover_without_a_majority_down_is_invalid() {
     let (history, _) = valid_without_final().finish();
     assert_eq!(result(&run(&history), checker).valid, Valid::Unknown);
 }
+
+/// An operation (group `g`, `a` -> `b`, epoch 3) in `state` at `step`, with `steps` as
+/// `(step, outcome, detail)`.
+fn operation_with(id: u64, state: &str, step: &str, steps: &[(&str, &str, &str)]) -> Value {
+    json!({
+        "id": id, "group": "g", "kind": "failover", "from": "b", "to": "a",
+        "from_epoch": 2, "to_epoch": 3, "reason": "test", "actor": "operator",
+        "state": state, "error": "", "step": step, "created_at_ms": 0,
+        "steps": steps.iter().enumerate().map(|(i, (s, outcome, detail))| json!({
+            "step": s, "outcome": outcome, "detail": detail, "finished_at_ms": 0, "index": 30 + i,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A step action of `operator-1`: `f` of `operation` targeting `step`, ending `kind` (with
+/// the CLI's `error_kind` when refused) between `start` and `start + 5` ms.
+fn step_action(
+    b: &mut Builder,
+    f: &str,
+    operation: u64,
+    step: &str,
+    start: u64,
+    kind: OpType,
+    error_kind: Option<&str>,
+) -> Key {
+    let value = json!({"group": "g", "operation": operation, "step": step,
+                       "seen_state": "running", "seen_step": step});
+    let k = b.event(OpType::Invoke, "operator-1", f, start, value.clone());
+    let mut done = value;
+    if let Some(e) = error_kind {
+        done["error_kind"] = json!(e);
+    }
+    b.event(kind, "operator-1", f, start + 5, done);
+    k
+}
+
+/// Goal: refused step actions change nothing, and accepted ones that the final state shows
+/// leave every checker valid; `results.json`'s summary counts them per kind and step.
+/// Method: the valid run plus an accepted skip of operation 3's rpo-check (recorded skipped,
+/// the operation halted at promote), an accepted abort of operation 4 at its fence (aborted),
+/// and refusals: an abort at the promote (`promote-started`), a skip of the fence
+/// (`not-skippable`), a retry of a running operation (`operation-state`).
+#[test]
+fn step_actions_the_final_state_shows_are_valid_and_counted() {
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    step_action(&mut b, "skip", 3, "rpo-check", 520, OpType::Ok, None);
+    step_action(&mut b, "abort", 4, "fence", 530, OpType::Ok, None);
+    step_action(
+        &mut b,
+        "abort",
+        3,
+        "promote",
+        540,
+        OpType::Fail,
+        Some("promote-started"),
+    );
+    step_action(
+        &mut b,
+        "skip",
+        3,
+        "fence",
+        550,
+        OpType::Fail,
+        Some("not-skippable"),
+    );
+    step_action(
+        &mut b,
+        "retry",
+        3,
+        "promote",
+        560,
+        OpType::Fail,
+        Some("operation-state"),
+    );
+    let skipped = operation_with(
+        3,
+        "halted",
+        "promote",
+        &[
+            ("declare", "completed", ""),
+            ("revoke", "completed", ""),
+            ("fence", "completed", ""),
+            ("rpo-check", "skipped", "skipped by operator"),
+        ],
+    );
+    let aborted = operation_with(4, "aborted", "done", &[("declare", "completed", "")]);
+    let automatic = automatic_operation(&verdict(2));
+    add_final(
+        &mut b,
+        final_value(vec![automatic, skipped, aborted], "manual"),
+    );
+    let (history, _) = b.finish();
+    for r in run(&history) {
+        assert_eq!(r.valid, Valid::True, "{r:#?}");
+    }
+    let spec = spec();
+    let summary = analyze::check(&history, &spec, Some(logs_dir())).operator_actions;
+    let skip = &summary["skip"];
+    assert_eq!((skip["rpo-check"].accepted, skip["fence"].refused), (1, 1));
+    assert_eq!(skip["fence"].kinds["not-skippable"], 1);
+    assert_eq!(summary["abort"]["fence"].accepted, 1);
+    assert_eq!(summary["abort"]["promote"].kinds["promote-started"], 1);
+    assert_eq!(summary["retry"]["promote"].refused, 1);
+}
+
+/// Goal: S4 reports an acknowledged abort whose operation did not end aborted and an
+/// acknowledged skip whose step the final state does not show skipped.
+#[test]
+fn acknowledged_aborts_and_skips_the_final_state_lacks_are_invalid() {
+    let mut b = valid_without_final();
+    let skip = step_action(&mut b, "skip", 3, "validate", 520, OpType::Ok, None);
+    let abort = step_action(&mut b, "abort", 4, "revoke", 530, OpType::Ok, None);
+    let refused = step_action(
+        &mut b,
+        "abort",
+        3,
+        "dns",
+        540,
+        OpType::Fail,
+        Some("already-activated"),
+    );
+    let halted = operation_with(
+        3,
+        "halted",
+        "validate",
+        &[("declare", "completed", ""), ("revoke", "completed", "")],
+    );
+    let not_aborted = operation_with(4, "halted", "fence", &[("declare", "completed", "")]);
+    add_final(&mut b, final_value(vec![halted, not_aborted], "manual"));
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(
+        &results,
+        "acknowledged-commands",
+        &[index(skip), index(abort)],
+    );
+    let r = result(&results, "acknowledged-commands");
+    assert!(!r.offending_indexes().contains(&index(refused)), "{r:#?}");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.message.contains("no skipped step \"validate\"")),
+        "{r:#?}"
+    );
+}
+
+/// Goal: S6 accounts for aborted and skipped steps: a skipped fence (it guards S1), a step
+/// skipped by an operator with no skip command that may have taken effect (only a refused
+/// one), an aborted operation that recorded its activation and a done operation that lacks
+/// a step are each invalid; a step superseded by a newer operation needs no command.
+#[test]
+fn unaccounted_aborted_and_skipped_steps_are_invalid() {
+    let mut b = valid_without_final();
+    step_action(
+        &mut b,
+        "skip",
+        4,
+        "promote",
+        520,
+        OpType::Fail,
+        Some("wrong-step"),
+    );
+    let head = [
+        ("declare", "completed", ""),
+        ("revoke", "completed", ""),
+        ("fence", "skipped", "skipped by operator"),
+    ];
+    let fence_skipped = operation_with(3, "halted", "rpo-check", &head);
+    let uncommanded = operation_with(
+        4,
+        "halted",
+        "activate",
+        &[
+            ("declare", "completed", ""),
+            ("revoke", "completed", ""),
+            ("fence", "completed", ""),
+            ("rpo-check", "no-op", ""),
+            ("promote", "skipped", "skipped by operator"),
+        ],
+    );
+    let aborted_active = operation_with(
+        5,
+        "aborted",
+        "done",
+        &[("declare", "completed", ""), ("activate", "completed", "")],
+    );
+    let done_short = operation_with(
+        6,
+        "done",
+        "done",
+        &[
+            ("declare", "completed", ""),
+            ("revoke", "completed", ""),
+            ("fence", "completed", ""),
+            ("rpo-check", "no-op", ""),
+            ("promote", "no-op", ""),
+            ("activate", "completed", ""),
+            (
+                "validate",
+                "skipped",
+                "superseded by operation 7 (halted: dns)",
+            ),
+        ],
+    );
+    let fin = add_final(
+        &mut b,
+        final_value(
+            vec![fence_skipped, uncommanded, aborted_active, done_short],
+            "manual",
+        ),
+    );
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(&results, "operations", &[index(fin)]);
+    let r = result(&results, "operations");
+    for needle in [
+        "operation 3 skipped step fence, which guards single-writer safety",
+        "operation 4 recorded step promote skipped by operator, but no skip command",
+        "operation 5 is aborted but recorded its activate step",
+        "operation 6 is done but recorded the steps",
+    ] {
+        assert!(
+            r.errors.iter().any(|e| e.message.contains(needle)),
+            "{needle}: {r:#?}"
+        );
+    }
+    assert!(
+        !r.errors
+            .iter()
+            .any(|e| e.message.contains("operation 6 recorded step validate")),
+        "a superseded step needs no command: {r:#?}"
+    );
+    assert_eq!(r.counts["errors"], 4, "{r:#?}");
+}
+
+/// Goal: a fence hook called for an operation that an abort then ended during its fence is
+/// a committed decision's call (arbiter moves an aborted operation to step `done`, so S3
+/// takes the step after its last recorded one), while a promote hook for that operation
+/// acted on nothing committed.
+/// Method: operation 3 aborted after its revoke, with hook calls of its fence and promote.
+#[test]
+fn a_fence_hook_of_an_operation_aborted_in_its_fence_is_committed() {
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    hook_call(&mut b, 1, 2, 3, 3, "fence", "fence-db", 520);
+    step_action(&mut b, "abort", 3, "fence", 530, OpType::Ok, None);
+    let aborted = operation_with(
+        3,
+        "aborted",
+        "done",
+        &[("declare", "completed", ""), ("revoke", "completed", "")],
+    );
+    let automatic = automatic_operation(&verdict(2));
+    add_final(
+        &mut b,
+        final_value(vec![automatic, aborted.clone()], "manual"),
+    );
+    let (history, _) = b.finish();
+    for r in run(&history) {
+        assert_eq!(r.valid, Valid::True, "{r:#?}");
+    }
+
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    let promote = hook_call(&mut b, 1, 2, 3, 3, "promote", "promote-db", 540);
+    add_final(
+        &mut b,
+        final_value(vec![automatic_operation(&verdict(2)), aborted], "manual"),
+    );
+    let (history, index) = b.finish();
+    let results = run(&history);
+    assert_invalid_naming(&results, "consensus-before-action", &[index(promote)]);
+}
+
+/// Goal: a failback command that ended `info` (its operation halted at validate, after the
+/// activation) explains its own operation, not an earlier automatic failback of the
+/// cluster's own that looks the same; before, it was taken by the first such operation and
+/// its own activation was reported unexplained.
+/// Method: the valid run, then the cluster's automatic failback to `a` (operation 2, epoch 3)
+/// and an operator's failback to `b` (operation 3, epoch 4) whose command ended `info`.
+#[test]
+fn a_halted_failback_explains_its_own_operation_not_the_clusters() {
+    let mut b = valid_without_final();
+    valid_hook_calls(&mut b);
+    b.event(
+        OpType::Invoke,
+        "operator-0",
+        "failback",
+        640,
+        json!({"group": "g", "request_id": "r9"}),
+    );
+    b.event(
+        OpType::Info,
+        "operator-0",
+        "failback",
+        690,
+        json!({"group": "g", "request_id": "r9", "operation": 3, "to": "b", "epoch": 4}),
+    );
+    let mut automatic = operation(2, "a", "b", 3, "done", &ALL_STEPS);
+    automatic["kind"] = json!("failback");
+    automatic["actor"] = json!("arbiter");
+    automatic["reason"] = json!("region-a has been up for 4000 ms: automatic failback");
+    let mut halted = operation(3, "b", "a", 4, "halted", &ALL_STEPS[..7]);
+    halted["kind"] = json!("failback");
+    halted["step"] = json!("validate");
+    let mut v = final_value(vec![automatic, halted], "manual");
+    v["status"]["groups"][0]["epoch"] = json!(4);
+    add_final(&mut b, v);
+    let (history, _) = b.finish();
+    let results = run(&history);
+    let r = result(&results, "linearizable");
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+}

@@ -76,7 +76,8 @@ fn invalid_checkers(results: &serde_json::Value) -> Vec<String> {
 /// Goal: with every nemesis (partitions, kills, pauses, clock jumps, loss, delay, health
 /// loss, policy changes) on a fixed seed, every checker holds: S1 single writer, S2 epochs,
 /// S3 hook calls, S4 acknowledged commands, S5 DNS, S6 operations, S7 quorum verdicts,
-/// linearizability, faults installed, recovery, no panics.
+/// linearizability, faults installed, recovery, no panics; and the operator's step actions
+/// (abort, retry, skip, approve) were each issued.
 #[test]
 fn short_run_with_every_nemesis_is_valid() {
     if !can_run() {
@@ -96,6 +97,10 @@ fn short_run_with_every_nemesis_is_valid() {
             "1",
             "--nodes",
             "3",
+            // Promote hooks that take 0.3 s each: long enough for the step actions to meet
+            // the promote step.
+            "--hook-sleep-ms",
+            "300",
         ],
     );
     let results = read_results(&dir);
@@ -106,6 +111,15 @@ fn short_run_with_every_nemesis_is_valid() {
         invalid_checkers(&results),
         dir.join("timeline.html").display()
     );
+    // The operator's step actions ran: each kind was issued at least once.
+    let actions = &results["operator_actions"];
+    eprintln!("operator actions per step: {actions}");
+    for f in ["abort", "retry", "skip", "approve"] {
+        assert!(
+            actions[f].as_object().is_some_and(|m| !m.is_empty()),
+            "no {f} recorded in results.json's operator_actions: {actions}"
+        );
+    }
 }
 
 /// Goal: the harness catches a real split brain. With the lease wait compiled out (a cargo

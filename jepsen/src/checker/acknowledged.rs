@@ -2,7 +2,7 @@
 //! in the final state. An ok failover/failback's operation exists (with its group and target;
 //! if it returned `done` it is not aborted afterwards); an ok approve left its operation out
 //! of `awaiting-approval`; an ok abort left it `aborted`; an ok retry is in the audit log; an
-//! ok mode change is the group's final mode unless a later mode command may have replaced it,
+//! ok skip left the step it named recorded `skipped` in its operation; an ok mode change is the group's final mode unless a later mode command may have replaced it,
 //! and is in the audit log either way.
 //!
 //! No verdict without evidence: `unknown` without a final state (or one that does not
@@ -38,7 +38,7 @@ pub fn check(ctx: &Context) -> CheckResult {
     for p in &acked {
         match p.invoke.f.as_str() {
             "failover" | "failback" => failover(&mut r, f, p),
-            "approve" | "retry" | "abort" => action(&mut r, f, p),
+            "approve" | "retry" | "abort" | "skip" => action(&mut r, f, p),
             "mode" => mode(&mut r, ctx, f, p),
             _ => {}
         }
@@ -118,6 +118,14 @@ fn action(r: &mut CheckResult, f: &FinalState, p: &Pair) {
         "approve" => (o.state == "awaiting-approval")
             .then(|| format!("operation {id} still awaits approval")),
         "abort" => (o.state != "aborted").then(|| format!("operation {id} ended {}", o.state)),
+        "skip" => {
+            let step = p.str_field("step").unwrap_or("");
+            let skipped = o
+                .steps
+                .iter()
+                .any(|s| s.step == step && s.outcome == "skipped");
+            (!skipped).then(|| format!("operation {id} has no skipped step {step:?}"))
+        }
         _ => {
             let prefix = format!("operation {id}:");
             let seen = f

@@ -6,7 +6,8 @@
 //!
 //! 1. **Committed decision.** Every call names an operation the final state has, of the same
 //!    group and epoch (`to_epoch`), and a step that operation reached: a completed step, or
-//!    the step it is at (running, halted, aborted there). `unfence` calls need an aborted
+//!    the step it is at (running, halted, aborted there: for an aborted operation, which
+//!    arbiter moves to step `done`, the step after its last recorded one). `unfence` calls need an aborted
 //!    operation. A call for anything else acted on a decision that was never committed.
 //! 2. **A deposed leader acts no more.** Calls are ordered by when they started, read by the
 //!    hook program on `CLOCK_MONOTONIC` (the run's clock; one kernel clock for every
@@ -110,10 +111,13 @@ fn uncommitted(call: &Call, op: &FinalOperation) -> Option<String> {
             op.id, op.group, op.to, op.to_epoch
         ));
     }
+    let aborted = op.state == "aborted" || op.state == "aborting";
     let reached = if call.step == "unfence" {
-        op.state == "aborted" || op.state == "aborting"
+        aborted
     } else {
-        op.step == call.step || op.steps.iter().any(|s| s.step == call.step)
+        op.step == call.step
+            || op.steps.iter().any(|s| s.step == call.step)
+            || (aborted && aborted_at(op) == Some(call.step.as_str()))
     };
     (!reached).then(|| {
         format!(
@@ -129,6 +133,26 @@ fn uncommitted(call: &Call, op: &FinalOperation) -> Option<String> {
                 .join(", ")
         )
     })
+}
+
+/// The step an aborted operation was at when the abort committed: the one after its last
+/// recorded step. arbiter moves an aborted operation to `done`, so its `step` no longer
+/// says; an abort is refused once the rpo-check is recorded, so the step after the last
+/// recorded one is the step that was running (a fence whose hook may have run).
+fn aborted_at(op: &FinalOperation) -> Option<&'static str> {
+    const ORDER: [&str; 8] = [
+        "declare",
+        "revoke",
+        "fence",
+        "rpo-check",
+        "promote",
+        "activate",
+        "dns",
+        "validate",
+    ];
+    let last = op.steps.last()?.step.as_str();
+    let i = ORDER.iter().position(|s| *s == last)?;
+    ORDER.get(i + 1).copied()
 }
 
 /// Whether a step's detail reports a hook that ran: `hook NAME: ...`, as the executor

@@ -394,9 +394,14 @@ pub fn group_history(ctx: &Context, group: &str) -> GroupHistory {
             let by_id = commands
                 .iter()
                 .position(|p| p.is_ok() && p.u64_field("operation") == Some(o.id));
+            // An operation of the cluster's own (actor `arbiter`, e.g. an automatic
+            // failback) is never an operator command's, however alike they look: a halted
+            // failback command (`info`, its invocation naming no target) must stay free for
+            // its own operation.
             let by_shape = || {
                 commands.iter().enumerate().position(|(k, p)| {
                     !claimed[k]
+                        && o.actor != super::final_state::AUTOMATIC_ACTOR
                         && p.invoke.f == o.kind
                         && p.u64_field("operation").is_none_or(|id| id == o.id)
                         && p.str_field("to").is_none_or(|t| t == o.to)

@@ -16,7 +16,7 @@ const TOP: f64 = 30.0;
 const BOTTOM: f64 = 40.0;
 
 /// The kinds the latency plot shows (writes and leases are drawn in the timeline).
-const LATENCY_KINDS: [&str; 8] = [
+const LATENCY_KINDS: [&str; 9] = [
     "status",
     "fence-check",
     "failover",
@@ -25,6 +25,7 @@ const LATENCY_KINDS: [&str; 8] = [
     "approve",
     "retry",
     "abort",
+    "skip",
 ];
 
 /// At most this many points per kind in the latency plot (evenly thinned beyond): keeps a

@@ -98,6 +98,30 @@ fn op_title(p: &Pair) -> String {
     t
 }
 
+/// The operator's actions per kind and targeted step: accepted / refused / unknown.
+fn actions_section(out: &mut String, results: &Results) {
+    if results.operator_actions.is_empty() {
+        return;
+    }
+    out.push_str("<table class=checks><tr><th>operator action</th><th>step</th><th>accepted / refused / unknown</th><th>error kinds</th></tr>");
+    for (f, steps) in &results.operator_actions {
+        for (step, c) in steps {
+            let kinds: Vec<String> = c.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+                escape(f),
+                escape(step),
+                c.accepted,
+                c.refused,
+                c.unknown,
+                escape(&kinds.join(", "))
+            );
+        }
+    }
+    out.push_str("</table>");
+}
+
 fn checker_section(out: &mut String, results: &Results) {
     out.push_str("<table class=checks><tr><th>checker</th><th>verdict</th><th>findings</th></tr>");
     for (name, r) in &results.checkers {
@@ -501,6 +525,7 @@ pub fn render(history: &History, spec: &TestSpec, results: &Results) -> String {
         end_ns as f64 / 1e9
     );
     checker_section(&mut out, results);
+    actions_section(&mut out, results);
     out.push_str("<div class=legend>");
     for (text, colour) in [("ok", OK), ("fail", FAIL), ("info / unknown", INFO)] {
         let _ = write!(

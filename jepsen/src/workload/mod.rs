@@ -3,13 +3,16 @@
 //!
 //! - `writes` ([`writer`]): per region, a writer that appends `(region, epoch, seq)` to a
 //!   log on its database host while that region's `arbiter agent` holds the lease.
-//! - `operator` ([`operator`]): failovers, failbacks, mode changes and approvals via the CLI.
+//! - `operator` ([`operator`]): failovers, failbacks, mode changes and approvals via the CLI;
+//!   and ([`step_actions`]) aborts, retries, skips and approvals of the running operation at
+//!   seeded random moments, so that every step meets each action.
 //! - `reads` ([`reader`]): `status` and `fence-check` from every witness host, and
 //!   ([`dns_reader`]) what a random DNS source answers for the group's name.
 
 pub mod dns_reader;
 pub mod operator;
 pub mod reader;
+pub mod step_actions;
 pub mod writer;
 
 /// Every workload `all` stands for.

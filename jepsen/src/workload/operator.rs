@@ -1,6 +1,7 @@
 //! The operator workload: failovers, failbacks, mode changes, approvals and the retry or
 //! abort of halted operations through the `arbiter` CLI, one at a time, from a random
-//! witness host.
+//! witness host (`operator-0`). Beside it, [`super::step_actions`] (`operator-1`) aborts,
+//! retries, skips and approves whatever operation is running, at every step.
 //!
 //! Outcomes are classified like Jepsen's: `ok` when the CLI reports success, `fail` when
 //! the cluster definitely refused (an `arbiter-error` kind from [`super::DEFINITE_KINDS`],
@@ -27,7 +28,7 @@ const PAUSE_MS: (u64, u64) = (2_000, 5_000);
 const PROCESS: &str = "operator-0";
 
 /// Outcome of a CLI call that may have had an effect.
-fn classify(out: &CliOut) -> (OpType, Option<String>) {
+pub(super) fn classify(out: &CliOut) -> (OpType, Option<String>) {
     match out.code {
         Some(0) => (OpType::Ok, None),
         Some(64) => (OpType::Fail, Some(out.error_text())),
@@ -181,13 +182,22 @@ async fn resolve(ctx: &Ctx, rng: &mut Rng) {
                 .min()
         })
     };
+    let step_of = |id: u64| {
+        listed.as_ref().and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|o| o["id"].as_u64() == Some(id))?["step"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
     let (f, id) = match (oldest("awaiting-approval"), oldest("halted")) {
         (Some(id), _) => ("approve", id),
         (None, Some(id)) if rng.chance(0.75) => ("retry", id),
         (None, Some(id)) => ("abort", id),
         (None, None) => return,
     };
-    let value = json!({"operation": id});
+    let value = json!({"group": GROUP, "operation": id, "step": step_of(id)});
     ctx.rec.invoke(f, value.clone(), PROCESS, None);
     let mut args: Vec<String> = vec![f.into(), id.to_string()];
     if f == "abort" {
@@ -197,7 +207,11 @@ async fn resolve(ctx: &Ctx, rng: &mut Rng) {
     }
     let out = on_random_host(ctx, rng, args, KILL_AFTER).await;
     let (kind, error) = classify(&out);
-    ctx.rec.complete(kind, f, value, PROCESS, None, error);
+    let mut done = value;
+    if let Some(k) = out.error_kind() {
+        done["error_kind"] = json!(k);
+    }
+    ctx.rec.complete(kind, f, done, PROCESS, None, error);
 }
 
 #[cfg(test)]
