@@ -360,13 +360,21 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
         }
         "policy" => plan_policy(rng, ctx),
         "lease-lowered" => {
-            // Renewals under a long lease first, then the lease lowered and the active
-            // region's database host cut off at once: the cluster fails over while that
-            // host's agent still holds a lease granted under the long one.
+            // Renewals under a long lease first; then the group frozen (no failover may
+            // start, renewals still answered) and the active region's database host cut off,
+            // so its agent keeps the long lease it was last granted; then the lease lowered
+            // with drift and margin 0 and the mode back to auto: the cluster fails over under
+            // the short lease while that agent still holds the long one. Freezing before the
+            // cut takes the race out: no renewal can fall between the lowering and the cut,
+            // and no failover can start before the lowering.
             let base = PolicySpec::base(&ctx.cluster().opts);
             let high = PolicySpec {
                 lease_ms: base.lease_ms * 3,
                 ..base.clone()
+            };
+            let frozen = PolicySpec {
+                mode: "frozen",
+                ..high.clone()
             };
             let low = PolicySpec {
                 lease_ms: 1_000,
@@ -378,7 +386,11 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
             let cut = db_cut_drops(ctx).await;
             Fault::Policy {
                 variant: "lease-lowered",
-                steps: vec![(Duration::ZERO, high), (renewed, low)],
+                steps: vec![
+                    (Duration::ZERO, high),
+                    (renewed, frozen),
+                    (Duration::ZERO, low),
+                ],
                 cut: Some(cut),
             }
         }
@@ -610,14 +622,16 @@ pub async fn apply_policy(ctx: &Ctx, spec: &PolicySpec, file: &str) -> anyhow::R
     }
 }
 
-/// The policy steps of a policy fault, in order, each after its pause.
-async fn apply_policies(ctx: &Ctx, fault: &Fault) -> anyhow::Result<()> {
-    let Fault::Policy { steps, .. } = fault else {
-        return Ok(());
-    };
+/// Policy steps of a policy fault, in order, each after its pause; `first` numbers the
+/// first one's file.
+async fn apply_policies(
+    ctx: &Ctx,
+    steps: &[(Duration, PolicySpec)],
+    first: usize,
+) -> anyhow::Result<()> {
     for (i, (after, spec)) in steps.iter().enumerate() {
         tokio::time::sleep(*after).await;
-        apply_policy(ctx, spec, &format!("policy-nemesis-{i}.toml")).await?;
+        apply_policy(ctx, spec, &format!("policy-nemesis-{}.toml", first + i)).await?;
     }
     Ok(())
 }
@@ -698,27 +712,33 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
         // What a verified fault showed (the clock probes), recorded with it.
         let mut verified = None;
         let result = match &fault {
-            // A lowered lease takes effect with the cut; a re-added group needs its agent
-            // cut off first.
+            // A lowered lease: every step but the last (the lowering) before the cut, the
+            // last after it. A re-added group needs its agent cut off first.
             // The cut is of the region active now: during the renewals under the long lease
             // the group may have failed back from the one active when the fault was planned.
             Fault::Policy {
                 variant: "lease-lowered",
                 steps,
                 ..
-            } => match apply_policies(&ctx, &fault).await {
-                Ok(()) => {
-                    let now = Fault::Policy {
-                        variant: "lease-lowered",
-                        steps: steps.clone(),
-                        cut: Some(db_cut_drops(&ctx).await),
-                    };
-                    install_blocking(&ctx, &now).await
+            } => {
+                let (before, after) = steps.split_at(steps.len().saturating_sub(1));
+                match apply_policies(&ctx, before, 0).await {
+                    Ok(()) => {
+                        let now = Fault::Policy {
+                            variant: "lease-lowered",
+                            steps: steps.clone(),
+                            cut: Some(db_cut_drops(&ctx).await),
+                        };
+                        match install_blocking(&ctx, &now).await {
+                            Ok(()) => apply_policies(&ctx, after, before.len()).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            Fault::Policy { .. } => match install_blocking(&ctx, &fault).await {
-                Ok(()) => apply_policies(&ctx, &fault).await,
+            }
+            Fault::Policy { steps, .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => apply_policies(&ctx, steps, 0).await,
                 Err(e) => Err(e),
             },
             // A clock fault counts once a faked process shows it, not once its file is written.
