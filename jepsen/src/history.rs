@@ -129,6 +129,19 @@ pub const OPERATOR_COMMANDS: [&str; 7] = [
     "failover", "failback", "mode", "approve", "retry", "abort", "skip",
 ];
 
+/// The steps of an operation, in the order arbiter runs them (`arbiter operations --json`
+/// names them so); a `done` operation records each once, in this order.
+pub const STEPS: [&str; 8] = [
+    "declare",
+    "revoke",
+    "fence",
+    "rpo-check",
+    "promote",
+    "activate",
+    "dns",
+    "validate",
+];
+
 /// A whole history, in recording order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {

@@ -31,6 +31,7 @@ use std::collections::BTreeSet;
 
 use super::final_state::FinalOperation;
 use super::{fmt_s, CheckResult, Context, OpRef, Pair};
+use crate::history::STEPS;
 use crate::hook_log::HOOK;
 
 pub const NAME: &str = "consensus-before-action";
@@ -140,19 +141,9 @@ fn uncommitted(call: &Call, op: &FinalOperation) -> Option<String> {
 /// says; an abort is refused once the rpo-check is recorded, so the step after the last
 /// recorded one is the step that was running (a fence whose hook may have run).
 fn aborted_at(op: &FinalOperation) -> Option<&'static str> {
-    const ORDER: [&str; 8] = [
-        "declare",
-        "revoke",
-        "fence",
-        "rpo-check",
-        "promote",
-        "activate",
-        "dns",
-        "validate",
-    ];
     let last = op.steps.last()?.step.as_str();
-    let i = ORDER.iter().position(|s| *s == last)?;
-    ORDER.get(i + 1).copied()
+    let i = STEPS.iter().position(|s| *s == last)?;
+    STEPS.get(i + 1).copied()
 }
 
 /// Whether a step's detail reports a hook that ran: `hook NAME: ...`, as the executor

@@ -15,22 +15,11 @@
 //! resumed, so S6 was not tested).
 
 use super::{CheckResult, Context};
-use crate::history::OpType;
+use crate::history::{OpType, STEPS};
 use std::collections::BTreeMap;
 
 pub const NAME: &str = "operations";
 
-/// Every step a `done` operation records, in order.
-const STEPS: [&str; 8] = [
-    "declare",
-    "revoke",
-    "fence",
-    "rpo-check",
-    "promote",
-    "activate",
-    "dns",
-    "validate",
-];
 /// The steps an operator may skip (arbiter's `Step::skippable`).
 const SKIPPABLE: [&str; 4] = ["rpo-check", "promote", "dns", "validate"];
 

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cluster::CliOut;
 use crate::ctx::Ctx;
@@ -206,12 +206,18 @@ async fn resolve(ctx: &Ctx, rng: &mut Rng) {
         args.extend(["--timeout".into(), WAIT_S.to_string()]);
     }
     let out = on_random_host(ctx, rng, args, KILL_AFTER).await;
-    let (kind, error) = classify(&out);
+    complete_with_kind(ctx, f, value, &out, PROCESS);
+}
+
+/// Completes the command `f` of `process` as `out` shows it, with the CLI's error kind in
+/// the value when it printed one (what the checkers read of a refused step command).
+pub(super) fn complete_with_kind(ctx: &Ctx, f: &str, value: Value, out: &CliOut, process: &str) {
+    let (kind, error) = classify(out);
     let mut done = value;
     if let Some(k) = out.error_kind() {
         done["error_kind"] = json!(k);
     }
-    ctx.rec.complete(kind, f, done, PROCESS, None, error);
+    ctx.rec.complete(kind, f, done, process, None, error);
 }
 
 #[cfg(test)]

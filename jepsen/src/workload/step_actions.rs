@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
-use crate::history::OpType;
+use crate::history::{OpType, STEPS};
 use crate::rng::Rng;
 use crate::spec::GROUP;
 
@@ -46,16 +46,11 @@ const ARM_CHANCE: f64 = 0.4;
 const FAIL_STEPS: [&str; 3] = ["fence", "promote", "validate"];
 /// How long an armed failure lasts at most: the step's attempts and backoff, with room.
 pub const ARMED_MAX: Duration = Duration::from_secs(12);
-/// The steps a skip may name when it does not name the current one.
-pub const STEPS: [&str; 7] = [
-    "revoke",
-    "fence",
-    "rpo-check",
-    "promote",
-    "activate",
-    "dns",
-    "validate",
-];
+/// The steps a skip may name when it does not name the current one: every step but
+/// `declare`.
+fn skippable() -> &'static [&'static str] {
+    &STEPS[1..]
+}
 /// The action kinds, as `f` in the history.
 pub const ACTIONS: [&str; 4] = ["abort", "retry", "skip", "approve"];
 
@@ -99,7 +94,7 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
             10..=34 => ("retry", s.step.clone()),
             35..=44 => ("approve", s.step.clone()),
             45..=84 => ("skip", s.step.clone()),
-            _ => ("skip", rng.pick(&STEPS).to_string()),
+            _ => ("skip", rng.pick(skippable()).to_string()),
         };
     }
     match rng.range(0, 99) {
@@ -108,7 +103,7 @@ fn choose(rng: &mut Rng, s: &Seen) -> (&'static str, String) {
         3..=32 => ("retry", s.step.clone()),
         33..=59 => ("approve", s.step.clone()),
         60..=79 => ("skip", s.step.clone()),
-        _ => ("skip", rng.pick(&STEPS).to_string()),
+        _ => ("skip", rng.pick(skippable()).to_string()),
     }
 }
 
@@ -198,10 +193,7 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
 
 /// The position of `step` in a failover (`declare` first), for "still ahead".
 fn step_order(step: &str) -> usize {
-    std::iter::once("declare")
-        .chain(STEPS)
-        .position(|s| s == step)
-        .unwrap_or(usize::MAX)
+    STEPS.iter().position(|s| *s == step).unwrap_or(usize::MAX)
 }
 
 /// Ends an armed hook failure: the file emptied, so the step's next attempt succeeds.
@@ -228,12 +220,7 @@ async fn act(ctx: &Ctx, rng: &mut Rng, f: &str, step: &str, s: &Seen) {
     ctx.rec.invoke(f, value.clone(), PROCESS, None);
     let host = rng.pick(&ctx.witnesses()).clone();
     let out = ctx.cli.run(&host, &args, ACT_TIMEOUT).await;
-    let (kind, error) = super::operator::classify(&out);
-    let mut done = value;
-    if let Some(k) = out.error_kind() {
-        done["error_kind"] = json!(k);
-    }
-    ctx.rec.complete(kind, f, done, PROCESS, None, error);
+    super::operator::complete_with_kind(ctx, f, value, &out, PROCESS);
 }
 
 #[cfg(test)]
