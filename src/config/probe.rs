@@ -390,17 +390,18 @@ impl TryFrom<RawProbeSpec> for ProbeSpec {
         };
         let not_for = |field: &str| format!("`{field}` does not apply to kind = \"{kind}\"");
         let needs = |field: &str| format!("kind = \"{kind}\" needs `{field}`");
+        // The first of `fields` that is set but does not apply to this kind.
+        let refuse_set = |fields: &[(&str, bool)]| match fields.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(not_for(field)),
+            None => Ok(()),
+        };
         let target = match raw.kind {
             RawKind::Http => {
-                for (field, present) in [
+                refuse_set(&[
                     ("addr", raw.addr.is_some()),
                     ("service", raw.service.is_some()),
                     ("tls", raw.tls.is_some()),
-                ] {
-                    if present {
-                        return Err(not_for(field));
-                    }
-                }
+                ])?;
                 ProbeTarget::Http {
                     url: raw.url.ok_or_else(|| needs("url"))?,
                     expect_status: raw.expect_status.unwrap_or(200),
@@ -409,32 +410,24 @@ impl TryFrom<RawProbeSpec> for ProbeSpec {
                 }
             }
             RawKind::Tcp => {
-                for (field, present) in [
+                refuse_set(&[
                     ("url", raw.url.is_some()),
                     ("expect_status", raw.expect_status.is_some()),
                     ("body_contains", raw.body_contains.is_some()),
                     ("service", raw.service.is_some()),
                     ("tls", raw.tls.is_some()),
                     ("ca", raw.ca.is_some()),
-                ] {
-                    if present {
-                        return Err(not_for(field));
-                    }
-                }
+                ])?;
                 ProbeTarget::Tcp {
                     addr: raw.addr.ok_or_else(|| needs("addr"))?,
                 }
             }
             RawKind::Grpc => {
-                for (field, present) in [
+                refuse_set(&[
                     ("url", raw.url.is_some()),
                     ("expect_status", raw.expect_status.is_some()),
                     ("body_contains", raw.body_contains.is_some()),
-                ] {
-                    if present {
-                        return Err(not_for(field));
-                    }
-                }
+                ])?;
                 ProbeTarget::Grpc {
                     addr: raw.addr.ok_or_else(|| needs("addr"))?,
                     service: raw.service.unwrap_or_default(),
