@@ -96,8 +96,9 @@ pub enum CertsError {
 /// Files written: `ca.pem`, `ca.key`, `node-1.pem`, `node-1.key` … `node-N.pem`, `node-N.key`,
 /// `client.pem`, `client.key`. Node certificates have subject CN `node-i`, are valid for
 /// `localhost`, `127.0.0.1`, `::1` and every entry of `extra_hosts` (IP addresses become IP
-/// SANs, anything else a DNS SAN), and allow both server and client authentication because
-/// witnesses dial each other. The client certificate has CN `operator` and allows client
+/// SANs, anything else a DNS SAN), name their witness id as the URI SAN
+/// `arbiter://witness/i` (the only identity the witness-to-witness protocol accepts), and allow
+/// both server and client authentication because witnesses dial each other. The client certificate has CN `operator` and allows client
 /// authentication only. Private keys are created with mode 0600.
 ///
 /// Nothing is written unless every check passes: `nodes` must be in `1..=64`, every extra host
@@ -150,7 +151,16 @@ pub fn init_dev_certs(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        leaves.push(generate_leaf(&issuer, now, &name, sans.clone(), &eku)?);
+        let mut node_sans = sans.clone();
+        node_sans.push(SanType::URI(
+            crate::tls::witness_uri(u64::from(i))
+                .try_into()
+                .map_err(|e| CertsError::Generate {
+                    what: format!("certificate for {name}"),
+                    source: e,
+                })?,
+        ));
+        leaves.push(generate_leaf(&issuer, now, &name, node_sans, &eku)?);
     }
     let client = generate_leaf(
         &issuer,
@@ -344,6 +354,7 @@ mod tests {
                         GeneralName::IPAddress(b) if b.len() == 16 => {
                             IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()
                         }
+                        GeneralName::URI(uri) => uri.to_string(),
                         other => format!("{other:?}"),
                     })
                     .collect()
@@ -378,12 +389,21 @@ mod tests {
                 "127.0.0.1",
                 "::1",
                 "witness-a.example",
-                "10.0.0.7"
+                "10.0.0.7",
+                "arbiter://witness/2"
             ]
         );
+        let node2 = crate::tls::TlsMaterial::load(&files.nodes[1]).unwrap();
+        assert_eq!(node2.witness_id(), Some(2));
 
-        let (cn, _, _) = cn_and_sans(&files.client.cert);
+        let (cn, sans, _) = cn_and_sans(&files.client.cert);
         assert_eq!(cn, OPERATOR_CN);
+        assert!(
+            sans.is_empty(),
+            "a client certificate names no witness: {sans:?}"
+        );
+        let client = crate::tls::TlsMaterial::load(&files.client).unwrap();
+        assert_eq!(client.witness_id(), None);
     }
 
     #[cfg(unix)]

@@ -65,6 +65,16 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "tls.cert {cert}: {found}, but this is node {id}: a witness certificate must name its \
+         node id as the URI SAN {uri} (the witness-to-witness protocol accepts no other)"
+    )]
+    WitnessCertificate {
+        cert: String,
+        id: u64,
+        found: String,
+        uri: String,
+    },
     #[error("probes.source_addr {addr} cannot be a probe source on this host: {reason}")]
     ProbeSource {
         addr: std::net::IpAddr,
@@ -149,7 +159,7 @@ impl Node {
         let probe_options = crate::health::ProbeOptions {
             source: config.probe_source,
         };
-        let tls = TlsMaterial::load(&config.tls)?;
+        let tls = witness_tls(&config)?;
         // Bind DNS before anything starts, so a port in use fails the start at once.
         let dns_listeners = match config.dns_listen {
             Some(addr) => Some(DnsListeners::bind(addr).await?),
@@ -345,6 +355,24 @@ impl Node {
         self.duties.abort();
         self.consensus.shutdown().await;
         result
+    }
+}
+
+/// Loads the witness's TLS material and checks that its certificate names this node's id
+/// (`serve --check` runs it too): its peers refuse it on every Raft RPC otherwise.
+pub fn witness_tls(config: &NodeConfig) -> Result<TlsMaterial, NodeError> {
+    let tls = TlsMaterial::load(&config.tls)?;
+    match tls.witness_id() {
+        Some(id) if id == config.id => Ok(tls),
+        other => Err(NodeError::WitnessCertificate {
+            cert: config.tls.cert.display().to_string(),
+            id: config.id,
+            found: match other {
+                Some(id) => format!("it names witness {id}"),
+                None => "it names no witness id".into(),
+            },
+            uri: crate::tls::witness_uri(config.id),
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Mutual TLS for every gRPC connection: loading the cluster CA, our certificate and key from
 //! PEM files, turning them into tonic server and client configurations, and naming the peer
-//! of an incoming request for the audit log.
+//! of an incoming request: its common name for the audit log, and, for a witness, the node
+//! id its certificate names (a URI SAN `arbiter://witness/<id>`, [`WITNESS_URI_PREFIX`]).
 //!
 //! This module owns TLS material and its validation. It must never accept a connection without
 //! a client certificate signed by the cluster CA, never trust any root other than the cluster
@@ -111,6 +112,7 @@ pub struct TlsMaterial {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     common_name: Option<String>,
+    witness_id: Option<u64>,
 }
 
 impl TlsMaterial {
@@ -146,17 +148,24 @@ impl TlsMaterial {
         }
 
         let common_name = common_name_of(&chain[0]);
+        let witness_id = witness_id_of(&chain[0]);
         Ok(Self {
             ca_pem,
             cert_pem,
             key_pem,
             common_name,
+            witness_id,
         })
     }
 
     /// The subject common name of our own certificate, if it has one.
     pub fn common_name(&self) -> Option<&str> {
         self.common_name.as_deref()
+    }
+
+    /// The witness id our own certificate names ([`WITNESS_URI_PREFIX`]), if it names one.
+    pub fn witness_id(&self) -> Option<u64> {
+        self.witness_id
     }
 
     /// Server side: presents our certificate and requires every client to present a
@@ -191,6 +200,42 @@ impl TlsMaterial {
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<String> {
     let certs = req.peer_certs()?;
     common_name_of(certs.first()?)
+}
+
+/// How a witness certificate names its node id: a URI SAN `arbiter://witness/<id>`. Only
+/// such a certificate may speak the witness-to-witness protocol, and only as that id.
+pub const WITNESS_URI_PREFIX: &str = "arbiter://witness/";
+
+/// The URI SAN of witness `id`'s certificate.
+pub fn witness_uri(id: u64) -> String {
+    format!("{WITNESS_URI_PREFIX}{id}")
+}
+
+/// The witness id the peer's certificate on this request's connection names, or `None`
+/// when there is no peer certificate or it names no witness (or more than one).
+pub fn peer_witness<T>(req: &tonic::Request<T>) -> Option<u64> {
+    let certs = req.peer_certs()?;
+    witness_id_of(certs.first()?)
+}
+
+/// The one witness id among the certificate's URI SANs; `None` with none, with two
+/// different ones, or with one that is not a number.
+fn witness_id_of(der: &CertificateDer<'_>) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(WITNESS_URI_PREFIX),
+            _ => None,
+        });
+    let id = ids.next()?.parse().ok()?;
+    match ids.next() {
+        None => Some(id),
+        Some(_) => None,
+    }
 }
 
 fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {

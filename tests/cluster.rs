@@ -360,7 +360,7 @@ async fn peers_and_clients_with_another_ca_are_refused() {
             );
             let channel = network.channel(&target).unwrap();
             arbiter::proto::raft_client::RaftClient::new(channel)
-                .hello(proto::HelloRequest { node_id: 9 })
+                .hello(proto::HelloRequest { node_id: 2 })
                 .await
         }
     };
@@ -399,6 +399,142 @@ async fn peers_and_clients_with_another_ca_are_refused() {
     assert_eq!(after.cluster_id, before.cluster_id);
     assert_eq!(after.policy_version, before.policy_version);
     assert_eq!(after.groups, before.groups);
+    cluster.stop().await;
+}
+
+/// Goal: the witness-to-witness protocol is the witnesses' alone, each speaking only as
+/// itself. A client (operator or agent) certificate from the cluster CA is refused on every
+/// Raft RPC, so it can neither inject log entries or a snapshot, nor vote, nor report probes;
+/// witness 2's certificate is refused when it claims to be witness 1 (as reporter, leader,
+/// candidate or in a hello), so one witness cannot pose as a majority reporting a region down.
+/// Method: a running 3-witness cluster; each RPC dialled with the client certificate, then
+/// with node 2's certificate naming node 1 as the sender; every refusal is
+/// `PERMISSION_DENIED` naming why, and the cluster's state is unchanged afterwards. Node 2
+/// speaking as itself is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
+    use arbiter::proto::raft_client::RaftClient;
+    use arbiter::raft::TypeConfig;
+    use openraft::alias::VoteOf;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+    let cluster = Cluster::start(3).await;
+    cluster.init_with_policy().await;
+    let before = cluster.client().status(0).await.expect("status");
+    let target = cluster.witnesses[0].addr.to_string();
+    let dial = |paths: &arbiter::tls::TlsPaths| {
+        let material = arbiter::tls::TlsMaterial::load(paths).unwrap();
+        let network = arbiter::raft::Network::new(
+            material.client_config(None),
+            std::time::Duration::from_secs(5),
+        );
+        RaftClient::new(network.channel(&target).unwrap())
+    };
+    /// A Raft message body as witnesses send it (JSON).
+    fn message<T: serde::Serialize>(value: &T) -> proto::RaftMessage {
+        proto::RaftMessage {
+            payload: serde_json::to_vec(value).unwrap(),
+        }
+    }
+    /// The call was refused as `PERMISSION_DENIED`, saying `needle`.
+    fn denied<T>(what: &str, r: Result<T, tonic::Status>, needle: &str) {
+        let Err(status) = r else {
+            panic!("{what} was answered")
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains(needle),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // Messages that witness 1 (not the caller) sends: a vote and an append as leader of a
+    // far term, a probe report saying every region is down, a hello.
+    let vote = VoteRequest::<TypeConfig>::new(VoteOf::<TypeConfig>::new(1_000, 1), None);
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: VoteOf::<TypeConfig>::new_committed(1_000, 1),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let down = |witness: u64| proto::ProbeReport {
+        witness,
+        regions: ["region-a", "region-b"]
+            .map(|region| proto::RegionProbe {
+                region: region.into(),
+                ok: false,
+                since_age_ms: 60_000,
+                detail: "forged".into(),
+            })
+            .to_vec(),
+        dns_addr: String::new(),
+    };
+
+    for (who, paths, needle) in [
+        ("client", &cluster.certs.client, "names no witness id"),
+        (
+            "witness 2 as 1",
+            &cluster.certs.nodes[1],
+            "may not speak as",
+        ),
+    ] {
+        tracing::info!(who, "--- every Raft RPC with this certificate");
+        let mut c = dial(paths);
+        denied(
+            &format!("{who}: AppendEntries"),
+            c.append_entries(message(&append)).await,
+            needle,
+        );
+        denied(
+            &format!("{who}: Vote"),
+            c.vote(message(&vote)).await,
+            needle,
+        );
+        denied(
+            &format!("{who}: PreVote"),
+            c.pre_vote(message(&vote)).await,
+            needle,
+        );
+        denied(
+            &format!("{who}: ReportProbes"),
+            c.report_probes(down(1)).await,
+            needle,
+        );
+        denied(
+            &format!("{who}: Hello"),
+            c.hello(proto::HelloRequest { node_id: 1 }).await,
+            needle,
+        );
+        if who == "client" {
+            let chunks = tokio_stream::iter(Vec::<proto::SnapshotChunk>::new());
+            denied(
+                &format!("{who}: InstallSnapshot"),
+                c.install_snapshot(chunks).await,
+                needle,
+            );
+        }
+    }
+
+    tracing::info!("--- witness 2 speaking as itself is answered");
+    let mut c = dial(&cluster.certs.nodes[1]);
+    c.hello(proto::HelloRequest { node_id: 2 })
+        .await
+        .expect("hello as itself");
+    c.report_probes(proto::ProbeReport {
+        witness: 2,
+        ..down(2)
+    })
+    .await
+    .expect("its own report is taken (accepted or not-leader, never denied)");
+
+    tracing::info!("--- nothing changed: no verdict, no operation, the same term");
+    let after = cluster.client().status(0).await.expect("status");
+    assert_eq!(after.groups, before.groups);
+    assert_eq!(after.policy_version, before.policy_version);
     cluster.stop().await;
 }
 

@@ -338,14 +338,26 @@ fn collect_strings(v: &toml::Value, out: &mut Vec<String>) {
 /// Goal: the five production node files are what `arbiter serve` accepts, and together they
 /// describe one cluster: the same initial voters everywhere, 2 + 2 + 1 over three sites, each
 /// witness advertising the address its peers dial, the same timing on all.
-/// Method: `arbiter serve --check` (the systemd ExecStartPre) on each, then the parsed values.
+/// Method: `arbiter serve --check` (the systemd ExecStartPre) on each, with development
+/// certificates for ids 1 to 5 in the TLS paths they name, then the parsed values.
 #[test]
 fn production_node_files_pass_serve_check_and_describe_one_cluster() {
     let dir = tempfile::tempdir().unwrap();
+    // `--check` loads the TLS files and checks that each certificate names its node's id.
+    let certs = arbiter::certs::init_dev_certs(&dir.path().join("certs"), 5, &[], false).unwrap();
     let mut configs = Vec::new();
     for i in 1..=5 {
         let source = read(&format!("deploy/production/node-{i}.toml"));
         let path = stage_node_file(dir.path(), &source, &format!("etc-{i}"));
+        let tls = path.parent().unwrap().join("tls");
+        let node = &certs.nodes[i - 1];
+        for (from, to) in [
+            (&node.ca, "ca.pem"),
+            (&node.cert, "node.pem"),
+            (&node.key, "node.key"),
+        ] {
+            std::fs::copy(from, tls.join(to)).unwrap();
+        }
         let out = Command::new(arbiter_bin())
             .args(["serve", "--check", "--config"])
             .arg(&path)

@@ -253,6 +253,30 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
         &["serve", "--check", "--config", node1.to_str().unwrap()],
     );
     assert!(out.ok("serve --check").contains("ok (node 1"));
+    // A witness certificate must name its own node id: node 2's certificate in node 1's
+    // file is refused by the check (and by `serve`), naming the id it found and the one due.
+    let swapped = c.write(
+        "swapped-cert.toml",
+        &good
+            .replace("node-1.pem", "node-2.pem")
+            .replace("node-1.key", "node-2.key"),
+    );
+    assert_ne!(swapped, node1.to_str().unwrap());
+    for args in [
+        &["serve", "--check", "--config"][..],
+        &["serve", "--config"][..],
+    ] {
+        let args = [args, &[swapped.as_str()]].concat();
+        run(c.path(), &args).refused(
+            "serve with another witness's certificate",
+            EXIT_CONFIG,
+            &[
+                "it names witness 2",
+                "this is node 1",
+                "arbiter://witness/1",
+            ],
+        );
+    }
     // The switch that skips the lease wait (jepsen's split-brain demonstration) exists only
     // in builds with the `unsafe-skip-lease-wait` feature: a normal build refuses it.
     #[cfg(not(feature = "unsafe-skip-lease-wait"))]

@@ -10,6 +10,10 @@ use crate::config::NodeConfig;
 pub(super) async fn serve(path: &Path, check: bool) -> Result<(), Failure> {
     let config =
         NodeConfig::load(path).map_err(|e| Failure::usage(format!("invalid node file: {e}")))?;
+    // Before anything is bound: a certificate that does not name this node's id is a
+    // configuration error (its peers would refuse every Raft RPC from it).
+    crate::tls::install_crypto_provider();
+    crate::node::witness_tls(&config).map_err(|e| Failure::usage(e.to_string()))?;
     if check {
         println!(
             "{}: ok (node {}, site {}, {} initial peers)",

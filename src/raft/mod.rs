@@ -15,6 +15,7 @@ mod types;
 pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView, RaftStatus};
 pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
 pub use service::{ProbeReports, RaftService};
+pub use types::TypeConfig;
 
 /// A witness's log store and state machine, which share one redb database.
 pub struct Stores(

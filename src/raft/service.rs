@@ -1,8 +1,16 @@
 //! The receiving side of the witness-to-witness Raft RPCs: decode, hand to openraft, encode.
+//!
+//! Every RPC here is a witness's: it is answered only for a caller whose certificate names a
+//! witness id ([`crate::tls::WITNESS_URI_PREFIX`]), and only for what that witness may say of
+//! itself: an AppendEntries or snapshot as leader, a vote as candidate, a `Hello` or a probe
+//! report, each under its own id. Anything else is `PERMISSION_DENIED` before openraft or
+//! the leader sees it. This module must never hand openraft a message whose sender is not the
+//! witness it claims to be.
 
 use std::sync::Arc;
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use openraft::vote::RaftLeaderId;
 use openraft::Snapshot;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -40,14 +48,51 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+/// The witness id the caller's certificate names; a caller without one is refused.
+fn witness_caller<T>(req: &Request<T>, rpc: &str) -> Result<u64, Status> {
+    crate::tls::peer_witness(req).ok_or_else(|| {
+        let who = crate::tls::peer_identity(req).unwrap_or_else(|| "unknown".into());
+        tracing::warn!(rpc, caller = %who, "refused: not a witness certificate");
+        Status::permission_denied(format!(
+            "{rpc} is for witnesses only: the caller's certificate ({who}) names no witness id \
+             (a URI SAN {}<id>)",
+            crate::tls::WITNESS_URI_PREFIX
+        ))
+    })
+}
+
+/// Refuses a witness speaking for another: `claimed` is the id the message names as its
+/// sender (leader, candidate, reporter).
+fn as_itself(caller: u64, claimed: u64, rpc: &str, role: &str) -> Result<(), Status> {
+    if caller == claimed {
+        return Ok(());
+    }
+    tracing::warn!(
+        rpc,
+        caller,
+        claimed,
+        "refused: a witness speaking for another"
+    );
+    Err(Status::permission_denied(format!(
+        "{rpc}: witness {caller}'s certificate may not speak as {role} {claimed}"
+    )))
+}
+
+/// The node id a vote names (the leader or candidate it is for).
+fn voter_of(vote: &openraft::alias::VoteOf<TypeConfig>) -> u64 {
+    *vote.leader_id().node_id()
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let caller = witness_caller(&req, "AppendEntries")?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
+        as_itself(caller, voter_of(&rpc.vote), "AppendEntries", "leader")?;
         let resp = self
             .consensus
             .raft
@@ -63,15 +108,19 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let caller = witness_caller(&req, "Vote")?;
         let rpc: VoteRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
+        as_itself(caller, voter_of(&rpc.vote), "Vote", "candidate")?;
         let resp = self.consensus.raft.vote(rpc).await.map_err(raft_error)?;
         reply(&resp)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let caller = witness_caller(&req, "PreVote")?;
         let rpc: VoteRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
+        as_itself(caller, voter_of(&rpc.vote), "PreVote", "candidate")?;
         let resp = self
             .consensus
             .raft
@@ -85,7 +134,9 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let caller = witness_caller(&req, "InstallSnapshot")?;
         let (header, data) = collect_snapshot(req.into_inner()).await?;
+        as_itself(caller, voter_of(&header.vote), "InstallSnapshot", "leader")?;
         let snapshot = Snapshot {
             meta: header.meta,
             snapshot: data,
@@ -100,7 +151,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn report_probes(&self, req: Request<ProbeReport>) -> Result<Response<ProbeAck>, Status> {
+        let caller = witness_caller(&req, "ReportProbes")?;
         let report = req.into_inner();
+        as_itself(caller, report.witness, "ReportProbes", "witness")?;
         if !self.consensus.is_leader() {
             return Ok(Response::new(ProbeAck { accepted: false }));
         }
@@ -111,8 +164,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        Ok(Response::new(
-            self.consensus.hello(req.into_inner().node_id),
-        ))
+        let caller = witness_caller(&req, "Hello")?;
+        let node_id = req.into_inner().node_id;
+        as_itself(caller, node_id, "Hello", "witness")?;
+        Ok(Response::new(self.consensus.hello(node_id)))
     }
 }
