@@ -292,9 +292,17 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
     )
     .refused(
         "serve --unsafe-skip-lease-wait in a normal build",
-        2,
+        EXIT_CONFIG,
         &["--unsafe-skip-lease-wait"],
     );
+    // Every usage error exits 64 like any other bad input; asking for help is no error.
+    run(c.path(), &["status", "--no-such-flag"]).refused(
+        "an unknown flag",
+        EXIT_CONFIG,
+        &["--no-such-flag"],
+    );
+    run(c.path(), &["failover"]).refused("a missing argument", EXIT_CONFIG, &["<GROUP>"]);
+    assert!(run(c.path(), &["--help"]).ok("--help").contains("Usage"));
 
     tracing::info!("--- bad policies are refused before anything is proposed");
     let bad_policies = [

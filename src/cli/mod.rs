@@ -83,7 +83,18 @@ impl From<ClientError> for Failure {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) like every other bad input; help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // The demo writes its witnesses' logs to a file of its own: the terminal shows its timeline.
     if !matches!(cli.command, Cmd::Demo { .. }) {
         init_logging(cli.log_format);
