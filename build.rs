@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded; the variable only tells prost-build where protoc is.
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure().compile_protos(&["proto/arbiter.proto"], &["proto"])?;
+    // Every service and client of ours decodes with `crate::codec` (a malformed request is
+    // INVALID_ARGUMENT naming the field, not INTERNAL).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_protos(&["proto/arbiter.proto"], &["proto"])?;
     tonic_prost_build::configure()
         .build_server(false)
         .compile_protos(&["benches/etcd/rpc.proto"], &["benches/etcd"])?;

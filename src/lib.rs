@@ -43,7 +43,10 @@
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener,
 //!   in a `World` of hooks, DNS servers, probes, a wall clock and storage it is given.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
-//!   client configurations, and the peer identity of a request.
+//!   client configurations, and the peer identity of a request (its common name, and the
+//!   witness id a witness certificate names).
+//! - [`codec`]: the protobuf codec of every service and client (prost's, with a malformed
+//!   message answered `INVALID_ARGUMENT` naming the field).
 //! - [`certs`]: the development CA behind `arbiter certs init`.
 //! - [`demo`]: `arbiter demo`, a whole cluster with simulated regions in one process, and
 //!   the live timeline of a failover.
@@ -64,6 +67,7 @@ pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -538,6 +538,57 @@ async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
     cluster.stop().await;
 }
 
+/// Goal: a request that is not valid protobuf for its message (here a string field that is
+/// not UTF-8) is the caller's error: `INVALID_ARGUMENT` naming the message and field, never
+/// `INTERNAL` (which reads as the witness's fault and invites a retry), and it changes nothing.
+/// Method: a raw gRPC `Failover` whose `group` is the bytes `ff fe`, sent with the cluster's
+/// client certificate through tonic's generic client; then the group is still where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_is_invalid_argument_naming_the_field() {
+    /// `FailoverRequest` with its string fields as bytes, so they can hold anything.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RawFailover {
+        #[prost(bytes = "vec", tag = "1")]
+        group: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        to: Vec<u8>,
+    }
+    let cluster = Cluster::start(1).await;
+    cluster.init_with_policy().await;
+    let before = cluster.client().status(0).await.expect("status");
+    let material = arbiter::tls::TlsMaterial::load(&cluster.certs.client).unwrap();
+    let network = arbiter::raft::Network::new(
+        material.client_config(None),
+        std::time::Duration::from_secs(5),
+    );
+    let channel = network
+        .channel(&cluster.witnesses[0].addr.to_string())
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = RawFailover {
+        group: vec![0xff, 0xfe],
+        to: b"region-b".to_vec(),
+    };
+    let status = grpc
+        .unary::<_, proto::OperationReply, _>(
+            tonic::Request::new(request),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/arbiter.v1.Arbiter/Failover"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("a malformed request must be refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("FailoverRequest.group") && status.message().contains("UTF-8"),
+        "names the message, the field and why: {}",
+        status.message()
+    );
+    let after = cluster.client().status(0).await.expect("status");
+    assert_eq!(after.groups, before.groups);
+    cluster.stop().await;
+}
+
 /// A TLS 1.2 handshake with the witness at `addr` presenting `paths` (trusting their CA):
 /// `Ok` once it completes, `Err` with the TLS error when the witness refuses us. TLS 1.2
 /// because there the server judges the client certificate before its own `Finished`, so the
