@@ -25,6 +25,13 @@ pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
 
+/// The agents' `--watchdog-margin-ms`: they self-fence this long before the deadline while
+/// the watchdog is armed. Below a third of the shortest lease a run grants (the policy
+/// nemesis halves 2 s, `lease-lowered` sets 1 s), which the agent requires, and longer than
+/// the database's close latency (100 ms by default), so a normal loss closes the database
+/// and the device before it fires.
+pub const WATCHDOG_MARGIN_MS: u64 = 300;
+
 /// Timing and build choices of the system under test.
 #[derive(Debug, Clone)]
 pub struct SystemOpts {
@@ -40,6 +47,13 @@ pub struct SystemOpts {
     /// The fence hook fences the old region's writer and confirms a hard fence, and the
     /// group ends the lease wait on that confirmation (`fence_ends_lease_wait`).
     pub hard_fence: bool,
+    /// Every agent arms a watchdog device (a file its host's monitor reads): a paused
+    /// agent's database is closed when its kicks stop. Without it, only the agent's own
+    /// on-lose closes the database.
+    pub watchdog: bool,
+    /// How long the agent's on-gain takes to open its region's database, and its on-lose
+    /// to close it (a promotion, a stop).
+    pub db_latency_ms: u64,
     /// Run witnesses and agents under this libfaketime (needed by the clock nemesis; found
     /// at startup by `nemesis::clock::find_libfaketime`).
     pub libfaketime: Option<PathBuf>,
@@ -603,7 +617,14 @@ rpc_timeout_ms = 500
                     self.hook_servers.insert(h.name.clone(), hooks);
                 }
                 Role::Database { region } => {
-                    let argv = vec![
+                    let database = |action: &str| {
+                        format!(
+                            "'{me}' database {action} --file '{}' --latency-ms {}",
+                            nd.join(crate::database::STATE_FILE).display(),
+                            self.opts.db_latency_ms
+                        )
+                    };
+                    let mut argv = vec![
                         self.bin.display().to_string(),
                         "agent".into(),
                         "--server".into(),
@@ -618,7 +639,22 @@ rpc_timeout_ms = 500
                         nd.join("agent.json").display().to_string(),
                         "--retry-ms".into(),
                         "200".into(),
+                        "--on-gain".into(),
+                        database("open"),
+                        "--on-lose".into(),
+                        database("close"),
                     ];
+                    if self.opts.watchdog {
+                        let device = crate::watchdog::create_device(&nd)?;
+                        argv.extend([
+                            "--watchdog".into(),
+                            "required".into(),
+                            "--watchdog-device".into(),
+                            device.display().to_string(),
+                            "--watchdog-margin-ms".into(),
+                            WATCHDOG_MARGIN_MS.to_string(),
+                        ]);
+                    }
                     let mut env = self.clock_env(&h.name);
                     env.push((
                         "ARBITER_TLS_DIR".into(),

@@ -15,6 +15,9 @@
 //! - `helpers`: the health endpoint and the delay proxy (`jepsen health-server`, `jepsen proxy`).
 //! - `hook_log`: the policy's hooks (`jepsen hook`), their call log and its collection
 //!   into the history.
+//! - `database`: each region's database (open for an epoch or closed), moved by the
+//!   agent's on-gain and on-lose (`jepsen database`), a hard fence and the watchdog;
+//!   `watchdog`: the monitor of each database host's watchdog device.
 //! - `ctx`: what workloads and the nemesis share; who is leader, which region is active.
 //! - `nemesis`: faults on a seeded schedule, and healing.
 //! - `workload`: writers, readers and the operator.
@@ -29,6 +32,7 @@ pub mod analyze;
 pub mod checker;
 pub mod cluster;
 pub mod ctx;
+pub mod database;
 pub mod dns;
 pub mod helpers;
 pub mod history;
@@ -43,4 +47,5 @@ pub mod rng;
 pub mod runner;
 pub mod spec;
 pub mod store;
+pub mod watchdog;
 pub mod workload;

@@ -65,6 +65,17 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// A region's database: open it for the agent's epoch (its on-gain) or close it (its
+    /// on-lose), each after the latency.
+    #[command(hide = true)]
+    Database {
+        /// `open` or `close`.
+        action: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
     /// The delay proxy in front of a witness (run by the harness inside a witness host).
     #[command(hide = true)]
     Proxy {
@@ -123,6 +134,13 @@ struct TestArgs {
     /// group ends the lease wait on it (`fence_ends_lease_wait`).
     #[arg(long)]
     hard_fence: bool,
+    /// The agents arm no watchdog: a paused agent's database stays open until its on-lose
+    /// runs (the control run of S1 against the `paused-agent` nemesis).
+    #[arg(long)]
+    no_watchdog: bool,
+    /// How long the database takes to open (the agent's on-gain) and to close (on-lose).
+    #[arg(long, default_value_t = jepsen::runner::DB_LATENCY_MS_DEFAULT)]
+    db_latency_ms: u64,
     /// Exit 0 only if the run is invalid and this checker (e.g. S1) says so.
     #[arg(long)]
     expect_invalid: Option<String>,
@@ -167,6 +185,14 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Cmd::Database {
+            action,
+            file,
+            latency_ms,
+        } => {
+            jepsen::database::command(&file, &action, latency_ms)?;
+            Ok(0)
+        }
         Cmd::HookServer { listen, log, name } => {
             jepsen::hook_log::hook_server(&listen, &log, &name)?;
             Ok(0)
@@ -205,6 +231,8 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
                     unsafe_holes: args.unsafe_hole.clone(),
                     hook_sleep_ms: args.hook_sleep_ms,
                     hard_fence: args.hard_fence,
+                    watchdog: !args.no_watchdog,
+                    db_latency_ms: args.db_latency_ms,
                     arbiter_bin: args.arbiter_bin.clone(),
                 },
             };

@@ -14,7 +14,10 @@
 //! `split-brain` (not in `all`: the active region's database host is cut from every witness
 //! again and again, the fault that breaks S1 when the lease wait is skipped), and
 //! `leader-hook` (not in `all`: that cut, then the leader cut off from every host as soon as
-//! it starts a promote hook, so a deposed leader has a step in hand).
+//! it starts a promote hook, so a deposed leader has a step in hand), and `paused-agent`
+//! (not in `all`: the active region's agent paused and its database host cut from every
+//! witness, held until the other region's database opens, so the cluster fails over while
+//! the paused agent cannot run its on-lose: only the watchdog closes its database).
 //!
 //! A clock fault is `installed: true` only once a process under the faulted host's
 //! libfaketime environment shows the faked clock (`clock`).
@@ -49,7 +52,20 @@ pub const ALL: &[&str] = &[
 /// wait taken from a lowered lease; `readd`: a group re-added without a wait).
 /// `leader-hook`: the leader cut off while it runs a (slow) promote hook, the schedule in
 /// which a deposed leader that does not confirm its leadership calls hooks (S3).
-pub const EXTRA: &[&str] = &["split-brain", "lease-lowered", "readd", "leader-hook"];
+/// `paused-agent`: the active region's agent paused while the cluster fails over, the fault
+/// only the watchdog answers.
+pub const EXTRA: &[&str] = &[
+    "split-brain",
+    "lease-lowered",
+    "readd",
+    "leader-hook",
+    "paused-agent",
+];
+
+/// How long the `paused-agent` fault waits for the other region's database to open after
+/// pausing the active region's agent and cutting its host: detection, the lease wait and
+/// the steps up to activate, with room.
+const PAUSED_AGENT_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the `leader-hook` fault waits for a promote hook call after cutting the active
 /// region's database host: detection, the lease wait and the steps before promote, with room.
@@ -130,6 +146,12 @@ enum Fault {
         cut: Vec<partition::Drop>,
         targets: Vec<String>,
     },
+    /// The active region's agent paused (`host`) and its database host cut from every
+    /// witness (`cut`); held until the other region's database opens.
+    PausedAgent {
+        host: String,
+        cut: Vec<partition::Drop>,
+    },
 }
 
 impl Fault {
@@ -144,6 +166,7 @@ impl Fault {
             Fault::Health { .. } => "health",
             Fault::Policy { .. } => "policy",
             Fault::LeaderHook { .. } => "partition",
+            Fault::PausedAgent { .. } => "pause",
         }
     }
 
@@ -182,6 +205,9 @@ impl Fault {
             }
             Fault::LeaderHook { targets, .. } => {
                 json!({"kind": "leader-hook", "variant": "leader-hook", "targets": targets})
+            }
+            Fault::PausedAgent { host, .. } => {
+                json!({"kind": "paused-agent", "variant": "paused-agent", "targets": [format!("{host}/agent")]})
             }
             Fault::Policy {
                 variant,
@@ -295,6 +321,13 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
             Fault::LeaderHook {
                 cut: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
                 targets: vec![db.name.clone()],
+            }
+        }
+        "paused-agent" => {
+            let db = active_db(ctx).await;
+            Fault::PausedAgent {
+                host: db.name.clone(),
+                cut: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
             }
         }
         "loss" => {
@@ -512,6 +545,21 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
     match fault {
         Fault::Partition { drops, .. } => partition::install(drops),
         Fault::LeaderHook { cut, .. } => partition::install(cut),
+        Fault::PausedAgent { host, cut } => {
+            {
+                let mut c = ctx.cluster();
+                match c.agents.get_mut(host) {
+                    Some(p) => {
+                        if !p.running() {
+                            anyhow::bail!("{host}'s agent is not running");
+                        }
+                        p.pause()
+                    }
+                    None => anyhow::bail!("{host}'s agent is not running"),
+                }
+            }
+            partition::install(cut)
+        }
         Fault::Loss { hosts, probability } => {
             for h in hosts {
                 partition::loss(h, *probability)?;
@@ -735,6 +783,13 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
                     .map(|v| verified = Some(v)),
                 Err(e) => Err(e),
             },
+            // Held until the other region's database opens: the failover happened.
+            Fault::PausedAgent { host, .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => other_database_opens(&ctx, host, until)
+                    .await
+                    .map(|v| verified = Some(v)),
+                Err(e) => Err(e),
+            },
             _ => install_blocking(&ctx, &fault).await,
         };
         let mut done = value.clone();
@@ -827,6 +882,48 @@ async fn isolate_hook_caller(
     anyhow::bail!(
         "no {step} hook was called within {} s or before the time limit",
         LEADER_HOOK_WAIT.as_secs()
+    )
+}
+
+/// Waits (at most [`PAUSED_AGENT_WAIT`], never past `until`) for a database other than
+/// `paused`'s to open at a newer epoch than `paused`'s, and records what each was then
+/// (`{opened, epoch, paused, paused_state}`): `paused_state` `open` means the paused
+/// agent's database still accepts writes while the other one does.
+async fn other_database_opens(
+    ctx: &Ctx,
+    paused: &str,
+    until: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    let dbs: Vec<(String, crate::database::Database)> = {
+        let c = ctx.cluster();
+        c.db_hosts()
+            .into_iter()
+            .map(|h| {
+                let db = crate::database::Database::in_dir(&c.node_dir(&h.name));
+                (h.name, db)
+            })
+            .collect()
+    };
+    let epoch_of = |name: &str| {
+        dbs.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, db)| db.state().ok())
+    };
+    let before = epoch_of(paused).map(|s| s.epoch()).unwrap_or(0);
+    let deadline = (Instant::now() + PAUSED_AGENT_WAIT).min(until);
+    while Instant::now() < deadline {
+        for (name, db) in dbs.iter().filter(|(n, _)| n != paused) {
+            if let Some(epoch) = db.accepts().filter(|e| *e > before) {
+                let state = epoch_of(paused);
+                return Ok(json!({"opened": name, "epoch": epoch, "paused": paused,
+                    "paused_state": match state { Some(s) if s.is_open() => "open", Some(_) => "closed", None => "unreadable" }}));
+            }
+        }
+        tokio::time::sleep(LEADER_HOOK_POLL).await;
+    }
+    anyhow::bail!(
+        "no other database opened within {} s or before the time limit",
+        PAUSED_AGENT_WAIT.as_secs()
     )
 }
 
