@@ -26,6 +26,7 @@
 //! - `checker`: the checkers (S1–S7, linearizability, faults, logs, recovery).
 //! - `analyze`: judges a stored run; `results`: what it concluded (`results.json`);
 //!   `report`: its HTML timeline and SVG plots.
+//! - `published`: `RESULTS.md` from stored runs (`jepsen results`).
 //! - `rng`: the seeded PRNG.
 
 pub mod analyze;
@@ -40,6 +41,7 @@ pub mod hook_log;
 pub mod hosts;
 pub mod nemesis;
 pub mod procs;
+pub mod published;
 pub mod recorder;
 pub mod report;
 pub mod results;

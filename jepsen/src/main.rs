@@ -32,6 +32,14 @@ enum Cmd {
         #[arg(long)]
         expect_invalid: Option<String>,
     },
+    /// Judge stored runs again and write the published results (jepsen/RESULTS.md).
+    Results {
+        /// Run directories, or a test's `latest` link (jepsen/store/<name>/latest).
+        dirs: Vec<PathBuf>,
+        /// Where to write them.
+        #[arg(long, default_value_os_t = jepsen::store::workspace().join("jepsen/RESULTS.md"))]
+        out: PathBuf,
+    },
     /// The health endpoint of a region (run by the harness inside a database host).
     #[command(hide = true)]
     HealthServer {
@@ -210,6 +218,15 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
             dir,
             expect_invalid,
         } => verdict(&dir, expect_invalid.as_deref()),
+        Cmd::Results { dirs, out } => {
+            let verdicts = jepsen::published::publish(&dirs, &out)?;
+            eprintln!(
+                "jepsen: {} run(s) written to {}",
+                verdicts.len(),
+                out.display()
+            );
+            Ok(0)
+        }
         Cmd::Test(args) => {
             let opts = match &args.reproduce {
                 Some(path) => {
