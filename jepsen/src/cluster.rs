@@ -25,6 +25,11 @@ pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
 
+/// How long after its control file changes a faked process picks the change up, on
+/// average: libfaketime re-reads the file once a second (`FAKETIME_CACHE_DURATION`). A rate
+/// change `r` lands up to `|r - 1| x 0.5 s` off continuity (20 ms at 4 %).
+pub const CLOCK_PICKUP: Duration = Duration::from_millis(500);
+
 /// The agents' `--watchdog-margin-ms`: they self-fence this long before the deadline while
 /// the watchdog is armed. Below a third of the shortest lease a run grants (the policy
 /// nemesis halves 2 s, `lease-lowered` sets 1 s), which the agent requires, and longer than
@@ -57,6 +62,10 @@ pub struct SystemOpts {
     /// Run witnesses and agents under this libfaketime (needed by the clock nemesis; found
     /// at startup by `nemesis::clock::find_libfaketime`).
     pub libfaketime: Option<PathBuf>,
+    /// Hosts whose processes libfaketime fakes the monotonic clock of too (the `clock-rate`
+    /// nemeses change only its rate there, never jump it); every other host's processes
+    /// have only their wall clock faked (the `clock` nemesis's jumps and rates).
+    pub monotonic_hosts: std::collections::BTreeSet<String>,
 }
 
 /// The group's settings the policy nemesis changes; the rest of the policy is fixed.
@@ -248,6 +257,9 @@ pub struct Cluster {
     pub hook_servers: BTreeMap<String, Proc>,
     /// BIND on the DNS host.
     pub bind: Option<Proc>,
+    /// The libfaketime spec each monotonic host's control file holds, as (offset s, rate):
+    /// a change of rate moves the offset so that the faked clock stays continuous.
+    pub clock_specs: BTreeMap<String, (f64, f64)>,
 }
 
 /// The arbiter CLI as run from inside a host's namespace.
@@ -487,6 +499,7 @@ rpc_timeout_ms = 500
             proxies: BTreeMap::new(),
             hook_servers: BTreeMap::new(),
             bind: None,
+            clock_specs: BTreeMap::new(),
         })
     }
 
@@ -526,12 +539,19 @@ rpc_timeout_ms = 500
     }
 
     /// Environment of a process that the clock nemesis may fault: libfaketime reads the
-    /// host's control file (re-read every second) and leaves the monotonic clock alone, which
-    /// arbiter uses for every safety decision (DESIGN: wall-clock time is never used for
-    /// safety; a monotonic clock that jumps is outside the model).
+    /// host's control file (re-read every second). On most hosts it leaves the monotonic
+    /// clock alone, which arbiter uses for every safety decision (DESIGN: wall-clock time is
+    /// never used for safety), so wall-clock jumps and rates must not matter; on the
+    /// `monotonic_hosts` it fakes that clock too, whose rate the `clock-rate` nemeses change
+    /// (a monotonic clock that jumps is outside the model: it is never jumped).
     pub fn clock_env(&self, host: &str) -> Vec<(String, String)> {
         let Some(lib) = &self.opts.libfaketime else {
             return Vec::new();
+        };
+        let dont_fake_monotonic = if self.opts.monotonic_hosts.contains(host) {
+            "0"
+        } else {
+            "1"
         };
         vec![
             ("LD_PRELOAD".into(), lib.display().to_string()),
@@ -540,8 +560,42 @@ rpc_timeout_ms = 500
                 self.node_dir(host).join("faketime").display().to_string(),
             ),
             ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            (
+                "FAKETIME_DONT_FAKE_MONOTONIC".into(),
+                dont_fake_monotonic.into(),
+            ),
         ]
+    }
+
+    /// The process of `host` whose clock its control file fakes: its witness or its agent.
+    pub fn faked_proc(&self, host: &str) -> Option<&Proc> {
+        self.witnesses.get(host).or_else(|| self.agents.get(host))
+    }
+
+    /// Sets a monotonic host's clock to run at `rate` from now on, continuously: libfaketime
+    /// computes a faked time as the process's start plus the offset plus its age times the
+    /// rate, so a new rate comes with the offset that gives the same time at the moment it
+    /// is picked up ([`CLOCK_PICKUP`] after the write, on average). Returns the spec written.
+    pub fn set_monotonic_rate(&mut self, host: &str, rate: f64) -> anyhow::Result<String> {
+        if !self.opts.monotonic_hosts.contains(host) {
+            bail!("{host}'s monotonic clock is not faked");
+        }
+        let age = self
+            .faked_proc(host)
+            .and_then(|p| p.started_at)
+            .map(|t| t.elapsed() + CLOCK_PICKUP)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let (offset, old) = self.clock_specs.get(host).copied().unwrap_or((0.0, 1.0));
+        let offset = offset + age * (old - rate);
+        let spec = if rate == 1.0 {
+            format!("{offset:+.3}")
+        } else {
+            format!("{offset:+.3} x{rate}")
+        };
+        std::fs::write(self.node_dir(host).join("faketime"), format!("{spec}\n"))?;
+        self.clock_specs.insert(host.to_string(), (offset, rate));
+        Ok(spec)
     }
 
     /// Creates the process objects of every host and starts them all.

@@ -269,7 +269,7 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     }
     // The clock nemesis needs libfaketime and its probe; a missing one is a clear error now,
     // not a run whose clock faults silently never happen.
-    let libfaketime = if opts.nemeses.iter().any(|n| n == "clock") {
+    let libfaketime = if opts.nemeses.iter().any(|n| n.starts_with("clock")) {
         crate::nemesis::clock::check_probe()?;
         Some(crate::nemesis::clock::find_libfaketime()?)
     } else {
@@ -285,6 +285,7 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         watchdog: opts.watchdog,
         db_latency_ms: opts.db_latency_ms,
         libfaketime,
+        monotonic_hosts: crate::nemesis::clock::monotonic_hosts(&opts.nemeses, &plan),
     };
     let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;
     cluster.start()?;

@@ -42,6 +42,7 @@ pub const ALL: &[&str] = &[
     "kill",
     "pause",
     "clock",
+    "clock-rate",
     "loss",
     "delay",
     "health",
@@ -60,6 +61,7 @@ pub const EXTRA: &[&str] = &[
     "readd",
     "leader-hook",
     "paused-agent",
+    "clock-rate-beyond",
 ];
 
 /// How long the `paused-agent` fault waits for the other region's database to open after
@@ -146,6 +148,15 @@ enum Fault {
         cut: Vec<partition::Drop>,
         targets: Vec<String>,
     },
+    /// The monotonic clock of `hosts` set to run at `rate` (continuously, never jumped);
+    /// with `cut`, the active region's database host (`cut_host`) cut from every witness
+    /// too, held until the other region's database opens.
+    ClockRate {
+        variant: &'static str,
+        hosts: Vec<String>,
+        rate: f64,
+        cut: Option<(String, Vec<partition::Drop>)>,
+    },
     /// The active region's agent paused (`host`) and its database host cut from every
     /// witness (`cut`); held until the other region's database opens.
     PausedAgent {
@@ -167,6 +178,7 @@ impl Fault {
             Fault::Policy { .. } => "policy",
             Fault::LeaderHook { .. } => "partition",
             Fault::PausedAgent { .. } => "pause",
+            Fault::ClockRate { .. } => "clock-rate",
         }
     }
 
@@ -205,6 +217,20 @@ impl Fault {
             }
             Fault::LeaderHook { targets, .. } => {
                 json!({"kind": "leader-hook", "variant": "leader-hook", "targets": targets})
+            }
+            Fault::ClockRate {
+                variant,
+                hosts,
+                rate,
+                cut,
+            } => {
+                let kind = if *variant == "beyond" {
+                    "clock-rate-beyond"
+                } else {
+                    "clock-rate"
+                };
+                json!({"kind": kind, "variant": variant, "targets": hosts, "rate": rate,
+                       "cut": cut.as_ref().map(|(h, _)| h)})
             }
             Fault::PausedAgent { host, .. } => {
                 json!({"kind": "paused-agent", "variant": "paused-agent", "targets": [format!("{host}/agent")]})
@@ -323,6 +349,34 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
                 targets: vec![db.name.clone()],
             }
         }
+        "clock-rate" | "clock-rate-beyond" => {
+            let monotonic: Vec<String> =
+                ctx.cluster().opts.monotonic_hosts.iter().cloned().collect();
+            if kind == "clock-rate" {
+                let k = rng.range(1, monotonic.len().max(1) as u64) as usize;
+                Fault::ClockRate {
+                    variant: "within",
+                    hosts: rng.sample(&monotonic, k),
+                    rate: rng.pick(clock::RATES_WITHIN).parse().unwrap_or(1.0),
+                    cut: None,
+                }
+            } else {
+                let db = active_db(ctx).await;
+                let witnesses: Vec<String> = monotonic
+                    .into_iter()
+                    .filter(|h| ctx.host(h).is_some_and(|h| h.witness_id().is_some()))
+                    .collect();
+                Fault::ClockRate {
+                    variant: "beyond",
+                    hosts: witnesses,
+                    rate: clock::RATE_BEYOND.parse().unwrap_or(1.0),
+                    cut: Some((
+                        db.name.clone(),
+                        partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
+                    )),
+                }
+            }
+        }
         "paused-agent" => {
             let db = active_db(ctx).await;
             Fault::PausedAgent {
@@ -369,6 +423,9 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
         "clock" => {
             let mut candidates = names(&w);
             candidates.extend(names(&ctx.dbs()));
+            // The wall clock's jumps would jump a faked monotonic clock too.
+            let monotonic = ctx.cluster().opts.monotonic_hosts.clone();
+            candidates.retain(|h| !monotonic.contains(h));
             let k = rng.range(1, candidates.len() as u64) as usize;
             let hosts = rng.sample(&candidates, k);
             let (variant, spec) = if rng.chance(0.5) {
@@ -545,6 +602,20 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
     match fault {
         Fault::Partition { drops, .. } => partition::install(drops),
         Fault::LeaderHook { cut, .. } => partition::install(cut),
+        Fault::ClockRate {
+            hosts, rate, cut, ..
+        } => {
+            {
+                let mut c = ctx.cluster();
+                for h in hosts {
+                    c.set_monotonic_rate(h, *rate)?;
+                }
+            }
+            match cut {
+                Some((_, drops)) => partition::install(drops),
+                None => Ok(()),
+            }
+        }
         Fault::PausedAgent { host, cut } => {
             {
                 let mut c = ctx.cluster();
@@ -679,7 +750,17 @@ pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
     let dir = c.dir.clone();
     for h in &ctx.hosts {
         let nd = dir.join("nodes").join(&h.name);
-        let _ = std::fs::write(nd.join("faketime"), "+0\n");
+        // A monotonic clock is set back to x1 without a jump: it keeps what it drifted.
+        if c.opts.monotonic_hosts.contains(&h.name) {
+            let drifting = c.clock_specs.get(&h.name).is_some_and(|(_, r)| *r != 1.0);
+            if drifting {
+                if let Err(e) = c.set_monotonic_rate(&h.name, 1.0) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        } else {
+            let _ = std::fs::write(nd.join("faketime"), "+0\n");
+        }
         let _ = std::fs::write(nd.join("delay_ms"), "0\n");
     }
     for set in [&mut c.witnesses, &mut c.agents] {
@@ -781,6 +862,29 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
                 Ok(()) => isolate_hook_caller(&ctx, "promote", until)
                     .await
                     .map(|v| verified = Some(v)),
+                Err(e) => Err(e),
+            },
+            // Counts once every faked process shows the rate; beyond the bound, held until
+            // the other region's database opens.
+            Fault::ClockRate {
+                hosts, rate, cut, ..
+            } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => match verify_monotonic(&ctx, hosts, *rate).await {
+                    Ok(v) => {
+                        verified = Some(v);
+                        match cut {
+                            Some((db, _)) => {
+                                other_database_opens(&ctx, db, until).await.map(|opened| {
+                                    if let Some(v) = verified.as_mut() {
+                                        *v = json!({"clocks": v.clone(), "failover": opened});
+                                    }
+                                })
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             // Held until the other region's database opens: the failover happened.
@@ -925,6 +1029,51 @@ async fn other_database_opens(
         "no other database opened within {} s or before the time limit",
         PAUSED_AGENT_WAIT.as_secs()
     )
+}
+
+/// Probes every host's monotonic clock at once (`clock-rate`): the rate each showed
+/// (`[{host, rate, spec}]`), or the first host whose faked process does not show `rate`.
+async fn verify_monotonic(
+    ctx: &Ctx,
+    hosts: &[String],
+    rate: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let probes: Vec<_> = {
+        let c = ctx.cluster();
+        hosts
+            .iter()
+            .map(|h| {
+                let spec = c.clock_specs.get(h).copied();
+                (h.clone(), c.host(h).ns(), c.clock_env(h), spec)
+            })
+            .collect()
+    };
+    let tasks: Vec<_> = probes
+        .into_iter()
+        .map(|(h, ns, env, spec)| {
+            tokio::spawn(async move {
+                let seen = clock::probe_monotonic(&ns, &env, rate)
+                    .await
+                    .with_context(|| format!("monotonic clock of {h}"))?;
+                anyhow::Ok(json!({
+                    "host": h,
+                    "rate": (seen * 1000.0).round() / 1000.0,
+                    "offset_s": spec.map(|(o, _)| (o * 1000.0).round() / 1000.0),
+                }))
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(
+            t.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("clock probe panicked: {e}")))?,
+        );
+    }
+    if seen.is_empty() {
+        anyhow::bail!("no host's monotonic clock is faked in this run");
+    }
+    Ok(json!(seen))
 }
 
 /// Probes every faulted host's clock at once (`clock`): what each showed (`[{host,
