@@ -102,7 +102,8 @@ struct TestArgs {
     #[arg(long, default_value = "all", value_delimiter = ',')]
     workload: Vec<String>,
     /// Nemeses: all, none, or a comma-separated list of partition, kill, pause, clock,
-    /// loss, delay, health, policy, split-brain, lease-lowered, readd, leader-hook.
+    /// clock-rate, loss, delay, health, policy, split-brain, lease-lowered, readd, leader-hook,
+    /// paused-agent, clock-rate-beyond.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload and faults before the final heal.

@@ -10,9 +10,9 @@
 //!
 //! - a fault that makes the region unhealthy or unreachable from every witness, or leaves
 //!   no quorum: `health`; a `partition` of the active database host (`db-cut`,
-//!   `split-brain`, `leader-hook`, the cuts of `lease-lowered`, `readd`); the pause of the
-//!   active region's agent (`pause` variant `agent`, `paused-agent`); `kill` of every
-//!   witness; the group removed (`policy` variant `remove-readd`, `readd`); from its
+//!   `split-brain`, `leader-hook`, the cuts of `lease-lowered`, `readd` and
+//!   `clock-rate-beyond`); the pause of the active region's agent (`pause` variant `agent`,
+//!   `paused-agent`); `kill` of every witness; the group removed (`policy` variant `remove-readd`, `readd`); from its
 //!   invocation to its heal, plus [`GRACE_LEASES`] leases for the system to recover;
 //! - an operation in hand: an operator's failover, failback, abort, retry, skip or approval
 //!   from its invocation to its completion, plus the same grace.
@@ -55,9 +55,8 @@ pub fn excuses(value: &serde_json::Value) -> bool {
     let kind = value["kind"].as_str().unwrap_or("");
     let variant = value["variant"].as_str().unwrap_or("");
     match kind {
-        "health" | "split-brain" | "leader-hook" | "paused-agent" | "lease-lowered" | "readd" => {
-            true
-        }
+        "health" | "split-brain" | "leader-hook" | "paused-agent" | "lease-lowered" | "readd"
+        | "clock-rate-beyond" => true,
         "partition" => variant == "db-cut",
         "pause" => variant == "agent",
         "kill" => variant == "all",
