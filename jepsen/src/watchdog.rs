@@ -3,13 +3,15 @@
 //! kick one byte appended, a magic close the byte `V`), and a monitor in the harness process
 //! that does what the kernel's driver would: once armed (a kick), it fires when no kick came
 //! for the device's timeout, and a fired watchdog resets the host, which here means the
-//! region's database is closed at once ([`crate::database::Database::close`] by `watchdog`).
+//! region's database is closed at once ([`crate::database::Database::close`] by `watchdog`)
+//! and its agent killed and started again (a reset host boots without a lease; the new
+//! agent arms the device anew, with the timeout of the lease it is granted then).
 //!
 //! The monitor runs in the harness, so no fault of the agent (a pause, a faked clock) reaches
 //! it; it measures silence on the harness's monotonic clock, polling the file every
 //! [`POLL`], so it fires at most two polls late. The timeout is the one the agent set
 //! (half the lease, `watchdog_timeout_ms` in its state file, a real driver's
-//! `WDIOC_SETTIMEOUT`), read when the device is armed.
+//! `WDIOC_SETTIMEOUT`), read at every kick.
 //!
 //! Must never: fire a watchdog that was closed with the magic character, or fire before its
 //! timeout has passed without a kick.
@@ -65,19 +67,15 @@ fn step(
 ) -> (Device, bool) {
     match new.last() {
         Some(&MAGIC_CLOSE) => (Device::Disarmed, false),
-        Some(_) => {
-            let timeout = match device {
-                Device::Armed { timeout, .. } => timeout,
-                Device::Disarmed => timeout(),
-            };
-            (
-                Device::Armed {
-                    last_kick: now,
-                    timeout,
-                },
-                false,
-            )
-        }
+        // The timeout is read at every kick: the agent writes it to its state file just
+        // after arming, which may come a moment after the first kick.
+        Some(_) => (
+            Device::Armed {
+                last_kick: now,
+                timeout: timeout(),
+            },
+            false,
+        ),
         None => match device {
             Device::Armed { last_kick, timeout } if now.duration_since(last_kick) > timeout => {
                 (Device::Disarmed, true)
@@ -139,7 +137,25 @@ pub async fn monitor(ctx: Ctx, db: Host, fallback: Duration) {
         let epoch = was.as_ref().map(|s| s.epoch()).unwrap_or(0);
         ctx.rec
             .invoke("watchdog", value(epoch), &process, Some(&db.name));
-        match database.close("watchdog") {
+        let closed = database.close("watchdog");
+        // The rest of the reset: the agent, paused or not, starts again.
+        let reset = {
+            let ctx = ctx.clone();
+            let host = db.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut c = ctx.cluster();
+                match c.agents.get_mut(&host) {
+                    Some(p) => {
+                        p.kill9();
+                        p.start()
+                    }
+                    None => Ok(()),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("agent restart panicked: {e}")))
+        };
+        match closed.and(reset) {
             Ok(_) => ctx.rec.complete(
                 OpType::Ok,
                 "watchdog",

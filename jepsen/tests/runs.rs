@@ -309,3 +309,81 @@ fn a_deposed_leader_calling_hooks_is_caught_by_s3() {
         .unwrap_or(0);
     assert!(hook_steps > 0, "no step ran hooks: {}", results["checkers"]);
 }
+
+/// Goal: a paused agent's database keeps writing, as a real one would, and only the
+/// watchdog stops it. Method: the `paused-agent` schedule (the active region's agent paused
+/// and its database host cut from every witness, held until the other region's database
+/// opens). Without the watchdog S1 must report the paused region's writes overlapping the
+/// new region's; with it (the default) the same schedule must be valid, and the watchdog
+/// must have fired on an open database.
+#[test]
+fn a_paused_agent_without_the_watchdog_is_caught_by_s1() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let schedule = [
+        "--workload",
+        "writes,reads",
+        "--nemesis",
+        "paused-agent",
+        "--time-limit",
+        "20",
+        "--down-after-ms",
+        "300",
+        "--recovery",
+        "10",
+        "--seed",
+        "1",
+    ];
+    assert_caught_by_s1(
+        "ci-paused-agent",
+        &[&["--no-watchdog"], &schedule[..]].concat(),
+    );
+    let (code, dir) = run("ci-paused-agent-watchdog", &schedule);
+    let results = read_results(&dir);
+    assert_eq!(
+        (code, results["valid"].clone()),
+        (0, serde_json::Value::Bool(true)),
+        "with the watchdog under the same schedule: invalid checkers {:?}",
+        invalid_checkers(&results)
+    );
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).expect("the history");
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains(r#""f":"watchdog""#) && l.contains(r#""was":"open""#)),
+        "the watchdog never closed an open database"
+    );
+}
+
+/// Goal: S1 catches a monotonic clock running beyond the policy's drift bound. Method: the
+/// `clock-rate-beyond` schedule: every witness's monotonic clock at x5 while the active
+/// region's database host is cut off, so the leader's fence wait lasts a fifth of the
+/// lease it counts and the new region opens while the old one's agent (on a real-rate
+/// clock) still holds its lease. S1 must report the overlap. (Rates within the bound are
+/// part of `all`: the all-nemesis run must be valid with them.)
+#[test]
+fn a_monotonic_clock_beyond_the_drift_bound_is_caught_by_s1() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    assert_caught_by_s1(
+        "ci-clock-rate-beyond",
+        &[
+            "--workload",
+            "writes,reads",
+            "--nemesis",
+            "clock-rate-beyond",
+            "--time-limit",
+            "20",
+            "--down-after-ms",
+            "300",
+            "--recovery",
+            "10",
+            "--seed",
+            "1",
+        ],
+    );
+}
