@@ -83,9 +83,9 @@ const PROBE_PERL_MONOTONIC: &str = r#"use Time::HiRes qw(clock_gettime CLOCK_MON
 /// second, so over 2 s its reading is within 1 % of the real elapsed time.
 pub const MONOTONIC_PROBE_WINDOW: Duration = Duration::from_secs(2);
 
-/// How far the monotonic probe's measured rate may be from the requested one (absolute):
-/// the uptime's resolution over [`MONOTONIC_PROBE_WINDOW`], under the 3 % by which every
-/// rate of [`RATES_WITHIN`] differs from x1.
+/// How far the monotonic probe's measured rate may be from the requested one, as a
+/// fraction of it: the uptime's resolution over [`MONOTONIC_PROBE_WINDOW`], under the 3 %
+/// by which every rate of [`RATES_WITHIN`] differs from x1.
 pub const MONOTONIC_RATE_TOLERANCE: f64 = 0.012;
 
 /// Checks at startup that the probe can run (Perl with `Time::HiRes`).
@@ -220,7 +220,7 @@ pub fn judge_monotonic(rate: f64, first: [f64; 2], second: [f64; 2]) -> Result<f
         return Err(format!("the probe's uptime moved {real:.3} s"));
     }
     let seen = (second[0] - first[0]) / real;
-    if (seen - rate).abs() > MONOTONIC_RATE_TOLERANCE {
+    if (seen / rate - 1.0).abs() > MONOTONIC_RATE_TOLERANCE {
         return Err(format!(
             "a faked process's monotonic clock runs at x{seen:.3}, not x{rate}"
         ));
@@ -346,6 +346,8 @@ mod tests {
         assert!(err.contains("x1.000, not x1.04"), "{err}");
         assert!(judge_monotonic(0.96, [10.0, 500.0], [11.92, 502.0]).is_ok());
         assert!(judge_monotonic(1.0, [10.0, 500.0], [11.0, 500.0]).is_err());
+        // x5 read with the uptime's hundredths: 10 s faked over 2.01 s.
+        assert!(judge_monotonic(5.0, [10.0, 500.0], [20.0, 502.01]).is_ok());
     }
 
     #[test]
