@@ -1664,6 +1664,8 @@ fn availability_holds_outages_with_no_failover_due_to_its_bound() {
     // From the end of the write at 1.950 s to the next at 5.000 s.
     assert_eq!(r.counts["longest-outage-ms"], 3_045, "{r:#?}");
     assert_eq!(r.counts["outages-over-1s"], 1, "{r:#?}");
+    // The writers' 45 ms pacing is no outage: only the 3 s gap is summed.
+    assert_eq!(r.counts["outage-total-ms"], 3_045, "{r:#?}");
 
     let r = availability(12_000, 1, |_| {});
     assert_eq!(r.valid, Valid::False, "{r:#?}");

@@ -25,6 +25,9 @@
 //! lease until the fault heals (a few seconds), and because this catches an arbiter that
 //! stops granting leases for good, not a slow one.
 //!
+//! `outage-total-ms` sums the outages longer than [`PACING_MS_MAX`] (shorter gaps are the
+//! writers' pacing).
+//!
 //! No verdict without evidence: `unknown` without the writes workload, with a writer's
 //! `workload-error`, or with fewer than [`WRITES_MIN`] accepted writes.
 
@@ -43,6 +46,10 @@ pub const OUTAGE_LEASES_MAX: u64 = 5;
 /// still excused, in leases: the old lease runs out, the failover or recovery finishes and
 /// the agent acquires again.
 pub const GRACE_LEASES: u64 = 2;
+
+/// Gaps up to this long are the writers' own pacing (a write every 50 ms, a scheduler's
+/// delay), not outages: they are left out of `outage-total-ms`.
+pub const PACING_MS_MAX: u64 = 250;
 
 /// The lease when `test.json` does not say (the harness's default).
 const LEASE_MS_DEFAULT: u64 = 2_000;
@@ -189,7 +196,9 @@ pub fn check(ctx: &Context) -> CheckResult {
                 continue;
             }
             let outage = (to - from) - covered(&spans, from, to);
-            outage_total += outage;
+            if outage > PACING_MS_MAX * 1_000_000 {
+                outage_total += outage;
+            }
             if outage >= 1_000_000_000 {
                 over_1s += 1;
             }
