@@ -25,10 +25,13 @@ pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
 
-/// How long after its control file changes a faked process picks the change up, on
-/// average: libfaketime re-reads the file once a second (`FAKETIME_CACHE_DURATION`). A rate
-/// change `r` lands up to `|r - 1| x 0.5 s` off continuity (20 ms at 4 %).
-pub const CLOCK_PICKUP: Duration = Duration::from_millis(500);
+/// How long after its control file changes a faked process has picked the change up:
+/// libfaketime re-reads the file once a second (`FAKETIME_CACHE_DURATION`), at its next
+/// clock reading, with room for a loaded machine.
+pub const CLOCK_PICKUP_MAX: Duration = Duration::from_millis(1_200);
+/// How much later than the harness started it a process's libfaketime may have started
+/// (`ip netns exec` executes the program in place: milliseconds).
+pub const CLOCK_START_SLACK: Duration = Duration::from_millis(200);
 
 /// The agents' `--watchdog-margin-ms`: they self-fence this long before the deadline while
 /// the watchdog is armed. Below a third of the shortest lease a run grants (the policy
@@ -572,10 +575,16 @@ rpc_timeout_ms = 500
         self.witnesses.get(host).or_else(|| self.agents.get(host))
     }
 
-    /// Sets a monotonic host's clock to run at `rate` from now on, continuously: libfaketime
-    /// computes a faked time as the process's start plus the offset plus its age times the
-    /// rate, so a new rate comes with the offset that gives the same time at the moment it
-    /// is picked up ([`CLOCK_PICKUP`] after the write, on average). Returns the spec written.
+    /// Sets a monotonic host's clock to run at `rate` from now on, never backwards:
+    /// libfaketime computes a faked time as the process's start plus the offset plus its
+    /// age times the rate, so a new rate comes with the offset that gives the same time at
+    /// an assumed moment of pickup. The process picks the file up within
+    /// [`CLOCK_PICKUP_MAX`] of the write, and a pickup at another moment than the assumed
+    /// one steps the clock by the difference times the change of rate; so a faster rate
+    /// assumes the earliest pickup and a slower one the latest, and the step is always
+    /// forward (at most the change of rate times [`CLOCK_PICKUP_MAX`]: 48 ms for 4 %).
+    /// openraft asserts that its clock never goes back, and a lease must not either.
+    /// Returns the spec written.
     pub fn set_monotonic_rate(&mut self, host: &str, rate: f64) -> anyhow::Result<String> {
         if !self.opts.monotonic_hosts.contains(host) {
             bail!("{host}'s monotonic clock is not faked");
@@ -583,11 +592,17 @@ rpc_timeout_ms = 500
         let age = self
             .faked_proc(host)
             .and_then(|p| p.started_at)
-            .map(|t| t.elapsed() + CLOCK_PICKUP)
-            .unwrap_or_default()
-            .as_secs_f64();
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
         let (offset, old) = self.clock_specs.get(host).copied().unwrap_or((0.0, 1.0));
-        let offset = offset + age * (old - rate);
+        let pickup = if rate > old {
+            // The process's own start (its libfaketime's) is a little after the harness
+            // started it, so its age is a little less than this one.
+            age.saturating_sub(CLOCK_START_SLACK)
+        } else {
+            age + CLOCK_PICKUP_MAX
+        };
+        let offset = offset + pickup.as_secs_f64() * (old - rate);
         let spec = if rate == 1.0 {
             format!("{offset:+.3}")
         } else {
