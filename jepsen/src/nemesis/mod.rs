@@ -64,6 +64,11 @@ pub const EXTRA: &[&str] = &[
     "clock-rate-beyond",
 ];
 
+/// How long `clock-rate-beyond` lets the slowed agent run before cutting its host off:
+/// one renewal under the slow rate (a third of the 2 s lease at x0.2 is 3.3 s of real
+/// time), so that the lease it holds at the cut lasts five times its length.
+const CLOCK_RATE_SETTLE: Duration = Duration::from_secs(4);
+
 /// How long the `paused-agent` fault waits for the other region's database to open after
 /// pausing the active region's agent and cutting its host: detection, the lease wait and
 /// the steps up to activate, with room.
@@ -148,7 +153,7 @@ enum Fault {
         cut: Vec<partition::Drop>,
         targets: Vec<String>,
     },
-    /// The monotonic clock of `hosts` set to run at `rate` (continuously, never jumped);
+    /// The monotonic clock of `hosts` set to run at `rate` (continuously, never back);
     /// with `cut`, the active region's database host (`cut_host`) cut from every witness
     /// too, held until the other region's database opens.
     ClockRate {
@@ -361,14 +366,12 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
                     cut: None,
                 }
             } else {
+                // The active region's agent, whose lease then lasts five times longer in
+                // real time than the leader's wait allows for.
                 let db = active_db(ctx).await;
-                let witnesses: Vec<String> = monotonic
-                    .into_iter()
-                    .filter(|h| ctx.host(h).is_some_and(|h| h.witness_id().is_some()))
-                    .collect();
                 Fault::ClockRate {
                     variant: "beyond",
-                    hosts: witnesses,
+                    hosts: vec![db.name.clone()],
                     rate: clock::RATE_BEYOND.parse().unwrap_or(1.0),
                     cut: Some((
                         db.name.clone(),
@@ -605,16 +608,14 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
         Fault::ClockRate {
             hosts, rate, cut, ..
         } => {
-            {
-                let mut c = ctx.cluster();
-                for h in hosts {
-                    c.set_monotonic_rate(h, *rate)?;
-                }
+            // The rates only: a cut comes later (`run`), once the agent holds a lease
+            // granted under its new rate.
+            let _ = cut;
+            let mut c = ctx.cluster();
+            for h in hosts {
+                c.set_monotonic_rate(h, *rate)?;
             }
-            match cut {
-                Some((_, drops)) => partition::install(drops),
-                None => Ok(()),
-            }
+            Ok(())
         }
         Fault::PausedAgent { host, cut } => {
             {
@@ -873,12 +874,25 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
                     Ok(v) => {
                         verified = Some(v);
                         match cut {
-                            Some((db, _)) => {
-                                other_database_opens(&ctx, db, until).await.map(|opened| {
-                                    if let Some(v) = verified.as_mut() {
-                                        *v = json!({"clocks": v.clone(), "failover": opened});
-                                    }
-                                })
+                            Some((db, drops)) => {
+                                sleep_until_or(CLOCK_RATE_SETTLE, until).await;
+                                let drops = drops.clone();
+                                let cut =
+                                    tokio::task::spawn_blocking(move || partition::install(&drops))
+                                        .await
+                                        .unwrap_or_else(|e| {
+                                            Err(anyhow::anyhow!("install panicked: {e}"))
+                                        });
+                                match cut {
+                                    Ok(()) => other_database_opens(&ctx, db, until).await.map(
+                                        |opened| {
+                                            if let Some(v) = verified.as_mut() {
+                                                *v = json!({"clocks": v.clone(), "failover": opened});
+                                            }
+                                        },
+                                    ),
+                                    Err(e) => Err(e),
+                                }
                             }
                             None => Ok(()),
                         }
