@@ -73,8 +73,8 @@ fn invalid_checkers(results: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Goal: with every nemesis (partitions, kills, pauses, clock jumps, loss, delay, health
-/// loss, policy changes) on a fixed seed, every checker holds: S1 single writer, S2 epochs,
+/// Goal: with every nemesis (partitions, kills, pauses, clock jumps, monotonic clock rates
+/// within the drift bound, loss, delay, health loss, policy changes) on a fixed seed, every checker holds: S1 single writer, S2 epochs,
 /// S3 hook calls, S4 acknowledged commands, S5 DNS, S6 operations, S7 quorum verdicts,
 /// linearizability, faults installed, recovery, no panics; and the operator's step actions
 /// (abort, retry, skip, approve) were each issued.
@@ -93,8 +93,11 @@ fn short_run_with_every_nemesis_is_valid() {
             "all",
             "--time-limit",
             "80",
+            // Seed 2: with `clock-rate` in `all`, seed 1's schedule met both health faults
+            // with no automatic failover (the group frozen by the operator, or a failover
+            // under way), so S7 had nothing to judge and said unknown.
             "--seed",
-            "1",
+            "2",
             "--nodes",
             "3",
             // Promote hooks that take 0.3 s each: long enough for the step actions to meet
