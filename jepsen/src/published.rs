@@ -92,10 +92,10 @@ fn options(spec: &TestSpec) -> String {
 fn render(rows: &[Row]) -> String {
     let mut md = String::from(
         "# Published jepsen results\n\n\
-         Long runs of the harness against the real system, judged by the checkers of the \
-         commit named in each row. Written by `cargo run -p jepsen -- results DIR...` from \
-         the stored runs (see `jepsen/README.md`, \"Published results\"); do not edit by \
-         hand.\n",
+         Long runs of the harness against the real system. Each run's commit is the one it \
+         tested; every run was judged again by the checkers of the build that wrote this \
+         file, with `cargo run -p jepsen -- results DIR...` (see `jepsen/README.md`, \
+         \"Published results\"); do not edit by hand.\n",
     );
     for r in rows {
         let name = r
