@@ -25,6 +25,21 @@ pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
 
+/// How long after its control file changes a faked process has picked the change up:
+/// libfaketime re-reads the file once a second (`FAKETIME_CACHE_DURATION`), at its next
+/// clock reading, with room for a loaded machine.
+pub const CLOCK_PICKUP_MAX: Duration = Duration::from_millis(1_200);
+/// How much later than the harness started it a process's libfaketime may have started
+/// (`ip netns exec` executes the program in place: milliseconds).
+pub const CLOCK_START_SLACK: Duration = Duration::from_millis(200);
+
+/// The agents' `--watchdog-margin-ms`: they self-fence this long before the deadline while
+/// the watchdog is armed. Below a third of the shortest lease a run grants (the policy
+/// nemesis halves 2 s, `lease-lowered` sets 1 s), which the agent requires, and longer than
+/// the database's close latency (100 ms by default), so a normal loss closes the database
+/// and the device before it fires.
+pub const WATCHDOG_MARGIN_MS: u64 = 300;
+
 /// Timing and build choices of the system under test.
 #[derive(Debug, Clone)]
 pub struct SystemOpts {
@@ -40,9 +55,20 @@ pub struct SystemOpts {
     /// The fence hook fences the old region's writer and confirms a hard fence, and the
     /// group ends the lease wait on that confirmation (`fence_ends_lease_wait`).
     pub hard_fence: bool,
+    /// Every agent arms a watchdog device (a file its host's monitor reads): a paused
+    /// agent's database is closed when its kicks stop. Without it, only the agent's own
+    /// on-lose closes the database.
+    pub watchdog: bool,
+    /// How long the agent's on-gain takes to open its region's database, and its on-lose
+    /// to close it (a promotion, a stop).
+    pub db_latency_ms: u64,
     /// Run witnesses and agents under this libfaketime (needed by the clock nemesis; found
     /// at startup by `nemesis::clock::find_libfaketime`).
     pub libfaketime: Option<PathBuf>,
+    /// Hosts whose processes libfaketime fakes the monotonic clock of too (the `clock-rate`
+    /// nemeses change only its rate there, never jump it); every other host's processes
+    /// have only their wall clock faked (the `clock` nemesis's jumps and rates).
+    pub monotonic_hosts: std::collections::BTreeSet<String>,
 }
 
 /// The group's settings the policy nemesis changes; the rest of the policy is fixed.
@@ -234,6 +260,9 @@ pub struct Cluster {
     pub hook_servers: BTreeMap<String, Proc>,
     /// BIND on the DNS host.
     pub bind: Option<Proc>,
+    /// The libfaketime spec each monotonic host's control file holds, as (offset s, rate):
+    /// a change of rate moves the offset so that the faked clock stays continuous.
+    pub clock_specs: BTreeMap<String, (f64, f64)>,
 }
 
 /// The arbiter CLI as run from inside a host's namespace.
@@ -473,6 +502,7 @@ rpc_timeout_ms = 500
             proxies: BTreeMap::new(),
             hook_servers: BTreeMap::new(),
             bind: None,
+            clock_specs: BTreeMap::new(),
         })
     }
 
@@ -512,12 +542,19 @@ rpc_timeout_ms = 500
     }
 
     /// Environment of a process that the clock nemesis may fault: libfaketime reads the
-    /// host's control file (re-read every second) and leaves the monotonic clock alone, which
-    /// arbiter uses for every safety decision (DESIGN: wall-clock time is never used for
-    /// safety; a monotonic clock that jumps is outside the model).
+    /// host's control file (re-read every second). On most hosts it leaves the monotonic
+    /// clock alone, which arbiter uses for every safety decision (DESIGN: wall-clock time is
+    /// never used for safety), so wall-clock jumps and rates must not matter; on the
+    /// `monotonic_hosts` it fakes that clock too, whose rate the `clock-rate` nemeses change
+    /// (a monotonic clock that jumps is outside the model: it is never jumped).
     pub fn clock_env(&self, host: &str) -> Vec<(String, String)> {
         let Some(lib) = &self.opts.libfaketime else {
             return Vec::new();
+        };
+        let dont_fake_monotonic = if self.opts.monotonic_hosts.contains(host) {
+            "0"
+        } else {
+            "1"
         };
         vec![
             ("LD_PRELOAD".into(), lib.display().to_string()),
@@ -526,8 +563,54 @@ rpc_timeout_ms = 500
                 self.node_dir(host).join("faketime").display().to_string(),
             ),
             ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            (
+                "FAKETIME_DONT_FAKE_MONOTONIC".into(),
+                dont_fake_monotonic.into(),
+            ),
         ]
+    }
+
+    /// The process of `host` whose clock its control file fakes: its witness or its agent.
+    pub fn faked_proc(&self, host: &str) -> Option<&Proc> {
+        self.witnesses.get(host).or_else(|| self.agents.get(host))
+    }
+
+    /// Sets a monotonic host's clock to run at `rate` from now on, never backwards:
+    /// libfaketime computes a faked time as the process's start plus the offset plus its
+    /// age times the rate, so a new rate comes with the offset that gives the same time at
+    /// an assumed moment of pickup. The process picks the file up within
+    /// [`CLOCK_PICKUP_MAX`] of the write, and a pickup at another moment than the assumed
+    /// one steps the clock by the difference times the change of rate; so a faster rate
+    /// assumes the earliest pickup and a slower one the latest, and the step is always
+    /// forward (at most the change of rate times [`CLOCK_PICKUP_MAX`]: 48 ms for 4 %).
+    /// openraft asserts that its clock never goes back, and a lease must not either.
+    /// Returns the spec written.
+    pub fn set_monotonic_rate(&mut self, host: &str, rate: f64) -> anyhow::Result<String> {
+        if !self.opts.monotonic_hosts.contains(host) {
+            bail!("{host}'s monotonic clock is not faked");
+        }
+        let age = self
+            .faked_proc(host)
+            .and_then(|p| p.started_at)
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let (offset, old) = self.clock_specs.get(host).copied().unwrap_or((0.0, 1.0));
+        let pickup = if rate > old {
+            // The process's own start (its libfaketime's) is a little after the harness
+            // started it, so its age is a little less than this one.
+            age.saturating_sub(CLOCK_START_SLACK)
+        } else {
+            age + CLOCK_PICKUP_MAX
+        };
+        let offset = offset + pickup.as_secs_f64() * (old - rate);
+        let spec = if rate == 1.0 {
+            format!("{offset:+.3}")
+        } else {
+            format!("{offset:+.3} x{rate}")
+        };
+        std::fs::write(self.node_dir(host).join("faketime"), format!("{spec}\n"))?;
+        self.clock_specs.insert(host.to_string(), (offset, rate));
+        Ok(spec)
     }
 
     /// Creates the process objects of every host and starts them all.
@@ -603,7 +686,14 @@ rpc_timeout_ms = 500
                     self.hook_servers.insert(h.name.clone(), hooks);
                 }
                 Role::Database { region } => {
-                    let argv = vec![
+                    let database = |action: &str| {
+                        format!(
+                            "'{me}' database {action} --file '{}' --latency-ms {}",
+                            nd.join(crate::database::STATE_FILE).display(),
+                            self.opts.db_latency_ms
+                        )
+                    };
+                    let mut argv = vec![
                         self.bin.display().to_string(),
                         "agent".into(),
                         "--server".into(),
@@ -618,7 +708,22 @@ rpc_timeout_ms = 500
                         nd.join("agent.json").display().to_string(),
                         "--retry-ms".into(),
                         "200".into(),
+                        "--on-gain".into(),
+                        database("open"),
+                        "--on-lose".into(),
+                        database("close"),
                     ];
+                    if self.opts.watchdog {
+                        let device = crate::watchdog::create_device(&nd)?;
+                        argv.extend([
+                            "--watchdog".into(),
+                            "required".into(),
+                            "--watchdog-device".into(),
+                            device.display().to_string(),
+                            "--watchdog-margin-ms".into(),
+                            WATCHDOG_MARGIN_MS.to_string(),
+                        ]);
+                    }
                     let mut env = self.clock_env(&h.name);
                     env.push((
                         "ARBITER_TLS_DIR".into(),

@@ -43,7 +43,10 @@ const REQUEST_BYTES_MAX: usize = 16 * 1024;
 /// Longest sleep a hook honours, whatever its options say (hook timeouts are longer).
 const SLEEP_MS_MAX: u64 = 10_000;
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `std::time::Instant` reads on Linux.
+/// The kernel's `CLOCK_MONOTONIC` in nanoseconds: the clock `std::time::Instant` reads on
+/// Linux in the harness. Asked by system call, not through libc, so that a hook running
+/// under a witness's libfaketime (which may fake the monotonic clock, `clock-rate`) still
+/// reads the real one.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -51,7 +54,11 @@ pub fn monotonic_ns() -> u64 {
     };
     // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC always exists.
     unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        libc::syscall(
+            libc::SYS_clock_gettime,
+            libc::CLOCK_MONOTONIC,
+            &mut ts as *mut libc::timespec,
+        );
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

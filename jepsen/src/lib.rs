@@ -15,6 +15,9 @@
 //! - `helpers`: the health endpoint and the delay proxy (`jepsen health-server`, `jepsen proxy`).
 //! - `hook_log`: the policy's hooks (`jepsen hook`), their call log and its collection
 //!   into the history.
+//! - `database`: each region's database (open for an epoch or closed), moved by the
+//!   agent's on-gain and on-lose (`jepsen database`), a hard fence and the watchdog;
+//!   `watchdog`: the monitor of each database host's watchdog device.
 //! - `ctx`: what workloads and the nemesis share; who is leader, which region is active.
 //! - `nemesis`: faults on a seeded schedule, and healing.
 //! - `workload`: writers, readers and the operator.
@@ -23,12 +26,14 @@
 //! - `checker`: the checkers (S1–S7, linearizability, faults, logs, recovery).
 //! - `analyze`: judges a stored run; `results`: what it concluded (`results.json`);
 //!   `report`: its HTML timeline and SVG plots.
+//! - `published`: `RESULTS.md` from stored runs (`jepsen results`).
 //! - `rng`: the seeded PRNG.
 
 pub mod analyze;
 pub mod checker;
 pub mod cluster;
 pub mod ctx;
+pub mod database;
 pub mod dns;
 pub mod helpers;
 pub mod history;
@@ -36,6 +41,7 @@ pub mod hook_log;
 pub mod hosts;
 pub mod nemesis;
 pub mod procs;
+pub mod published;
 pub mod recorder;
 pub mod report;
 pub mod results;
@@ -43,4 +49,5 @@ pub mod rng;
 pub mod runner;
 pub mod spec;
 pub mod store;
+pub mod watchdog;
 pub mod workload;

@@ -32,6 +32,14 @@ enum Cmd {
         #[arg(long)]
         expect_invalid: Option<String>,
     },
+    /// Judge stored runs again and write the published results (jepsen/RESULTS.md).
+    Results {
+        /// Run directories, or a test's `latest` link (jepsen/store/<name>/latest).
+        dirs: Vec<PathBuf>,
+        /// Where to write them.
+        #[arg(long, default_value_os_t = jepsen::store::workspace().join("jepsen/RESULTS.md"))]
+        out: PathBuf,
+    },
     /// The health endpoint of a region (run by the harness inside a database host).
     #[command(hide = true)]
     HealthServer {
@@ -65,6 +73,17 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// A region's database: open it for the agent's epoch (its on-gain) or close it (its
+    /// on-lose), each after the latency.
+    #[command(hide = true)]
+    Database {
+        /// `open` or `close`.
+        action: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
     /// The delay proxy in front of a witness (run by the harness inside a witness host).
     #[command(hide = true)]
     Proxy {
@@ -83,7 +102,8 @@ struct TestArgs {
     #[arg(long, default_value = "all", value_delimiter = ',')]
     workload: Vec<String>,
     /// Nemeses: all, none, or a comma-separated list of partition, kill, pause, clock,
-    /// loss, delay, health, policy, split-brain, lease-lowered, readd, leader-hook.
+    /// clock-rate, loss, delay, health, policy, split-brain, lease-lowered, readd, leader-hook,
+    /// paused-agent, clock-rate-beyond.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seconds of workload and faults before the final heal.
@@ -123,6 +143,13 @@ struct TestArgs {
     /// group ends the lease wait on it (`fence_ends_lease_wait`).
     #[arg(long)]
     hard_fence: bool,
+    /// The agents arm no watchdog: a paused agent's database stays open until its on-lose
+    /// runs (the control run of S1 against the `paused-agent` nemesis).
+    #[arg(long)]
+    no_watchdog: bool,
+    /// How long the database takes to open (the agent's on-gain) and to close (on-lose).
+    #[arg(long, default_value_t = jepsen::runner::DB_LATENCY_MS_DEFAULT)]
+    db_latency_ms: u64,
     /// Exit 0 only if the run is invalid and this checker (e.g. S1) says so.
     #[arg(long)]
     expect_invalid: Option<String>,
@@ -167,6 +194,14 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Cmd::Database {
+            action,
+            file,
+            latency_ms,
+        } => {
+            jepsen::database::command(&file, &action, latency_ms)?;
+            Ok(0)
+        }
         Cmd::HookServer { listen, log, name } => {
             jepsen::hook_log::hook_server(&listen, &log, &name)?;
             Ok(0)
@@ -184,6 +219,15 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
             dir,
             expect_invalid,
         } => verdict(&dir, expect_invalid.as_deref()),
+        Cmd::Results { dirs, out } => {
+            let verdicts = jepsen::published::publish(&dirs, &out)?;
+            eprintln!(
+                "jepsen: {} run(s) written to {}",
+                verdicts.len(),
+                out.display()
+            );
+            Ok(0)
+        }
         Cmd::Test(args) => {
             let opts = match &args.reproduce {
                 Some(path) => {
@@ -205,6 +249,8 @@ fn run(cmd: Cmd) -> anyhow::Result<u8> {
                     unsafe_holes: args.unsafe_hole.clone(),
                     hook_sleep_ms: args.hook_sleep_ms,
                     hard_fence: args.hard_fence,
+                    watchdog: !args.no_watchdog,
+                    db_latency_ms: args.db_latency_ms,
                     arbiter_bin: args.arbiter_bin.clone(),
                 },
             };

@@ -26,6 +26,9 @@ pub struct Proc {
     child: Option<Child>,
     /// Whether the harness stopped it with SIGSTOP (and has not continued it yet).
     pub paused: bool,
+    /// When it was last started: libfaketime measures a rate from the start of the process,
+    /// so the monotonic clock nemesis needs the process's age to keep its clock continuous.
+    pub started_at: Option<Instant>,
 }
 
 impl Proc {
@@ -44,6 +47,7 @@ impl Proc {
             log,
             child: None,
             paused: false,
+            started_at: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl Proc {
             .with_context(|| format!("cannot start {} on {}", self.argv[0], self.host))?;
         self.child = Some(child);
         self.paused = false;
+        self.started_at = Some(Instant::now());
         Ok(())
     }
 

@@ -68,29 +68,26 @@ impl Recorder {
         node: Option<&str>,
         error: Option<String>,
     ) -> Op {
-        self.record_if(kind, f, value, process, node, error, || true)
+        self.record_with(kind, f, process, node, error, || Some(value))
             .expect("an unconditional record always happens")
     }
 
-    /// Records one event only if `allowed()` holds; `allowed` is evaluated under the lock,
-    /// at the instant the event is stamped, so a decision such as "the lease is still held"
-    /// is true at the recorded time and not some scheduling delay earlier.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_if(
+    /// Records one event only if `value()` gives one; `value` is evaluated under the lock,
+    /// at the instant the event is stamped, so a decision such as "the database accepts
+    /// writes of epoch 3" is true at the recorded time and not some scheduling delay
+    /// earlier.
+    pub fn record_with(
         &self,
         kind: OpType,
         f: &str,
-        value: serde_json::Value,
         process: &str,
         node: Option<&str>,
         error: Option<String>,
-        allowed: impl FnOnce() -> bool,
+        value: impl FnOnce() -> Option<serde_json::Value>,
     ) -> Option<Op> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let time_ns = self.now_ns();
-        if !allowed() {
-            return None;
-        }
+        let value = value()?;
         let op = Op {
             index: inner.next,
             kind,

@@ -36,6 +36,10 @@ const HOOK_LOG_POLL: Duration = Duration::from_millis(100);
 /// How often progress is printed while running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// The database's open and close latency when a run does not say: a fast promotion, and
+/// a close well inside the agents' watchdog margin.
+pub const DB_LATENCY_MS_DEFAULT: u64 = 100;
+
 /// What a test run is asked to do (the options of `jepsen test`, and of `test.json`).
 #[derive(Debug, Clone)]
 pub struct TestOpts {
@@ -55,6 +59,10 @@ pub struct TestOpts {
     pub hook_sleep_ms: u64,
     /// The fence hook fences and confirms a hard fence; the group ends the wait on it.
     pub hard_fence: bool,
+    /// Every agent arms a watchdog (`--no-watchdog` turns it off).
+    pub watchdog: bool,
+    /// The database's open and close latency (the agent's on-gain and on-lose).
+    pub db_latency_ms: u64,
     /// Use this arbiter binary instead of building one.
     pub arbiter_bin: Option<PathBuf>,
 }
@@ -84,6 +92,9 @@ impl TestOpts {
         s.extra
             .insert("hook_sleep_ms".into(), json!(self.hook_sleep_ms));
         s.extra.insert("hard_fence".into(), json!(self.hard_fence));
+        s.extra.insert("watchdog".into(), json!(self.watchdog));
+        s.extra
+            .insert("db_latency_ms".into(), json!(self.db_latency_ms));
         s
     }
 
@@ -127,6 +138,12 @@ impl TestOpts {
                 .get("hard_fence")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            watchdog: s
+                .extra
+                .get("watchdog")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
+            db_latency_ms: extra_u64("db_latency_ms", DB_LATENCY_MS_DEFAULT),
             arbiter_bin: None,
         })
     }
@@ -252,7 +269,7 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     }
     // The clock nemesis needs libfaketime and its probe; a missing one is a clear error now,
     // not a run whose clock faults silently never happen.
-    let libfaketime = if opts.nemeses.iter().any(|n| n == "clock") {
+    let libfaketime = if opts.nemeses.iter().any(|n| n.starts_with("clock")) {
         crate::nemesis::clock::check_probe()?;
         Some(crate::nemesis::clock::find_libfaketime()?)
     } else {
@@ -265,7 +282,10 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         unsafe_holes: opts.unsafe_holes.clone(),
         hook_sleep_ms: opts.hook_sleep_ms,
         hard_fence: opts.hard_fence,
+        watchdog: opts.watchdog,
+        db_latency_ms: opts.db_latency_ms,
         libfaketime,
+        monotonic_hosts: crate::nemesis::clock::monotonic_hosts(&opts.nemeses, &plan),
     };
     let mut cluster = Cluster::prepare(plan.clone(), dir, bin, system)?;
     cluster.start()?;
@@ -276,6 +296,16 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         cluster: Arc::new(Mutex::new(cluster)),
         rec,
         hosts: plan,
+    };
+    // Each database host's watchdog, for as long as its agent may run (aborted at the end).
+    let watchdogs: Vec<_> = if opts.watchdog {
+        let fallback = Duration::from_millis(opts.lease_ms / 2);
+        ctx.dbs()
+            .into_iter()
+            .map(|db| tokio::spawn(crate::watchdog::monitor(ctx.clone(), db, fallback)))
+            .collect()
+    } else {
+        Vec::new()
     };
     let collector = Arc::new(Mutex::new(crate::hook_log::Collector::default()));
     let collecting = tokio::spawn({
@@ -296,6 +326,9 @@ async fn run_in(opts: &TestOpts, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || c.cluster().stop_all()).await?;
     collecting.abort();
+    for w in watchdogs {
+        w.abort();
+    }
     // The calls of the last moments, now that no witness runs.
     collector
         .lock()

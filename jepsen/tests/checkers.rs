@@ -179,6 +179,10 @@ fn valid_without_final() -> Builder {
     b.write("a", 1, 10, 20);
     b.write("a", 1, 30, 40);
     b.write("a", 1, 50, 60);
+    // Enough writes for the availability checker's minimum.
+    for k in 0..18 {
+        b.write("a", 1, 61 + 2 * k, 62 + 2 * k);
+    }
     let fo = b.event(
         OpType::Invoke,
         "operator-1",
@@ -1601,4 +1605,140 @@ fn a_halted_failback_explains_its_own_operation_not_the_clusters() {
     let results = run(&history);
     let r = result(&results, "linearizable");
     assert_eq!(r.valid, Valid::True, "{r:#?}");
+}
+
+/// Writes of region `region` at `epoch` every 50 ms from `from` to `to` ms (each 5 ms long).
+fn writes_every_50ms(b: &mut Builder, region: &str, epoch: u64, from: u64, to: u64) {
+    let mut t = from;
+    while t < to {
+        b.write(region, epoch, t, t + 5);
+        t += 50;
+    }
+}
+
+/// A nemesis fault of `value` installed at `start` ms and healed at `end` ms.
+fn fault(b: &mut Builder, f: &str, value: Value, start: u64, end: u64) {
+    let mut done = value.clone();
+    done["installed"] = json!(true);
+    b.event(OpType::Invoke, "nemesis", f, start, value.clone());
+    b.event(OpType::Ok, "nemesis", f, start + 1, done);
+    b.op(
+        "nemesis",
+        "heal",
+        end,
+        end + 1,
+        OpType::Ok,
+        json!({"kind": "heal", "heals": value, "installed": true}),
+    );
+}
+
+/// The availability checker on writes of `a` at epoch 1 for 2 s, a gap from 2 s to
+/// `2_000 + gap_ms`, and 2 s more writes (at `epoch_after`), with `extra` added.
+fn availability(gap_ms: u64, epoch_after: u64, extra: impl FnOnce(&mut Builder)) -> CheckResult {
+    let mut b = Builder::default();
+    writes_every_50ms(&mut b, "a", 1, 0, 2_000);
+    let after = 2_000 + gap_ms;
+    let region = if epoch_after == 1 { "a" } else { "b" };
+    writes_every_50ms(&mut b, region, epoch_after, after, after + 2_000);
+    extra(&mut b);
+    let (history, _) = b.finish();
+    let spec = spec();
+    let ctx = Context::new(&history, &spec, None);
+    checker::availability::check(&ctx)
+}
+
+/// Goal: the availability checker measures the longest time the active region could not
+/// write with no failover due, and holds it to its bound (5 leases of the default 2 s).
+///
+/// Method: writes every 50 ms; a 3 s gap of one region at one epoch is valid and measured; a 12 s gap is
+/// invalid and names the writes around it; the same 12 s gap under a delay fault is still
+/// invalid (the region stayed reachable), under a health fault healed 2 s before its end
+/// valid (a failover was due, and the grace of two leases covers the rest), and across an
+/// activation of the other region valid (a failover, measured apart).
+#[test]
+fn availability_holds_outages_with_no_failover_due_to_its_bound() {
+    use jepsen::checker::availability::OUTAGE_LEASES_MAX;
+    const { assert!(OUTAGE_LEASES_MAX * 2_000 < 12_000) };
+    let r = availability(3_000, 1, |_| {});
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    // From the end of the write at 1.950 s to the next at 5.000 s.
+    assert_eq!(r.counts["longest-outage-ms"], 3_045, "{r:#?}");
+    assert_eq!(r.counts["outages-over-1s"], 1, "{r:#?}");
+    // The writers' 45 ms pacing is no outage: only the 3 s gap is summed.
+    assert_eq!(r.counts["outage-total-ms"], 3_045, "{r:#?}");
+
+    let r = availability(12_000, 1, |_| {});
+    assert_eq!(r.valid, Valid::False, "{r:#?}");
+    assert!(
+        r.errors[0].message.contains("could not write for 12.045s"),
+        "{r:#?}"
+    );
+    assert_eq!(r.errors[0].ops.len(), 2, "{r:#?}");
+
+    let r = availability(12_000, 1, |b| {
+        fault(
+            b,
+            "delay",
+            json!({"kind": "delay", "targets": ["n1"], "delay_ms": 400}),
+            2_100,
+            13_000,
+        );
+    });
+    assert_eq!(r.valid, Valid::False, "a delay excuses nothing: {r:#?}");
+
+    let r = availability(12_000, 1, |b| {
+        fault(
+            b,
+            "health",
+            json!({"kind": "health", "variant": "endpoint-stopped", "targets": ["db-a"]}),
+            2_100,
+            10_000,
+        );
+    });
+    assert_eq!(
+        r.valid,
+        Valid::True,
+        "a health fault excuses its span: {r:#?}"
+    );
+    assert!(r.counts["longest-outage-ms"] < 1_000, "{r:#?}");
+
+    let r = availability(12_000, 2, |_| {});
+    assert_eq!(r.valid, Valid::True, "{r:#?}");
+    assert_eq!(r.counts["longest-outage-ms"], 45, "{r:#?}");
+    assert!(r.counts["longest-failover-gap-ms"] >= 11_990, "{r:#?}");
+}
+
+/// Goal: availability without evidence is unknown: too few writes, a writer that could not
+/// write, or a run without the writes workload.
+#[test]
+fn availability_without_evidence_is_unknown() {
+    use jepsen::checker::availability::WRITES_MIN;
+    let mut b = Builder::default();
+    for k in 0..(WRITES_MIN as u64 - 1) {
+        b.write("a", 1, 50 * k, 50 * k + 5);
+    }
+    let (history, _) = b.finish();
+    let spec = spec();
+    let r = checker::availability::check(&Context::new(&history, &spec, None));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+    assert!(r.notes[0].contains("fewer than the 20"), "{r:#?}");
+
+    let mut b = Builder::default();
+    writes_every_50ms(&mut b, "a", 1, 0, 2_000);
+    b.op(
+        "writer-b",
+        "workload-error",
+        100,
+        101,
+        OpType::Fail,
+        json!({"group": "g", "region": "b", "what": "the database's state file is unreadable"}),
+    );
+    let (history, _) = b.finish();
+    let r = checker::availability::check(&Context::new(&history, &spec, None));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
+
+    let mut reads_only = spec.clone();
+    reads_only.workload = "reads".into();
+    let r = checker::availability::check(&Context::new(&history, &reads_only, None));
+    assert_eq!(r.valid, Valid::Unknown, "{r:#?}");
 }

@@ -4,7 +4,8 @@
 //!
 //! `installed: true` is the nemesis's claim that the fault took effect, and for each kind it
 //! means that: rules in place, signals delivered, policies applied, and for `clock` a process
-//! under the host's libfaketime environment read back the faked clock (jump or rate); a
+//! under the host's libfaketime environment read back the faked clock (jump or rate; for
+//! `clock-rate` the monotonic clock's rate against the kernel's uptime); a
 //! control file written but not read is `installed: false` with the probe's finding, and
 //! a `clock` fault counts only with the probes' readings (`verified`) beside it.
 
@@ -12,7 +13,8 @@ use super::{CheckResult, Context};
 
 pub const NAME: &str = "faults-happened";
 
-/// The nemesis kind whose installation must carry the probes' evidence (`verified`).
+/// The nemesis kinds (`clock`, `clock-rate`, `clock-rate-beyond`) whose installation must
+/// carry the probes' evidence (`verified`).
 const CLOCK: &str = "clock";
 
 pub fn check(ctx: &Context) -> CheckResult {
@@ -31,12 +33,13 @@ pub fn check(ctx: &Context) -> CheckResult {
                     .and_then(|v| v.get("installed"))
                     .and_then(|v| v.as_bool())
                     == Some(true);
-                // A clock fault counts only with the probes that read the faked clock back.
-                let evidenced = kind.as_str() != CLOCK
-                    || done
-                        .and_then(|v| v.get("verified"))
-                        .and_then(|v| v.as_array())
-                        .is_some_and(|v| !v.is_empty());
+                // A clock fault (wall or monotonic) counts only with the probes that read
+                // the faked clock back.
+                let evidenced = !kind.starts_with(CLOCK)
+                    || done.and_then(|v| v.get("verified")).is_some_and(|v| {
+                        v.as_array().is_some_and(|a| !a.is_empty())
+                            || v["clocks"].as_array().is_some_and(|a| !a.is_empty())
+                    });
                 claimed && evidenced
             })
             .count();
@@ -46,7 +49,7 @@ pub fn check(ctx: &Context) -> CheckResult {
             r.offend(
                 format!(
                     "nemesis {kind} was asked for but never installed{} ({} attempt(s))",
-                    if kind.as_str() == CLOCK {
+                    if kind.starts_with(CLOCK) {
                         " with a faked clock read back"
                     } else {
                         ""

@@ -13,10 +13,13 @@
 //!   `acknowledged` (S4), `dns` (S5), `operations` (S6), `quorum_verdict` (S7).
 //! - `linearizable`: each group's `(active, epoch)` register, Wing–Gong search with Lowe's
 //!   memoisation and a step budget.
+//! - `availability`: the longest time the active region could not write with no failover
+//!   due, against a bound.
 //! - `faults`, `node_logs`, `recovery`: the run did what it was asked (faults happened, no
 //!   process panicked, the cluster answered again soon after healing).
 
 pub mod acknowledged;
+pub mod availability;
 pub mod consensus_before_action;
 pub mod dns;
 pub mod epochs;
@@ -359,6 +362,7 @@ pub fn check_all(ctx: &Context) -> Vec<CheckResult> {
         operations::check(ctx),
         quorum_verdict::check(ctx),
         linearizable::check(ctx, ctx.spec.linearizable_steps),
+        availability::check(ctx),
         faults::check(ctx),
         node_logs::check(ctx),
         recovery::check(ctx),

@@ -12,9 +12,10 @@
 //! recorded that it could not do its job (`workload-error`), when a write's value lacks its
 //! group, region or epoch, when the final state is missing, and when there are too few
 //! writes to have tested the property: fewer than [`WRITES_PER_REGION_MIN`] accepted writes
-//! by a region that held the lease, or fewer than [`WRITES_PER_HELD_EPOCH_MIN`] at an epoch
-//! a region's agent held (a `lease` event with `held`), each once the hold lasted long
-//! enough to allow them.
+//! by a region whose database was open, or fewer than [`WRITES_PER_HELD_EPOCH_MIN`] at an
+//! epoch it was open at (a `database` event with `open`; in histories from before the
+//! database model, a `lease` event with `held`), each once it stayed open long enough to
+//! allow them.
 
 use super::{fmt_s, CheckResult, Context, OpRef, Pair};
 use crate::history::OpType;
@@ -314,16 +315,24 @@ fn enough_writes(ctx: &Context, all: &[Write], r: &mut CheckResult) {
         .map(|o| o.time_ns)
         .max()
         .unwrap_or(0);
+    // What the writer could write in: the database's open spans where the history has
+    // them, else (histories from before the database model) the agent's lease holds.
+    let database = crate::workload::writer::DATABASE;
+    let (f, field, held) = if ctx.pairs_of(&[database]).next().is_some() {
+        (database, "open", "had its database open")
+    } else {
+        ("lease", "held", "held the lease")
+    };
     let mut events: BTreeMap<(&str, &str), Vec<Hold>> = BTreeMap::new();
-    for p in ctx.pairs_of(&["lease"]).filter(|p| p.is_ok()) {
+    for p in ctx.pairs_of(&[f]).filter(|p| p.is_ok()) {
         let (Some(group), Some(region), Some(epoch), Some(held)) = (
             p.group(),
             p.str_field("region"),
             p.u64_field("epoch"),
-            p.bool_field("held"),
+            p.bool_field(field),
         ) else {
             r.unknown(format!(
-                "{}: a lease event without group, region, epoch or held",
+                "{}: a {f} event without group, region, epoch or {field}",
                 p.describe()
             ));
             continue;
@@ -354,17 +363,20 @@ fn enough_writes(ctx: &Context, all: &[Write], r: &mut CheckResult) {
         *per_region.entry((w.group, w.region)).or_default() += 1;
         *per_epoch.entry((w.group, w.region, w.epoch)).or_default() += 1;
     }
+    for ((_, region), n) in &per_region {
+        r.count(&format!("writes-ok {region}"), *n as u64);
+    }
     for ((group, region), held_ns) in region_held_ns {
         let n = per_region.get(&(group, region)).copied().unwrap_or(0);
         if held_ns < HELD_REGION_JUDGED_MS * 1_000_000 {
             r.note(format!(
-                "group {group}: {region} held the lease for only {} ({n} writes): not enough \
+                "group {group}: {region} {held} for only {} ({n} writes): not enough \
                  to apply the minimum",
                 fmt_s(held_ns)
             ));
         } else if n < WRITES_PER_REGION_MIN {
             r.unknown(format!(
-                "group {group}: {region} held the lease for {} but made only {n} accepted \
+                "group {group}: {region} {held} for {} but made only {n} accepted \
                  write(s), fewer than the {WRITES_PER_REGION_MIN} needed to judge it",
                 fmt_s(held_ns)
             ));
@@ -383,13 +395,13 @@ fn enough_writes(ctx: &Context, all: &[Write], r: &mut CheckResult) {
         }
         if held_ns < HELD_EPOCH_JUDGED_MS * 1_000_000 {
             r.note(format!(
-                "group {group}: {region} held the lease at epoch {epoch} for only {} ({n} \
+                "group {group}: {region} {held} at epoch {epoch} for only {} ({n} \
                  writes): not enough to apply the minimum",
                 fmt_s(held_ns)
             ));
         } else if n < WRITES_PER_HELD_EPOCH_MIN {
             r.unknown(format!(
-                "group {group}: {region}'s agent held the lease at epoch {epoch} for {} but its \
+                "group {group}: {region} {held} at epoch {epoch} for {} but its \
                  writer made only {n} accepted write(s) at that epoch, fewer than the \
                  {WRITES_PER_HELD_EPOCH_MIN} needed to judge that window",
                 fmt_s(held_ns)

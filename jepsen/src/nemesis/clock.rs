@@ -15,6 +15,7 @@
 //! This module finds libfaketime and judges probes; it never writes a control file (the
 //! nemesis does) and never touches the processes under test.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,56 @@ pub const RATE_TOLERANCE: f64 = 0.04;
 
 /// The probe: its wall clock, a line read from stdin, its wall clock again.
 const PROBE_PERL: &str = r#"$| = 1; printf "%.6f\n", Time::HiRes::time(); <STDIN>; printf "%.6f\n", Time::HiRes::time();"#;
+
+/// The `clock-rate` kinds: rate changes of the monotonic clock, within the policy's drift
+/// bound (`clock-rate`, in `all`) and far beyond it (`clock-rate-beyond`, a control).
+pub const MONOTONIC_KINDS: &[&str] = &["clock-rate", "clock-rate-beyond"];
+
+/// The rates `clock-rate` sets: within the runs' `clock_drift_percent` of 5, and at least
+/// 3 % from x1 so that the probe tells them from a clock left alone.
+pub const RATES_WITHIN: &[&str] = &["0.96", "0.97", "1.03", "1.04"];
+
+/// The rate `clock-rate-beyond` sets on the active region's agent: its lease lasts five
+/// times what it counts, far beyond any drift bound. (Not the witnesses at x5: libfaketime
+/// picks a new rate up within a second, so their clocks step forward by up to 4.8 s at
+/// different moments, which starts elections and delays the failover past the old lease;
+/// the agent's forward step of up to 1 s only shortens its lease.)
+pub const RATE_BEYOND: &str = "0.2";
+
+/// The hosts whose monotonic clock the run fakes: none without a `clock-rate` kind; every
+/// host when no `clock` (wall clock) fault is asked for; otherwise the odd-numbered
+/// witnesses and region-a's database host, so that the wall clock's jumps have the other
+/// hosts to themselves (libfaketime applies one spec to every clock it fakes, and a
+/// monotonic clock is never jumped).
+pub fn monotonic_hosts(kinds: &[String], plan: &[crate::hosts::Host]) -> BTreeSet<String> {
+    if !kinds.iter().any(|k| MONOTONIC_KINDS.contains(&k.as_str())) {
+        return BTreeSet::new();
+    }
+    let split = kinds.iter().any(|k| k == "clock");
+    plan.iter()
+        .filter(|h| match &h.role {
+            crate::hosts::Role::Witness { .. } => {
+                !split || h.witness_id().is_some_and(|id| id % 2 == 1)
+            }
+            crate::hosts::Role::Database { region } => !split || region == "region-a",
+            crate::hosts::Role::Dns => false,
+        })
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// The monotonic probe: its (faked) `CLOCK_MONOTONIC` and the kernel's uptime (which no
+/// library fakes) on one line, a line read from stdin, both again.
+const PROBE_PERL_MONOTONIC: &str = r#"use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC); $| = 1; sub up { open(my $f, "<", "/proc/uptime") or die; my ($u) = split(" ", <$f>); $u } printf "%.6f %s\n", clock_gettime(CLOCK_MONOTONIC), up(); <STDIN>; printf "%.6f %s\n", clock_gettime(CLOCK_MONOTONIC), up();"#;
+
+/// Time between the monotonic probe's two readings: the uptime counts hundredths of a
+/// second, so over 2 s its reading is within 1 % of the real elapsed time.
+pub const MONOTONIC_PROBE_WINDOW: Duration = Duration::from_secs(2);
+
+/// How far the monotonic probe's measured rate may be from the requested one, as a
+/// fraction of it: the uptime's resolution over [`MONOTONIC_PROBE_WINDOW`], under the 3 %
+/// by which every rate of [`RATES_WITHIN`] differs from x1.
+pub const MONOTONIC_RATE_TOLERANCE: f64 = 0.012;
 
 /// Checks at startup that the probe can run (Perl with `Time::HiRes`).
 pub fn check_probe() -> anyhow::Result<()> {
@@ -164,6 +215,70 @@ pub fn judge(want: Expected, p: Probe) -> Result<Expected, String> {
     })
 }
 
+/// Whether a monotonic probe's readings (`[faked, uptime]` twice, seconds) show `rate`:
+/// the measured rate, or what it showed instead.
+pub fn judge_monotonic(rate: f64, first: [f64; 2], second: [f64; 2]) -> Result<f64, String> {
+    let real = second[1] - first[1];
+    if real <= 0.0 {
+        return Err(format!("the probe's uptime moved {real:.3} s"));
+    }
+    let seen = (second[0] - first[0]) / real;
+    if (seen / rate - 1.0).abs() > MONOTONIC_RATE_TOLERANCE {
+        return Err(format!(
+            "a faked process's monotonic clock runs at x{seen:.3}, not x{rate}"
+        ));
+    }
+    Ok(seen)
+}
+
+/// Runs the monotonic probe in namespace `ns` under `env` and returns the rate its
+/// monotonic clock showed against the kernel's uptime.
+pub async fn probe_monotonic(ns: &str, env: &[(String, String)], rate: f64) -> anyhow::Result<f64> {
+    use tokio::io::AsyncWriteExt;
+    if env.is_empty() {
+        bail!("the run's processes are not under libfaketime (no clock nemesis asked for)");
+    }
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "env"])
+        .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+        .args(["perl", "-e", PROBE_PERL_MONOTONIC])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .context("cannot run the monotonic clock probe")?;
+    let mut stdin = child.stdin.take().context("the probe has no stdin")?;
+    let stdout = child.stdout.take().context("the probe has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let read = async {
+        let mut readings = [[0.0; 2]; 2];
+        for (k, reading) in readings.iter_mut().enumerate() {
+            if k == 1 {
+                tokio::time::sleep(MONOTONIC_PROBE_WINDOW).await;
+                stdin.write_all(b"\n").await?;
+                stdin.flush().await?;
+            }
+            let line = lines
+                .next_line()
+                .await?
+                .context("the probe ended before printing its clocks")?;
+            let mut words = line.split_whitespace().map(|w| w.parse::<f64>());
+            match (words.next(), words.next()) {
+                (Some(Ok(faked)), Some(Ok(up))) => *reading = [faked, up],
+                _ => bail!("the probe printed {line:?}, not two clocks"),
+            }
+        }
+        anyhow::Ok(readings)
+    };
+    let readings = tokio::time::timeout(PROBE_TIMEOUT, read)
+        .await
+        .context("the monotonic clock probe did not answer in time")??;
+    let _ = child.kill().await;
+    judge_monotonic(rate, readings[0], readings[1]).map_err(|e| anyhow::anyhow!(e))
+}
+
 fn real_now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,6 +341,17 @@ pub async fn probe(ns: &str, env: &[(String, String)]) -> anyhow::Result<Probe> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monotonic_probe_shows_the_rate_or_says_what_it_saw() {
+        assert!(judge_monotonic(1.04, [10.0, 500.0], [12.08, 502.0]).is_ok());
+        let err = judge_monotonic(1.04, [10.0, 500.0], [12.0, 502.0]).unwrap_err();
+        assert!(err.contains("x1.000, not x1.04"), "{err}");
+        assert!(judge_monotonic(0.96, [10.0, 500.0], [11.92, 502.0]).is_ok());
+        assert!(judge_monotonic(1.0, [10.0, 500.0], [11.0, 500.0]).is_err());
+        // x5 read with the uptime's hundredths: 10 s faked over 2.01 s.
+        assert!(judge_monotonic(5.0, [10.0, 500.0], [20.0, 502.01]).is_ok());
+    }
 
     #[test]
     fn specs_parse_into_offsets_and_rates() {

@@ -14,7 +14,10 @@
 //! `split-brain` (not in `all`: the active region's database host is cut from every witness
 //! again and again, the fault that breaks S1 when the lease wait is skipped), and
 //! `leader-hook` (not in `all`: that cut, then the leader cut off from every host as soon as
-//! it starts a promote hook, so a deposed leader has a step in hand).
+//! it starts a promote hook, so a deposed leader has a step in hand), and `paused-agent`
+//! (not in `all`: the active region's agent paused and its database host cut from every
+//! witness, held until the other region's database opens, so the cluster fails over while
+//! the paused agent cannot run its on-lose: only the watchdog closes its database).
 //!
 //! A clock fault is `installed: true` only once a process under the faulted host's
 //! libfaketime environment shows the faked clock (`clock`).
@@ -39,6 +42,7 @@ pub const ALL: &[&str] = &[
     "kill",
     "pause",
     "clock",
+    "clock-rate",
     "loss",
     "delay",
     "health",
@@ -49,7 +53,26 @@ pub const ALL: &[&str] = &[
 /// wait taken from a lowered lease; `readd`: a group re-added without a wait).
 /// `leader-hook`: the leader cut off while it runs a (slow) promote hook, the schedule in
 /// which a deposed leader that does not confirm its leadership calls hooks (S3).
-pub const EXTRA: &[&str] = &["split-brain", "lease-lowered", "readd", "leader-hook"];
+/// `paused-agent`: the active region's agent paused while the cluster fails over, the fault
+/// only the watchdog answers.
+pub const EXTRA: &[&str] = &[
+    "split-brain",
+    "lease-lowered",
+    "readd",
+    "leader-hook",
+    "paused-agent",
+    "clock-rate-beyond",
+];
+
+/// How long `clock-rate-beyond` lets the slowed agent run before cutting its host off:
+/// one renewal under the slow rate (a third of the 2 s lease at x0.2 is 3.3 s of real
+/// time), so that the lease it holds at the cut lasts five times its length.
+const CLOCK_RATE_SETTLE: Duration = Duration::from_secs(4);
+
+/// How long the `paused-agent` fault waits for the other region's database to open after
+/// pausing the active region's agent and cutting its host: detection, the lease wait and
+/// the steps up to activate, with room.
+const PAUSED_AGENT_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the `leader-hook` fault waits for a promote hook call after cutting the active
 /// region's database host: detection, the lease wait and the steps before promote, with room.
@@ -130,6 +153,21 @@ enum Fault {
         cut: Vec<partition::Drop>,
         targets: Vec<String>,
     },
+    /// The monotonic clock of `hosts` set to run at `rate` (continuously, never back);
+    /// with `cut`, the active region's database host (`cut_host`) cut from every witness
+    /// too, held until the other region's database opens.
+    ClockRate {
+        variant: &'static str,
+        hosts: Vec<String>,
+        rate: f64,
+        cut: Option<(String, Vec<partition::Drop>)>,
+    },
+    /// The active region's agent paused (`host`) and its database host cut from every
+    /// witness (`cut`); held until the other region's database opens.
+    PausedAgent {
+        host: String,
+        cut: Vec<partition::Drop>,
+    },
 }
 
 impl Fault {
@@ -144,6 +182,8 @@ impl Fault {
             Fault::Health { .. } => "health",
             Fault::Policy { .. } => "policy",
             Fault::LeaderHook { .. } => "partition",
+            Fault::PausedAgent { .. } => "pause",
+            Fault::ClockRate { .. } => "clock-rate",
         }
     }
 
@@ -182,6 +222,23 @@ impl Fault {
             }
             Fault::LeaderHook { targets, .. } => {
                 json!({"kind": "leader-hook", "variant": "leader-hook", "targets": targets})
+            }
+            Fault::ClockRate {
+                variant,
+                hosts,
+                rate,
+                cut,
+            } => {
+                let kind = if *variant == "beyond" {
+                    "clock-rate-beyond"
+                } else {
+                    "clock-rate"
+                };
+                json!({"kind": kind, "variant": variant, "targets": hosts, "rate": rate,
+                       "cut": cut.as_ref().map(|(h, _)| h)})
+            }
+            Fault::PausedAgent { host, .. } => {
+                json!({"kind": "paused-agent", "variant": "paused-agent", "targets": [format!("{host}/agent")]})
             }
             Fault::Policy {
                 variant,
@@ -297,6 +354,39 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
                 targets: vec![db.name.clone()],
             }
         }
+        "clock-rate" | "clock-rate-beyond" => {
+            let monotonic: Vec<String> =
+                ctx.cluster().opts.monotonic_hosts.iter().cloned().collect();
+            if kind == "clock-rate" {
+                let k = rng.range(1, monotonic.len().max(1) as u64) as usize;
+                Fault::ClockRate {
+                    variant: "within",
+                    hosts: rng.sample(&monotonic, k),
+                    rate: rng.pick(clock::RATES_WITHIN).parse().unwrap_or(1.0),
+                    cut: None,
+                }
+            } else {
+                // The active region's agent, whose lease then lasts five times longer in
+                // real time than the leader's wait allows for.
+                let db = active_db(ctx).await;
+                Fault::ClockRate {
+                    variant: "beyond",
+                    hosts: vec![db.name.clone()],
+                    rate: clock::RATE_BEYOND.parse().unwrap_or(1.0),
+                    cut: Some((
+                        db.name.clone(),
+                        partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
+                    )),
+                }
+            }
+        }
+        "paused-agent" => {
+            let db = active_db(ctx).await;
+            Fault::PausedAgent {
+                host: db.name.clone(),
+                cut: partition::cut(std::slice::from_ref(&db), &ctx.witnesses()),
+            }
+        }
         "loss" => {
             let k = rng.range(1, n as u64) as usize;
             Fault::Loss {
@@ -336,6 +426,9 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
         "clock" => {
             let mut candidates = names(&w);
             candidates.extend(names(&ctx.dbs()));
+            // The wall clock's jumps would jump a faked monotonic clock too.
+            let monotonic = ctx.cluster().opts.monotonic_hosts.clone();
+            candidates.retain(|h| !monotonic.contains(h));
             let k = rng.range(1, candidates.len() as u64) as usize;
             let hosts = rng.sample(&candidates, k);
             let (variant, spec) = if rng.chance(0.5) {
@@ -524,6 +617,33 @@ fn install(fault: &Fault, ctx: &Ctx) -> anyhow::Result<()> {
     match fault {
         Fault::Partition { drops, .. } => partition::install(drops),
         Fault::LeaderHook { cut, .. } => partition::install(cut),
+        Fault::ClockRate {
+            hosts, rate, cut, ..
+        } => {
+            // The rates only: a cut comes later (`run`), once the agent holds a lease
+            // granted under its new rate.
+            let _ = cut;
+            let mut c = ctx.cluster();
+            for h in hosts {
+                c.set_monotonic_rate(h, *rate)?;
+            }
+            Ok(())
+        }
+        Fault::PausedAgent { host, cut } => {
+            {
+                let mut c = ctx.cluster();
+                match c.agents.get_mut(host) {
+                    Some(p) => {
+                        if !p.running() {
+                            anyhow::bail!("{host}'s agent is not running");
+                        }
+                        p.pause()
+                    }
+                    None => anyhow::bail!("{host}'s agent is not running"),
+                }
+            }
+            partition::install(cut)
+        }
         Fault::Loss { hosts, probability } => {
             for h in hosts {
                 partition::loss(h, *probability)?;
@@ -645,7 +765,17 @@ pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
     let dir = c.dir.clone();
     for h in &ctx.hosts {
         let nd = dir.join("nodes").join(&h.name);
-        let _ = std::fs::write(nd.join("faketime"), "+0\n");
+        // A monotonic clock is set back to x1 without a jump: it keeps what it drifted.
+        if c.opts.monotonic_hosts.contains(&h.name) {
+            let drifting = c.clock_specs.get(&h.name).is_some_and(|(_, r)| *r != 1.0);
+            if drifting {
+                if let Err(e) = c.set_monotonic_rate(&h.name, 1.0) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        } else {
+            let _ = std::fs::write(nd.join("faketime"), "+0\n");
+        }
         let _ = std::fs::write(nd.join("delay_ms"), "0\n");
     }
     for set in [&mut c.witnesses, &mut c.agents] {
@@ -755,6 +885,49 @@ pub async fn run(ctx: Ctx, schedule: Schedule, until: Instant) -> u64 {
                     .map(|v| verified = Some(v)),
                 Err(e) => Err(e),
             },
+            // Counts once every faked process shows the rate; beyond the bound, held until
+            // the other region's database opens.
+            Fault::ClockRate {
+                hosts, rate, cut, ..
+            } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => match verify_monotonic(&ctx, hosts, *rate).await {
+                    Ok(v) => {
+                        verified = Some(v);
+                        match cut {
+                            Some((db, drops)) => {
+                                sleep_until_or(CLOCK_RATE_SETTLE, until).await;
+                                let drops = drops.clone();
+                                let cut =
+                                    tokio::task::spawn_blocking(move || partition::install(&drops))
+                                        .await
+                                        .unwrap_or_else(|e| {
+                                            Err(anyhow::anyhow!("install panicked: {e}"))
+                                        });
+                                match cut {
+                                    Ok(()) => other_database_opens(&ctx, db, until).await.map(
+                                        |opened| {
+                                            if let Some(v) = verified.as_mut() {
+                                                *v = json!({"clocks": v.clone(), "failover": opened});
+                                            }
+                                        },
+                                    ),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            // Held until the other region's database opens: the failover happened.
+            Fault::PausedAgent { host, .. } => match install_blocking(&ctx, &fault).await {
+                Ok(()) => other_database_opens(&ctx, host, until)
+                    .await
+                    .map(|v| verified = Some(v)),
+                Err(e) => Err(e),
+            },
             _ => install_blocking(&ctx, &fault).await,
         };
         let mut done = value.clone();
@@ -848,6 +1021,93 @@ async fn isolate_hook_caller(
         "no {step} hook was called within {} s or before the time limit",
         LEADER_HOOK_WAIT.as_secs()
     )
+}
+
+/// Waits (at most [`PAUSED_AGENT_WAIT`], never past `until`) for a database other than
+/// `paused`'s to open at a newer epoch than `paused`'s, and records what each was then
+/// (`{opened, epoch, paused, paused_state}`): `paused_state` `open` means the paused
+/// agent's database still accepts writes while the other one does.
+async fn other_database_opens(
+    ctx: &Ctx,
+    paused: &str,
+    until: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    let dbs: Vec<(String, crate::database::Database)> = {
+        let c = ctx.cluster();
+        c.db_hosts()
+            .into_iter()
+            .map(|h| {
+                let db = crate::database::Database::in_dir(&c.node_dir(&h.name));
+                (h.name, db)
+            })
+            .collect()
+    };
+    let epoch_of = |name: &str| {
+        dbs.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, db)| db.state().ok())
+    };
+    let before = epoch_of(paused).map(|s| s.epoch()).unwrap_or(0);
+    let deadline = (Instant::now() + PAUSED_AGENT_WAIT).min(until);
+    while Instant::now() < deadline {
+        for (name, db) in dbs.iter().filter(|(n, _)| n != paused) {
+            if let Some(epoch) = db.accepts().filter(|e| *e > before) {
+                let state = epoch_of(paused);
+                return Ok(json!({"opened": name, "epoch": epoch, "paused": paused,
+                    "paused_state": match state { Some(s) if s.is_open() => "open", Some(_) => "closed", None => "unreadable" }}));
+            }
+        }
+        tokio::time::sleep(LEADER_HOOK_POLL).await;
+    }
+    anyhow::bail!(
+        "no other database opened within {} s or before the time limit",
+        PAUSED_AGENT_WAIT.as_secs()
+    )
+}
+
+/// Probes every host's monotonic clock at once (`clock-rate`): the rate each showed
+/// (`[{host, rate, spec}]`), or the first host whose faked process does not show `rate`.
+async fn verify_monotonic(
+    ctx: &Ctx,
+    hosts: &[String],
+    rate: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let probes: Vec<_> = {
+        let c = ctx.cluster();
+        hosts
+            .iter()
+            .map(|h| {
+                let spec = c.clock_specs.get(h).copied();
+                (h.clone(), c.host(h).ns(), c.clock_env(h), spec)
+            })
+            .collect()
+    };
+    let tasks: Vec<_> = probes
+        .into_iter()
+        .map(|(h, ns, env, spec)| {
+            tokio::spawn(async move {
+                let seen = clock::probe_monotonic(&ns, &env, rate)
+                    .await
+                    .with_context(|| format!("monotonic clock of {h}"))?;
+                anyhow::Ok(json!({
+                    "host": h,
+                    "rate": (seen * 1000.0).round() / 1000.0,
+                    "offset_s": spec.map(|(o, _)| (o * 1000.0).round() / 1000.0),
+                }))
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(
+            t.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("clock probe panicked: {e}")))?,
+        );
+    }
+    if seen.is_empty() {
+        anyhow::bail!("no host's monotonic clock is faked in this run");
+    }
+    Ok(json!(seen))
 }
 
 /// Probes every faulted host's clock at once (`clock`): what each showed (`[{host,

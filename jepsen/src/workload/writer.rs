@@ -1,21 +1,22 @@
-//! The lease/writes workload: in each region a writer that writes only while its agent
-//! holds the lease, the way a database behind `arbiter agent` must.
+//! The lease/writes workload: in each region a writer that writes while its region's
+//! database accepts writes ([`crate::database`]): between the real runs of the agent's
+//! `--on-gain` (which opens it for the agent's epoch, after its latency) and `--on-lose`
+//! (which closes it), unless the watchdog or a hard fence closed it first. The agent's
+//! state file decides nothing: a paused agent's database keeps writing until the watchdog
+//! fires, as a real one would, and S1 judges what it wrote.
 //!
-//! The writer runs in the harness process, so no faked clock reaches it. It reads the
-//! agent's state file (`holding`, `epoch`, `deadline_in_ms`) and turns the deadline into
-//! wall time with the file's modification time, which the kernel stamps (libfaketime in the
-//! agent cannot touch it). A write is recorded only if, at the instant it is stamped, that
-//! deadline has not passed: a paused agent that cannot run its on-lose command does not keep
-//! its region writing. Each record is appended to `writes.log` on the host before the `ok`.
-//!
-//! A hard fence stops the writer too: once the fence hook wrote an epoch into the host's
-//! `fenced` file, no write of an older epoch is accepted (the old primary is fenced, so the
-//! cluster may end the lease wait early on the hook's confirmation).
+//! The writer runs in the harness process, so no faked clock reaches it. Whether the
+//! database accepts a write, and at which epoch, is read at the instant the write is
+//! stamped; each record is appended to `writes.log` on the host before the `ok`. Changes
+//! of the database's state are recorded as `database` events (`open`, `epoch`, `by`), and
+//! the agent's own view (its state file: `holding`, `epoch`, a deadline from the file's
+//! kernel modification time plus `deadline_in_ms`) as `lease` events, for the epochs
+//! checker and the timeline.
 //!
 //! A writer that cannot do its job says so in the history (`workload-error`, which makes S1
-//! `unknown`) instead of going quiet: when it cannot open its log, and when the agent's
-//! state file cannot be read for [`AGENT_STATE_WAIT`] in a row (it never appeared, or it
-//! went away); then it stops.
+//! `unknown`) instead of going quiet: when it cannot open its log, when the database's
+//! state file cannot be read, and when the agent's state file cannot be read for
+//! [`AGENT_STATE_WAIT`] in a row (it never appeared, or it went away); then it stops.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,13 +81,6 @@ fn workload_error(ctx: &Ctx, process: &str, node: &str, region: &str, what: &str
     );
 }
 
-/// Whether a hard fence (the policy's fence hook under `--hard-fence`) stopped this region's
-/// primary for writes of `epoch`: the fence names a newer epoch. Checked at the instant a
-/// write is stamped, like the lease, so no write of a fenced epoch is ever accepted.
-fn fenced(fence: &std::path::Path, epoch: u64) -> bool {
-    crate::hook_log::fenced_epoch(fence).is_some_and(|fenced| epoch < fenced)
-}
-
 impl Lease {
     fn valid_at(&self, now: SystemTime) -> bool {
         self.holding && self.deadline.is_some_and(|d| now < d)
@@ -109,7 +103,7 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     };
     let dir = ctx.cluster().node_dir(&db.name);
     let state = dir.join("agent.json");
-    let fence = dir.join(crate::hook_log::FENCE_FILE);
+    let database = crate::database::Database::in_dir(&dir);
     let process = format!("writer-{region}");
     let agent_process = format!("agent-{region}");
     let mut log = match std::fs::OpenOptions::new()
@@ -127,13 +121,19 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
     let mut seq = 0u64;
     let mut acknowledged = 0;
     let mut last: Option<(bool, u64)> = None;
+    let mut last_db: Option<crate::database::DbState> = None;
     let mut last_read = Instant::now();
     while Instant::now() < until {
         tokio::time::sleep(WRITE_INTERVAL).await;
-        let lease = match read_lease(&state) {
+        match read_lease(&state) {
             Ok(lease) => {
                 last_read = Instant::now();
-                lease
+                let held = lease.valid_at(SystemTime::now());
+                if last != Some((held, lease.epoch)) {
+                    last = Some((held, lease.epoch));
+                    let value = json!({"group": GROUP, "region": region, "epoch": lease.epoch, "held": held});
+                    event(&ctx, "lease", value, &agent_process, &db.name);
+                }
             }
             Err(e) if last_read.elapsed() >= AGENT_STATE_WAIT => {
                 let what = format!(
@@ -144,48 +144,50 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
                 workload_error(&ctx, &process, &db.name, &region, &what, e);
                 return acknowledged;
             }
-            Err(_) => continue,
-        };
-        let held = lease.valid_at(SystemTime::now());
-        if last != Some((held, lease.epoch)) {
-            last = Some((held, lease.epoch));
-            let value =
-                json!({"group": GROUP, "region": region, "epoch": lease.epoch, "held": held});
-            ctx.rec.invoke(
-                "lease",
-                json!({"group": GROUP, "region": region}),
-                &agent_process,
-                Some(&db.name),
-            );
-            ctx.rec.complete(
-                OpType::Ok,
-                "lease",
-                value,
-                &agent_process,
-                Some(&db.name),
-                None,
-            );
+            Err(_) => {}
         }
-        if !held {
+        let db_state = match database.state() {
+            Ok(s) => s,
+            Err(e) => {
+                let what = "the database's state file is unreadable";
+                workload_error(&ctx, &process, &db.name, &region, what, e);
+                return acknowledged;
+            }
+        };
+        if last_db.as_ref() != Some(&db_state) {
+            let by = match &db_state {
+                crate::database::DbState::Open { .. } => "on-gain",
+                crate::database::DbState::Closed { by, .. } => by.as_str(),
+            };
+            let value = json!({"group": GROUP, "region": region, "epoch": db_state.epoch(),
+                               "open": db_state.is_open(), "by": by});
+            event(&ctx, DATABASE, value, &process, &db.name);
+            last_db = Some(db_state.clone());
+        }
+        if database.accepts().is_none() {
             continue;
         }
-        let value = json!({"group": GROUP, "region": region, "epoch": lease.epoch, "seq": seq + 1});
-        let invoked = ctx.rec.record_if(
+        // The epoch is the one the database accepts at the instant the write is stamped.
+        let mut epoch = 0;
+        let invoked = ctx.rec.record_with(
             OpType::Invoke,
             "write",
-            value.clone(),
             &process,
             Some(&db.name),
             None,
-            || lease.valid_at(SystemTime::now()) && !fenced(&fence, lease.epoch),
+            || {
+                let e = database.accepts()?;
+                epoch = e;
+                Some(json!({"group": GROUP, "region": region, "epoch": e, "seq": seq + 1}))
+            },
         );
-        if invoked.is_none() {
+        let Some(value) = invoked.map(|op| op.value) else {
             continue;
-        }
+        };
         seq += 1;
         // Page cache is durable enough here: the hosts share the harness's file system and
         // the harness never crashes a host's kernel.
-        let line = format!("{region} {} {seq}\n", lease.epoch);
+        let line = format!("{region} {epoch} {seq}\n");
         match log.write_all(line.as_bytes()) {
             Ok(()) => {
                 acknowledged += 1;
@@ -203,6 +205,17 @@ pub async fn run(ctx: Ctx, db: Host, until: Instant) -> u64 {
         }
     }
     acknowledged
+}
+
+/// The `f` of a change of a region's database state, as its writer saw it.
+pub const DATABASE: &str = "database";
+
+/// Records an observation (an invocation and its `ok` at once).
+fn event(ctx: &Ctx, f: &str, value: serde_json::Value, process: &str, node: &str) {
+    let key = json!({"group": GROUP, "region": value["region"]});
+    ctx.rec.invoke(f, key, process, Some(node));
+    ctx.rec
+        .complete(OpType::Ok, f, value, process, Some(node), None);
 }
 
 #[cfg(test)]
