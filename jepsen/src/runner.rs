@@ -31,6 +31,10 @@ const BIND_READY: Duration = Duration::from_secs(20);
 /// Bound on waiting, after recovery, for every DNS source to answer the committed region
 /// (the reconciler repairs BIND every 2 s); what they answer is recorded either way.
 const DNS_CONVERGENCE: Duration = Duration::from_secs(20);
+/// Bound on waiting, after recovery, for the operations still running to end (done,
+/// aborted or halted for an operator): a failback that started just before the final heal
+/// may still be in its hooks. What they are is recorded either way, and S6 judges it.
+const OPERATIONS_SETTLE: Duration = Duration::from_secs(60);
 /// How often the witnesses' hook call logs are copied into the history.
 const HOOK_LOG_POLL: Duration = Duration::from_millis(100);
 /// How often progress is printed while running.
@@ -567,10 +571,49 @@ async fn wait_dns(ctx: &Ctx) {
     eprintln!("jepsen: DNS did not converge within {DNS_CONVERGENCE:?}: {last}");
 }
 
-/// The `final` operation: status and operations after recovery, through the first witness
-/// that answers, and what every DNS source answers.
+/// After recovery, polls the operations until none is running (or aborting) or
+/// [`OPERATIONS_SETTLE`] passes.
+async fn wait_operations(ctx: &Ctx) {
+    let start = Instant::now();
+    let args: Vec<String> = ["operations", "--json", "--limit", "50"]
+        .map(String::from)
+        .to_vec();
+    let mut last = String::from("no answer");
+    while start.elapsed() < OPERATIONS_SETTLE {
+        let h = ctx.witnesses()[0].clone();
+        let out = ctx.cli.run(&h, &args, SETUP_CALL).await;
+        match serde_json::from_str::<serde_json::Value>(out.stdout.trim()) {
+            Ok(v) if out.code == Some(0) => {
+                let busy: Vec<String> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| matches!(o["state"].as_str(), Some("running" | "aborting")))
+                    .map(|o| format!("{} at {}", o["id"], o["step"].as_str().unwrap_or("?")))
+                    .collect();
+                if busy.is_empty() {
+                    if start.elapsed() > Duration::from_secs(1) {
+                        eprintln!(
+                            "jepsen: the last running operation ended {:.1} s after recovery",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    return;
+                }
+                last = busy.join(", ");
+            }
+            _ => last = out.error_text(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("jepsen: operations still running {OPERATIONS_SETTLE:?} after recovery: {last}");
+}
+
+/// The `final` operation: status and operations after recovery (once the running ones
+/// ended), through the first witness that answers, and what every DNS source answers.
 async fn final_op(ctx: &Ctx) {
     const PROCESS: &str = "checker";
+    wait_operations(ctx).await;
     wait_dns(ctx).await;
     ctx.rec.invoke("final", json!({}), PROCESS, None);
     let mut last = String::new();
