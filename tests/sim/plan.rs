@@ -87,8 +87,10 @@ pub enum Event {
     Restart(u64),
     /// Crashes whichever witness leads when it fires (restarted by a later `Restart`).
     CrashLeader,
-    /// Cuts the leader of the moment off from every other witness.
+    /// Cuts the leader of the moment off from every other witness, until `Rejoin` (other
+    /// faults' heals leave it cut off).
     IsolateLeader,
+    Rejoin,
     Pause(u64),
     Resume(u64),
     RegionDown(usize),
@@ -158,14 +160,16 @@ impl Plan {
             events.push((hit + at(2_000, 5_000, &mut rng), Event::Restart(0)));
         } else {
             events.push((hit, Event::IsolateLeader));
-            events.push((hit + at(3_000, 6_000, &mut rng), Event::HealNetwork));
+            events.push((hit + at(3_000, 6_000, &mut rng), Event::Rejoin));
         }
 
-        // Policy changes: at least two.
+        // Policy changes: at least two changes of lease terms (never refused), then more
+        // of any kind.
         let mut terms = initial.clone();
-        for _ in 0..rng.random_range(2..=5) {
+        for i in 0..rng.random_range(3..=6) {
             let t = at(1_000, 28_000, &mut rng);
-            let change = match rng.random_range(0..6) {
+            let kinds = if i < 2 { 3 } else { 6 };
+            let change = match rng.random_range(0..kinds) {
                 0 => PolicyChange::LeaseMs([1_000, 1_500, 2_000, 3_000][rng.random_range(0..4)]),
                 1 => PolicyChange::MarginMs([50, 100, 300][rng.random_range(0..3)]),
                 2 => PolicyChange::DriftPercent([5, 10, 20][rng.random_range(0..3)]),

@@ -55,6 +55,8 @@ const AGENT_EP: u64 = 300;
 const WALL_ORIGIN_MS: u64 = 4_102_444_800_000;
 /// How long an operator's command may wait for the leader.
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Steps an operator keeps retrying a policy change that did not commit.
+const POLICY_ATTEMPTS: usize = 150;
 /// The address the policy names for the DNS server (never dialled: the world answers).
 const DNS_SERVER: &str = "192.0.2.53:53";
 
@@ -122,6 +124,8 @@ pub struct Sim {
     request_seq: u64,
     pub policy_changes: u64,
     agents: Vec<JoinHandle<()>>,
+    /// The witness an `IsolateLeader` cut off, until `Rejoin`.
+    isolated: Option<u64>,
 }
 
 /// A node file for witness `id` of `n` (TLS files exist but are never read).
@@ -270,6 +274,7 @@ impl Sim {
             request_seq: 0,
             policy_changes: 0,
             agents: Vec::new(),
+            isolated: None,
         };
         for id in 1..=sim.plan.witnesses {
             sim.start_witness(id).await;
@@ -367,6 +372,17 @@ impl Sim {
             .map(|p| p.consensus.clone())
     }
 
+    /// The leader's id, waiting for one up to [`POLICY_ATTEMPTS`] steps.
+    async fn await_leader(&mut self) -> Option<u64> {
+        for _ in 0..POLICY_ATTEMPTS {
+            if let Some(l) = self.leader() {
+                return Some(l.id());
+            }
+            self.step().await;
+        }
+        None
+    }
+
     fn running(&self) -> Vec<Arc<Consensus>> {
         self.witnesses
             .values()
@@ -414,19 +430,20 @@ impl Sim {
     }
 
     /// Applies the policy with the current terms; counts it when committed and applied.
-    async fn apply_policy(&mut self) -> bool {
+    /// `None`: not committed (no leader, timed out); `Some(applied)` otherwise.
+    async fn apply_policy(&mut self) -> Option<bool> {
         let policy = Policy::parse("policy.toml", &policy_toml(&self.terms)).expect("policy valid");
         let resp = self
             .operate(Command::ApplyPolicy {
                 policy,
                 if_version: 0,
             })
-            .await;
-        let applied = resp.is_some_and(|r| r.outcome.is_ok());
+            .await?;
+        let applied = resp.outcome.is_ok();
         if applied {
             self.policy_changes += 1;
         }
-        applied
+        Some(applied)
     }
 
     /// Phase 1: a leader, the first policy, the agents.
@@ -440,7 +457,7 @@ impl Sim {
         let peers = self.witnesses[&1].config.peers.clone();
         first.initialize(&peers).await.expect("initialize");
         for _ in 0..200 {
-            if self.leader().is_some() && self.apply_policy().await {
+            if self.leader().is_some() && self.apply_policy().await == Some(true) {
                 break;
             }
             self.step().await;
@@ -528,6 +545,9 @@ impl Sim {
             }
             Event::HealNetwork => {
                 self.router.heal();
+                if let Some(l) = self.isolated {
+                    self.router.isolate(l);
+                }
                 self.world
                     .lock()
                     .unwrap()
@@ -546,15 +566,26 @@ impl Sim {
                 }
             }
             Event::Restart(id) => self.start_witness(*id).await,
+            // Aimed at the leader: waits for one if there is none at the moment.
             Event::CrashLeader => {
-                if let Some(l) = self.leader() {
-                    self.crash_witness(l.id()).await;
+                if let Some(l) = self.await_leader().await {
+                    self.crash_witness(l).await;
                 }
             }
             Event::IsolateLeader => {
-                if let Some(l) = self.leader() {
-                    self.router.isolate(l.id());
+                if let Some(l) = self.await_leader().await {
+                    self.router.isolate(l);
+                    self.isolated = Some(l);
                 }
+            }
+            Event::Rejoin => {
+                self.isolated = None;
+                self.router.heal();
+                self.world
+                    .lock()
+                    .unwrap()
+                    .checker
+                    .net_changed(now(), &self.router);
             }
             Event::Pause(id) => self.router.pause(*id, true),
             Event::Resume(id) => self.router.pause(*id, false),
@@ -594,7 +625,14 @@ impl Sim {
                     }
                     PolicyChange::CatalogC(c) => self.terms.catalog_c = *c,
                 }
-                self.apply_policy().await;
+                // An operator retries a change that found no leader or timed out, for a
+                // while; a refusal is final.
+                for _ in 0..POLICY_ATTEMPTS {
+                    match self.apply_policy().await {
+                        Some(_) => break,
+                        None => self.step().await,
+                    }
+                }
             }
             Event::Mode { group, mode } => {
                 let mode = match mode {
@@ -655,6 +693,7 @@ impl Sim {
     /// converge to the committed state within [`LIVENESS_MAX`].
     pub async fn liveness(&mut self) {
         self.world.lock().unwrap().event("heal everything".into());
+        self.isolated = None;
         self.router.heal();
         for id in 1..=self.plan.witnesses {
             self.start_witness(id).await;
