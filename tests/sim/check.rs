@@ -4,7 +4,9 @@
 //!   a holder's lease counted until the real-time instant its own (slow) clock reaches its
 //!   deadline (send time + lease, stretched by its drift).
 //! - **S2** monotone epochs: no epoch of a group ever names two regions, no witness's epoch
-//!   of a group goes back, and every grant is at an epoch committed for that region.
+//!   of a group goes back, every operation reserves an epoch above every epoch an earlier
+//!   operation of the group reserved (aborted ones included), and every grant is at an
+//!   epoch committed for that region.
 //! - **S3** consensus before action: every hook call names an operation, group and epoch
 //!   its caller has applied, and no call at a term starts after a call at a newer term
 //!   ([`ORDER_MARGIN`] apart).
@@ -67,6 +69,8 @@ pub struct Checker {
     regions_up: [bool; 3],
     ops_seen: BTreeSet<u64>,
     ops_done: BTreeSet<u64>,
+    /// group -> (operation id, epoch) of the latest operation seen reserving the highest epoch.
+    reserved: BTreeMap<String, (u64, u64)>,
     last_leader: Option<(u64, u64)>,
     pub leader_changes: u64,
     pub hook_calls: u64,
@@ -89,6 +93,7 @@ impl Checker {
             regions_up: [true; 3],
             ops_seen: BTreeSet::new(),
             ops_done: BTreeSet::new(),
+            reserved: BTreeMap::new(),
             last_leader: None,
             leader_changes: 0,
             hook_calls: 0,
@@ -296,7 +301,23 @@ impl Checker {
                 if op.state == OperationState::Done {
                     self.ops_done.insert(op.id);
                 }
-                if self.ops_seen.insert(op.id) && op.kind == OperationKind::Automatic {
+                if !self.ops_seen.insert(op.id) {
+                    continue;
+                }
+                // S2: an operation's epoch is above every earlier operation's of its group.
+                match self.reserved.get(&op.group).copied() {
+                    Some((earlier, epoch)) if earlier < op.id && op.to_epoch <= epoch => {
+                        self.violation(format!(
+                            "S2: operation {} of {} reserved epoch {}, already reserved by operation {earlier} (epoch {epoch})",
+                            op.id, op.group, op.to_epoch
+                        ));
+                    }
+                    Some((_, epoch)) if epoch >= op.to_epoch => {}
+                    _ => {
+                        self.reserved.insert(op.group.clone(), (op.id, op.to_epoch));
+                    }
+                }
+                if op.kind == OperationKind::Automatic {
                     self.judge_verdict(now, op.id, &op.group, &op.from);
                 }
             }

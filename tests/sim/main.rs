@@ -13,110 +13,15 @@
 mod check;
 mod disk;
 mod plan;
+mod run;
 mod world;
 
-use std::hash::{Hash, Hasher};
-
-pub use plan::Plan;
-use world::Sim;
+use plan::Plan;
+use run::{env_u64, run_seed, run_seeds, threads, Outcome};
 
 /// Seeds `cargo test` runs: what fits a few minutes of a debug build on two cores (about
 /// 0.3 seeds/s per core there; `SIM_SEEDS` runs more).
 pub const CI_SEEDS: u64 = 48;
-
-/// What one seed did.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub seed: u64,
-    pub trace_hash: u64,
-    pub trace: Vec<String>,
-    pub violations: Vec<String>,
-    pub sim_ms: u64,
-    pub failovers: u64,
-    pub policy_changes: u64,
-    pub leader_changes: u64,
-    pub witnesses: u64,
-}
-
-/// Runs one seed on a fresh current-thread runtime with paused time.
-pub fn run_seed(seed: u64) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let plan = Plan::generate(seed);
-        let witnesses = plan.witnesses;
-        let mut sim = Sim::new(plan).await;
-        sim.bootstrap().await;
-        sim.chaos().await;
-        sim.liveness().await;
-        let (trace, violations, sim_ms, failovers, leader_changes) = {
-            let w = sim.world.lock().unwrap();
-            (
-                w.trace.clone(),
-                w.checker.violations.clone(),
-                w.ms(),
-                w.checker.failovers(),
-                w.checker.leader_changes,
-            )
-        };
-        let policy_changes = sim.policy_changes;
-        sim.stop().await;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        trace.hash(&mut h);
-        Outcome {
-            seed,
-            trace_hash: h.finish(),
-            trace,
-            violations,
-            sim_ms,
-            failovers,
-            policy_changes,
-            leader_changes,
-            witnesses,
-        }
-    })
-}
-
-/// Seeds from `SIM_FIRST_SEED` (default 0), `count` of them, on `threads` threads (each
-/// seed on its own runtime); returns the outcomes in seed order.
-pub fn run_seeds(count: u64, threads: usize) -> Vec<Outcome> {
-    let first: u64 = env_u64("SIM_FIRST_SEED").unwrap_or(0);
-    let next = std::sync::atomic::AtomicU64::new(first);
-    let outcomes = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if seed >= first + count {
-                    return;
-                }
-                let o = run_seed(seed);
-                if !o.violations.is_empty() {
-                    println!("FAILING SEED {seed}: {:?}", o.violations);
-                    println!("  replay: SIM_SEED={seed} cargo test --test sim -- --ignored replay_one_seed --nocapture");
-                }
-                outcomes.lock().unwrap().push(o);
-            });
-        }
-    });
-    let mut outcomes = outcomes.into_inner().unwrap();
-    outcomes.sort_by_key(|o| o.seed);
-    outcomes
-}
-
-pub fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// Threads for many seeds: the machine's cores.
-fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
 
 /// Prints seeds/s and per-seed averages; asserts that every seed meant something (at least
 /// the chaos phase in simulated time, a failover, two policy changes, a leader change).
