@@ -59,8 +59,8 @@ fn found_within_budget(name: &str, flag: &AtomicBool, invariant: &str) {
 
 /// Goal: the fence wait with today's (lowered) lease lets two regions hold a lease (S1).
 /// Not caught within the 48-seed CI budget (a lease lowered while the active region holds a
-/// longer one, just before a failover, is rare in the plans): run it with
-/// `SIM_HOLE_SEEDS=N ... -- --ignored`.
+/// longer one, just before a failover, is rare in the plans); seed 96 catches it: run it
+/// with `SIM_HOLE_SEEDS=100 ... -- --ignored`.
 #[test]
 #[ignore]
 fn wait_with_current_policy_breaks_single_writer() {
