@@ -10,6 +10,8 @@
 //!   leases of its removed incarnation may still be held.
 //! - `no-leader-confirm`: the leader acts on openraft's `Leader` state alone, without a
 //!   quorum's confirmation (a deposed leader keeps calling hooks).
+//! - `abort-reuses-epoch`: an operation declared after an aborted one reserves the aborted
+//!   one's epoch again, so one epoch names two decisions (S2).
 //!
 //! It must never be compiled into a build that runs in production: the feature is for the
 //! harness's own target directory only.
@@ -22,12 +24,14 @@ pub const ENV: &str = "ARBITER_UNSAFE_HOLES";
 pub static WAIT_CURRENT_POLICY: AtomicBool = AtomicBool::new(false);
 pub static READD_WITHOUT_WAIT: AtomicBool = AtomicBool::new(false);
 pub static NO_LEADER_CONFIRM: AtomicBool = AtomicBool::new(false);
+pub static ABORT_REUSES_EPOCH: AtomicBool = AtomicBool::new(false);
 
 /// The holes by name.
-const HOLES: [(&str, &AtomicBool); 3] = [
+const HOLES: [(&str, &AtomicBool); 4] = [
     ("wait-current-policy", &WAIT_CURRENT_POLICY),
     ("readd-without-wait", &READD_WITHOUT_WAIT),
     ("no-leader-confirm", &NO_LEADER_CONFIRM),
+    ("abort-reuses-epoch", &ABORT_REUSES_EPOCH),
 ];
 
 /// Opens the holes named in [`ENV`]; an unknown name is an error naming it.

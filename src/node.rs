@@ -262,43 +262,17 @@ impl Node {
                 }
             })
             .unwrap_or_default();
-        // Every witness keeps the primaries' WAL positions: the next leader needs them (S8).
-        let wal = Arc::new(crate::hooks::WalHistories::default());
-        let duties = {
-            let (c, t, n, m) = (
-                consensus.clone(),
-                tables.clone(),
-                network.clone(),
-                metrics.clone(),
-            );
-            let observations = Arc::new(crate::leader::Observations::default());
-            let leader = crate::leader::Duty {
-                consensus: c.clone(),
-                tables: t.clone(),
-                metrics: m.clone(),
-                wal: wal.clone(),
-                observations: observations.clone(),
-                hooks: world.hooks.clone(),
-                dns: world.dns.clone(),
-            };
-            let probes = world.probes.clone();
-            tokio::spawn(async move {
-                tokio::join!(
-                    duties(c.clone()),
-                    crate::telemetry::count_leader_changes(c.clone(), m.clone()),
-                    crate::hooks::wal::run(
-                        {
-                            let c = c.clone();
-                            move |targets| c.with_state(|s| targets(s))
-                        },
-                        wal
-                    ),
-                    crate::leader::observations::run(c.clone(), observations),
-                    crate::leader::reporter::run(c, t, n, probe_options, dns_addr, m, probes),
-                    crate::leader::supervisor::run(leader),
-                );
-            })
-        };
+        let duties = tokio::spawn(run_duties(Duties {
+            consensus: consensus.clone(),
+            tables: tables.clone(),
+            metrics: metrics.clone(),
+            hooks: world.hooks.clone(),
+            dns: world.dns.clone(),
+            probes: world.probes.clone(),
+            reports: Arc::new(network.clone()),
+            probe_options,
+            dns_addr,
+        }));
         let dns = dns_listeners.map(|l| DnsServer::start(l, consensus.clone(), metrics.clone()));
         let plaintext = match metrics_listener {
             Some(l) => Some(
@@ -374,6 +348,64 @@ pub fn witness_tls(config: &NodeConfig) -> Result<TlsMaterial, NodeError> {
             uri: crate::tls::witness_uri(config.id),
         }),
     }
+}
+
+/// What [`run_duties`] runs on: one witness's consensus, tables and metrics, the world it
+/// acts on, and how its probe reports reach the leader.
+pub struct Duties {
+    pub consensus: Arc<Consensus>,
+    pub tables: Arc<LeaderTables>,
+    pub metrics: Arc<Metrics>,
+    pub hooks: Arc<dyn crate::hooks::HookRunner>,
+    pub dns: Arc<dyn crate::dns::DnsClient>,
+    /// `None`: probe the regions over the network.
+    pub probes: Option<Arc<dyn crate::health::ProbeRunner>>,
+    /// The gRPC network for a served witness; a simulation's own delivery otherwise.
+    pub reports: Arc<dyn crate::leader::reporter::ReportSink>,
+    pub probe_options: crate::health::ProbeOptions,
+    /// Where other witnesses reach this one's DNS server (empty: it runs none).
+    pub dns_addr: String,
+}
+
+/// Every duty of a witness beside its servers, wired once for a served witness and for a
+/// simulated one: identity recording, leader-change counting, WAL positions, observations,
+/// probing and reporting, and the leader's term supervisor. Runs until dropped.
+pub async fn run_duties(d: Duties) {
+    // Every witness keeps the primaries' WAL positions: the next leader needs them (S8).
+    let wal = Arc::new(crate::hooks::WalHistories::default());
+    let observations = Arc::new(crate::leader::Observations::default());
+    let leader = crate::leader::Duty {
+        consensus: d.consensus.clone(),
+        tables: d.tables.clone(),
+        metrics: d.metrics.clone(),
+        wal: wal.clone(),
+        observations: observations.clone(),
+        hooks: d.hooks,
+        dns: d.dns,
+    };
+    let c = d.consensus;
+    tokio::join!(
+        duties(c.clone()),
+        crate::telemetry::count_leader_changes(c.clone(), d.metrics.clone()),
+        crate::hooks::wal::run(
+            {
+                let c = c.clone();
+                move |targets| c.with_state(|s| targets(s))
+            },
+            wal
+        ),
+        crate::leader::observations::run(c.clone(), observations),
+        crate::leader::reporter::run(
+            c,
+            d.tables,
+            d.reports,
+            d.probe_options,
+            d.dns_addr,
+            d.metrics,
+            d.probes
+        ),
+        crate::leader::supervisor::run(leader),
+    );
 }
 
 /// A witness whose data dir is empty asks its peers whether they count it as a member that

@@ -98,7 +98,7 @@ impl ApiService {
 
 /// A random request id for callers that did not choose one.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    format!("{:032x}", crate::raft::random_u128())
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), ApiError> {

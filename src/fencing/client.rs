@@ -34,6 +34,12 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// What the holder knows from `reply` to a request it sent at `sent`: the one place of
+    /// the holder's rule (deadline = send time + lease), for every [`LeaseService`].
+    pub fn from_reply(sent: Instant, reply: proto::LeaseReply) -> LeaseState {
+        state_from(sent, reply)
+    }
+
     /// Whether the lease is held at `now`: granted and its deadline not passed.
     pub fn holds_at(&self, now: Instant) -> bool {
         matches!(self, LeaseState::Held { deadline, .. } if now < *deadline)

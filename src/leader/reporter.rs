@@ -16,18 +16,32 @@ use crate::proto::raft_client::RaftClient;
 use crate::proto::{ProbeReport, RegionProbe};
 use crate::raft::{Consensus, Network};
 use crate::telemetry::Metrics;
+use futures::future::BoxFuture;
 
 /// How often a witness reports its probe results.
 pub const ROUND: Duration = Duration::from_millis(250);
 /// A report is larger than this only when something is wrong: dropped, not recorded.
 const DNS_ADDR_BYTES_MAX: usize = 256;
 
+/// How a follower's report reaches the leader: over gRPC ([`Network`]) for real; a
+/// simulation delivers it through its own network. Best effort: a lost report is the next
+/// round's to replace.
+pub trait ReportSink: Send + Sync + 'static {
+    fn send<'a>(&'a self, consensus: &'a Consensus, report: ProbeReport) -> BoxFuture<'a, ()>;
+}
+
+impl ReportSink for Network {
+    fn send<'a>(&'a self, consensus: &'a Consensus, report: ProbeReport) -> BoxFuture<'a, ()> {
+        Box::pin(send(consensus, self, report))
+    }
+}
+
 /// Runs forever on every witness; spawn it once. `probe_options` are this witness's own
 /// (from its node file) and apply to every region the policy names.
 pub async fn run(
     consensus: Arc<Consensus>,
     tables: Arc<LeaderTables>,
-    network: Network,
+    sink: Arc<dyn ReportSink>,
     probe_options: ProbeOptions,
     dns_addr: String,
     metrics: Arc<Metrics>,
@@ -77,7 +91,7 @@ pub async fn run(
         if consensus.is_leader() {
             let _ = accept(&tables, &metrics, &report);
         } else {
-            send(&consensus, &network, report).await;
+            sink.send(&consensus, report).await;
         }
     }
 }

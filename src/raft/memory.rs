@@ -1,14 +1,24 @@
 //! An in-process Raft network: witnesses of one process reach each other through a shared
 //! [`MemoryRouter`] instead of gRPC, each RPC handed straight to the target's Raft as the
-//! gRPC service would (AppendEntries, votes, pre-votes, full snapshots). Links can be cut
-//! one way. For simulations and tests that run Raft without sockets; a witness in
-//! production uses [`super::Network`].
+//! gRPC service would (AppendEntries, votes, pre-votes, full snapshots). Every RPC is two
+//! messages, the request and the reply, each on its own directed link, which can be cut
+//! (one way: a cut reply link means the request was handled but its sender never hears),
+//! delayed, or lossy, and an endpoint can be paused (its messages wait until it resumes).
+//! Losses are drawn from a seeded RNG ([`MemoryRouter::seeded`]), so a simulation on a
+//! current-thread runtime replays them exactly. Endpoints are plain ids: a simulation
+//! carries its other traffic (probe reports, lease requests) over [`MemoryRouter::carry`]
+//! with ids of its own. For simulations and tests that run Raft without sockets; a witness
+//! in production uses [`super::Network`].
 //!
 //! It must never be what a served witness uses: it has no TLS, no peer identity and no
 //! message bounds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -22,11 +32,24 @@ use super::Consensus;
 
 type C = TypeConfig;
 
+/// While an endpoint is paused, its messages are re-checked this often.
+const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// Loss probabilities are in parts per this.
+pub const LOSS_SCALE: u32 = 1_000;
+
 #[derive(Default)]
 struct Routes {
     witnesses: BTreeMap<u64, Weak<Consensus>>,
     /// Directed links (from, to) that deliver nothing.
     cut: BTreeSet<(u64, u64)>,
+    /// One-way latency of directed links; absent: none.
+    delay: BTreeMap<(u64, u64), Duration>,
+    /// Loss of directed links in parts per [`LOSS_SCALE`]; absent: none.
+    loss: BTreeMap<(u64, u64), u32>,
+    /// Endpoints whose messages wait (a stopped process: nothing in or out until resumed).
+    paused: BTreeSet<u64>,
+    /// Where losses are drawn from: seeded for a replayable run.
+    rng: Option<StdRng>,
 }
 
 /// The witnesses of one process and the links between them. Cheap to clone.
@@ -34,6 +57,73 @@ struct Routes {
 pub struct MemoryRouter(Arc<RwLock<Routes>>);
 
 impl MemoryRouter {
+    /// A router whose losses are drawn from a stream seeded with `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        let router = Self::default();
+        router.0.write().expect("router lock").rng = Some(StdRng::seed_from_u64(seed));
+        router
+    }
+
+    /// Sets the one-way latency of the link from `from` to `to`.
+    pub fn set_delay(&self, from: u64, to: u64, delay: Duration) {
+        self.0
+            .write()
+            .expect("router lock")
+            .delay
+            .insert((from, to), delay);
+    }
+
+    /// Sets the loss of the link from `from` to `to`, in parts per [`LOSS_SCALE`].
+    pub fn set_loss(&self, from: u64, to: u64, loss: u32) {
+        self.0
+            .write()
+            .expect("router lock")
+            .loss
+            .insert((from, to), loss.min(LOSS_SCALE));
+    }
+
+    /// Pauses (`true`) or resumes every message to and from `id`.
+    pub fn pause(&self, id: u64, paused: bool) {
+        let mut routes = self.0.write().expect("router lock");
+        if paused {
+            routes.paused.insert(id);
+        } else {
+            routes.paused.remove(&id);
+        }
+    }
+
+    /// Carries one message from `from` to `to`: waits while either end is paused, then for
+    /// the link's latency; whether it arrived (the link is not cut and did not lose it).
+    pub async fn carry(&self, from: u64, to: u64) -> bool {
+        loop {
+            let paused = {
+                let routes = self.0.read().expect("router lock");
+                routes.paused.contains(&from) || routes.paused.contains(&to)
+            };
+            if !paused {
+                break;
+            }
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+        let delay = {
+            let routes = self.0.read().expect("router lock");
+            routes.delay.get(&(from, to)).copied().unwrap_or_default()
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut routes = self.0.write().expect("router lock");
+        if routes.cut.contains(&(from, to)) {
+            return false;
+        }
+        let loss = routes.loss.get(&(from, to)).copied().unwrap_or(0);
+        match (&mut routes.rng, loss) {
+            (_, 0) => true,
+            (Some(rng), loss) => rng.random_range(0..LOSS_SCALE) >= loss,
+            (None, loss) => rand::rng().random_range(0..LOSS_SCALE) >= loss,
+        }
+    }
+
     /// The network of witness `id`: what to give [`Consensus::start_with`].
     pub fn network(&self, id: u64) -> MemoryNetwork {
         MemoryNetwork {
@@ -65,21 +155,44 @@ impl MemoryRouter {
         }
     }
 
-    /// Restores every link.
+    /// Restores every link: no cut, no latency, no loss, nothing paused.
     pub fn heal(&self) {
-        self.0.write().expect("router lock").cut.clear();
+        let mut routes = self.0.write().expect("router lock");
+        routes.cut.clear();
+        routes.delay.clear();
+        routes.loss.clear();
+        routes.paused.clear();
     }
 
-    fn target(&self, from: u64, to: u64) -> Result<Arc<Consensus>, Unreachable<C>> {
-        let routes = self.0.read().expect("router lock");
-        if routes.cut.contains(&(from, to)) || routes.cut.contains(&(to, from)) {
-            return Err(unreachable(format!("link {from} -> {to} cut")));
+    /// Whether the link from `from` to `to` is cut now.
+    pub fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.0
+            .read()
+            .expect("router lock")
+            .cut
+            .contains(&(from, to))
+    }
+
+    /// The running witness `to`, once the request from `from` has reached it.
+    async fn target(&self, from: u64, to: u64) -> Result<Arc<Consensus>, Unreachable<C>> {
+        if !self.carry(from, to).await {
+            return Err(unreachable(format!("link {from} -> {to} lost the request")));
         }
+        let routes = self.0.read().expect("router lock");
         routes
             .witnesses
             .get(&to)
             .and_then(Weak::upgrade)
             .ok_or_else(|| unreachable(format!("witness {to} is not running")))
+    }
+
+    /// The reply from `to` back to `from`: `Err` when that link lost it.
+    async fn reply<T>(&self, from: u64, to: u64, reply: T) -> Result<T, RPCError<C>> {
+        if self.carry(to, from).await {
+            Ok(reply)
+        } else {
+            Err(network_error(format!("link {to} -> {from} lost the reply")))
+        }
     }
 }
 
@@ -118,10 +231,15 @@ pub struct MemoryConnection {
 }
 
 impl MemoryConnection {
-    fn target(&self) -> Result<Arc<Consensus>, RPCError<C>> {
+    async fn target(&self) -> Result<Arc<Consensus>, RPCError<C>> {
         self.router
             .target(self.from, self.to)
+            .await
             .map_err(RPCError::Unreachable)
+    }
+
+    async fn reply<T>(&self, reply: T) -> Result<T, RPCError<C>> {
+        self.router.reply(self.from, self.to, reply).await
     }
 }
 
@@ -133,7 +251,7 @@ impl RaftNetworkV2<C> for MemoryConnection {
         rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let target = self.target()?;
+        let target = self.target().await?;
         let resp = target
             .raft
             .append_entries(rpc)
@@ -143,7 +261,7 @@ impl RaftNetworkV2<C> for MemoryConnection {
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             target.note_leader_append();
         }
-        Ok(resp)
+        self.reply(resp).await
     }
 
     async fn vote(
@@ -151,7 +269,14 @@ impl RaftNetworkV2<C> for MemoryConnection {
         rpc: VoteRequest<C>,
         _option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.target()?.raft.vote(rpc).await.map_err(network_error)
+        let resp = self
+            .target()
+            .await?
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(network_error)?;
+        self.reply(resp).await
     }
 
     async fn pre_vote(
@@ -159,11 +284,14 @@ impl RaftNetworkV2<C> for MemoryConnection {
         rpc: VoteRequest<C>,
         _option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.target()?
+        let resp = self
+            .target()
+            .await?
             .raft
             .pre_vote(rpc)
             .await
-            .map_err(network_error)
+            .map_err(network_error)?;
+        self.reply(resp).await
     }
 
     async fn full_snapshot(
@@ -173,17 +301,19 @@ impl RaftNetworkV2<C> for MemoryConnection {
         _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        let target = self.target().map_err(|e| match e {
+        let streaming = |e: RPCError<C>| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::new(&other)),
-        })?;
-        target
+        };
+        let target = self.target().await.map_err(streaming)?;
+        let resp = target
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| {
                 StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
-            })
+            })?;
+        self.reply(resp).await.map_err(streaming)
     }
 }
 

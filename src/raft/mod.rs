@@ -8,12 +8,14 @@
 mod consensus;
 pub mod memory;
 mod network;
+mod runtime;
 mod service;
 pub mod store;
 mod types;
 
 pub use consensus::{ClusterView, Consensus, ConsensusError, MemberView, RaftStatus};
 pub use network::{LinkFaults, Network, RAFT_MESSAGE_BYTES_MAX};
+pub use runtime::{random_u128, seed_thread_rng, SeedableTokio};
 pub use service::{ProbeReports, RaftService};
 pub use types::TypeConfig;
 

@@ -25,4 +25,5 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = Response,
         Node = WitnessNode,
+        AsyncRuntime = super::runtime::SeedableTokio,
 );

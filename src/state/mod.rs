@@ -730,13 +730,20 @@ impl ClusterState {
                 epoch: g.epoch,
             });
         }
-        let to_epoch = g
-            .last_epoch()
-            .checked_add(1)
-            .ok_or(Refusal::EpochsExhausted {
-                group: group.to_string(),
-                epoch: g.last_epoch(),
-            })?;
+        // UNSAFE (feature `unsafe-holes` only): the epoch an aborted operation reserved is
+        // reserved again by the next one.
+        #[cfg(feature = "unsafe-holes")]
+        let last_epoch = if crate::holes::open(&crate::holes::ABORT_REUSES_EPOCH) {
+            g.epoch
+        } else {
+            g.last_epoch()
+        };
+        #[cfg(not(feature = "unsafe-holes"))]
+        let last_epoch = g.last_epoch();
+        let to_epoch = last_epoch.checked_add(1).ok_or(Refusal::EpochsExhausted {
+            group: group.to_string(),
+            epoch: last_epoch,
+        })?;
         // Everything is checked: from here on nothing is refused.
         if let Some(old) = superseded {
             self.supersede(index, p, old, id);

@@ -137,12 +137,13 @@ where
         path: path.clone(),
         source,
     })?;
-    stores(db, path)
+    stores(db, path, false)
 }
 
 /// Opens (creating if needed) the store on any redb storage `backend`: an in-memory one, or
 /// one a simulation controls (lost writes, failed syncs, a crash between two). `name` stands
-/// for the file in every error message. Otherwise as [`open`].
+/// for the file in every error message. Otherwise as [`open`], except that storage work runs
+/// on the calling task (see `Shared::inline`).
 #[allow(clippy::type_complexity)]
 pub fn open_on<C, S>(
     backend: impl redb::StorageBackend,
@@ -159,19 +160,20 @@ where
             path: path.clone(),
             source,
         })?;
-    stores(db, path)
+    stores(db, path, true)
 }
 
 #[allow(clippy::type_complexity)]
 fn stores<C, S>(
     db: Database,
     path: PathBuf,
+    inline: bool,
 ) -> Result<(LogStore<C>, StateMachineStore<C, S>), StoreError>
 where
     C: RaftTypeConfig,
     S: ReplicatedState,
 {
-    let shared = Arc::new(Shared { db, path });
+    let shared = Arc::new(Shared { db, path, inline });
 
     // Create every table up front so read transactions never meet a missing table.
     shared
@@ -196,6 +198,11 @@ pub(crate) struct Shared {
     db: Database,
     /// Where the database file lives; every error message names it.
     path: PathBuf,
+    /// Run storage work on the calling task instead of tokio's blocking pool: set for a
+    /// backend of the caller's ([`open_on`]), which is memory-speed and, in a simulation on
+    /// one thread, must not let another thread decide when a write completes (a blocking
+    /// task's completion wakes its waiter at a moment no seed controls).
+    inline: bool,
 }
 
 impl fmt::Debug for Shared {
@@ -299,6 +306,9 @@ where
     F: FnOnce(&Shared) -> Result<T, Fault> + Send + 'static,
 {
     let shared = Arc::clone(shared);
+    if shared.inline {
+        return f(&shared);
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => handle
             .spawn_blocking(move || f(&shared))
