@@ -189,13 +189,31 @@ fn render(rows: &[Row]) -> String {
                 .first()
                 .map(|e| e.message.clone())
                 .or_else(|| c.notes.first().cloned())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let first = source_relative(&first)
                 .replace('|', "\\|")
                 .replace('\n', " ");
             let _ = writeln!(md, "| {name} | {} | {first} |", verdict(c.valid));
         }
     }
     md
+}
+
+/// `text` with every dependency source path cut to the crate's own (`openraft-0.10/src/x.rs`
+/// for a panic location under cargo's registry), so the published page names no local path.
+fn source_relative(text: &str) -> String {
+    const MARK: &str = "/.cargo/registry/src/";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        let start = rest[..i].rfind(char::is_whitespace).map_or(0, |j| j + 1);
+        out.push_str(&rest[..start]);
+        let after = &rest[i + MARK.len()..];
+        // Skip the registry's directory (`<index>-<hash>/`).
+        rest = after.find('/').map_or(after, |j| &after[j + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Judges every run in `dirs` and writes `out`; the runs' verdicts, in order.
@@ -218,6 +236,15 @@ mod tests {
 
     /// Goal: a stored run becomes a section with its command, seed, commit, faults,
     /// writes, availability figures and every checker's verdict.
+    #[test]
+    fn dependency_paths_are_cut_to_the_crate() {
+        assert_eq!(
+            source_relative("panicked at /home/u/.cargo/registry/src/index-abc/openraft-0.10/src/utime.rs:157:9: x"),
+            "panicked at openraft-0.10/src/utime.rs:157:9: x"
+        );
+        assert_eq!(source_relative("no path here"), "no path here");
+    }
+
     #[test]
     fn a_stored_run_is_listed_with_its_options_verdicts_and_figures() {
         let base = std::env::temp_dir().join(format!("jepsen-published-{}", std::process::id()));
