@@ -57,20 +57,31 @@ fn report(outcomes: &[Outcome], elapsed: std::time::Duration) -> Vec<u64> {
     thin
 }
 
+/// Runs `count` seeds on every core and prints [`report`]: the outcomes, and the seeds that
+/// did not mean enough.
+fn run_reported(count: u64) -> (Vec<Outcome>, Vec<u64>) {
+    let start = std::time::Instant::now();
+    let outcomes = run_seeds(count, threads());
+    let thin = report(&outcomes, start.elapsed());
+    (outcomes, thin)
+}
+
+/// The seeds that broke an invariant.
+fn failing(outcomes: &[Outcome]) -> Vec<u64> {
+    outcomes
+        .iter()
+        .filter(|o| !o.violations.is_empty())
+        .map(|o| o.seed)
+        .collect()
+}
+
 /// Goal: the clean system holds S1–S7 and liveness on every seed of the CI budget.
 /// Method: [`CI_SEEDS`] seeds (or `SIM_SEEDS`) on every core; the seeds that did not mean
 /// enough are printed (asserted by [`every_seed_means_something`]).
 #[test]
 fn seeds_hold_every_invariant() {
     let count = env_u64("SIM_SEEDS").unwrap_or(CI_SEEDS);
-    let start = std::time::Instant::now();
-    let outcomes = run_seeds(count, threads());
-    report(&outcomes, start.elapsed());
-    let failing: Vec<u64> = outcomes
-        .iter()
-        .filter(|o| !o.violations.is_empty())
-        .map(|o| o.seed)
-        .collect();
+    let failing = failing(&run_reported(count).0);
     assert!(failing.is_empty(), "failing seeds: {failing:?}");
 }
 
@@ -82,9 +93,7 @@ fn seeds_hold_every_invariant() {
 #[ignore = "seed 18 of the CI budget has no leader change"]
 fn every_seed_means_something() {
     let count = env_u64("SIM_SEEDS").unwrap_or(CI_SEEDS);
-    let start = std::time::Instant::now();
-    let outcomes = run_seeds(count, threads());
-    let thin = report(&outcomes, start.elapsed());
+    let (_, thin) = run_reported(count);
     assert!(thin.is_empty(), "seeds that did not mean enough: {thin:?}");
 }
 
@@ -138,13 +147,6 @@ fn replay_one_seed() {
 #[ignore]
 fn many_seeds() {
     let count = env_u64("SIM_SEEDS").unwrap_or(100_000);
-    let start = std::time::Instant::now();
-    let outcomes = run_seeds(count, threads());
-    report(&outcomes, start.elapsed());
-    let failing: Vec<u64> = outcomes
-        .iter()
-        .filter(|o| !o.violations.is_empty())
-        .map(|o| o.seed)
-        .collect();
+    let failing = failing(&run_reported(count).0);
     assert!(failing.is_empty(), "failing seeds: {failing:?}");
 }
