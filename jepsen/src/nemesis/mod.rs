@@ -294,12 +294,7 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
                     let x = leader
                         .and_then(|l| ctx.host(&l))
                         .unwrap_or_else(|| rng.pick(&w).clone());
-                    let rest: Vec<Host> = ctx
-                        .hosts
-                        .iter()
-                        .filter(|h| h.name != x.name)
-                        .cloned()
-                        .collect();
+                    let rest = all_but(ctx, &x);
                     Fault::Partition {
                         variant,
                         drops: partition::cut(std::slice::from_ref(&x), &rest),
@@ -592,6 +587,15 @@ async fn active_db(ctx: &Ctx) -> Host {
                 }
         })
         .unwrap_or_else(|| ctx.dbs()[0].clone())
+}
+
+/// Every host of the run but `host`.
+fn all_but(ctx: &Ctx, host: &Host) -> Vec<Host> {
+    ctx.hosts
+        .iter()
+        .filter(|h| h.name != host.name)
+        .cloned()
+        .collect()
 }
 
 /// The active region's database host cut from every witness: its agent cannot renew and
@@ -1000,12 +1004,7 @@ async fn isolate_hook_caller(
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .find(|v| v["step"] == step && v["mono_ns"].as_u64().is_some_and(|t| t >= since));
             if let Some(call) = call {
-                let rest: Vec<Host> = ctx
-                    .hosts
-                    .iter()
-                    .filter(|h| h.name != host.name)
-                    .cloned()
-                    .collect();
+                let rest = all_but(ctx, host);
                 let drops = partition::cut(std::slice::from_ref(host), &rest);
                 tokio::task::spawn_blocking(move || partition::install(&drops))
                     .await
