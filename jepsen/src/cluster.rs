@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 
 use crate::dns::DNS_PORT;
 use crate::hosts::{Host, Role};
+use crate::nemesis::clock::{control_line, MonotonicSetting};
 use crate::procs::Proc;
 use crate::spec::GROUP;
 
@@ -24,14 +25,6 @@ pub const WITNESS_PORT: u16 = 7101;
 pub const PROXY_PORT: u16 = 7201;
 /// Port of each region's health endpoint on its database host.
 pub const HEALTH_PORT: u16 = 8080;
-
-/// How long after its control file changes a faked process has picked the change up:
-/// libfaketime re-reads the file once a second (`FAKETIME_CACHE_DURATION`), at its next
-/// clock reading, with room for a loaded machine.
-pub const CLOCK_PICKUP_MAX: Duration = Duration::from_millis(1_200);
-/// How much later than the harness started it a process's libfaketime may have started
-/// (`ip netns exec` executes the program in place: milliseconds).
-pub const CLOCK_START_SLACK: Duration = Duration::from_millis(200);
 
 /// The agents' `--watchdog-margin-ms`: they self-fence this long before the deadline while
 /// the watchdog is armed. Below a third of the shortest lease a run grants (the policy
@@ -260,9 +253,9 @@ pub struct Cluster {
     pub hook_servers: BTreeMap<String, Proc>,
     /// BIND on the DNS host.
     pub bind: Option<Proc>,
-    /// The libfaketime spec each monotonic host's control file holds, as (offset s, rate):
-    /// a change of rate moves the offset so that the faked clock stays continuous.
-    pub clock_specs: BTreeMap<String, (f64, f64)>,
+    /// The libfaketime setting each monotonic host's control file holds: a change of rate
+    /// moves the offset so that the faked clock stays continuous.
+    pub clock_specs: BTreeMap<String, MonotonicSetting>,
 }
 
 /// The arbiter CLI as run from inside a host's namespace.
@@ -419,7 +412,7 @@ impl Cluster {
         for h in &hosts {
             let nd = dir.join("nodes").join(&h.name);
             std::fs::create_dir_all(&nd)?;
-            std::fs::write(nd.join("faketime"), "+0\n")?;
+            std::fs::write(nd.join("faketime"), format!("{}\n", control_line(0.0, 1.0)))?;
             if let Some(id) = h.witness_id() {
                 let node = format!(
                     r#"# Witness {id} of the jepsen run (generated).
@@ -575,16 +568,8 @@ rpc_timeout_ms = 500
         self.witnesses.get(host).or_else(|| self.agents.get(host))
     }
 
-    /// Sets a monotonic host's clock to run at `rate` from now on, never backwards:
-    /// libfaketime computes a faked time as the process's start plus the offset plus its
-    /// age times the rate, so a new rate comes with the offset that gives the same time at
-    /// an assumed moment of pickup. The process picks the file up within
-    /// [`CLOCK_PICKUP_MAX`] of the write, and a pickup at another moment than the assumed
-    /// one steps the clock by the difference times the change of rate; so a faster rate
-    /// assumes the earliest pickup and a slower one the latest, and the step is always
-    /// forward (at most the change of rate times [`CLOCK_PICKUP_MAX`]: 48 ms for 4 %).
-    /// openraft asserts that its clock never goes back, and a lease must not either.
-    /// Returns the spec written.
+    /// Sets a monotonic host's clock to run at `rate` from now on, never backwards (see
+    /// [`MonotonicSetting::with_rate`]). Returns the control line written.
     pub fn set_monotonic_rate(&mut self, host: &str, rate: f64) -> anyhow::Result<String> {
         if !self.opts.monotonic_hosts.contains(host) {
             bail!("{host}'s monotonic clock is not faked");
@@ -594,23 +579,16 @@ rpc_timeout_ms = 500
             .and_then(|p| p.started_at)
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        let (offset, old) = self.clock_specs.get(host).copied().unwrap_or((0.0, 1.0));
-        let pickup = if rate > old {
-            // The process's own start (its libfaketime's) is a little after the harness
-            // started it, so its age is a little less than this one.
-            age.saturating_sub(CLOCK_START_SLACK)
-        } else {
-            age + CLOCK_PICKUP_MAX
-        };
-        let offset = offset + pickup.as_secs_f64() * (old - rate);
-        let spec = if rate == 1.0 {
-            format!("{offset:+.3}")
-        } else {
-            format!("{offset:+.3} x{rate}")
-        };
-        std::fs::write(self.node_dir(host).join("faketime"), format!("{spec}\n"))?;
-        self.clock_specs.insert(host.to_string(), (offset, rate));
-        Ok(spec)
+        let setting = self
+            .clock_specs
+            .get(host)
+            .copied()
+            .unwrap_or_default()
+            .with_rate(age, rate);
+        let line = setting.line();
+        std::fs::write(self.node_dir(host).join("faketime"), format!("{line}\n"))?;
+        self.clock_specs.insert(host.to_string(), setting);
+        Ok(line)
     }
 
     /// Creates the process objects of every host and starts them all.

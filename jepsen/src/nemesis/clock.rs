@@ -82,6 +82,10 @@ pub fn monotonic_hosts(kinds: &[String], plan: &[crate::hosts::Host]) -> BTreeSe
 /// library fakes) on one line, a line read from stdin, both again.
 const PROBE_PERL_MONOTONIC: &str = r#"use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC); $| = 1; sub up { open(my $f, "<", "/proc/uptime") or die; my ($u) = split(" ", <$f>); $u } printf "%.6f %s\n", clock_gettime(CLOCK_MONOTONIC), up(); <STDIN>; printf "%.6f %s\n", clock_gettime(CLOCK_MONOTONIC), up();"#;
 
+/// A reader of the monotonic clock against the kernel's uptime every 10 ms, for the tests.
+#[cfg(test)]
+const MONOTONIC_READER_PERL: &str = r#"use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC usleep); $| = 1; while (1) { open(my $f, "<", "/proc/uptime") or die; my ($u) = split(" ", <$f>); close($f); printf "%.6f %s\n", clock_gettime(CLOCK_MONOTONIC), $u; usleep(10000); }"#;
+
 /// Time between the monotonic probe's two readings: the uptime counts hundredths of a
 /// second, so over 2 s its reading is within 1 % of the real elapsed time.
 pub const MONOTONIC_PROBE_WINDOW: Duration = Duration::from_secs(2);
@@ -145,6 +149,75 @@ pub fn find_libfaketime() -> anyhow::Result<PathBuf> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// A libfaketime control line: the offset and, always, the rate. libfaketime keeps the rate
+/// it read last when a line names none, so a `+0` written after `+0 x2` leaves the clock at
+/// x2 for the rest of the process's life (and a later rate change computed for x1 then
+/// steps it back).
+pub fn control_line(offset_s: f64, rate: f64) -> String {
+    format!("{offset_s:+.3} x{rate}")
+}
+
+/// How long after its control file changes a faked process has picked the change up:
+/// libfaketime re-reads the file at its first clock reading once its cache has expired,
+/// which it judges in whole seconds of `FAKETIME_CACHE_DURATION` (1 s here), so up to 2 s
+/// after the write; with room for a loaded machine.
+pub const CLOCK_PICKUP_MAX: Duration = Duration::from_secs(3);
+
+/// How much later than the harness started it a process's libfaketime may have started
+/// (`ip netns exec` executes the program in place: milliseconds).
+pub const CLOCK_START_SLACK: Duration = Duration::from_millis(200);
+
+/// What a faked monotonic clock shows: libfaketime computes it as the moment its process
+/// started plus `offset_s` plus the process's (real) age times `rate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonotonicSetting {
+    pub offset_s: f64,
+    pub rate: f64,
+}
+
+impl Default for MonotonicSetting {
+    fn default() -> Self {
+        MonotonicSetting {
+            offset_s: 0.0,
+            rate: 1.0,
+        }
+    }
+}
+
+impl MonotonicSetting {
+    /// The setting that runs at `rate` from now on without ever stepping back, for a
+    /// process of real age `age` at the write: the new offset gives the same faked time at
+    /// an assumed moment of pickup. The process picks the file up within
+    /// [`CLOCK_PICKUP_MAX`], and a pickup at another moment than the assumed one steps the
+    /// clock by the difference times the change of rate; so a faster rate assumes the
+    /// earliest pickup (the write) and a slower one the latest, and the step is always
+    /// forward, by at most the change of rate times [`CLOCK_PICKUP_MAX`] (120 ms for 4 %).
+    /// openraft asserts that its clock never goes back, and a lease must not either.
+    pub fn with_rate(self, age: Duration, rate: f64) -> MonotonicSetting {
+        let pickup = if rate > self.rate {
+            // The process's own start (its libfaketime's) is a little after the harness
+            // started it, so its age is a little less than the harness's count.
+            age.saturating_sub(CLOCK_START_SLACK)
+        } else {
+            age + CLOCK_PICKUP_MAX
+        };
+        MonotonicSetting {
+            offset_s: self.offset_s + pickup.as_secs_f64() * (self.rate - rate),
+            rate,
+        }
+    }
+
+    /// The control line of this setting.
+    pub fn line(self) -> String {
+        control_line(self.offset_s, self.rate)
+    }
+
+    /// The faked clock of a process of real age `age`, in seconds since its start.
+    pub fn at(self, age: Duration) -> f64 {
+        self.offset_s + age.as_secs_f64() * self.rate
     }
 }
 
@@ -341,6 +414,120 @@ pub async fn probe(ns: &str, env: &[(String, String)]) -> anyhow::Result<Probe> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_control_line_names_its_rate() {
+        assert_eq!(control_line(0.0, 1.0), "+0.000 x1");
+        assert_eq!(control_line(-300.0, 1.0), "-300.000 x1");
+        assert_eq!(control_line(1.2345, 0.97), "+1.234 x0.97");
+        let e = expected(&control_line(300.0, 1.0)).unwrap();
+        assert_eq!((e.offset_s, e.rate), (300.0, 1.0));
+    }
+
+    #[test]
+    fn a_rate_change_keeps_the_faked_clock_continuous_at_the_assumed_pickup() {
+        let age = Duration::from_secs(40);
+        let slow = MonotonicSetting::default().with_rate(age, 0.96);
+        // Slower: continuous at the latest pickup, so any earlier one steps forward.
+        let latest = age + CLOCK_PICKUP_MAX;
+        assert!((slow.at(latest) - MonotonicSetting::default().at(latest)).abs() < 1e-9);
+        assert!(slow.at(age) > MonotonicSetting::default().at(age));
+        // Faster again: continuous at the write, so any later pickup steps forward.
+        let later = age + Duration::from_secs(30);
+        let healed = slow.with_rate(later, 1.0);
+        let write = later - CLOCK_START_SLACK;
+        assert!((healed.at(write) - slow.at(write)).abs() < 1e-9);
+        assert!(healed.at(later + CLOCK_PICKUP_MAX) > slow.at(later + CLOCK_PICKUP_MAX));
+    }
+
+    /// A faked process's monotonic clock across rate changes written as the nemesis writes
+    /// them (slower, back to x1, faster, back to x1), read by the process itself every 10 ms:
+    /// it never goes back, never leaps, and runs at x1 again once healed. Needs libfaketime
+    /// and Perl's `Time::HiRes`; skipped without them, except under CI.
+    #[test]
+    fn a_faked_monotonic_clock_never_goes_back_across_rate_changes() {
+        use std::io::BufRead;
+        let lib = match (find_libfaketime(), check_probe()) {
+            (Ok(lib), Ok(())) => lib,
+            (Err(e), _) | (_, Err(e)) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("CI is set but the clock cannot be faked: {e:#}");
+                }
+                eprintln!("SKIPPED: {e:#}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("faketime");
+        std::fs::write(&file, format!("{}\n", control_line(0.0, 1.0))).unwrap();
+        let mut child = std::process::Command::new("perl")
+            .args(["-e", MONOTONIC_READER_PERL])
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &file)
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "0")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let reader = {
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                std::io::BufReader::new(out)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter_map(|l| {
+                        let mut w = l.split_whitespace().map(|x| x.parse::<f64>());
+                        match (w.next(), w.next()) {
+                            (Some(Ok(faked)), Some(Ok(up))) => Some((faked, up)),
+                            _ => None,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Changes at odd moments, so that pickups fall at different points of libfaketime's
+        // one-second cache.
+        let mut setting = MonotonicSetting::default();
+        for (at_ms, rate) in [(1_300, 0.96), (4_700, 1.0), (7_100, 1.04), (9_900, 1.0)] {
+            std::thread::sleep(Duration::from_millis(at_ms).saturating_sub(started.elapsed()));
+            setting = setting.with_rate(started.elapsed(), rate);
+            std::fs::write(&file, format!("{}\n", setting.line())).unwrap();
+        }
+        let healed_at = started.elapsed() + CLOCK_PICKUP_MAX;
+        std::thread::sleep(
+            (healed_at + Duration::from_millis(2_500)).saturating_sub(started.elapsed()),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let readings = reader.join().unwrap();
+        assert!(readings.len() > 200, "{} readings", readings.len());
+        for pair in readings.windows(2) {
+            let ((f0, u0), (f1, u1)) = (pair[0], pair[1]);
+            assert!(f1 >= f0, "the faked clock went back by {:.3} s", f0 - f1);
+            // A pickup steps forward by at most 4 % of CLOCK_PICKUP_MAX; the uptime counts
+            // hundredths.
+            let leap = (f1 - f0) - 1.04 * (u1 - u0);
+            assert!(
+                leap < 0.04 * CLOCK_PICKUP_MAX.as_secs_f64() + 0.03,
+                "leapt {leap:.3} s"
+            );
+        }
+        // After the last pickup: x1 again (the old control line without a rate kept x1.04).
+        let up_at_heal = readings[0].1 + healed_at.as_secs_f64();
+        let tail: Vec<_> = readings.iter().filter(|(_, u)| *u >= up_at_heal).collect();
+        let (first, last) = (tail.first().unwrap(), tail.last().unwrap());
+        assert!(
+            last.1 - first.1 > 1.5,
+            "{:.2} s of readings after the heal",
+            last.1 - first.1
+        );
+        let rate = (last.0 - first.0) / (last.1 - first.1);
+        assert!(
+            (rate - 1.0).abs() < 0.012,
+            "the healed clock runs at x{rate:.3}"
+        );
+    }
 
     #[test]
     fn a_monotonic_probe_shows_the_rate_or_says_what_it_saw() {

@@ -428,10 +428,10 @@ async fn plan(kind: &str, rng: &mut Rng, ctx: &Ctx) -> Fault {
             let hosts = rng.sample(&candidates, k);
             let (variant, spec) = if rng.chance(0.5) {
                 let s = rng.range(5, 600) as i64 * if rng.chance(0.5) { 1 } else { -1 };
-                ("jump", format!("{s:+}s"))
+                ("jump", clock::control_line(s as f64, 1.0))
             } else {
-                let rate = *rng.pick(&["0.5", "0.9", "1.1", "2.0", "5.0"]);
-                ("rate", format!("+0 x{rate}"))
+                let rate = *rng.pick(&[0.5, 0.9, 1.1, 2.0, 5.0]);
+                ("rate", clock::control_line(0.0, rate))
             };
             Fault::Clock {
                 variant,
@@ -771,14 +771,17 @@ pub fn heal_all(ctx: &Ctx) -> anyhow::Result<()> {
         let nd = dir.join("nodes").join(&h.name);
         // A monotonic clock is set back to x1 without a jump: it keeps what it drifted.
         if c.opts.monotonic_hosts.contains(&h.name) {
-            let drifting = c.clock_specs.get(&h.name).is_some_and(|(_, r)| *r != 1.0);
+            let drifting = c.clock_specs.get(&h.name).is_some_and(|s| s.rate != 1.0);
             if drifting {
                 if let Err(e) = c.set_monotonic_rate(&h.name, 1.0) {
                     first_error.get_or_insert(e);
                 }
             }
         } else {
-            let _ = std::fs::write(nd.join("faketime"), "+0\n");
+            let _ = std::fs::write(
+                nd.join("faketime"),
+                format!("{}\n", clock::control_line(0.0, 1.0)),
+            );
         }
         let _ = std::fs::write(nd.join("delay_ms"), "0\n");
     }
@@ -1091,7 +1094,7 @@ async fn verify_monotonic(
                 anyhow::Ok(json!({
                     "host": h,
                     "rate": (seen * 1000.0).round() / 1000.0,
-                    "offset_s": spec.map(|(o, _)| (o * 1000.0).round() / 1000.0),
+                    "offset_s": spec.map(|s| (s.offset_s * 1000.0).round() / 1000.0),
                 }))
             })
         })
