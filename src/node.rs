@@ -58,6 +58,11 @@ pub enum NodeError {
     },
     #[error("server: {0}")]
     Server(String),
+    #[error(
+        "the consensus core stopped on its own (a panic or a storage error, logged before this): \
+         the witness can no longer vote or apply, so it stops; restart it"
+    )]
+    ConsensusStopped,
     #[error("{0}")]
     Dns(#[from] crate::dns::server::DnsError),
     #[error("metrics.listen {addr}: cannot bind: {source}")]
@@ -316,11 +321,22 @@ impl Node {
         self.consensus.shutdown().await;
     }
 
-    /// Waits until the server ends (its shutdown future completed or it failed).
-    pub async fn wait(self) -> Result<(), NodeError> {
-        let result = match self.server.await {
-            Ok(r) => r.map_err(|e| NodeError::Server(e.to_string())),
-            Err(e) => Err(NodeError::Server(e.to_string())),
+    /// Waits until the server ends (its shutdown future completed or it failed), or until
+    /// Raft's core stopped on its own ([`NodeError::ConsensusStopped`]): a witness that can
+    /// no longer take part in consensus stops serving too, rather than answer clients, its
+    /// DNS server and its peers from a state that no longer moves, and its supervisor
+    /// restarts it.
+    pub async fn wait(mut self) -> Result<(), NodeError> {
+        let result = tokio::select! {
+            r = &mut self.server => match r {
+                Ok(r) => r.map_err(|e| NodeError::Server(e.to_string())),
+                Err(e) => Err(NodeError::Server(e.to_string())),
+            },
+            () = self.consensus.core_stopped() => {
+                tracing::error!("the consensus core stopped (its error is logged above): the witness stops");
+                self.server.abort();
+                Err(NodeError::ConsensusStopped)
+            }
         };
         drop(self.plaintext);
         if let Some(dns) = self.dns {

@@ -372,3 +372,98 @@ async fn an_agent_on_the_tests_lease_service_and_clock_gains_and_fences_through_
     let _ = stop.send(());
     agent.await.unwrap();
 }
+
+/// An in-memory disk that fails every write and sync once `failing` is set, as a disk that
+/// died under a running witness would.
+#[derive(Debug)]
+struct DyingDisk {
+    inner: redb::backends::InMemoryBackend,
+    failing: Arc<AtomicBool>,
+}
+
+impl DyingDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("the disk died"));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for DyingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+/// A witness whose consensus core stops on its own (here its disk dies, which openraft
+/// treats as fatal) stops serving and says why, instead of answering from a state that no
+/// longer moves; `arbiter serve` then exits non-zero for its supervisor to restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_whose_consensus_core_stopped_stops_serving() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = init_dev_certs(&dir.path().join("certs"), 1, &[], false).unwrap();
+    let addrs = free_addrs(1);
+    let config = Cluster::config(dir.path(), &certs, 1, &addrs, Timing::Test, "");
+    let secret = dir.path().join("tsig.key");
+    std::fs::write(&secret, "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0").unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let disk = DyingDisk {
+        inner: redb::backends::InMemoryBackend::new(),
+        failing: failing.clone(),
+    };
+    let world = World {
+        hooks: Arc::new(RecordedHooks::default()),
+        dns: Arc::new(RecordedDns::default()),
+        probes: Some(Arc::new(ScriptedProbes {
+            a_up: AtomicBool::new(true),
+            asked: Mutex::default(),
+        })),
+        clock: Arc::new(ManualClock::new(CLOCK_MS)),
+        stores: Some(Stores::on(disk, "dying disk").unwrap()),
+    };
+    let listener = TcpListener::bind(addrs[0]).await.unwrap();
+    let node = Node::start_in(config, listener, std::future::pending(), world)
+        .await
+        .expect("witness starts");
+    let client = Client::new(vec![node.local_addr.to_string()], &certs.client).unwrap();
+    client.init().await.expect("init");
+    let mut waiting = tokio::spawn(node.wait());
+    // Serving while the disk works: the wait has not ended.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "the witness stopped with a working disk"
+    );
+
+    failing.store(true, Ordering::SeqCst);
+    // A write the core must persist: the policy.
+    let _ = client.policy_apply(apply_request(&policy(&secret))).await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the witness went on serving after its consensus core stopped")
+        .unwrap();
+    let err = ended.expect_err("a stopped core ends the witness with an error");
+    assert!(
+        matches!(err, arbiter::node::NodeError::ConsensusStopped),
+        "{err}"
+    );
+    assert!(err.to_string().contains("consensus core stopped"), "{err}");
+}

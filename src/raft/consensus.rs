@@ -711,6 +711,14 @@ impl Consensus {
         }
     }
 
+    /// Waits until Raft's core has stopped: after [`Self::shutdown`], or on its own when it
+    /// failed (a panic, a storage error). A witness whose core stopped can no longer vote,
+    /// replicate or apply, yet would go on answering from what it last applied.
+    pub async fn core_stopped(&self) {
+        let mut rx = self.raft.metrics();
+        while rx.changed().await.is_ok() {}
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         self.log_store.lock().expect("log store lock").take();
