@@ -12,6 +12,10 @@
 //!   quorum's confirmation (a deposed leader keeps calling hooks).
 //! - `abort-reuses-epoch`: an operation declared after an aborted one reserves the aborted
 //!   one's epoch again, so one epoch names two decisions (S2).
+//! - `dns-rollback`: a publisher ignores a newer decision's marker on the DNS server and
+//!   overwrites it with its own older one (a deposed or lagging witness moves the name back).
+//! - `one-witness-verdict`: one witness's failing probes make a region `down`, not a
+//!   majority's (a witness that cannot see a region starts a failover, S7).
 //!
 //! It must never be compiled into a build that runs in production: the feature is for the
 //! harness's own target directory only.
@@ -25,13 +29,17 @@ pub static WAIT_CURRENT_POLICY: AtomicBool = AtomicBool::new(false);
 pub static READD_WITHOUT_WAIT: AtomicBool = AtomicBool::new(false);
 pub static NO_LEADER_CONFIRM: AtomicBool = AtomicBool::new(false);
 pub static ABORT_REUSES_EPOCH: AtomicBool = AtomicBool::new(false);
+pub static DNS_ROLLBACK: AtomicBool = AtomicBool::new(false);
+pub static ONE_WITNESS_VERDICT: AtomicBool = AtomicBool::new(false);
 
 /// The holes by name.
-const HOLES: [(&str, &AtomicBool); 4] = [
+const HOLES: [(&str, &AtomicBool); 6] = [
     ("wait-current-policy", &WAIT_CURRENT_POLICY),
     ("readd-without-wait", &READD_WITHOUT_WAIT),
     ("no-leader-confirm", &NO_LEADER_CONFIRM),
     ("abort-reuses-epoch", &ABORT_REUSES_EPOCH),
+    ("dns-rollback", &DNS_ROLLBACK),
+    ("one-witness-verdict", &ONE_WITNESS_VERDICT),
 ];
 
 /// Opens the holes named in [`ENV`]; an unknown name is an error naming it.

@@ -189,6 +189,10 @@ pub fn verdict(texts: &[String], ours: &Decision, issued: &Issued) -> MarkerVerd
     let Some(found) = newest else {
         return MarkerVerdict::Absent;
     };
+    #[cfg(feature = "unsafe-holes")]
+    if crate::holes::open(&crate::holes::DNS_ROLLBACK) && found.key() > ours.key() {
+        return MarkerVerdict::Older(found);
+    }
     match found.key().cmp(&ours.key()) {
         std::cmp::Ordering::Less => MarkerVerdict::Older(found),
         std::cmp::Ordering::Equal => MarkerVerdict::Same,

@@ -170,6 +170,12 @@ pub fn verdict(
     let up = evidence.count(Seen::Up);
     // The two counts come from disjoint voters, so at most one can reach a majority.
     debug_assert!(!(down >= majority && up >= majority));
+    #[cfg(feature = "unsafe-holes")]
+    let down = if crate::holes::open(&crate::holes::ONE_WITNESS_VERDICT) && down >= 1 {
+        majority
+    } else {
+        down
+    };
     let verdict = if voters.is_empty() {
         Verdict::Unknown
     } else if down >= majority {

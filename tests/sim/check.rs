@@ -14,7 +14,8 @@
 //!   index (across crashes), and after healing every witness applied every acknowledged
 //!   command.
 //! - **S5** DNS follows consensus: the DNS server only takes a decision its publisher has
-//!   applied, and after healing it names every group's committed region and epoch.
+//!   applied, never one older than the decision it holds, and after healing it names every
+//!   group's committed region and epoch.
 //! - **S6** resumable operations: no operation records a step twice.
 //! - **S7** quorum verdict: an automatic failover starts only when a majority of witnesses
 //!   could not see the region it leaves, each for about the verdict window, recently.
@@ -171,8 +172,22 @@ impl Checker {
         self.term_first_call.entry(ctx.term).or_insert(now);
     }
 
-    /// S5, at the DNS server when it takes a publication.
-    pub fn dns_published(&mut self, caller: Option<&Consensus>, d: &Decision) {
+    /// S5, at the DNS server when it takes a publication `d` over `held`, the decision it
+    /// held for the group: `d` was applied by a witness, and is not older than `held` (a
+    /// name moved back to a region that has since lost its activation sends clients to a
+    /// fenced database).
+    pub fn dns_published(
+        &mut self,
+        caller: Option<&Consensus>,
+        d: &Decision,
+        held: Option<&Decision>,
+    ) {
+        if let Some(h) = held.filter(|h| h.key() > d.key()) {
+            self.violation(format!(
+                "S5: the DNS server took {} -> {} at epoch {} (policy {}) over the newer {} at epoch {} (policy {}): rolled back",
+                d.group, d.region, d.epoch, d.policy_version, h.region, h.epoch, h.policy_version
+            ));
+        }
         if let Some(c) = caller {
             let state = c.state();
             self.register(c.id(), &state);

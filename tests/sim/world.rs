@@ -57,6 +57,8 @@ const WALL_ORIGIN_MS: u64 = 4_102_444_800_000;
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// Steps an operator keeps retrying a policy change that did not commit.
 const POLICY_ATTEMPTS: usize = 150;
+/// Steps the liveness phase waits for another leader after crashing one (10 s).
+const LEADER_CHANGE_STEPS: usize = 500;
 /// The address the policy names for the DNS server (never dialled: the world answers).
 const DNS_SERVER: &str = "192.0.2.53:53";
 
@@ -119,8 +121,10 @@ pub struct Sim {
     pub world: World,
     router: MemoryRouter,
     witnesses: BTreeMap<u64, Witness>,
+    /// The terms of the operator's policy file: the committed ones and the change at hand.
     terms: Terms,
-    /// Per group: the mode the operator set last.
+    /// The terms of the last policy the cluster applied: a refused change is taken back.
+    applied_terms: Terms,
     request_seq: u64,
     pub policy_changes: u64,
     agents: Vec<JoinHandle<()>>,
@@ -270,6 +274,7 @@ impl Sim {
             world,
             router,
             witnesses,
+            applied_terms: terms.clone(),
             terms,
             request_seq: 0,
             policy_changes: 0,
@@ -405,15 +410,14 @@ impl Sim {
         let mut world = self.world.lock().unwrap();
         match result {
             Ok(Ok(resp)) => {
+                let outcome = match &resp.outcome {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("refused: {e}"),
+                };
                 world.event(format!(
-                    "operator {} at index {}: {}",
+                    "operator {} at index {}: {outcome}",
                     short(&what),
                     resp.index,
-                    if resp.outcome.is_ok() {
-                        "ok"
-                    } else {
-                        "refused"
-                    }
                 ));
                 world.checker.acknowledged(resp.index);
                 Some(resp)
@@ -442,6 +446,11 @@ impl Sim {
         let applied = resp.outcome.is_ok();
         if applied {
             self.policy_changes += 1;
+            self.applied_terms = self.terms.clone();
+        } else {
+            // The operator reads the refusal and takes the change back out of the file, so
+            // that it does not ride along with (and sink) every later change.
+            self.terms = self.applied_terms.clone();
         }
         Some(applied)
     }
@@ -707,6 +716,7 @@ impl Sim {
                 .regions_changed(now(), [true; 3], &self.router);
             world.checker.net_changed(now(), &self.router);
         }
+        self.make_it_mean_something().await;
         let started = Instant::now();
         let mut last_operator = Instant::now();
         loop {
@@ -732,6 +742,53 @@ impl Sim {
         let mut world = self.world.lock().unwrap();
         world.checker.finish(&running);
         world.event("settled".into());
+    }
+
+    /// What the plan promised but its faults thwarted (they met other faults that left no
+    /// quorum, or a mode that held the failover back), done once the cluster is whole, so
+    /// that every seed has a leader change, two policy changes and a failover: the leader of
+    /// the moment crashes and comes back once another leads; the lease is changed until two
+    /// changes committed; an operator fails checkout over.
+    async fn make_it_mean_something(&mut self) {
+        if self.world.lock().unwrap().checker.leader_changes == 0 {
+            self.apply(&Event::CrashLeader).await;
+            for _ in 0..LEADER_CHANGE_STEPS {
+                if self.world.lock().unwrap().checker.leader_changes > 0 {
+                    break;
+                }
+                self.step().await;
+            }
+            self.apply(&Event::Restart(0)).await;
+        }
+        for _ in 0..4 {
+            if self.policy_changes >= 2 {
+                break;
+            }
+            let lease = if self.terms.lease_ms == 2_000 {
+                1_500
+            } else {
+                2_000
+            };
+            self.apply(&Event::Policy(PolicyChange::LeaseMs(lease)))
+                .await;
+        }
+        for i in 0..LEADER_CHANGE_STEPS {
+            if self.world.lock().unwrap().checker.failovers() > 0 {
+                break;
+            }
+            // Once a second: what the liveness phase's operator does (modes back to auto,
+            // halted operations retried, waiting ones approved), and a failover of checkout
+            // when none runs.
+            if i % 50 == 0 {
+                self.settle().await;
+                self.apply(&Event::Operator {
+                    group: 0,
+                    action: OperatorAction::Failover,
+                })
+                .await;
+            }
+            self.step().await;
+        }
     }
 
     /// What an operator does after the heal: modes back to auto, halted operations retried,
@@ -961,8 +1018,8 @@ impl DnsClient for SimDns {
                         d.group, d.region, d.epoch, self.witness
                     ));
                     let caller = world.live.get(&self.witness).map(|l| l.consensus.clone());
-                    let Shared { checker, .. } = &mut *world;
-                    checker.dns_published(caller.as_deref(), d);
+                    let Shared { checker, dns, .. } = &mut *world;
+                    checker.dns_published(caller.as_deref(), d, dns.get(&d.group));
                     world.dns.insert(d.group.clone(), d.clone());
                     Published::Updated {
                         serial: 1,
