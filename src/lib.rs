@@ -42,8 +42,9 @@
 //!   `/healthz` and `/readyz` (`docs/metrics.md`).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener,
 //!   in a `World` of hooks, DNS servers, probes, a wall clock and storage it is given.
-//! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), tonic server and
-//!   client configurations, and the peer identity of a request (its common name, and the
+//! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), the witness
+//!   listener's server configuration and handshakes (ALPN `h2` and `http/1.1`), the tonic
+//!   client configuration, and the peer identity of a request (its common name, and the
 //!   witness id a witness certificate names).
 //! - [`codec`]: the protobuf codec of every service and client (prost's, with a malformed
 //!   message answered `INVALID_ARGUMENT` naming the field).

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::ApiService;
@@ -29,7 +28,7 @@ use crate::proto::HelloRequest;
 use crate::raft::{Consensus, ConsensusError, Network, RaftService};
 use crate::state::{Command, Proposal};
 use crate::telemetry::{Metrics, PlaintextServer};
-use crate::tls::{TlsError, TlsMaterial};
+use crate::tls::{TlsError, TlsIncoming, TlsMaterial};
 
 /// How long a witness with an empty data dir asks its peers whether they count it as a
 /// member before starting.
@@ -239,15 +238,10 @@ impl Node {
             .add_service(FencingServer::new(crate::fencing::FencingService {
                 fencing,
             }));
-        let router = Server::builder()
-            .accept_http1(true)
-            .tls_config(tls.server_config())
-            .map_err(|e| NodeError::Server(e.to_string()))?
-            .add_routes(routes);
-        // Accepted sockets do not inherit tonic's TCP_NODELAY default when we bring our own
-        // listener. Without it, Nagle holds back a reply's last small frame until the peer's
-        // delayed ACK (~40 ms on Linux): fence checks and Raft replies stall at the tail.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = Server::builder().accept_http1(true).add_routes(routes);
+        // Our TLS rather than tonic's, which offers only `h2` in ALPN and so refuses clients
+        // of the HTTP routes that offer only `http/1.1` (`curl --http1.1`); see TlsIncoming.
+        let incoming = TlsIncoming::new(listener, tls.server_config());
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
         // Where other witnesses reach this one's DNS server: the bound address, or the
         // advertised host with the bound port when bound to every interface.

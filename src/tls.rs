@@ -1,20 +1,33 @@
-//! Mutual TLS for every gRPC connection: loading the cluster CA, our certificate and key from
-//! PEM files, turning them into tonic server and client configurations, and naming the peer
-//! of an incoming request: its common name for the audit log, and, for a witness, the node
-//! id its certificate names (a URI SAN `arbiter://witness/<id>`, [`WITNESS_URI_PREFIX`]).
+//! Mutual TLS for every connection to a witness: loading the cluster CA, our certificate and
+//! key from PEM files, turning them into the one server configuration of the witness listener
+//! (served by [`TlsIncoming`]) and a tonic client configuration, and naming the peer of an
+//! incoming request: its common name for the audit log, and, for a witness, the node id its
+//! certificate names (a URI SAN `arbiter://witness/<id>`, [`WITNESS_URI_PREFIX`]).
 //!
 //! This module owns TLS material and its validation. It must never accept a connection without
 //! a client certificate signed by the cluster CA, never trust any root other than the cluster
 //! CA (no system or web roots), and never log or return private key bytes.
 
+mod incoming;
+
+pub use incoming::{TlsIncoming, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
+
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use rustls::pki_types::pem::{self, PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// The protocols the witness listener offers in ALPN, preferred first: `h2` for gRPC (and
+/// HTTP/2 clients of the HTTP routes), and `http/1.1` for the clients of the HTTP routes
+/// that speak only that, such as `curl --http1.1` in a hook script. A client that offers no
+/// ALPN at all is served too (rustls refuses only a client whose offer shares none of them).
+pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Installs rustls' ring crypto provider as the process default.
 ///
@@ -113,15 +126,20 @@ pub struct TlsMaterial {
     key_pem: Vec<u8>,
     common_name: Option<String>,
     witness_id: Option<u64>,
+    /// The server configuration, built when loading so that whatever rustls finds wrong
+    /// with the files is a load error naming the file, before any port is bound.
+    server: Arc<ServerConfig>,
 }
 
 impl TlsMaterial {
     /// Reads the three PEM files named by `paths` and checks that each parses: the CA file
     /// holds at least one X.509 certificate, the cert file a chain of them, and the key file a
-    /// private key that belongs to the leaf certificate.
+    /// private key that belongs to the leaf certificate. Then builds the server configuration
+    /// from them ([`Self::server_config`]), so a CA certificate rustls cannot trust is an
+    /// error here too.
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
         let ca_pem = read_file(&paths.ca)?;
-        parse_certificates(&paths.ca, &ca_pem)?;
+        let ca = parse_certificates(&paths.ca, &ca_pem)?;
 
         let cert_pem = read_file(&paths.cert)?;
         let chain = parse_certificates(&paths.cert, &cert_pem)?;
@@ -149,12 +167,14 @@ impl TlsMaterial {
 
         let common_name = common_name_of(&chain[0]);
         let witness_id = witness_id_of(&chain[0]);
+        let server = build_server_config(paths, ca, chain, key)?;
         Ok(Self {
             ca_pem,
             cert_pem,
             key_pem,
             common_name,
             witness_id,
+            server,
         })
     }
 
@@ -168,13 +188,10 @@ impl TlsMaterial {
         self.witness_id
     }
 
-    /// Server side: presents our certificate and requires every client to present a
-    /// certificate signed by the cluster CA.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity())
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
+    /// Server side, for [`TlsIncoming`]: presents our certificate, requires every client to
+    /// present a certificate signed by the cluster CA, and offers [`SERVER_ALPN`].
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
     }
 
     /// Client side: trusts only the cluster CA, expects the server to be `domain` (default:
@@ -193,6 +210,45 @@ impl TlsMaterial {
     fn identity(&self) -> Identity {
         Identity::from_pem(&self.cert_pem, &self.key_pem)
     }
+}
+
+/// The one server configuration of the witness listener: our `chain` and `key`, client
+/// authentication required and verified against the cluster CA `ca` alone, [`SERVER_ALPN`].
+///
+/// The ring provider is named rather than taken from the process default, so the
+/// configuration does not depend on [`install_crypto_provider`] having run first.
+fn build_server_config(
+    paths: &TlsPaths,
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let bad_ca = |reason: String| TlsError::BadCertificate {
+        path: paths.ca.clone(),
+        reason,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert)
+            .map_err(|e| bad_ca(format!("not usable as a trust anchor: {e}")))?;
+    }
+    // Not `allow_unauthenticated`: a client without a certificate is refused in the handshake.
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad_ca(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::BadKey {
+            path: paths.key.clone(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// The subject common name of the certificate the peer presented on this request's

@@ -1,6 +1,7 @@
-//! Mutual TLS end to end: a real tonic server on loopback, serving the standard gRPC health
-//! service with a node certificate from a development CA, probed by clients holding various
-//! certificates. Every wait is bounded by a deadline.
+//! Mutual TLS end to end: a real tonic server on loopback behind the witness listener's TLS
+//! (`TlsIncoming`), serving the standard gRPC health service with a node certificate from a
+//! development CA, probed by clients holding various certificates and offering various ALPN
+//! protocols. Every wait is bounded by a deadline.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbiter::certs::{init_dev_certs, DevCerts};
-use arbiter::tls::{install_crypto_provider, peer_identity, TlsMaterial};
+use arbiter::tls::{install_crypto_provider, peer_identity, TlsIncoming, TlsMaterial};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Server};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -52,6 +52,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(node: &TlsMaterial) -> Self {
+        Self::start_with_handshake_timeout(node, arbiter::tls::HANDSHAKE_TIMEOUT).await
+    }
+
+    async fn start_with_handshake_timeout(node: &TlsMaterial, handshake_timeout: Duration) -> Self {
         // Bound before the server task starts, so clients can connect immediately: the
         // kernel queues their connections until the server accepts them.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,16 +72,12 @@ impl TestServer {
         );
 
         let (tx, rx) = oneshot::channel::<()>();
-        let server = Server::builder()
-            .tls_config(node.server_config())
-            .unwrap()
-            .add_service(health);
-        let task = tokio::spawn(server.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let server = Server::builder().add_service(health);
+        let incoming = TlsIncoming::new(listener, node.server_config())
+            .with_handshake_timeout(handshake_timeout);
+        let task = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.await;
+        }));
         TestServer {
             addr,
             seen,
@@ -239,6 +239,119 @@ async fn client_refuses_server_under_wrong_name() {
     .await
     .expect_err("client accepted a server certificate not valid for the name");
     assert!(err.contains("not valid for name"), "{err}");
+
+    server.stop().await;
+}
+
+/// A TLS handshake with `addr` offering `alpn` (no ALPN extension when empty), presenting
+/// `client`'s certificate and trusting its CA: the protocol the server chose, or the error.
+async fn negotiate(
+    addr: SocketAddr,
+    client: &arbiter::tls::TlsPaths,
+    alpn: &[&str],
+) -> Result<Option<String>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&client.ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(&client.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&client.key).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(ServerName::from(addr.ip()), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let chosen = tls.get_ref().1.alpn_protocol();
+        Ok(chosen.map(|p| String::from_utf8_lossy(p).into_owned()))
+    };
+    tokio::time::timeout(DEADLINE, attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// Goal: the listener serves HTTP/1.1-only clients (a hook script's `curl --http1.1`) as
+/// well as gRPC: it offers `h2` and `http/1.1` in ALPN, preferring `h2`, and serves a client
+/// that offers no ALPN at all; a client offering only protocols it does not speak is refused
+/// in the handshake.
+/// Method: TLS handshakes with the operator certificate, each offering one list; the
+/// protocol the server chose, or its refusal.
+#[tokio::test]
+async fn alpn_offers_h2_and_http1_and_accepts_clients_without_alpn() {
+    let c = two_cas();
+    let server = TestServer::start(&load(&c.ca1.nodes[0])).await;
+
+    for (offered, chosen) in [
+        (&["h2", "http/1.1"][..], Some("h2")),
+        (&["http/1.1", "h2"], Some("h2")),
+        (&["h2"], Some("h2")),
+        (&["http/1.1"], Some("http/1.1")),
+        (&[], None),
+    ] {
+        let got = negotiate(server.addr, &c.ca1.client, offered).await;
+        assert_eq!(got, Ok(chosen.map(str::to_owned)), "offering {offered:?}");
+    }
+    let err = negotiate(server.addr, &c.ca1.client, &["spdy/3.1"])
+        .await
+        .expect_err("a client offering no protocol the server speaks was served");
+    assert!(err.contains("NoApplicationProtocol"), "{err}");
+
+    server.stop().await;
+}
+
+/// Goal: a client that connects and never completes its handshake neither holds up anyone
+/// else nor keeps its connection: the listener closes it once the handshake time is up.
+/// Method: a server whose handshakes may take 2 s; a TCP connection that sends nothing;
+/// while it is still open, a health check with the operator certificate is served; then the
+/// silent connection reads end-of-file, no sooner than 2 s and before the default limit.
+#[tokio::test]
+async fn a_silent_client_holds_up_no_one_and_is_cut_off_after_the_handshake_time() {
+    use tokio::io::AsyncReadExt;
+    let handshake_timeout = Duration::from_secs(2);
+    let c = two_cas();
+    let server =
+        TestServer::start_with_handshake_timeout(&load(&c.ca1.nodes[0]), handshake_timeout).await;
+
+    tracing::info!("--- a silent connection, then a client beside it");
+    let opened = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let client = load(&c.ca1.client);
+    let status = check(server.addr, client.client_config(Some("localhost"))).await;
+    assert_eq!(
+        status,
+        Ok(ServingStatus::Serving),
+        "served beside the silent client"
+    );
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(silent.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the client was served while the silent handshake was still waiting"
+    );
+
+    tracing::info!("--- the silent connection is closed when its handshake time is up");
+    let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf))
+        .await
+        .expect("the silent connection is closed within the deadline");
+    let closed_after = opened.elapsed();
+    // End of file, or a reset: either way the server gave up on it.
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        closed_after >= handshake_timeout && closed_after < arbiter::tls::HANDSHAKE_TIMEOUT,
+        "closed after {closed_after:?}, not after the {handshake_timeout:?} it was given"
+    );
 
     server.stop().await;
 }

@@ -1,0 +1,135 @@
+//! The TLS side of the witness listener: accepts TCP connections on the bound listener, runs
+//! each TLS handshake in a task of its own, and yields the established streams to tonic's
+//! `serve_with_incoming_shutdown`. tonic reads the client's certificates from each stream
+//! (its `Connected` impl for tokio-rustls' `TlsStream`), so `Request::peer_certs`, and with it
+//! [`super::peer_identity`] and [`super::peer_witness`], work as with tonic's own server TLS.
+//!
+//! Why not tonic's own server TLS: it offers only `h2` in ALPN, so a client that offers only
+//! `http/1.1` (`curl --http1.1` in a hook script calling the fencing endpoints) is refused in
+//! the handshake with "no application protocol". The configuration served here is
+//! [`super::TlsMaterial::server_config`], which offers both ([`super::SERVER_ALPN`]).
+//!
+//! It must never yield a stream whose handshake did not complete (the configuration demands
+//! a client certificate of the cluster CA), never let a slow or failed handshake hold up any
+//! other connection, and never log a failed handshake above debug: anyone who can reach the
+//! port can fail handshakes, and must not be able to flood the log with them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Longest a client may take over its TLS handshake, from the accepted TCP connection to an
+/// established session: a few round trips of the widest WAN, and short enough that silent
+/// connections do not pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most handshakes in progress at once. Beyond it, new connections wait in the kernel's
+/// accept backlog until one finishes: bounds the tasks and memory that clients who have not
+/// yet shown a certificate can take (a witness has a handful of peers and clients).
+pub const HANDSHAKES_MAX: usize = 512;
+
+/// The established TLS connections of a bound listener, as a stream for tonic's
+/// `serve_with_incoming_shutdown`.
+///
+/// Dropping it (tonic does on shutdown) closes the listener and aborts the handshakes in
+/// progress.
+pub struct TlsIncoming {
+    /// The bound listener the connections come from.
+    listener: TcpListener,
+    /// Runs each handshake with the witness's server configuration.
+    acceptor: TlsAcceptor,
+    /// The handshakes in progress, at most [`HANDSHAKES_MAX`]; each ends with its stream, or
+    /// with `None` when it failed or outlasted `handshake_timeout` (logged where it ended).
+    handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
+    /// How long a handshake may take; [`HANDSHAKE_TIMEOUT`] unless a test shortens it.
+    handshake_timeout: Duration,
+}
+
+impl TlsIncoming {
+    /// Serves TLS with `config` (from [`super::TlsMaterial::server_config`]) on `listener`.
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> Self {
+        Self {
+            listener,
+            acceptor: TlsAcceptor::from(config),
+            handshakes: JoinSet::new(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Gives up on a handshake after `timeout` instead of [`HANDSHAKE_TIMEOUT`] (so a test
+    /// can watch the limit act without waiting for it).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Starts the handshake of a just-accepted connection in a task of its own.
+    fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        // Accepted sockets do not inherit tonic's TCP_NODELAY default when we bring our own
+        // listener. Without it, Nagle holds back a reply's last small frame until the peer's
+        // delayed ACK (~40 ms on Linux): fence checks and Raft replies stall at the tail.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let accept = self.acceptor.accept(tcp);
+        let timeout = self.handshake_timeout;
+        self.handshakes.spawn(async move {
+            match tokio::time::timeout(timeout, accept).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    let timeout_ms = timeout.as_millis() as u64;
+                    tracing::debug!(peer = %peer, timeout_ms, "TLS handshake timed out");
+                    None
+                }
+            }
+        });
+    }
+}
+
+impl Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<TcpStream>>;
+
+    /// Yields the next established connection. Each round first collects finished
+    /// handshakes, then accepts while under [`HANDSHAKES_MAX`]; it returns `Pending` only
+    /// once both the set of handshakes and (when below the bound) the listener have
+    /// registered the waker. An accept error is passed on: tonic's accept loop skips the
+    /// connection and goes on.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(stream)))) => return Poll::Ready(Some(Ok(stream))),
+                // Failed or timed out; logged by its task.
+                Poll::Ready(Some(Ok(None))) => continue,
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "TLS handshake task ended abnormally");
+                    continue;
+                }
+                // No handshake in progress, or none finished yet (the waker is registered).
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+            if this.handshakes.len() >= HANDSHAKES_MAX {
+                return Poll::Pending;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((tcp, peer))) => this.start_handshake(tcp, peer),
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
