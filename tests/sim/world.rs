@@ -57,8 +57,9 @@ const WALL_ORIGIN_MS: u64 = 4_102_444_800_000;
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// Steps an operator keeps retrying a policy change that did not commit.
 const POLICY_ATTEMPTS: usize = 150;
-/// Steps the liveness phase waits for another leader after crashing one (10 s).
-const LEADER_CHANGE_STEPS: usize = 500;
+/// Steps the liveness phase waits for each thing it makes up for: another leader after
+/// crashing one, a failover it asked for (10 s).
+const MAKE_UP_STEPS: usize = 500;
 /// The address the policy names for the DNS server (never dialled: the world answers).
 const DNS_SERVER: &str = "192.0.2.53:53";
 
@@ -534,6 +535,15 @@ impl Sim {
         }
     }
 
+    /// Tells the checker that the router's links changed (S7's facts).
+    fn net_changed(&self) {
+        self.world
+            .lock()
+            .unwrap()
+            .checker
+            .net_changed(now(), &self.router);
+    }
+
     async fn apply(&mut self, event: &Event) {
         self.world.lock().unwrap().event(format!("fault {event:?}"));
         match event {
@@ -546,22 +556,14 @@ impl Sim {
                         }
                     }
                 }
-                self.world
-                    .lock()
-                    .unwrap()
-                    .checker
-                    .net_changed(now(), &self.router);
+                self.net_changed();
             }
             Event::HealNetwork => {
                 self.router.heal();
                 if let Some(l) = self.isolated {
                     self.router.isolate(l);
                 }
-                self.world
-                    .lock()
-                    .unwrap()
-                    .checker
-                    .net_changed(now(), &self.router);
+                self.net_changed();
             }
             Event::Delay { a, b, ms } => {
                 self.router.set_delay(*a, *b, Duration::from_millis(*ms));
@@ -590,11 +592,7 @@ impl Sim {
             Event::Rejoin => {
                 self.isolated = None;
                 self.router.heal();
-                self.world
-                    .lock()
-                    .unwrap()
-                    .checker
-                    .net_changed(now(), &self.router);
+                self.net_changed();
             }
             Event::Pause(id) => self.router.pause(*id, true),
             Event::Resume(id) => self.router.pause(*id, false),
@@ -609,11 +607,7 @@ impl Sim {
                 let ep = REGION_EP + *region as u64;
                 self.router.cut(*witness, ep);
                 self.router.cut(ep, *witness);
-                self.world
-                    .lock()
-                    .unwrap()
-                    .checker
-                    .net_changed(now(), &self.router);
+                self.net_changed();
             }
             Event::ClockJump { witness, ms } => {
                 if let Some(w) = self.witnesses.get_mut(witness) {
@@ -752,7 +746,7 @@ impl Sim {
     async fn make_it_mean_something(&mut self) {
         if self.world.lock().unwrap().checker.leader_changes == 0 {
             self.apply(&Event::CrashLeader).await;
-            for _ in 0..LEADER_CHANGE_STEPS {
+            for _ in 0..MAKE_UP_STEPS {
                 if self.world.lock().unwrap().checker.leader_changes > 0 {
                     break;
                 }
@@ -772,7 +766,7 @@ impl Sim {
             self.apply(&Event::Policy(PolicyChange::LeaseMs(lease)))
                 .await;
         }
-        for i in 0..LEADER_CHANGE_STEPS {
+        for i in 0..MAKE_UP_STEPS {
             if self.world.lock().unwrap().checker.failovers() > 0 {
                 break;
             }
