@@ -600,7 +600,7 @@ async fn handshake_with_witness(
 ) -> Result<(), String> {
     use rustls::pki_types::ServerName;
     tokio::task::spawn_blocking(move || {
-        let config = rustls_client(&paths, &[&rustls::version::TLS12], &["h2"]);
+        let config = rustls_client(&paths, true, &[&rustls::version::TLS12], &["h2"]);
         let name = ServerName::from(addr.ip());
         let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
         let mut sock = std::net::TcpStream::connect(addr).unwrap();
@@ -615,10 +615,12 @@ async fn handshake_with_witness(
     .unwrap()
 }
 
-/// A rustls client configuration trusting `paths`' CA, presenting its certificate, speaking
-/// `versions` of TLS and offering `alpn` (no ALPN extension when empty).
+/// A rustls client configuration trusting `paths`' CA, presenting its certificate (none when
+/// `present_certificate` is false), speaking `versions` of TLS and offering `alpn` (no ALPN
+/// extension when empty).
 fn rustls_client(
     paths: &arbiter::tls::TlsPaths,
+    present_certificate: bool,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&str],
 ) -> rustls::ClientConfig {
@@ -629,15 +631,18 @@ fn rustls_client(
     for c in CertificateDer::pem_file_iter(&paths.ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&paths.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&paths.key).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_protocol_versions(versions)
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(roots);
+    let mut config = if present_certificate {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&paths.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&paths.key).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config
 }
@@ -650,7 +655,7 @@ async fn get_without_alpn(
     path: &str,
 ) -> Result<String, String> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let config = rustls_client(paths, rustls::DEFAULT_VERSIONS, &[]);
+    let config = rustls_client(paths, true, rustls::DEFAULT_VERSIONS, &[]);
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(addr)
@@ -675,6 +680,42 @@ async fn get_without_alpn(
             .await
             .map_err(|e| e.to_string())?;
         Ok(line.trim_end().to_owned())
+    };
+    tokio::time::timeout(DEADLINE, attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// What the witness at `addr` says to a TLS 1.3 client offering `http/1.1` and no certificate:
+/// the error of the first read after the handshake. The client writes nothing, so the witness's
+/// alert is read before the connection closes whatever the timing (TLS 1.3 finishes the
+/// client's handshake before the server has judged its certificate, and a client that sends a
+/// request at once may see the close first, without the alert).
+async fn refusal_without_certificate(
+    addr: std::net::SocketAddr,
+    paths: &arbiter::tls::TlsPaths,
+) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let config = rustls_client(paths, false, &[&rustls::version::TLS13], &["http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tls = match connector
+            .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
+            .await
+        {
+            Ok(tls) => tls,
+            Err(e) => return Ok(format!("{e:?}")),
+        };
+        let mut byte = [0u8; 1];
+        match tls.read(&mut byte).await {
+            Ok(n) => Err(format!(
+                "the witness answered ({n} bytes) instead of refusing"
+            )),
+            Err(e) => Ok(format!("{e:?}")),
+        }
     };
     tokio::time::timeout(DEADLINE, attempt)
         .await
@@ -716,7 +757,8 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// no ALPN, beside gRPC over h2 on the same address; client authentication stays required.
 /// Method: one witness; `GET /healthz` through reqwest limited to HTTP/1.1 with the client
 /// certificate, then through a bare TLS client offering no ALPN; a gRPC `Status` on the same
-/// address; the HTTP/1.1 request again without a certificate, which must be refused.
+/// address; the HTTP/1.1 request again without a certificate, which must be refused, and a bare
+/// TLS 1.3 client without one, which must read the witness's certificate-required alert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_only_clients_are_served_beside_grpc_and_must_present_a_certificate() {
     let cluster = Cluster::start(1).await;
@@ -752,13 +794,18 @@ async fn http1_only_clients_are_served_beside_grpc_and_must_present_a_certificat
     assert_eq!(status.cluster_id, cluster_id);
 
     tracing::info!("--- HTTP/1.1 without a certificate is refused");
-    let err = http1_only_client(&cluster.certs.client, false)
+    let answered = http1_only_client(&cluster.certs.client, false)
         .get(&url)
         .send()
         .await
-        .map(|r| r.status())
-        .expect_err("an HTTP/1.1 client without a certificate was answered");
-    let err = chain(&err);
+        .map(|r| r.status());
+    assert!(
+        answered.is_err(),
+        "an HTTP/1.1 client without a certificate was answered: {answered:?}"
+    );
+    let err = refusal_without_certificate(addr, &cluster.certs.client)
+        .await
+        .expect("the witness refuses a client without a certificate");
     assert!(
         err.contains("CertificateRequired"),
         "the witness demands a certificate: {err}"
