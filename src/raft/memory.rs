@@ -3,8 +3,9 @@
 //! gRPC service would (AppendEntries, votes, pre-votes, full snapshots). Every RPC is two
 //! messages, the request and the reply, each on its own directed link, which can be cut
 //! (one way: a cut reply link means the request was handled but its sender never hears),
-//! delayed, or lossy, and an endpoint can be paused (its messages wait until it resumes).
-//! Losses are drawn from a seeded RNG ([`MemoryRouter::seeded`]), so a simulation on a
+//! delayed (a fixed latency, and a jitter drawn per message, so messages on one link
+//! overtake each other), or lossy, and an endpoint can be paused (its messages wait until it resumes).
+//! Losses and jitter are drawn from a seeded RNG ([`MemoryRouter::seeded`]), so a simulation on a
 //! current-thread runtime replays them exactly. Endpoints are plain ids: a simulation
 //! carries its other traffic (probe reports, lease requests) over [`MemoryRouter::carry`]
 //! with ids of its own. For simulations and tests that run Raft without sockets; a witness
@@ -44,12 +45,24 @@ struct Routes {
     cut: BTreeSet<(u64, u64)>,
     /// One-way latency of directed links; absent: none.
     delay: BTreeMap<(u64, u64), Duration>,
+    /// Extra latency of directed links, drawn per message from zero to this; absent: none.
+    jitter: BTreeMap<(u64, u64), Duration>,
     /// Loss of directed links in parts per [`LOSS_SCALE`]; absent: none.
     loss: BTreeMap<(u64, u64), u32>,
     /// Endpoints whose messages wait (a stopped process: nothing in or out until resumed).
     paused: BTreeSet<u64>,
-    /// Where losses are drawn from: seeded for a replayable run.
+    /// Where losses and jitter are drawn from: seeded for a replayable run.
     rng: Option<StdRng>,
+}
+
+impl Routes {
+    /// A number drawn from `range`, from the seeded stream when there is one.
+    fn draw(&mut self, range: std::ops::Range<u64>) -> u64 {
+        match &mut self.rng {
+            Some(rng) => rng.random_range(range),
+            None => rand::rng().random_range(range),
+        }
+    }
 }
 
 /// The witnesses of one process and the links between them. Cheap to clone.
@@ -71,6 +84,16 @@ impl MemoryRouter {
             .expect("router lock")
             .delay
             .insert((from, to), delay);
+    }
+
+    /// Sets the jitter of the link from `from` to `to`: each message waits a further latency
+    /// drawn from zero to `jitter` (zero: none).
+    pub fn set_jitter(&self, from: u64, to: u64, jitter: Duration) {
+        self.0
+            .write()
+            .expect("router lock")
+            .jitter
+            .insert((from, to), jitter);
     }
 
     /// Sets the loss of the link from `from` to `to`, in parts per [`LOSS_SCALE`].
@@ -106,8 +129,15 @@ impl MemoryRouter {
             tokio::time::sleep(PAUSE_POLL).await;
         }
         let delay = {
-            let routes = self.0.read().expect("router lock");
-            routes.delay.get(&(from, to)).copied().unwrap_or_default()
+            let mut routes = self.0.write().expect("router lock");
+            let fixed = routes.delay.get(&(from, to)).copied().unwrap_or_default();
+            let jitter = routes.jitter.get(&(from, to)).copied().unwrap_or_default();
+            if jitter.is_zero() {
+                fixed
+            } else {
+                let micros = u64::try_from(jitter.as_micros()).unwrap_or(u64::MAX);
+                fixed + Duration::from_micros(routes.draw(0..micros.saturating_add(1)))
+            }
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -117,11 +147,7 @@ impl MemoryRouter {
             return false;
         }
         let loss = routes.loss.get(&(from, to)).copied().unwrap_or(0);
-        match (&mut routes.rng, loss) {
-            (_, 0) => true,
-            (Some(rng), loss) => rng.random_range(0..LOSS_SCALE) >= loss,
-            (None, loss) => rand::rng().random_range(0..LOSS_SCALE) >= loss,
-        }
+        loss == 0 || routes.draw(0..u64::from(LOSS_SCALE)) >= u64::from(loss)
     }
 
     /// The network of witness `id`: what to give [`Consensus::start_with`].
@@ -155,11 +181,12 @@ impl MemoryRouter {
         }
     }
 
-    /// Restores every link: no cut, no latency, no loss, nothing paused.
+    /// Restores every link: no cut, no latency, no jitter, no loss, nothing paused.
     pub fn heal(&self) {
         let mut routes = self.0.write().expect("router lock");
         routes.cut.clear();
         routes.delay.clear();
+        routes.jitter.clear();
         routes.loss.clear();
         routes.paused.clear();
     }
@@ -359,6 +386,48 @@ rpc_timeout_ms = 500
                 cluster_id: cluster_id.into(),
             },
         }
+    }
+
+    /// Goal: a jittery link delivers each message within its fixed latency plus the jitter,
+    /// in an order other than the order sent, the same order again for the same seed, and
+    /// in order once the jitter is healed.
+    #[tokio::test(start_paused = true)]
+    async fn jitter_reorders_messages_within_its_bound_and_replays_by_seed() {
+        async fn arrivals(router: &MemoryRouter) -> Vec<usize> {
+            let (sent, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+            let start = tokio::time::Instant::now();
+            for i in 0..20 {
+                let (router, sent) = (router.clone(), sent.clone());
+                tokio::spawn(async move {
+                    assert!(router.carry(1, 2).await);
+                    let took = start.elapsed();
+                    assert!(took >= Duration::from_millis(100), "{i} took {took:?}");
+                    assert!(took <= Duration::from_millis(1_100), "{i} took {took:?}");
+                    sent.send(i).unwrap();
+                });
+                tokio::time::sleep(Duration::from_micros(1)).await;
+            }
+            drop(sent);
+            let mut order = Vec::new();
+            while let Some(i) = arrived.recv().await {
+                order.push(i);
+            }
+            order
+        }
+        let jittery = |seed| {
+            let router = MemoryRouter::seeded(seed);
+            router.set_delay(1, 2, Duration::from_millis(100));
+            router.set_jitter(1, 2, Duration::from_millis(1_000));
+            router
+        };
+        let first = arrivals(&jittery(7)).await;
+        assert_eq!(first.len(), 20);
+        assert_ne!(first, (0..20).collect::<Vec<_>>(), "no message overtook another");
+        assert_eq!(arrivals(&jittery(7)).await, first, "the same seed, another order");
+        let healed = jittery(7);
+        healed.heal();
+        healed.set_delay(1, 2, Duration::from_millis(100));
+        assert_eq!(arrivals(&healed).await, (0..20).collect::<Vec<_>>());
     }
 
     /// Three witnesses on in-memory stores over the in-process network elect a leader,

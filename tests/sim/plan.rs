@@ -128,6 +128,9 @@ pub struct Plan {
     pub holder_drift_permille: [u32; 3],
     /// (at_ms, event), sorted by time.
     pub events: Vec<(u64, Event)>,
+    /// Jitter of every link between a witness and the DNS server in the chaos phase (zero:
+    /// none): each message takes a latency drawn from zero to this many ms.
+    pub dns_jitter_ms: u64,
 }
 
 impl Plan {
@@ -281,12 +284,24 @@ impl Plan {
 
         events.sort_by_key(|(t, _)| *t);
         let holder_drift_permille = [0; 3].map(|_: u32| rng.random_range(0..950));
+        // The path to the DNS server, from a stream of its own so that the draws above are
+        // what they were before it was added: in half the seeds a jittery path whose
+        // latencies reach past the DNS client's timeout (3 s), so that some UPDATEs are
+        // answered late, and some are still in flight when their sender gives up on them
+        // and reach the server after UPDATEs sent since.
+        let mut dns_rng = StdRng::seed_from_u64(seed ^ 0x0d25_11e7_0c5a_b1e5);
+        let dns_jitter_ms = if dns_rng.random_bool(0.5) {
+            dns_rng.random_range(500..6_000)
+        } else {
+            0
+        };
         Plan {
             seed,
             witnesses,
             initial,
             holder_drift_permille,
             events,
+            dns_jitter_ms,
         }
     }
 

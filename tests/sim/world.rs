@@ -520,6 +520,7 @@ impl Sim {
 
     /// Phase 2: the plan's faults and actions for [`plan::CHAOS_MS`].
     pub async fn chaos(&mut self) {
+        self.dns_path();
         let events = self.plan.events.clone();
         let mut next = 0;
         loop {
@@ -532,6 +533,16 @@ impl Sim {
                 break;
             }
             self.step().await;
+        }
+    }
+
+    /// The plan's jitter on every link between a witness and the DNS server, for the chaos
+    /// phase (a heal of the network clears it; the chaos phase puts it back).
+    fn dns_path(&self) {
+        let jitter = Duration::from_millis(self.plan.dns_jitter_ms);
+        for w in 1..=self.plan.witnesses {
+            self.router.set_jitter(w, DNS_EP, jitter);
+            self.router.set_jitter(DNS_EP, w, jitter);
         }
     }
 
@@ -560,6 +571,7 @@ impl Sim {
             }
             Event::HealNetwork => {
                 self.router.heal();
+                self.dns_path();
                 if let Some(l) = self.isolated {
                     self.router.isolate(l);
                 }
@@ -592,6 +604,7 @@ impl Sim {
             Event::Rejoin => {
                 self.isolated = None;
                 self.router.heal();
+                self.dns_path();
                 self.net_changed();
             }
             Event::Pause(id) => self.router.pause(*id, true),
@@ -986,86 +999,100 @@ fn unreachable_dns() -> DnsUpdateError {
     }
 }
 
+impl SimDns {
+    /// One exchange with the DNS server as the network carries it: the request travels, the
+    /// server acts on it when it arrives (`serve`, under the world's lock), the answer travels
+    /// back. The exchange is a task of its own and the client waits for it at most the
+    /// server's `timeout_ms`: a request the client gave up on is still in flight and may be
+    /// acted on later, after requests sent since, as a real server may.
+    async fn exchange<T: Send + 'static>(
+        &self,
+        server: &DnsServer,
+        serve: impl FnOnce(&mut Shared) -> Result<T, DnsUpdateError> + Send + 'static,
+    ) -> Result<T, DnsUpdateError> {
+        let (router, world, witness) = (self.router.clone(), self.world.clone(), self.witness);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let reply = if !router.carry(witness, DNS_EP).await {
+                Err(unreachable_dns())
+            } else {
+                let reply = serve(&mut world.lock().unwrap());
+                if router.carry(DNS_EP, witness).await {
+                    reply
+                } else {
+                    Err(unreachable_dns())
+                }
+            };
+            if answer.send(reply).is_err() {
+                world
+                    .lock()
+                    .unwrap()
+                    .event(format!("dns answer to {witness} after it gave up"));
+            }
+        });
+        let timeout_ms = server.timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), answered).await {
+            Ok(reply) => reply.unwrap_or_else(|_| Err(unreachable_dns())),
+            Err(_) => Err(DnsUpdateError::Timeout { timeout_ms }),
+        }
+    }
+}
+
+/// The marker texts the DNS server holds for `group`.
+fn marker_texts(world: &Shared, group: &str) -> Vec<String> {
+    world.dns.get(group).map(|m| m.text()).into_iter().collect()
+}
+
 impl DnsClient for SimDns {
     fn publish_to<'a>(
         &'a self,
-        _server: &'a DnsServer,
+        server: &'a DnsServer,
         publication: &'a Publication,
     ) -> BoxFuture<'a, Result<Published, DnsUpdateError>> {
-        Box::pin(async move {
-            if !self.router.carry(self.witness, DNS_EP).await {
-                return Err(unreachable_dns());
+        let publication = publication.clone();
+        let witness = self.witness;
+        Box::pin(self.exchange(server, move |world| {
+            let d = &publication.decision;
+            let texts = marker_texts(world, &d.group);
+            let verdict = arbiter::dns::marker::verdict(&texts, d, &publication.issued);
+            if verdict.may_publish() {
+                world.event(format!(
+                    "dns {} -> {} epoch {} by {witness}",
+                    d.group, d.region, d.epoch
+                ));
+                let caller = world.live.get(&witness).map(|l| l.consensus.clone());
+                let Shared { checker, dns, .. } = &mut *world;
+                checker.dns_published(caller.as_deref(), d, dns.get(&d.group));
+                world.dns.insert(d.group.clone(), d.clone());
+                Ok(Published::Updated {
+                    serial: 1,
+                    replaced: verdict,
+                })
+            } else if let arbiter::dns::MarkerVerdict::Newer(by) = verdict {
+                Ok(Published::Superseded { by })
+            } else {
+                Err(DnsUpdateError::Invalid {
+                    reason: format!("marker refused: {verdict:?}"),
+                })
             }
-            let published = {
-                let mut world = self.world.lock().unwrap();
-                let d = &publication.decision;
-                let texts: Vec<String> = world
-                    .dns
-                    .get(&d.group)
-                    .map(|m| m.text())
-                    .into_iter()
-                    .collect();
-                let verdict = arbiter::dns::marker::verdict(&texts, d, &publication.issued);
-                if verdict.may_publish() {
-                    world.event(format!(
-                        "dns {} -> {} epoch {} by {}",
-                        d.group, d.region, d.epoch, self.witness
-                    ));
-                    let caller = world.live.get(&self.witness).map(|l| l.consensus.clone());
-                    let Shared { checker, dns, .. } = &mut *world;
-                    checker.dns_published(caller.as_deref(), d, dns.get(&d.group));
-                    world.dns.insert(d.group.clone(), d.clone());
-                    Published::Updated {
-                        serial: 1,
-                        replaced: verdict,
-                    }
-                } else if let arbiter::dns::MarkerVerdict::Newer(by) = verdict {
-                    Published::Superseded { by }
-                } else {
-                    return Err(DnsUpdateError::Invalid {
-                        reason: format!("marker refused: {verdict:?}"),
-                    });
-                }
-            };
-            if !self.router.carry(DNS_EP, self.witness).await {
-                return Err(unreachable_dns());
-            }
-            Ok(published)
-        })
+        }))
     }
 
     fn drift<'a>(
         &'a self,
-        _server: &'a DnsServer,
+        server: &'a DnsServer,
         publication: &'a Publication,
     ) -> BoxFuture<'a, Result<DriftReport, DnsUpdateError>> {
-        Box::pin(async move {
-            if !self.router.carry(self.witness, DNS_EP).await {
-                return Err(unreachable_dns());
-            }
-            let (marker, found) = {
-                let world = self.world.lock().unwrap();
-                let d = &publication.decision;
-                let texts: Vec<String> = world
-                    .dns
-                    .get(&d.group)
-                    .map(|m| m.text())
-                    .into_iter()
-                    .collect();
-                (
-                    arbiter::dns::marker::verdict(&texts, d, &publication.issued),
-                    texts,
-                )
-            };
-            if !self.router.carry(DNS_EP, self.witness).await {
-                return Err(unreachable_dns());
-            }
+        let publication = publication.clone();
+        Box::pin(self.exchange(server, move |world| {
+            let d = &publication.decision;
+            let texts = marker_texts(world, &d.group);
             Ok(DriftReport {
                 records: Vec::new(),
-                marker,
-                marker_found: found,
+                marker: arbiter::dns::marker::verdict(&texts, d, &publication.issued),
+                marker_found: texts,
             })
-        })
+        }))
     }
 }
 
