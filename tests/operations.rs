@@ -135,10 +135,18 @@ async fn region_down_by_quorum_fails_over_automatically() {
         .iter()
         .find(|e| e.kind == "verdict" && e.detail.starts_with("region region-a: up -> down"))
         .expect("the down verdict is in the audit log");
+    // Every witness's evidence is listed, and a majority saw the region down (the third may
+    // still be short of `down_after_ms` when the verdict is taken).
+    let detail = &verdict_entry.detail;
+    for w in 1..=3 {
+        assert!(
+            detail.contains(&format!("witness {w}: ")),
+            "evidence of witness {w}: {detail}"
+        );
+    }
     assert!(
-        verdict_entry.detail.contains("witness 1: down"),
-        "evidence per witness: {}",
-        verdict_entry.detail
+        detail.matches(": down for ").count() >= 2,
+        "a majority's evidence says down: {detail}"
     );
     cluster.stop().await;
 }
