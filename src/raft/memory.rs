@@ -422,8 +422,16 @@ rpc_timeout_ms = 500
         };
         let first = arrivals(&jittery(7)).await;
         assert_eq!(first.len(), 20);
-        assert_ne!(first, (0..20).collect::<Vec<_>>(), "no message overtook another");
-        assert_eq!(arrivals(&jittery(7)).await, first, "the same seed, another order");
+        assert_ne!(
+            first,
+            (0..20).collect::<Vec<_>>(),
+            "no message overtook another"
+        );
+        assert_eq!(
+            arrivals(&jittery(7)).await,
+            first,
+            "the same seed, another order"
+        );
         let healed = jittery(7);
         healed.heal();
         healed.set_delay(1, 2, Duration::from_millis(100));
