@@ -740,18 +740,6 @@ fn http1_only_client(paths: &arbiter::tls::TlsPaths, present_certificate: bool) 
     builder.build().unwrap()
 }
 
-/// The error and its sources, one after another, so assertions can look at the cause.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
-
 /// Goal: the witness's one TLS listener serves its HTTP endpoints to a client that offers
 /// only `http/1.1` in ALPN, as a hook script's `curl --http1.1` does, and to one that offers
 /// no ALPN, beside gRPC over h2 on the same address; client authentication stays required.

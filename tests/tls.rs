@@ -3,6 +3,8 @@
 //! development CA, probed by clients holding various certificates and offering various ALPN
 //! protocols. Every wait is bounded by a deadline.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Server};
+
+use common::chain;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::HealthServer;
@@ -122,17 +126,6 @@ async fn check(addr: SocketAddr, tls: ClientTlsConfig) -> Result<ServingStatus, 
     tokio::time::timeout(DEADLINE, attempt)
         .await
         .map_err(|_| "timed out".to_string())?
-}
-
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 fn load(paths: &arbiter::tls::TlsPaths) -> TlsMaterial {

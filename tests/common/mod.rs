@@ -47,6 +47,18 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// The error and its sources, one after another, so assertions can look at the cause.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
 /// Wall-clock nanoseconds, comparable with `date +%s%N` in a hook or agent command.
 pub fn now_ns() -> u128 {
     std::time::SystemTime::now()
