@@ -4,11 +4,11 @@
 //! messages, the request and the reply, each on its own directed link, which can be cut
 //! (one way: a cut reply link means the request was handled but its sender never hears),
 //! delayed (a fixed latency, and a jitter drawn per message, so messages on one link
-//! overtake each other), or lossy, and an endpoint can be paused (its messages wait until it resumes).
-//! Losses and jitter are drawn from a seeded RNG ([`MemoryRouter::seeded`]), so a simulation on a
-//! current-thread runtime replays them exactly. Endpoints are plain ids: a simulation
-//! carries its other traffic (probe reports, lease requests) over [`MemoryRouter::carry`]
-//! with ids of its own. For simulations and tests that run Raft without sockets; a witness
+//! overtake each other), or lossy, and an endpoint can be paused (its messages wait until
+//! it resumes). Losses and jitter are drawn from a seeded RNG ([`MemoryRouter::seeded`]), so
+//! a simulation on a current-thread runtime replays them exactly. Endpoints are plain ids: a
+//! simulation carries its other traffic (probe reports, lease requests) over
+//! [`MemoryRouter::carry`] with ids of its own. For simulations and tests that run Raft without sockets; a witness
 //! in production uses [`super::Network`].
 //!
 //! It must never be what a served witness uses: it has no TLS, no peer identity and no
