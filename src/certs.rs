@@ -16,13 +16,14 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::access::Role;
 use crate::tls::TlsPaths;
 
 /// Largest cluster `init_dev_certs` will issue node certificates for.
 pub const MAX_NODES: u32 = 64;
 
-/// Subject common name of the operator client certificate.
-pub const OPERATOR_CN: &str = "operator";
+/// Subject common name of the development admin certificate (`client.pem`).
+pub const ADMIN_CN: &str = "admin";
 
 /// Subject common name prefix of a development CA. A random suffix follows, so two
 /// independently generated CAs have distinct names and a certificate from the wrong one is
@@ -48,7 +49,8 @@ pub struct DevCerts {
     pub ca_key: PathBuf,
     /// For node `i` (1-based) at index `i - 1`: the CA, `node-i.pem` and `node-i.key`.
     pub nodes: Vec<TlsPaths>,
-    /// The operator client: the CA, `client.pem` and `client.key`.
+    /// The admin client (URI SAN `arbiter://role/admin`): the CA, `client.pem` and
+    /// `client.key`, what the CLI uses by default.
     pub client: TlsPaths,
 }
 
@@ -98,8 +100,11 @@ pub enum CertsError {
 /// `localhost`, `127.0.0.1`, `::1` and every entry of `extra_hosts` (IP addresses become IP
 /// SANs, anything else a DNS SAN), name their witness id as the URI SAN
 /// `arbiter://witness/i` (the only identity the witness-to-witness protocol accepts), and allow
-/// both server and client authentication because witnesses dial each other. The client certificate has CN `operator` and allows client
-/// authentication only. Private keys are created with mode 0600.
+/// /// both server and client authentication because witnesses dial each other. The client
+/// certificate has CN `admin`, names the admin role (URI SAN `arbiter://role/admin`: it may
+/// do everything, `init` and the first `policy apply` included) and allows client
+/// authentication only; [`issue_role_cert`] adds certificates of narrower roles. Private
+/// keys are created with mode 0600.
 ///
 /// Nothing is written unless every check passes: `nodes` must be in `1..=64`, every extra host
 /// must be a valid name or address, and no target file may exist unless `force` is set.
@@ -165,8 +170,8 @@ pub fn init_dev_certs(
     let client = generate_leaf(
         &issuer,
         now,
-        OPERATOR_CN,
-        Vec::new(),
+        ADMIN_CN,
+        role_sans(ADMIN_CN, &[Role::Admin])?,
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
 
@@ -199,6 +204,80 @@ pub fn init_dev_certs(
         ca_cert: ca_cert.clone(),
         ca_key,
     })
+}
+
+/// Issues a client certificate of `name` naming `roles`, signed by the development CA in
+/// `dir` (`ca.pem` and `ca.key`, as [`init_dev_certs`] wrote them), as `dir/<name>.pem` and
+/// `dir/<name>.key`. `name` is the certificate's common name: the identity the audit log and
+/// denials show. Nothing is written unless every check passes: `name` must be a valid name
+/// (a-z, 0-9, '-'), `roles` must not be empty, and the files must not exist unless `force`.
+pub fn issue_role_cert(
+    dir: &Path,
+    name: &str,
+    roles: &[Role],
+    force: bool,
+) -> Result<TlsPaths, CertsError> {
+    crate::config::check_name("name", name).map_err(|e| CertsError::Invalid {
+        field: "name",
+        reason: e.reason.clone(),
+    })?;
+    if roles.is_empty() {
+        return Err(CertsError::Invalid {
+            field: "roles",
+            reason: format!("{name}: a certificate without a role can reach only /healthz"),
+        });
+    }
+    let paths = TlsPaths {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    if !force {
+        for path in [&paths.cert, &paths.key] {
+            if path.exists() {
+                return Err(CertsError::Exists { path: path.clone() });
+            }
+        }
+    }
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| CertsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let ca_key_path = dir.join("ca.key");
+    let generate = |source| CertsError::Generate {
+        what: format!("certificate for {name}"),
+        source,
+    };
+    let key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(generate)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&paths.ca)?, key).map_err(generate)?;
+    let (cert_pem, key_pem) = generate_leaf(
+        &issuer,
+        OffsetDateTime::now_utc(),
+        name,
+        role_sans(name, roles)?,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    write_file(&paths.cert, cert_pem.as_bytes(), false, force)?;
+    write_file(&paths.key, key_pem.as_bytes(), true, force)?;
+    Ok(paths)
+}
+
+/// The URI SANs naming `roles`.
+fn role_sans(name: &str, roles: &[Role]) -> Result<Vec<SanType>, CertsError> {
+    roles
+        .iter()
+        .map(|role| {
+            role.uri()
+                .try_into()
+                .map(SanType::URI)
+                .map_err(|source| CertsError::Generate {
+                    what: format!("certificate for {name}"),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// The SANs of every node certificate: the defaults plus `extra_hosts`, without duplicates.
@@ -397,10 +476,11 @@ mod tests {
         assert_eq!(node2.witness_id(), Some(2));
 
         let (cn, sans, _) = cn_and_sans(&files.client.cert);
-        assert_eq!(cn, OPERATOR_CN);
-        assert!(
-            sans.is_empty(),
-            "a client certificate names no witness: {sans:?}"
+        assert_eq!(cn, ADMIN_CN);
+        assert_eq!(
+            sans,
+            ["arbiter://role/admin"],
+            "the client certificate names the admin role and no witness"
         );
         let client = crate::tls::TlsMaterial::load(&files.client).unwrap();
         assert_eq!(client.witness_id(), None);
@@ -475,6 +555,43 @@ mod tests {
                 "{bad:?}: {err:?}"
             );
         }
+    }
+
+    /// Goal: a role certificate is signed by the directory's CA, names its roles and its
+    /// name, is refused without a role or with a bad name, and is not overwritten unasked.
+    #[test]
+    fn role_certificates_name_their_roles_and_chain_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dev_certs(dir.path(), 1, &[], false).unwrap();
+        let agent = Role::Agent {
+            group: "checkout".into(),
+            region: "region-a".into(),
+        };
+        let paths =
+            issue_role_cert(dir.path(), "agent-a", std::slice::from_ref(&agent), false).unwrap();
+        let (cn, sans, is_ca) = cn_and_sans(&paths.cert);
+        assert_eq!(cn, "agent-a");
+        assert_eq!(sans, ["arbiter://role/agent/checkout/region-a"]);
+        assert!(!is_ca);
+        // It loads against the CA (key matches, chain parses).
+        crate::tls::TlsMaterial::load(&paths).unwrap();
+
+        let err = issue_role_cert(dir.path(), "agent-a", &[agent], false).unwrap_err();
+        assert!(matches!(err, CertsError::Exists { .. }), "{err}");
+        let err = issue_role_cert(dir.path(), "Bad Name", &[Role::Viewer], false).unwrap_err();
+        assert!(
+            matches!(err, CertsError::Invalid { field: "name", .. }),
+            "{err}"
+        );
+        let err = issue_role_cert(dir.path(), "nobody", &[], false).unwrap_err();
+        assert!(
+            matches!(err, CertsError::Invalid { field: "roles", .. }),
+            "{err}"
+        );
+        assert!(!dir.path().join("nobody.pem").exists());
+        let other = tempfile::tempdir().unwrap();
+        let err = issue_role_cert(other.path(), "alice", &[Role::Viewer], false).unwrap_err();
+        assert!(err.to_string().contains("ca.key"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,9 @@
 //!   `/healthz` and `/readyz` (`docs/metrics.md`).
 //! - [`node`]: one witness: wires storage, Raft, the network and the API on a bound listener,
 //!   in a `World` of hooks, DNS servers, probes, a wall clock and storage it is given.
+//! - [`access`]: who may do what: the roles a client certificate names (viewer, operator,
+//!   admin, check, agent of one group and region), the table of what each RPC and route
+//!   needs, and the middleware that refuses the rest before any handler runs.
 //! - [`tls`]: mutual TLS material (cluster CA, node certificate and key), the witness
 //!   listener's server configuration and handshakes (ALPN `h2` and `http/1.1`), the tonic
 //!   client configuration, and the peer identity of a request (its common name, and the
@@ -63,6 +66,7 @@
 //!   and operator actions mirrored around it, explored exhaustively within bounds by
 //!   `stateright`; S1 over the writes accepted and S2 hold in every reachable state.
 
+pub mod access;
 pub mod agent;
 pub mod api;
 pub mod certs;

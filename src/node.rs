@@ -238,6 +238,10 @@ impl Node {
             .add_service(FencingServer::new(crate::fencing::FencingService {
                 fencing,
             }));
+        // Every route, gRPC and HTTP, behind the one access check (`crate::access`).
+        let routes = tonic::service::Routes::from(routes.into_axum_router().layer(
+            axum::middleware::from_fn_with_state(metrics.clone(), crate::access::enforce),
+        ));
         let router = Server::builder().accept_http1(true).add_routes(routes);
         // Our TLS rather than tonic's, which offers only `h2` in ALPN and so refuses clients
         // of the HTTP routes that offer only `http/1.1` (`curl --http1.1`); see TlsIncoming.

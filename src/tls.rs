@@ -277,24 +277,30 @@ pub fn peer_witness<T>(req: &tonic::Request<T>) -> Option<u64> {
 /// The one witness id among the certificate's URI SANs; `None` with none, with two
 /// different ones, or with one that is not a number.
 fn witness_id_of(der: &CertificateDer<'_>) -> Option<u64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let mut ids = san
-        .value
+    crate::access::Caller::from_uris(None, &uri_sans_of(der)).witness
+}
+
+/// Every URI SAN of the certificate (witness ids, roles), in certificate order; none when it
+/// has no SAN extension or does not parse.
+pub fn uri_sans_of(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(WITNESS_URI_PREFIX),
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
             _ => None,
-        });
-    let id = ids.next()?.parse().ok()?;
-    match ids.next() {
-        None => Some(id),
-        Some(_) => None,
-    }
+        })
+        .collect()
 }
 
-fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
+/// The certificate's subject common name, when it has a readable one.
+pub fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)

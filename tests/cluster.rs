@@ -75,7 +75,7 @@ async fn failover_commits_once_and_refusals_are_typed() {
                 .find(|a| a.kind == AuditKind::OperationDeclared)
                 .unwrap();
             assert_eq!(
-                entry.actor, "operator",
+                entry.actor, "admin",
                 "the client certificate identity is recorded"
             );
         });
@@ -475,7 +475,11 @@ async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
     };
 
     for (who, paths, needle) in [
-        ("client", &cluster.certs.client, "names no witness id"),
+        (
+            "client",
+            &cluster.certs.client,
+            "needs a witness certificate",
+        ),
         (
             "witness 2 as 1",
             &cluster.certs.nodes[1],

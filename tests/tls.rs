@@ -144,7 +144,7 @@ async fn client_of_same_ca_is_served_and_identified() {
     let client = load(&c.ca1.client);
     let status = check(server.addr, client.client_config(Some("localhost"))).await;
     assert_eq!(status, Ok(ServingStatus::Serving));
-    assert_eq!(server.seen(), vec![Some("operator".to_string())]);
+    assert_eq!(server.seen(), vec![Some("admin".to_string())]);
 
     // A witness dialling another witness presents its node certificate.
     let node = load(&c.ca1.nodes[0]);

@@ -30,6 +30,16 @@ pub enum ApiError {
     /// The submitted policy is invalid; nothing was proposed.
     #[error("invalid policy: {0}")]
     Policy(#[from] ConfigError),
+    /// The caller's certificate lacks the role the request needs; nothing was done.
+    #[error(
+        "permission denied: {method} needs {needed}; the certificate of {identity:?} has {has}"
+    )]
+    PermissionDenied {
+        method: String,
+        identity: String,
+        needed: String,
+        has: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -82,6 +92,7 @@ impl ApiError {
             },
             ApiError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             ApiError::Policy(_) => ErrorKind::InvalidPolicy,
+            ApiError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             ApiError::Internal(_) => ErrorKind::Internal,
         }
     }

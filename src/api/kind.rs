@@ -36,6 +36,8 @@ pub enum ErrorKind {
     // Requests.
     InvalidArgument,
     InvalidPolicy,
+    /// The caller's certificate lacks the role the request needs.
+    PermissionDenied,
     Internal,
     // The client's own: the connection, and its TLS material.
     Transport,
@@ -43,7 +45,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 30] = [
+    pub const ALL: [ErrorKind; 31] = [
         ErrorKind::NotLeader,
         ErrorKind::Unavailable,
         ErrorKind::Indeterminate,
@@ -71,6 +73,7 @@ impl ErrorKind {
         ErrorKind::UnknownRegion,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPolicy,
+        ErrorKind::PermissionDenied,
         ErrorKind::Internal,
         ErrorKind::Transport,
         ErrorKind::Tls,
@@ -106,6 +109,7 @@ impl ErrorKind {
             ErrorKind::UnknownRegion => "unknown-region",
             ErrorKind::InvalidArgument => "invalid-argument",
             ErrorKind::InvalidPolicy => "invalid-policy",
+            ErrorKind::PermissionDenied => "permission-denied",
             ErrorKind::Internal => "internal",
             ErrorKind::Transport => "transport",
             ErrorKind::Tls => "tls",
@@ -149,6 +153,7 @@ impl ErrorKind {
             | ErrorKind::PromoteStarted
             | ErrorKind::EpochsExhausted => Code::FailedPrecondition,
             ErrorKind::Tls => Code::Unauthenticated,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
             ErrorKind::Storage | ErrorKind::Internal => Code::Internal,
         }
     }
@@ -158,6 +163,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidArgument | ErrorKind::InvalidPolicy => 400,
             ErrorKind::Tls => 401,
+            ErrorKind::PermissionDenied => 403,
             ErrorKind::UnknownGroup | ErrorKind::UnknownOperation | ErrorKind::UnknownRegion => 404,
             ErrorKind::AlreadyInitialized
             | ErrorKind::Membership
@@ -219,6 +225,7 @@ impl ErrorKind {
             | ErrorKind::InvalidArgument
             | ErrorKind::InvalidPolicy
             | ErrorKind::Internal
+            | ErrorKind::PermissionDenied
             | ErrorKind::Tls => false,
         }
     }
@@ -235,6 +242,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Unavailable | ErrorKind::Transport | ErrorKind::ShuttingDown => 69,
             ErrorKind::InvalidArgument | ErrorKind::InvalidPolicy => 64,
+            ErrorKind::PermissionDenied => 77,
             ErrorKind::NotLeader
             | ErrorKind::Tls
             | ErrorKind::Indeterminate

@@ -320,7 +320,41 @@ pub(super) enum CertsCmd {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        roles: RoleCerts,
     },
+    /// Issue role certificates with the development CA of an existing directory.
+    Issue {
+        /// The directory `certs init` wrote (its ca.pem and ca.key sign the new ones).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        roles: RoleCerts,
+    },
+}
+
+/// Client certificates of one role each (`NAME.pem`, or `agent-GROUP-REGION.pem`).
+#[derive(Args, Debug, Clone, Default)]
+pub(super) struct RoleCerts {
+    /// An admin certificate named NAME: everything, policy and members included (repeat).
+    #[arg(long = "admin", value_name = "NAME")]
+    pub(super) admins: Vec<String>,
+    /// An operator certificate: reads and failover, failback, approve, retry, skip, abort,
+    /// mode (repeat).
+    #[arg(long = "operator", value_name = "NAME")]
+    pub(super) operators: Vec<String>,
+    /// A viewer certificate: status, watch, operations, DNS check, metrics (repeat).
+    #[arg(long = "viewer", value_name = "NAME")]
+    pub(super) viewers: Vec<String>,
+    /// A check certificate: fence checks only, for hooks (repeat).
+    #[arg(long = "check", value_name = "NAME")]
+    pub(super) checks: Vec<String>,
+    /// An agent certificate for the lease of one group and region (repeat).
+    #[arg(long = "agent", value_name = "GROUP/REGION")]
+    pub(super) agents: Vec<String>,
 }
 
 /// Whether to wait for an operation to finish.

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use super::args::{AgentArgs, Conn};
+use super::args::{AgentArgs, Conn, RoleCerts};
 use super::{Failure, EXIT_UNAVAILABLE};
+use crate::access::Role;
 use crate::config::NodeConfig;
 
 pub(super) async fn serve(path: &Path, check: bool) -> Result<(), Failure> {
@@ -157,17 +158,67 @@ pub(super) fn certs_init(
     nodes: u32,
     hosts: &[String],
     force: bool,
+    roles: &RoleCerts,
 ) -> Result<(), Failure> {
+    // Every role is checked before anything is written.
+    let wanted = role_certs(roles)?;
     let written = crate::certs::init_dev_certs(out, nodes, hosts, force)
         .map_err(|e| Failure::usage(e.to_string()))?;
     eprintln!(
         "warning: these certificates are for development only; use your own CA in production"
     );
     println!(
-        "wrote a development CA and {} node certificates to {}",
+        "wrote a development CA, {} node certificates and the admin certificate client.pem to {}",
         written.nodes.len(),
         out.display()
     );
+    issue(out, force, &wanted)
+}
+
+pub(super) fn certs_issue(dir: &Path, force: bool, roles: &RoleCerts) -> Result<(), Failure> {
+    let wanted = role_certs(roles)?;
+    if wanted.is_empty() {
+        return Err(Failure::usage(
+            "certs issue: name at least one certificate (--admin, --operator, --viewer, --check \
+             or --agent)"
+                .to_string(),
+        ));
+    }
+    issue(dir, force, &wanted)
+}
+
+/// The (name, role) of each certificate asked for, checked; a bad `--agent` is a usage error
+/// naming it.
+fn role_certs(roles: &RoleCerts) -> Result<Vec<(String, Role)>, Failure> {
+    let mut wanted = Vec::new();
+    for (names, role) in [
+        (&roles.admins, Role::Admin),
+        (&roles.operators, Role::Operator),
+        (&roles.viewers, Role::Viewer),
+        (&roles.checks, Role::Check),
+    ] {
+        wanted.extend(names.iter().map(|n| (n.clone(), role.clone())));
+    }
+    for pair in &roles.agents {
+        let role = Role::parse(&format!("agent/{pair}")).ok_or_else(|| {
+            Failure::usage(format!(
+                "--agent {pair:?}: expected GROUP/REGION, two names of a-z, 0-9 and '-'"
+            ))
+        })?;
+        let Role::Agent { group, region } = &role else {
+            unreachable!("parsed from agent/...")
+        };
+        wanted.push((format!("agent-{group}-{region}"), role));
+    }
+    Ok(wanted)
+}
+
+fn issue(dir: &Path, force: bool, wanted: &[(String, Role)]) -> Result<(), Failure> {
+    for (name, role) in wanted {
+        let paths = crate::certs::issue_role_cert(dir, name, std::slice::from_ref(role), force)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        println!("wrote {} (role {role})", paths.cert.display());
+    }
     Ok(())
 }
 

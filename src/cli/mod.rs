@@ -234,7 +234,11 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                     nodes,
                     hosts,
                     force,
+                    roles,
                 },
-        } => entry::certs_init(&out, nodes, &hosts, force),
+        } => entry::certs_init(&out, nodes, &hosts, force, &roles),
+        Cmd::Certs {
+            command: CertsCmd::Issue { dir, force, roles },
+        } => entry::certs_issue(&dir, force, &roles),
     }
 }

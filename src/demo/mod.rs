@@ -339,12 +339,20 @@ async fn play(
     );
 
     for region in REGIONS {
+        // Least privilege: each agent holds a certificate for its own lease and nothing else.
+        let role = crate::access::Role::Agent {
+            group: GROUP.into(),
+            region: region.into(),
+        };
+        let name = format!("agent-{GROUP}-{region}");
+        let agent_tls = crate::certs::issue_role_cert(&dir.join("certs"), &name, &[role], false)?;
+        let agent_client = Client::new(servers.clone(), &agent_tls)?;
         let mut config =
             crate::agent::AgentConfig::new(GROUP, region, &format!("demo-agent-{region}"));
         config.state_file = Some(agent_file(dir, region));
         config.retry = AGENT_RETRY;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::agent::run(config, client.clone(), async {
+        let task = tokio::spawn(crate::agent::run(config, agent_client, async {
             let _ = stopped.await;
         }));
         running.agents.push((stop, task));

@@ -17,11 +17,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::service::{Fencing, FORWARD_TIMEOUT_MAX};
+use crate::access::Caller;
 use crate::api::{ApiError, ErrorKind};
 use crate::proto;
 use crate::state::LeaseKind;
@@ -43,7 +45,9 @@ pub fn router(fencing: Fencing) -> Router {
         .with_state(AppState { fencing })
 }
 
-fn error_response(e: &ApiError) -> Response {
+/// An error of the HTTP routes as its answer: status from [`ErrorKind::http_status`], a JSON
+/// body with the kind and the message.
+pub fn error_response(e: &ApiError) -> Response {
     kind_response(e.kind(), &e.to_string())
 }
 
@@ -76,10 +80,18 @@ fn lease_response(reply: &proto::LeaseReply) -> Response {
 }
 
 /// Decides here, or asks the leader when this witness is not the leader.
-async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> Response {
+/// The caller is the one the access middleware verified; without it (a router served without
+/// the middleware) the request has no role and is refused.
+async fn decide(
+    state: &AppState,
+    caller: Option<Extension<Caller>>,
+    kind: LeaseKind,
+    req: proto::LeaseRequest,
+) -> Response {
+    let caller = caller.map(|Extension(c)| c).unwrap_or_default();
     match state
         .fencing
-        .answer(kind, &req, false, FORWARD_TIMEOUT_MAX)
+        .answer(&caller, kind, &req, false, FORWARD_TIMEOUT_MAX)
         .await
     {
         Ok(reply) => lease_response(&reply),
@@ -92,6 +104,7 @@ async fn decide(state: &AppState, kind: LeaseKind, req: proto::LeaseRequest) -> 
 
 async fn fence(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(group): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -112,7 +125,7 @@ async fn fence(
         epoch,
         holder: String::new(),
     };
-    decide(&state, LeaseKind::Check, req).await
+    decide(&state, caller, LeaseKind::Check, req).await
 }
 
 #[derive(Deserialize)]
@@ -127,6 +140,7 @@ struct LeaseBody {
 
 async fn acquire(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(group): Path<String>,
     Json(body): Json<LeaseBody>,
 ) -> Response {
@@ -136,11 +150,12 @@ async fn acquire(
         epoch: 0,
         holder: body.holder,
     };
-    decide(&state, LeaseKind::Acquire, req).await
+    decide(&state, caller, LeaseKind::Acquire, req).await
 }
 
 async fn renew(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(group): Path<String>,
     Json(body): Json<LeaseBody>,
 ) -> Response {
@@ -150,7 +165,7 @@ async fn renew(
         epoch: body.epoch,
         holder: body.holder,
     };
-    decide(&state, LeaseKind::Renew, req).await
+    decide(&state, caller, LeaseKind::Renew, req).await
 }
 
 fn group_json(g: &crate::state::GroupState) -> serde_json::Value {

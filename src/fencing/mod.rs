@@ -17,5 +17,5 @@ mod service;
 
 pub use crate::state::LeaseKind;
 pub use client::{LeaseClient, LeaseService, LeaseState};
-pub use http::router;
+pub use http::{error_response, router};
 pub use service::{Fencing, FencingService};

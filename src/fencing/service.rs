@@ -13,6 +13,7 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Caller, Need};
 use crate::api::ApiError;
 use crate::leader::{LeaderTables, LeaseHolder};
 use crate::proto;
@@ -84,13 +85,27 @@ impl Fencing {
 
     /// Answers here when this witness is the leader; otherwise asks the leader (one hop,
     /// bounded by `budget`) unless the request was `forwarded` to us already.
+    ///
+    /// `caller` must hold the lease role for the request's pair ([`Need::Lease`]): an agent
+    /// of another group or region is refused here, before anything is decided or forwarded,
+    /// and the refusal is counted.
     pub async fn answer(
         &self,
+        caller: &Caller,
         kind: LeaseKind,
         req: &proto::LeaseRequest,
         forwarded: bool,
         budget: Duration,
     ) -> Result<proto::LeaseReply, Status> {
+        let need = Need::Lease {
+            kind,
+            group: req.group.clone(),
+            region: req.region.clone(),
+        };
+        if let Err(denied) = caller.require(lease_method(kind), &need) {
+            self.metrics.denied(&denied);
+            return Err(ApiError::from(denied).into());
+        }
         match self.decide(kind, req).await {
             Err(ApiError::Consensus(ConsensusError::NotLeader {
                 leader_addr: Some(addr),
@@ -279,6 +294,15 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     })
 }
 
+/// The RPC a lease kind is asked with, for denials.
+fn lease_method(kind: LeaseKind) -> &'static str {
+    match kind {
+        LeaseKind::Acquire => "Acquire",
+        LeaseKind::Renew => "Renew",
+        LeaseKind::Check => "Check",
+    }
+}
+
 #[tonic::async_trait]
 impl FencingRpc for FencingService {
     async fn acquire(
@@ -287,7 +311,13 @@ impl FencingRpc for FencingService {
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let (forwarded, budget) = forward_budget(&req);
         self.fencing
-            .answer(LeaseKind::Acquire, req.get_ref(), forwarded, budget)
+            .answer(
+                &Caller::of(&req),
+                LeaseKind::Acquire,
+                req.get_ref(),
+                forwarded,
+                budget,
+            )
             .await
             .map(Response::new)
     }
@@ -298,7 +328,13 @@ impl FencingRpc for FencingService {
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let (forwarded, budget) = forward_budget(&req);
         self.fencing
-            .answer(LeaseKind::Renew, req.get_ref(), forwarded, budget)
+            .answer(
+                &Caller::of(&req),
+                LeaseKind::Renew,
+                req.get_ref(),
+                forwarded,
+                budget,
+            )
             .await
             .map(Response::new)
     }
@@ -309,7 +345,13 @@ impl FencingRpc for FencingService {
     ) -> Result<Response<proto::LeaseReply>, Status> {
         let (forwarded, budget) = forward_budget(&req);
         self.fencing
-            .answer(LeaseKind::Check, req.get_ref(), forwarded, budget)
+            .answer(
+                &Caller::of(&req),
+                LeaseKind::Check,
+                req.get_ref(),
+                forwarded,
+                budget,
+            )
             .await
             .map(Response::new)
     }

@@ -108,7 +108,19 @@ pub struct Metrics {
     probe_reports: Family<Labels<3>, Counter>,
     /// DNS drift repairs: `repaired`, `failed`.
     dns_repairs: [Counter; 2],
+    /// Refused requests by method and caller identity, at most [`DENIAL_SERIES_MAX`] series.
+    denials: Family<Labels<2>, Counter>,
+    /// The (method, identity) pairs that have a series of their own.
+    denial_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// Most (method, identity) series of `arbiter_access_denied_total`: identities come from
+/// certificates of the cluster CA, so they are few, but a flood of denials must not grow
+/// the registry without bound; past it, denials count under identity `other`.
+pub const DENIAL_SERIES_MAX: usize = 256;
+/// A denial is logged the first time for each series and then once in this many, so a
+/// caller retrying in a loop cannot flood the log.
+const DENIAL_LOG_EVERY: u64 = 100;
 
 impl Metrics {
     /// A registry for the witness behind `consensus`, with the scrape-time gauges of its
@@ -185,6 +197,12 @@ impl Metrics {
             "DNS drift repairs of external servers by this witness as leader, by result (the audit log names the group and server)",
             repairs,
         );
+        let denials = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "arbiter_access_denied",
+            "Requests this witness refused because the caller's certificate lacks the role they need, by method and caller identity (certificate common name)",
+            denials.clone(),
+        );
         registry.register_collector(collector);
 
         Arc::new(Metrics {
@@ -197,6 +215,8 @@ impl Metrics {
             hook_calls,
             probe_reports,
             dns_repairs,
+            denials,
+            denial_series: Default::default(),
         })
     }
 
@@ -212,6 +232,36 @@ impl Metrics {
         let (k, r) = (kind_index(kind), result.index());
         self.fence_requests[k][r].inc();
         self.fence_durations[k].observe(took.as_secs_f64());
+    }
+
+    /// One refused request: counted by method and identity (bounded), and logged the first
+    /// time for its series and then once in [`DENIAL_LOG_EVERY`].
+    pub fn denied(&self, denied: &crate::access::Denied) {
+        let key = (denied.method.clone(), denied.identity.clone());
+        let identity = {
+            let mut series = self.denial_series.lock().expect("denial series lock");
+            if series.contains(&key) || series.len() < DENIAL_SERIES_MAX {
+                series.insert(key);
+                denied.identity.clone()
+            } else {
+                "other".to_string()
+            }
+        };
+        let count = self
+            .denials
+            .get_or_create(&[("method", denied.method.clone()), ("identity", identity)])
+            .inc()
+            + 1;
+        if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
+            tracing::warn!(
+                method = %denied.method,
+                identity = %denied.identity,
+                needed = %denied.needed,
+                has = %denied.has,
+                count,
+                "permission denied"
+            );
+        }
     }
 
     pub fn dns_query(&self, result: DnsResult) {
@@ -390,5 +440,46 @@ mod tests {
                 "{series} in\n{text}"
             );
         }
+    }
+
+    /// Goal: denials are counted by method and identity, and a flood of identities cannot
+    /// grow the registry past its bound: the rest count under `other`.
+    #[test]
+    fn denials_are_counted_per_identity_within_a_bound() {
+        let m = Metrics::with_collector(Box::new(Nothing));
+        let denied = |identity: String| crate::access::Denied {
+            method: "Failover".into(),
+            identity,
+            needed: "the operator or admin role".into(),
+            has: "no role".into(),
+        };
+        m.denied(&denied("vic".into()));
+        m.denied(&denied("vic".into()));
+        for i in 0..DENIAL_SERIES_MAX + 50 {
+            m.denied(&denied(format!("flood-{i}")));
+        }
+        let text = m.encode();
+        let series = |identity: &str| {
+            line_value(
+                &text,
+                &format!(
+                    r#"arbiter_access_denied_total{{method="Failover",identity="{identity}"}}"#
+                ),
+            )
+        };
+        assert_eq!(series("vic"), Some("2".into()));
+        assert_eq!(series("flood-0"), Some("1".into()));
+        // "vic" and the first 255 flooders have series of their own; 51 more count as other.
+        assert_eq!(
+            series(&format!("flood-{}", DENIAL_SERIES_MAX - 2)),
+            Some("1".into())
+        );
+        assert_eq!(series(&format!("flood-{}", DENIAL_SERIES_MAX - 1)), None);
+        assert_eq!(series("other"), Some("51".into()));
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("arbiter_access_denied_total{"))
+            .count();
+        assert_eq!(lines, DENIAL_SERIES_MAX + 1);
     }
 }

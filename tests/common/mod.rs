@@ -361,17 +361,7 @@ impl Cluster {
 
     /// An HTTPS client presenting the cluster's client certificate (mutual TLS).
     pub fn https_client(&self) -> reqwest::Client {
-        arbiter::tls::install_crypto_provider();
-        let c = &self.certs.client;
-        let mut pem = std::fs::read(&c.cert).unwrap();
-        pem.extend(std::fs::read(&c.key).unwrap());
-        reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap(),
-            )
-            .identity(reqwest::Identity::from_pem(&pem).unwrap())
-            .build()
-            .unwrap()
+        https_client_with(&self.certs.client)
     }
 
     /// Cuts every Raft link between witness `id` and the others, both ways; they keep
@@ -473,4 +463,18 @@ pub async fn wait_operation(client: &Client, id: u64, state: &str) -> proto::Ope
 /// The operation `id`, if the cluster answers.
 pub async fn operation(client: &Client, id: u64) -> Option<proto::OperationStatus> {
     client.operation("", id).await.ok().flatten()
+}
+
+/// An HTTPS client of the witness listener presenting the certificate of `c`.
+pub fn https_client_with(c: &arbiter::tls::TlsPaths) -> reqwest::Client {
+    arbiter::tls::install_crypto_provider();
+    let mut pem = std::fs::read(&c.cert).unwrap();
+    pem.extend(std::fs::read(&c.key).unwrap());
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&c.ca).unwrap()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
 }

@@ -1,0 +1,319 @@
+//! Roles per certificate, through the real binary and real mutual TLS: three `serve`
+//! processes, role certificates issued with `arbiter certs issue`, and every call made the
+//! way its holder would make it (the CLI, a gRPC client, an HTTPS client).
+
+mod common;
+
+use std::path::Path;
+
+use arbiter::proto;
+use arbiter::tls::{TlsMaterial, TlsPaths};
+use common::processes::*;
+use common::POLICY;
+
+/// Exit code of a command the certificate's role does not allow.
+const EXIT_NOPERM: i32 = 77;
+
+fn paths(certs: &Path, name: &str) -> TlsPaths {
+    TlsPaths {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("{name}.pem")),
+        key: certs.join(format!("{name}.key")),
+    }
+}
+
+/// Runs a CLI command against the initial three witnesses as the holder of `name`'s
+/// certificate.
+fn cli_as(c: &Cluster, name: &str, args: &[&str]) -> Out {
+    let p = paths(&c.certs, name);
+    let mut all = args.to_vec();
+    all.extend(["--cert", p.cert.to_str().unwrap()]);
+    all.extend(["--key", p.key.to_str().unwrap()]);
+    c.cli(&all)
+}
+
+/// A gRPC channel to witness `id` presenting `name`'s certificate.
+async fn channel_as(c: &Cluster, id: u64, name: &str) -> tonic::transport::Channel {
+    arbiter::tls::install_crypto_provider();
+    let tls = TlsMaterial::load(&paths(&c.certs, name)).unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://{}", c.addr(id)))
+        .unwrap()
+        .tls_config(tls.client_config(Some("localhost")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn lease(group: &str, region: &str) -> proto::LeaseRequest {
+    proto::LeaseRequest {
+        group: group.into(),
+        region: region.into(),
+        epoch: 0,
+        holder: "test".into(),
+    }
+}
+
+/// Asserts `result` is a permission denial whose message names `needle`.
+fn denied<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, needle: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "{what}: {status:?}"
+    );
+    assert!(
+        status.message().contains(needle),
+        "{what}: the denial should say {needle:?}: {status:?}"
+    );
+}
+
+/// Sum over the running witnesses of one metric line's value.
+async fn metric_sum(c: &Cluster, viewer: &reqwest::Client, line: &str) -> f64 {
+    let mut sum = 0.0;
+    for id in 1..=3 {
+        let text = viewer
+            .get(format!(
+                "https://localhost:{}/metrics",
+                c.addrs[id - 1].port()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or(0.0);
+    }
+    sum
+}
+
+/// Goal: each certificate can do its role's share and nothing more: a viewer reads and is
+/// refused a failover, an operator fails over and is refused the policy, an agent holds
+/// only its own (group, region) lease and may not speak Raft, apply a policy or fail over, a
+/// check certificate only checks, and a witness certificate reaches no public call. Every
+/// refusal is `PERMISSION_DENIED` / exit 77 naming the role needed, counted in `/metrics`.
+/// Method: three witness processes initialised and given the policy with the admin
+/// certificate `certs init` writes; role certificates from `certs issue`; the CLI for the
+/// commands, gRPC clients for the lease and Raft calls, HTTPS for the routes.
+#[test]
+fn each_certificate_may_do_its_role_and_nothing_more() {
+    let c = Cluster::three_with_policy(3, POLICY);
+    tracing::info!("--- issue role certificates with the cluster's development CA");
+    let dir = c.certs.to_str().unwrap().to_string();
+    let out = run(
+        c.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &dir,
+            "--viewer",
+            "vic",
+            "--operator",
+            "olga",
+            "--check",
+            "hook",
+            "--agent",
+            "checkout/region-b",
+        ],
+    )
+    .ok("certs issue");
+    assert!(
+        out.contains("agent-checkout-region-b.pem (role agent/checkout/region-b)"),
+        "{out}"
+    );
+    let agent = "agent-checkout-region-b";
+    let bad_usage = run(
+        c.path(),
+        &["certs", "issue", "--dir", &dir, "--agent", "checkout"],
+    );
+    bad_usage.refused("a malformed --agent", EXIT_CONFIG, &["GROUP/REGION"]);
+
+    tracing::info!("--- a viewer reads, and is refused a failover");
+    cli_as(&c, "vic", &["status"]).ok("viewer status");
+    cli_as(
+        &c,
+        "vic",
+        &["failover", "checkout", "--to", "region-b", "--reason", "x"],
+    )
+    .refused(
+        "viewer failover",
+        EXIT_NOPERM,
+        &[
+            "permission denied",
+            "Failover needs the operator or admin role",
+            "vic",
+        ],
+    );
+
+    tracing::info!("--- an operator fails over, and is refused the policy and members");
+    let policy = c.write("policy-again.toml", POLICY);
+    cli_as(&c, "olga", &["policy", "apply", &policy]).refused(
+        "operator policy apply",
+        EXIT_NOPERM,
+        &["PolicyApply needs the admin role", "olga"],
+    );
+    cli_as(&c, "olga", &["members", "remove", "--id", "3"]).refused(
+        "operator members remove",
+        EXIT_NOPERM,
+        &["the admin role"],
+    );
+    let out = cli_as(
+        &c,
+        "olga",
+        &[
+            "failover", "checkout", "--to", "region-b", "--reason", "drill",
+        ],
+    )
+    .ok("operator failover");
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
+    let s = c.status();
+    let audit = s["audit"].to_string();
+    assert!(
+        audit.contains("\"olga\""),
+        "the audit names the operator's verified identity: {audit}"
+    );
+
+    tracing::info!("--- an agent: its own lease only, no Raft, no policy, no failover");
+    cli_as(&c, agent, &["policy", "apply", &policy]).refused(
+        "agent policy apply",
+        EXIT_NOPERM,
+        &["the admin role", "role agent/checkout/region-b"],
+    );
+    cli_as(
+        &c,
+        agent,
+        &["failover", "checkout", "--to", "region-a", "--reason", "x"],
+    )
+    .refused(
+        "agent failover",
+        EXIT_NOPERM,
+        &["the operator or admin role"],
+    );
+    cli_as(&c, agent, &["status"]).refused("agent status", EXIT_NOPERM, &["viewer"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let leader = c.leader();
+        let mut fencing =
+            proto::fencing_client::FencingClient::new(channel_as(&c, leader, agent).await);
+        let reply = fencing
+            .acquire(lease("checkout", "region-b"))
+            .await
+            .expect("the agent's own lease")
+            .into_inner();
+        assert!(reply.allowed, "region-b is active: {reply:?}");
+        assert_eq!(reply.epoch, 2);
+        denied(
+            "another region's lease",
+            fencing.acquire(lease("checkout", "region-a")).await,
+            "needs the role agent/checkout/region-a or admin",
+        );
+        denied(
+            "another group's lease",
+            fencing.renew(lease("catalog", "region-b")).await,
+            "needs the role agent/catalog/region-b or admin",
+        );
+        denied(
+            "another group's check",
+            fencing.check(lease("catalog", "region-b")).await,
+            "agent/catalog/region-b, check, viewer, operator or admin",
+        );
+
+        let mut raft = proto::raft_client::RaftClient::new(channel_as(&c, leader, agent).await);
+        let witness = "needs a witness certificate";
+        let msg = || proto::RaftMessage::default();
+        denied("AppendEntries", raft.append_entries(msg()).await, witness);
+        denied("Vote", raft.vote(msg()).await, witness);
+        denied("PreVote", raft.pre_vote(msg()).await, witness);
+        denied(
+            "InstallSnapshot",
+            raft.install_snapshot(tokio_stream::iter(Vec::<proto::SnapshotChunk>::new()))
+                .await,
+            witness,
+        );
+        denied(
+            "Hello",
+            raft.hello(proto::HelloRequest { node_id: 1 }).await,
+            witness,
+        );
+        denied(
+            "ReportProbes",
+            raft.report_probes(proto::ProbeReport {
+                witness: 1,
+                ..Default::default()
+            })
+            .await,
+            witness,
+        );
+
+        tracing::info!("--- a check certificate checks any group, and does nothing else");
+        let mut check =
+            proto::fencing_client::FencingClient::new(channel_as(&c, leader, "hook").await);
+        let answer = check
+            .check(proto::LeaseRequest {
+                epoch: 2,
+                ..lease("checkout", "region-b")
+            })
+            .await
+            .expect("a check")
+            .into_inner();
+        assert!(answer.allowed, "{answer:?}");
+        denied(
+            "check acquires",
+            check.acquire(lease("checkout", "region-b")).await,
+            "agent/checkout/region-b or admin",
+        );
+
+        tracing::info!("--- HTTP: health for anyone, metrics for viewers, 403 with the role");
+        let node = common::https_client_with(&paths(&c.certs, "node-1"));
+        let viewer = common::https_client_with(&paths(&c.certs, "vic"));
+        let port = c.addrs[0].port();
+        let url = |p: &str| format!("https://localhost:{port}{p}");
+        let health = node.get(url("/healthz")).send().await.unwrap();
+        assert_eq!(
+            health.status(),
+            200,
+            "a witness certificate may ask for health"
+        );
+        let refused = node.get(url("/metrics")).send().await.unwrap();
+        assert_eq!(refused.status(), 403);
+        let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "permission-denied", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("GET /metrics needs the viewer"),
+            "{body}"
+        );
+        let status = viewer.get(url("/v1/status")).send().await.unwrap();
+        assert_eq!(status.status(), 200);
+        let fence = common::https_client_with(&paths(&c.certs, agent))
+            .get(url("/v1/groups/catalog/fence?region=region-b&epoch=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fence.status(), 403, "an agent checks only its own pair");
+
+        tracing::info!("--- denials are counted by method and identity");
+        let failover = r#"arbiter_access_denied_total{method="Failover",identity="vic"} "#;
+        assert!(metric_sum(&c, &viewer, failover).await >= 1.0);
+        let acquire = concat!(
+            r#"arbiter_access_denied_total{method="Acquire","#,
+            r#"identity="agent-checkout-region-b"} "#
+        );
+        assert!(metric_sum(&c, &viewer, acquire).await >= 1.0);
+    });
+
+    tracing::info!("--- a witness certificate reaches no public call");
+    cli_as(&c, "node-2", &["status"]).refused(
+        "witness status",
+        EXIT_NOPERM,
+        &["the viewer, operator or admin role", "has witness 2"],
+    );
+}
