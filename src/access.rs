@@ -34,6 +34,7 @@ use rustls::pki_types::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::ApiError;
+use crate::raft::Consensus;
 use crate::state::LeaseKind;
 use crate::telemetry::Metrics;
 
@@ -177,6 +178,9 @@ pub struct Caller {
     pub witness: Option<u64>,
     /// The roles the certificate names, sorted, without duplicates.
     pub roles: Vec<Role>,
+    /// The certificate's serial number ([`crate::config::normalise_serial`]'s form), which
+    /// the policy's `access.denied_serials` may revoke; empty without a certificate.
+    pub serial: String,
 }
 
 /// A refused request: who asked, for what, and what it would have needed.
@@ -207,10 +211,13 @@ impl Caller {
     /// when there are none.
     pub fn from_certs(certs: Option<&[CertificateDer<'_>]>) -> Caller {
         match certs.and_then(|c| c.first()) {
-            Some(leaf) => Caller::from_uris(
-                crate::tls::common_name_of(leaf),
-                &crate::tls::uri_sans_of(leaf),
-            ),
+            Some(leaf) => Caller {
+                serial: crate::tls::serial_of(leaf).unwrap_or_default(),
+                ..Caller::from_uris(
+                    crate::tls::common_name_of(leaf),
+                    &crate::tls::uri_sans_of(leaf),
+                )
+            },
             None => Caller::from_uris(None, &[]),
         }
     }
@@ -237,6 +244,7 @@ impl Caller {
             identity: cn.unwrap_or_else(|| "unknown".into()),
             witness,
             roles,
+            serial: String::new(),
         }
     }
 
@@ -363,23 +371,57 @@ pub fn need_of(http_method: &str, path: &str) -> (Need, String) {
     (need, format!("{http_method} {path}"))
 }
 
+/// What [`enforce`] reads: where denials are counted, and the applied state whose policy
+/// may revoke certificates.
+#[derive(Clone)]
+pub struct Enforcer {
+    pub metrics: Arc<Metrics>,
+    pub consensus: Arc<Consensus>,
+}
+
+impl Enforcer {
+    /// The revocation of `caller`'s certificate by the policy applied on this witness, if
+    /// any: the policy version that lists its serial.
+    fn revoked(&self, caller: &Caller) -> Option<u64> {
+        if caller.serial.is_empty() {
+            return None;
+        }
+        self.consensus.with_state(|s| {
+            s.policy
+                .as_ref()
+                .filter(|p| p.access.denies(&caller.serial))
+                .map(|_| s.policy_version)
+        })
+    }
+}
+
 /// The middleware on every route of the witness listener: names the caller from its
-/// connection's verified certificate, refuses what [`need_of`] says it may not do (a
-/// `PERMISSION_DENIED` status for gRPC, HTTP 403 for the rest, counted in `metrics`), and
-/// hands the [`Caller`] on to the handler in the request's extensions.
-pub async fn enforce(
-    State(metrics): State<Arc<Metrics>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// connection's verified certificate, refuses a certificate the applied policy revokes
+/// (checked on every request, so connections opened before the revocation are refused from
+/// their next request on) and what [`need_of`] says it may not do (a `PERMISSION_DENIED`
+/// status for gRPC, HTTP 403 for the rest, counted in the metrics), and hands the
+/// [`Caller`] on to the handler in the request's extensions.
+pub async fn enforce(State(enforcer): State<Enforcer>, mut req: Request, next: Next) -> Response {
     let certs = req
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.peer_certs());
     let caller = Caller::from_certs(certs.as_deref().map(Vec::as_slice));
     let (need, method) = need_of(req.method().as_str(), req.uri().path());
-    if let Err(denied) = caller.require(&method, &need) {
-        metrics.denied(&denied);
+    let verdict = match enforcer.revoked(&caller) {
+        Some(version) => Err(Denied {
+            method,
+            identity: caller.identity.clone(),
+            needed: "a certificate that is not revoked".into(),
+            has: format!(
+                "serial {} revoked by access.denied_serials of policy version {version}",
+                caller.serial
+            ),
+        }),
+        None => caller.require(&method, &need),
+    };
+    if let Err(denied) = verdict {
+        enforcer.metrics.denied(&denied);
         let grpc = req
             .headers()
             .get(axum::http::header::CONTENT_TYPE)

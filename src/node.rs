@@ -240,7 +240,13 @@ impl Node {
             }));
         // Every route, gRPC and HTTP, behind the one access check (`crate::access`).
         let routes = tonic::service::Routes::from(routes.into_axum_router().layer(
-            axum::middleware::from_fn_with_state(metrics.clone(), crate::access::enforce),
+            axum::middleware::from_fn_with_state(
+                crate::access::Enforcer {
+                    metrics: metrics.clone(),
+                    consensus: consensus.clone(),
+                },
+                crate::access::enforce,
+            ),
         ));
         let router = Server::builder().accept_http1(true).add_routes(routes);
         // Our TLS rather than tonic's, which offers only `h2` in ALPN and so refuses clients

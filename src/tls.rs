@@ -299,6 +299,18 @@ pub fn uri_sans_of(der: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The certificate's serial number in the form the policy's denylist uses (lowercase hex,
+/// no leading zeros), when it parses.
+pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crate::config::normalise_serial(&hex).ok()
+}
+
 /// The certificate's subject common name, when it has a readable one.
 pub fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;

@@ -317,3 +317,81 @@ fn each_certificate_may_do_its_role_and_nothing_more() {
         &["the viewer, operator or admin role", "has witness 2"],
     );
 }
+
+/// The serial of `name`'s certificate as `openssl x509 -noout -serial` prints it.
+fn openssl_serial(certs: &Path, name: &str) -> String {
+    let pem = std::fs::read(certs.join(format!("{name}.pem"))).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let serial = arbiter::tls::serial_of(&der).unwrap();
+    format!("serial={}", serial.to_ascii_uppercase())
+}
+
+/// Goal: a certificate whose serial the policy denies is refused on every call, on a
+/// connection it opened before the policy changed too, whatever its role; taking the serial
+/// out of the list lets it back in.
+/// Method: a viewer keeps one gRPC connection to the leader open across two policy changes
+/// (deny, then allow again) made with the admin certificate; each witness applies a policy
+/// at its own pace, so the refusal is awaited with a deadline.
+#[test]
+fn a_denied_serial_is_refused_on_a_connection_opened_before() {
+    let c = Cluster::three_with_policy(3, POLICY);
+    let dir = c.certs.to_str().unwrap().to_string();
+    run(
+        c.path(),
+        &["certs", "issue", "--dir", &dir, "--viewer", "vic"],
+    )
+    .ok("certs issue");
+    let serial = openssl_serial(&c.certs, "vic");
+    let denying = format!("{POLICY}\n[access]\ndenied_serials = [\"{serial}\"]\n");
+    let denying = c.write("policy-deny.toml", &denying);
+    let allowing = c.write("policy-allow.toml", POLICY);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let leader = c.leader();
+    let mut viewer = rt.block_on(async {
+        proto::arbiter_client::ArbiterClient::new(channel_as(&c, leader, "vic").await)
+    });
+    let status = |viewer: &mut proto::arbiter_client::ArbiterClient<_>| {
+        rt.block_on(viewer.status(proto::StatusRequest {
+            local: true,
+            audit_limit: 1,
+        }))
+    };
+    status(&mut viewer).expect("the viewer reads before the change");
+
+    tracing::info!("--- the dry run shows the revocation; the apply commits it");
+    let out = c
+        .cli(&["policy", "apply", "--dry-run", &denying])
+        .ok("dry run");
+    let normal = serial.trim_start_matches("serial=").to_ascii_lowercase();
+    let normal = normal.trim_start_matches('0');
+    assert!(
+        out.contains(&format!("+ denied certificate serial {normal}")),
+        "{out}"
+    );
+    c.cli(&["policy", "apply", &denying]).ok("policy apply");
+
+    tracing::info!("--- the open connection is refused from its next request on");
+    let refusal = eventually("the leader refuses the revoked viewer", || {
+        status(&mut viewer).err()
+    });
+    assert_eq!(refusal.code(), tonic::Code::PermissionDenied, "{refusal:?}");
+    assert!(
+        refusal
+            .message()
+            .contains("revoked by access.denied_serials of policy version 2"),
+        "{refusal:?}"
+    );
+    cli_as(&c, "vic", &["status", "--local"]).refused(
+        "a new connection",
+        EXIT_NOPERM,
+        &["not revoked", &format!("serial {normal}")],
+    );
+    cli_as(&c, "client", &["status"]).ok("the admin is not revoked");
+
+    tracing::info!("--- out of the list, back in");
+    c.cli(&["policy", "apply", &allowing]).ok("policy apply");
+    eventually("the leader answers the viewer again", || {
+        status(&mut viewer).ok()
+    });
+}

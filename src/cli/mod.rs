@@ -62,8 +62,13 @@ impl Failure {
         }
     }
 
-    /// A witness asked directly (no leader needed) did not serve the call (exit 69).
+    /// A witness asked directly (no leader needed) did not serve the call: exit 69, unless
+    /// it answered with a kind of error of its own (a permission denial is 77 wherever it
+    /// comes from).
     fn unavailable(status: tonic::Status) -> Self {
+        if status.metadata().get(crate::api::META_ERROR).is_some() {
+            return Failure::from(ClientError::from_status(&status));
+        }
         Failure {
             code: EXIT_UNAVAILABLE,
             message: status.message().to_string(),

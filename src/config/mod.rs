@@ -23,8 +23,9 @@ pub use error::ConfigError;
 pub(crate) use node::check_addr;
 pub use node::{NodeConfig, Peer, Storage, Timing, EXIT_CONFIG};
 pub use policy::{
-    GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef, GROUPS_MAX, LEASE_MS_DEFAULT,
-    LEASE_MS_MAX, LEASE_MS_MIN, POLICY_JSON_BYTES_MAX, REGIONS_MAX,
+    normalise_serial, AccessPolicy, GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef,
+    DENIED_SERIALS_MAX, GROUPS_MAX, LEASE_MS_DEFAULT, LEASE_MS_MAX, LEASE_MS_MIN,
+    POLICY_JSON_BYTES_MAX, REGIONS_MAX,
 };
 pub use postgres::{
     split_tls, PostgresAction, PostgresHook, PostgresRegion, PostgresTls, StopCommand,

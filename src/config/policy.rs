@@ -265,6 +265,90 @@ pub struct Policy {
     /// Zones, external servers and embedded-server behaviour.
     #[serde(default, skip_serializing_if = "is_default_dns")]
     pub dns: super::dns::DnsPolicy,
+    /// Certificates refused on every call, whatever their role.
+    #[serde(default, skip_serializing_if = "AccessPolicy::is_empty")]
+    pub access: AccessPolicy,
+}
+
+/// Most entries of `access.denied_serials`: a denylist is for the certificates stolen or
+/// lost before they expire, not a registry of every certificate ever issued; it is read on
+/// every request.
+pub const DENIED_SERIALS_MAX: usize = 1_000;
+/// Longest certificate serial number, in hex digits: 20 octets (RFC 5280, 4.1.2.2).
+const SERIAL_HEX_DIGITS_MAX: usize = 40;
+
+/// The access part of the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// Serial numbers of revoked certificates, as [`normalise_serial`] writes them: every
+    /// request presenting one is refused, on connections opened before the change too.
+    #[serde(default)]
+    pub denied_serials: Vec<String>,
+}
+
+impl AccessPolicy {
+    fn is_empty(&self) -> bool {
+        self.denied_serials.is_empty()
+    }
+
+    /// Whether a certificate with `serial` (normalised) is revoked.
+    pub fn denies(&self, serial: &str) -> bool {
+        self.denied_serials.iter().any(|s| s == serial)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.denied_serials.len() > DENIED_SERIALS_MAX {
+            return Err(ConfigError::new(
+                "access.denied_serials",
+                format!("at most {DENIED_SERIALS_MAX} serials are allowed"),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, serial) in self.denied_serials.iter().enumerate() {
+            let key = format!("access.denied_serials[{i}]");
+            let normal =
+                normalise_serial(serial).map_err(|reason| ConfigError::new(&key, reason))?;
+            if normal != *serial {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{serial:?} is not normalised (expected {normal:?})"),
+                ));
+            }
+            if !seen.insert(serial) {
+                return Err(ConfigError::new(key, format!("{serial:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A certificate serial number as the policy and the access check compare it: lowercase hex,
+/// no colons, no leading zeros. Accepts what `openssl x509 -serial` prints (`serial=` and
+/// upper case) and the colon-separated form of other tools.
+pub fn normalise_serial(text: &str) -> Result<String, String> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches("serial=")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a certificate serial: use hex digits (as `openssl x509 -noout -serial` prints), colons allowed"
+        ));
+    }
+    let trimmed = digits.trim_start_matches('0').to_ascii_lowercase();
+    if trimmed.len() > SERIAL_HEX_DIGITS_MAX {
+        return Err(format!(
+            "{text:?} is longer than a certificate serial ({SERIAL_HEX_DIGITS_MAX} hex digits)"
+        ));
+    }
+    Ok(if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed
+    })
 }
 
 fn is_default_dns(dns: &super::dns::DnsPolicy) -> bool {
@@ -284,8 +368,14 @@ impl Policy {
                 ),
             ));
         }
-        let policy: Policy =
+        let mut policy: Policy =
             toml::from_str(source).map_err(|e| ConfigError::parse(file, source, e))?;
+        // Serials are compared in one form; users paste them in several.
+        for (i, serial) in policy.access.denied_serials.iter_mut().enumerate() {
+            *serial = normalise_serial(serial).map_err(|reason| {
+                ConfigError::new(format!("access.denied_serials[{i}]"), reason)
+            })?;
+        }
         policy.validate()?;
         Ok(policy)
     }
@@ -362,6 +452,7 @@ impl Policy {
             }
         }
         self.dns.validate()?;
+        self.access.validate()?;
         let mut groups = BTreeSet::new();
         let mut dns_names: BTreeMap<String, &str> = BTreeMap::new();
         for (i, group) in self.groups.iter().enumerate() {
@@ -531,6 +622,7 @@ impl Policy {
             groups: Vec::new(),
             hooks: BTreeMap::new(),
             dns: super::dns::DnsPolicy::default(),
+            access: AccessPolicy::default(),
         };
         let old = old.unwrap_or(&empty);
         let old_regions: BTreeSet<_> = old.regions.iter().map(|r| &r.name).collect();
@@ -622,6 +714,16 @@ impl Policy {
         for name in old.hooks.keys() {
             if !self.hooks.contains_key(name) {
                 let _ = writeln!(out, "- hook {name}");
+            }
+        }
+        for serial in &self.access.denied_serials {
+            if !old.access.denies(serial) {
+                let _ = writeln!(out, "+ denied certificate serial {serial}");
+            }
+        }
+        for serial in &old.access.denied_serials {
+            if !self.access.denies(serial) {
+                let _ = writeln!(out, "- denied certificate serial {serial}");
             }
         }
         out
@@ -818,6 +920,55 @@ mode = "manual"
     fn lease_bounds_are_enforced() {
         let e = err(&format!("{GOOD}lease_ms = 5\n"));
         assert_eq!(e.key, "groups[0].lease_ms");
+    }
+
+    /// Goal: serials are accepted as tools print them and stored in one form; junk, too
+    /// long, duplicates (after normalising) and too many are refused naming the entry.
+    #[test]
+    fn denied_serials_are_normalised_and_checked() {
+        let with = |serials: &str| format!("{GOOD}\n[access]\ndenied_serials = [{serials}]\n");
+        let p = Policy::parse("p", &with(r#""serial=0A1B", "0c:0d:EF", "00""#)).unwrap();
+        assert_eq!(p.access.denied_serials, ["a1b", "c0def", "0"]);
+        assert!(p.access.denies("c0def"));
+        assert!(!p.access.denies("c0de"));
+        let old = Policy::parse("a", GOOD).unwrap();
+        assert_eq!(
+            p.diff(Some(&old)),
+            "+ denied certificate serial a1b\n+ denied certificate serial c0def\n+ denied certificate serial 0\n"
+        );
+        assert_eq!(old.diff(Some(&p)).lines().count(), 3);
+        for (serials, needle) in [
+            (
+                r#""xyz""#,
+                "access.denied_serials[0]: \"xyz\" is not a certificate serial",
+            ),
+            (r#""""#, "access.denied_serials[0]"),
+            (
+                r#""0a", "A""#,
+                "access.denied_serials[1]: \"a\" is listed twice",
+            ),
+        ] {
+            let e = Policy::parse("p", &with(serials)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{serials}: {e}");
+        }
+        let long = format!("\"{}\"", "f".repeat(41));
+        let e = Policy::parse("p", &with(&long)).unwrap_err().to_string();
+        assert!(e.contains("longer than a certificate serial"), "{e}");
+        let many: Vec<String> = (0..=DENIED_SERIALS_MAX)
+            .map(|i| format!("\"{:x}\"", i + 1))
+            .collect();
+        let e = Policy::parse("p", &with(&many.join(",")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 1000 serials"), "{e}");
+        // A policy built in code is held to the normal form.
+        let mut built = old.clone();
+        built.access.denied_serials = vec!["0A".into()];
+        assert!(built
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not normalised"));
     }
 
     #[test]
