@@ -9,7 +9,7 @@ use std::path::Path;
 use arbiter::proto;
 use arbiter::tls::{TlsMaterial, TlsPaths};
 use common::processes::*;
-use common::POLICY;
+use common::{denied, POLICY};
 
 /// Exit code of a command the certificate's role does not allow.
 const EXIT_NOPERM: i32 = 77;
@@ -52,20 +52,6 @@ fn lease(group: &str, region: &str) -> proto::LeaseRequest {
         epoch: 0,
         holder: "test".into(),
     }
-}
-
-/// Asserts `result` is a permission denial whose message names `needle`.
-fn denied<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, needle: &str) {
-    let status = result.expect_err(what);
-    assert_eq!(
-        status.code(),
-        tonic::Code::PermissionDenied,
-        "{what}: {status:?}"
-    );
-    assert!(
-        status.message().contains(needle),
-        "{what}: the denial should say {needle:?}: {status:?}"
-    );
 }
 
 /// Sum over the running witnesses of one metric line's value.

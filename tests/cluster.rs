@@ -436,22 +436,6 @@ async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
             payload: serde_json::to_vec(value).unwrap(),
         }
     }
-    /// The call was refused as `PERMISSION_DENIED`, saying `needle`.
-    fn denied<T>(what: &str, r: Result<T, tonic::Status>, needle: &str) {
-        let Err(status) = r else {
-            panic!("{what} was answered")
-        };
-        assert_eq!(
-            status.code(),
-            tonic::Code::PermissionDenied,
-            "{what}: {status:?}"
-        );
-        assert!(
-            status.message().contains(needle),
-            "{what}: {}",
-            status.message()
-        );
-    }
     // Messages that witness 1 (not the caller) sends: a vote and an append as leader of a
     // far term, a probe report saying every region is down, a hello.
     let vote = VoteRequest::<TypeConfig>::new(VoteOf::<TypeConfig>::new(1_000, 1), None);

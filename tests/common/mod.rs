@@ -478,3 +478,19 @@ pub fn https_client_with(c: &arbiter::tls::TlsPaths) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Asserts the call was refused as `PERMISSION_DENIED`, saying `needle`.
+pub fn denied<T>(what: &str, result: Result<T, tonic::Status>, needle: &str) {
+    let Err(status) = result else {
+        panic!("{what} was answered")
+    };
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "{what}: {status:?}"
+    );
+    assert!(
+        status.message().contains(needle),
+        "{what}: the denial should say {needle:?}: {status:?}"
+    );
+}
