@@ -81,6 +81,8 @@ pub mod health;
 #[cfg(feature = "unsafe-holes")]
 pub mod holes;
 pub mod hooks;
+#[cfg(test)]
+mod input_props;
 pub mod leader;
 #[cfg(test)]
 mod model;

@@ -881,11 +881,7 @@ async fn rpo_check_proceeds_within_the_rpo_and_halts_for_approval_above_it() {
     let done = wait_operation(&client, op.id, "done").await;
     let rpo = done.steps.iter().find(|s| s.step == "rpo-check").unwrap();
     assert_eq!(rpo.outcome, "skipped");
-    assert!(
-        rpo.detail.contains("accepted by operator"),
-        "{}",
-        rpo.detail
-    );
+    assert!(rpo.detail.contains("accepted by admin"), "{}", rpo.detail);
 
     tracing::info!("--- numbers within the RPO, but the hook cannot prove them: halt");
     std::fs::write(

@@ -686,7 +686,7 @@ fn dead_wal_receiver_halts_the_automatic_failover_at_the_rpo_gate() {
     assert_eq!(step["outcome"], "skipped", "{step}");
     let detail = step["detail"].as_str().unwrap();
     assert!(
-        detail.contains("replication lag above the RPO accepted by operator")
+        detail.contains("replication lag above the RPO accepted by admin")
             && detail.contains(&error),
         "the step records who accepted which loss: {detail}"
     );
@@ -694,7 +694,7 @@ fn dead_wal_receiver_halts_the_automatic_failover_at_the_rpo_gate() {
     let audit = status["audit"].as_array().unwrap();
     assert!(
         audit.iter().any(|e| e["detail"].as_str().is_some_and(|d| d
-            .contains(&format!("operation {id}: rpo-check skipped: replication lag above the RPO accepted by operator"))
+            .contains(&format!("operation {id}: rpo-check skipped: replication lag above the RPO accepted by admin"))
             && d.contains(&format!("received {received}")))),
         "the audit log records the accepted loss with its numbers: {audit:#?}"
     );
