@@ -461,3 +461,90 @@ async fn witness_held_back_never_answers_an_activation_it_has_not_applied() {
     .await;
     cluster.stop().await;
 }
+
+/// `valid` with bytes overwritten at `flips` (positions modulo its length), cut to `keep`
+/// bytes when `keep` is shorter, and `extra` appended.
+fn mangled(valid: &[u8], flips: &[(usize, u8)], keep: usize, extra: &[u8]) -> Vec<u8> {
+    let mut d = valid.to_vec();
+    for &(at, b) in flips {
+        let i = at % d.len();
+        d[i] = b;
+    }
+    d.truncate(keep.max(1));
+    d.extend_from_slice(extra);
+    d
+}
+
+/// Goal: arbitrary datagrams (random bytes, and valid queries with bytes overwritten, cut or
+/// extended) never stop the embedded server, and whatever it answers is a response (never a
+/// query: no reflection) that parses, carries the request's id, and fits 512 bytes when the
+/// request asked for no larger buffer; afterwards it still answers the committed region.
+/// Method: one witness with `dns.listen`; `ARBITER_PROPTEST_CASES` datagrams (128 by
+/// default) drawn by proptest, each from a fresh socket, each waiting at most 100 ms for an
+/// answer (silence is allowed: hickory drops what has no parseable header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_datagrams_get_bounded_answers_and_the_server_keeps_answering() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let cases: usize = std::env::var("ARBITER_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let cluster = Cluster::start_with(1, DNS_NODE).await;
+    cluster.init_with(&policy("serve")).await;
+    let (_, addr) = dns_addrs(&cluster)[0];
+    all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
+
+    let valid = request("checkout.shop.example.", RecordType::A, Some(1232))
+        .to_vec()
+        .unwrap();
+    let strategy = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..600),
+        (
+            prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            0usize..80,
+            prop::collection::vec(any::<u8>(), 0..8),
+        )
+            .prop_map(move |(flips, keep, extra)| mangled(&valid, &flips, keep, &extra)),
+    ];
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::default()
+    });
+    tracing::info!(cases, "--- arbitrary datagrams");
+    let mut answered = 0;
+    for _ in 0..cases {
+        let d = strategy.new_tree(&mut runner).unwrap().current();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(&d, addr).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let Ok(received) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+        else {
+            continue;
+        };
+        let (len, _) = received.unwrap();
+        answered += 1;
+        let reply = Message::from_vec(&buf[..len])
+            .unwrap_or_else(|e| panic!("the answer to {d:02x?} does not parse: {e}"));
+        assert_eq!(
+            reply.metadata.message_type,
+            MessageType::Response,
+            "{d:02x?}"
+        );
+        assert_eq!(reply.metadata.id.to_be_bytes(), d[..2], "{d:02x?}");
+        let asked_more = Message::from_vec(&d)
+            .ok()
+            .and_then(|m| m.edns.map(|e| e.max_payload()))
+            .is_some_and(|size| size > 512);
+        if !asked_more {
+            assert!(len <= 512, "{len} bytes answered to {d:02x?}");
+        }
+    }
+    tracing::info!(cases, answered, "--- the server still answers");
+    assert!(answered > 0, "some datagram was answered");
+    all_answer(&cluster, &["192.0.2.10", "192.0.2.11"]).await;
+    cluster.stop().await;
+}
