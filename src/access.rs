@@ -211,13 +211,13 @@ impl Caller {
     /// when there are none.
     pub fn from_certs(certs: Option<&[CertificateDer<'_>]>) -> Caller {
         match certs.and_then(|c| c.first()) {
-            Some(leaf) => Caller {
-                serial: crate::tls::serial_of(leaf).unwrap_or_default(),
-                ..Caller::from_uris(
-                    crate::tls::common_name_of(leaf),
-                    &crate::tls::uri_sans_of(leaf),
-                )
-            },
+            Some(leaf) => {
+                let names = crate::tls::names_of(leaf);
+                Caller {
+                    serial: names.serial.unwrap_or_default(),
+                    ..Caller::from_uris(names.common_name, &names.uris)
+                }
+            }
             None => Caller::from_uris(None, &[]),
         }
     }

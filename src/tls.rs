@@ -280,42 +280,67 @@ fn witness_id_of(der: &CertificateDer<'_>) -> Option<u64> {
     crate::access::Caller::from_uris(None, &uri_sans_of(der)).witness
 }
 
-/// Every URI SAN of the certificate (witness ids, roles), in certificate order; none when it
-/// has no SAN extension or does not parse.
-pub fn uri_sans_of(der: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
-            _ => None,
-        })
-        .collect()
+/// What the access check reads of a certificate, from one parse of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// The subject common name, when it has a readable one.
+    pub common_name: Option<String>,
+    /// Every URI SAN (witness ids, roles), in certificate order.
+    pub uris: Vec<String>,
+    /// The serial number in the form the policy's denylist uses (lowercase hex, no leading
+    /// zeros).
+    pub serial: Option<String>,
 }
 
-/// The certificate's serial number in the form the policy's denylist uses (lowercase hex,
-/// no leading zeros), when it parses.
-pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+/// The names of the certificate, parsed once (the access check runs on every request);
+/// empty when it does not parse.
+pub fn names_of(der: &CertificateDer<'_>) -> CertNames {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return CertNames::default();
+    };
+    let uris = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let hex: String = cert
         .raw_serial()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    crate::config::normalise_serial(&hex).ok()
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    CertNames {
+        common_name,
+        uris,
+        serial: crate::config::normalise_serial(&hex).ok(),
+    }
+}
+
+/// Every URI SAN of the certificate (witness ids, roles), in certificate order.
+pub fn uri_sans_of(der: &CertificateDer<'_>) -> Vec<String> {
+    names_of(der).uris
+}
+
+/// The certificate's serial number as the policy's denylist writes it, when it parses.
+pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
+    names_of(der).serial
 }
 
 /// The certificate's subject common name, when it has a readable one.
 pub fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    names_of(der).common_name
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
