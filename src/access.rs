@@ -248,14 +248,15 @@ impl Caller {
         }
     }
 
-    /// The caller of a gRPC request: the one [`enforce`] put in its extensions, or, for a
-    /// request that did not pass through it, the one its connection's certificate names.
+    /// The caller of a gRPC request: the one [`enforce`] put in its extensions. A request
+    /// that did not pass through [`enforce`] has a caller with no identity and no role, so a
+    /// service mounted without the check refuses everything rather than trusting a
+    /// certificate nobody checked against the denylist.
     pub fn of<T>(req: &tonic::Request<T>) -> Caller {
-        if let Some(caller) = req.extensions().get::<Caller>() {
-            return caller.clone();
-        }
-        let certs = req.peer_certs();
-        Caller::from_certs(certs.as_deref().map(Vec::as_slice))
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| Caller::from_certs(None))
     }
 
     fn level(&self) -> u8 {

@@ -267,13 +267,6 @@ pub fn witness_uri(id: u64) -> String {
     format!("{WITNESS_URI_PREFIX}{id}")
 }
 
-/// The witness id the peer's certificate on this request's connection names, or `None`
-/// when there is no peer certificate or it names no witness (or more than one).
-pub fn peer_witness<T>(req: &tonic::Request<T>) -> Option<u64> {
-    let certs = req.peer_certs()?;
-    witness_id_of(certs.first()?)
-}
-
 /// The one witness id among the certificate's URI SANs; `None` with none, with two
 /// different ones, or with one that is not a number.
 fn witness_id_of(der: &CertificateDer<'_>) -> Option<u64> {

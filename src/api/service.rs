@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
+use crate::access::Caller;
 use crate::config::{Mode, Peer, Policy};
 use crate::leader::LeaderTables;
 use crate::proto;
@@ -19,7 +20,6 @@ use crate::state::{
     AuditEntry, ClusterState, Command, GroupState, Operation, OperationKind, OperationState,
     Outcome, Proposal, Step, StepOutcome, NAME_BYTES_MAX, REQUEST_ID_BYTES_MAX,
 };
-use crate::tls::peer_identity;
 
 /// Audit entries returned by `Status` when the caller does not say.
 const AUDIT_LIMIT_DEFAULT: u32 = 20;
@@ -76,7 +76,7 @@ impl ApiService {
 
     fn proposal<T>(&self, req: &Request<T>, request_id: String, command: Command) -> Proposal {
         Proposal {
-            actor: peer_identity(req).unwrap_or_else(|| "unknown".to_string()),
+            actor: Caller::of(req).identity,
             at_ms: self.consensus.now_ms(),
             request_id: if request_id.is_empty() {
                 new_request_id()

@@ -50,8 +50,9 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
 
 /// The witness id the caller's certificate names; a caller without one is refused.
 fn witness_caller<T>(req: &Request<T>, rpc: &str) -> Result<u64, Status> {
-    crate::tls::peer_witness(req).ok_or_else(|| {
-        let who = crate::tls::peer_identity(req).unwrap_or_else(|| "unknown".into());
+    let caller = crate::access::Caller::of(req);
+    caller.witness.ok_or_else(|| {
+        let who = caller.identity;
         tracing::warn!(rpc, caller = %who, "refused: not a witness certificate");
         Status::permission_denied(format!(
             "{rpc} is for witnesses only: the caller's certificate ({who}) names no witness id \

@@ -2,7 +2,8 @@
 //! each TLS handshake in a task of its own, and yields the established streams to tonic's
 //! `serve_with_incoming_shutdown`. tonic reads the client's certificates from each stream
 //! (its `Connected` impl for tokio-rustls' `TlsStream`), so `Request::peer_certs`, and with it
-//! [`super::peer_identity`] and [`super::peer_witness`], work as with tonic's own server TLS.
+//! [`super::peer_identity`] and the access check's [`crate::access::Caller`], work as with
+//! tonic's own server TLS.
 //!
 //! Why not tonic's own server TLS: it offers only `h2` in ALPN, so a client that offers only
 //! `http/1.1` (`curl --http1.1` in a hook script calling the fencing endpoints) is refused in
