@@ -12,6 +12,7 @@
 //! | `arbiter://role/operator`                 | what a viewer may, and failover, failback, approve, retry, skip, abort, mode |
 //! | `arbiter://role/admin`                    | everything: policy apply, init, members, and any lease |
 //! | `arbiter://role/check`                    | fence checks (`Check`, `GET .../fence`) of any group, nothing else |
+//! | `arbiter://role/break-glass`              | what an operator may, and approve alone where a group asks for two (`approve --break-glass REASON`) |
 //! | `arbiter://role/agent/<group>/<region>`   | acquire, renew and check the lease of that one pair |
 //!
 //! A witness certificate may speak the witness-to-witness protocol and make the lease calls a
@@ -52,6 +53,9 @@ pub enum Role {
     Admin,
     /// Fence checks only: for hooks that ask "may region R with epoch E still act?".
     Check,
+    /// An operator who may also approve alone, with a reason, where the group's policy asks
+    /// for two approvals: the lone responder's certificate, kept for emergencies.
+    BreakGlass,
     /// The lease of one (group, region): the agent beside that region's primary.
     Agent { group: String, region: String },
 }
@@ -71,19 +75,20 @@ impl Role {
         let rest = uri.strip_prefix(ROLE_URI_PREFIX)?;
         Some(Role::parse(rest).ok_or_else(|| {
             format!(
-                "{uri:?} names no role: use viewer, operator, admin, check or agent/<group>/<region>"
+                "{uri:?} names no role: use viewer, operator, admin, check, break-glass or agent/<group>/<region>"
             )
         }))
     }
 
     /// A role as written after the prefix (and on the `certs` command line):
-    /// `viewer`, `operator`, `admin`, `check`, `agent/<group>/<region>`.
+    /// `viewer`, `operator`, `admin`, `check`, `break-glass`, `agent/<group>/<region>`.
     pub fn parse(text: &str) -> Option<Role> {
         Some(match text {
             "viewer" => Role::Viewer,
             "operator" => Role::Operator,
             "admin" => Role::Admin,
             "check" => Role::Check,
+            "break-glass" => Role::BreakGlass,
             _ => {
                 let pair = text.strip_prefix("agent/")?;
                 let (group, region) = pair.split_once('/')?;
@@ -103,7 +108,7 @@ impl Role {
     fn level(&self) -> u8 {
         match self {
             Role::Viewer => 1,
-            Role::Operator => 2,
+            Role::Operator | Role::BreakGlass => 2,
             Role::Admin => 3,
             Role::Check | Role::Agent { .. } => 0,
         }
@@ -117,6 +122,7 @@ impl fmt::Display for Role {
             Role::Operator => f.write_str("operator"),
             Role::Admin => f.write_str("admin"),
             Role::Check => f.write_str("check"),
+            Role::BreakGlass => f.write_str("break-glass"),
             Role::Agent { group, region } => write!(f, "agent/{group}/{region}"),
         }
     }
@@ -133,6 +139,8 @@ pub enum Need {
     Operate,
     /// The admin role.
     Admin,
+    /// The break-glass role (or admin): one approval where the group asks for more.
+    BreakGlass,
     /// A witness certificate (the witness-to-witness protocol).
     Witness,
     /// Some role that can make a lease call; the handler then checks the request's
@@ -154,6 +162,7 @@ impl Need {
             Need::View => "the viewer, operator or admin role".into(),
             Need::Operate => "the operator or admin role".into(),
             Need::Admin => "the admin role".into(),
+            Need::BreakGlass => "the break-glass or admin role".into(),
             Need::Witness => "a witness certificate (URI SAN arbiter://witness/<id>)".into(),
             Need::SomeLease => "the agent, check, viewer, operator or admin role".into(),
             Need::Lease {
@@ -277,6 +286,7 @@ impl Caller {
             Need::View => level >= 1,
             Need::Operate => level >= 2,
             Need::Admin => level >= 3,
+            Need::BreakGlass => level >= 3 || self.roles.contains(&Role::BreakGlass),
             Need::Witness => self.witness.is_some(),
             Need::SomeLease => {
                 self.witness.is_some()

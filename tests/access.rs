@@ -8,6 +8,7 @@ use std::path::Path;
 
 use arbiter::proto;
 use arbiter::tls::{TlsMaterial, TlsPaths};
+use common::policy::{checkout_only, AB};
 use common::processes::*;
 use common::{denied, POLICY};
 
@@ -380,4 +381,130 @@ fn a_denied_serial_is_refused_on_a_connection_opened_before() {
     eventually("the leader answers the viewer again", || {
         status(&mut viewer).ok()
     });
+}
+
+/// Goal: where a group asks for two approvers, a failover one operator asks for waits for a
+/// second identity; the same operator approving again is refused (`already-approved`, exit
+/// code one) and changes nothing; a second operator lets it run. Going back, a break-glass
+/// certificate approves alone, only with a reason, and that approval is audited as
+/// `break-glass` and counted on every witness; an operator without the role may not break
+/// the glass.
+/// Method: three witness processes; role certificates from `certs issue`; the CLI as each
+/// holder; `/metrics` of each witness read with a viewer certificate.
+#[test]
+fn two_person_approval_needs_two_identities_and_break_glass_is_audited() {
+    let policy = checkout_only(
+        AB,
+        "lease_ms = 1000\nlease_margin_ms = 200\napprovals_required = 2\n",
+    );
+    let c = Cluster::three_with_policy(3, &policy);
+    let dir = c.certs.to_str().unwrap().to_string();
+    run(
+        c.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &dir,
+            "--operator",
+            "olga",
+            "--operator",
+            "otto",
+            "--break-glass",
+            "bree",
+            "--viewer",
+            "vic",
+        ],
+    )
+    .ok("certs issue");
+    let failover = |who: &str, to: &str| {
+        cli_as(
+            &c,
+            who,
+            &[
+                "failover",
+                "checkout",
+                "--to",
+                to,
+                "--reason",
+                "maintenance",
+            ],
+        )
+    };
+    let out = failover("olga", "region-b").ok("olga asks for a failover");
+    assert!(
+        out.contains("approved by olga; waiting for another operator's approval"),
+        "{out}"
+    );
+    // The newest operation, as `status --json` shows it.
+    let op = |c: &Cluster| {
+        let s = c.status();
+        s["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .max_by_key(|o| o["id"].as_u64())
+            .unwrap()
+            .clone()
+    };
+    let before = op(&c);
+    assert_eq!(before["state"], "awaiting-approval", "{before}");
+    assert_eq!(before["approvals"], serde_json::json!(["olga"]), "{before}");
+    let id = before["id"].as_u64().unwrap().to_string();
+
+    cli_as(&c, "olga", &["approve", &id]).refused(
+        "the requester approving her own failover",
+        1,
+        &[
+            "already-approved",
+            "already approved by olga",
+            "another operator",
+        ],
+    );
+    assert_eq!(op(&c)["state"], "awaiting-approval");
+    let out = cli_as(&c, "otto", &["approve", &id]).ok("a second operator approves");
+    assert!(out.contains("done: region-b active at epoch 2"), "{out}");
+    let audit = c.status()["audit"].to_string();
+    assert!(
+        audit.contains("approved by olga and otto"),
+        "the audit names both approvers: {audit}"
+    );
+
+    tracing::info!("--- break glass: alone, with a reason, audited and counted");
+    failover("otto", "region-a").ok("otto asks to go back");
+    let id = op(&c)["id"].as_u64().unwrap().to_string();
+    cli_as(&c, "olga", &["approve", &id, "--break-glass", "alone"]).refused(
+        "an operator breaking the glass",
+        EXIT_NOPERM,
+        &["the break-glass or admin role", "olga"],
+    );
+    cli_as(&c, "bree", &["approve", &id, "--break-glass", " "]).refused(
+        "break glass without a reason",
+        64,
+        &["needs a reason"],
+    );
+    assert_eq!(op(&c)["state"], "awaiting-approval");
+    let out = cli_as(
+        &c,
+        "bree",
+        &["approve", &id, "--break-glass", "region-b db host on fire"],
+    )
+    .ok("break-glass approval");
+    assert!(out.contains("done: region-a active at epoch 3"), "{out}");
+    let audit = c.status()["audit"].to_string();
+    assert!(
+        audit.contains("\"break-glass\"") && audit.contains("region-b db host on fire"),
+        "{audit}"
+    );
+    let viewer = common::https_client_with(&paths(&c.certs, "vic"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let counted = rt.block_on(metric_sum(
+        &c,
+        &viewer,
+        r#"arbiter_break_glass_approvals_total{group="checkout"} "#,
+    ));
+    assert_eq!(
+        counted, 3.0,
+        "one break-glass approval, on each of three witnesses"
+    );
 }

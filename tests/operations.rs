@@ -190,6 +190,7 @@ async fn manual_mode_waits_for_approval_and_abort_keeps_the_old_region() {
         step: String::new(),
         reason: reason.into(),
         request_id: String::new(),
+        break_glass: false,
     };
     client.approve(act(op.id, "")).await.expect("approve");
     wait_operation(&client, op.id, "done").await;

@@ -214,6 +214,7 @@ async fn abort(client: &Client, operation: u64) -> proto::OperationStatus {
             step: String::new(),
             reason: "operator".into(),
             request_id: arbiter::api::new_request_id(),
+            break_glass: false,
         })
         .await
         .expect("abort");

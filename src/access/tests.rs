@@ -90,6 +90,7 @@ fn role_uris_round_trip_and_malformed_ones_grant_nothing() {
         Role::Operator,
         Role::Admin,
         Role::Check,
+        Role::BreakGlass,
         Role::Agent {
             group: "checkout".into(),
             region: "region-a".into(),

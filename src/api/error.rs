@@ -80,6 +80,8 @@ impl ApiError {
                 Refusal::OperationInProgress { .. } => ErrorKind::OperationInProgress,
                 Refusal::UnknownOperation { .. } => ErrorKind::UnknownOperation,
                 Refusal::OperationState { .. } => ErrorKind::OperationState,
+                Refusal::AlreadyApproved { .. } => ErrorKind::AlreadyApproved,
+                Refusal::BreakGlassWithoutReason => ErrorKind::InvalidArgument,
                 Refusal::WrongStep { .. } => ErrorKind::WrongStep,
                 Refusal::NotSkippable { .. } => ErrorKind::NotSkippable,
                 Refusal::AlreadyActivated { .. } => ErrorKind::AlreadyActivated,

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     OperationInProgress,
     UnknownOperation,
     OperationState,
+    /// This identity already approved; another must (two-person approval).
+    AlreadyApproved,
     WrongStep,
     NotSkippable,
     AlreadyActivated,
@@ -45,7 +47,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 31] = [
+    pub const ALL: [ErrorKind; 32] = [
         ErrorKind::NotLeader,
         ErrorKind::Unavailable,
         ErrorKind::Indeterminate,
@@ -65,6 +67,7 @@ impl ErrorKind {
         ErrorKind::OperationInProgress,
         ErrorKind::UnknownOperation,
         ErrorKind::OperationState,
+        ErrorKind::AlreadyApproved,
         ErrorKind::WrongStep,
         ErrorKind::NotSkippable,
         ErrorKind::AlreadyActivated,
@@ -101,6 +104,7 @@ impl ErrorKind {
             ErrorKind::OperationInProgress => "operation-in-progress",
             ErrorKind::UnknownOperation => "unknown-operation",
             ErrorKind::OperationState => "operation-state",
+            ErrorKind::AlreadyApproved => "already-approved",
             ErrorKind::WrongStep => "wrong-step",
             ErrorKind::NotSkippable => "not-skippable",
             ErrorKind::AlreadyActivated => "already-activated",
@@ -147,6 +151,7 @@ impl ErrorKind {
             | ErrorKind::RemovalsPending
             | ErrorKind::OperationInProgress
             | ErrorKind::OperationState
+            | ErrorKind::AlreadyApproved
             | ErrorKind::WrongStep
             | ErrorKind::NotSkippable
             | ErrorKind::AlreadyActivated
@@ -177,6 +182,7 @@ impl ErrorKind {
             | ErrorKind::RemovalsPending
             | ErrorKind::OperationInProgress
             | ErrorKind::OperationState
+            | ErrorKind::AlreadyApproved
             | ErrorKind::WrongStep
             | ErrorKind::NotSkippable
             | ErrorKind::AlreadyActivated
@@ -216,6 +222,7 @@ impl ErrorKind {
             | ErrorKind::OperationInProgress
             | ErrorKind::UnknownOperation
             | ErrorKind::OperationState
+            | ErrorKind::AlreadyApproved
             | ErrorKind::WrongStep
             | ErrorKind::NotSkippable
             | ErrorKind::AlreadyActivated
@@ -261,6 +268,7 @@ impl ErrorKind {
             | ErrorKind::OperationInProgress
             | ErrorKind::UnknownOperation
             | ErrorKind::OperationState
+            | ErrorKind::AlreadyApproved
             | ErrorKind::WrongStep
             | ErrorKind::NotSkippable
             | ErrorKind::AlreadyActivated

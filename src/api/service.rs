@@ -194,6 +194,7 @@ pub(crate) fn operation_pb(op: &Operation) -> proto::OperationStatus {
             })
             .collect(),
         created_at_ms: op.created_at_ms,
+        approvals: op.approvals.clone(),
     }
 }
 
@@ -388,6 +389,7 @@ impl Arbiter for ApiService {
             kind: OperationKind::Failover,
             reason: r.reason,
             approval_required: false,
+            requested: true,
         };
         let reply = self.operation_command(&req, r.request_id, command).await?;
         if let Some(op) = &reply.get_ref().operation {
@@ -423,6 +425,7 @@ impl Arbiter for ApiService {
             kind: OperationKind::Failback,
             reason: r.reason,
             approval_required: false,
+            requested: true,
         };
         self.operation_command(&req, r.request_id, command).await
     }
@@ -432,11 +435,29 @@ impl Arbiter for ApiService {
         req: Request<proto::OperationAction>,
     ) -> Result<Response<proto::OperationReply>, Status> {
         let r = req.get_ref().clone();
+        let break_glass = if r.break_glass {
+            let caller = Caller::of(&req);
+            caller
+                .require("Approve --break-glass", &crate::access::Need::BreakGlass)
+                .map_err(ApiError::from)?;
+            if r.reason.trim().is_empty() {
+                return Err(ApiError::invalid(
+                    "reason",
+                    "a break-glass approval needs a reason (it is audited and alerted on)",
+                )
+                .into());
+            }
+            tracing::warn!(operation = r.operation, actor = %caller.identity, reason = %r.reason, "break-glass approval");
+            Some(r.reason)
+        } else {
+            None
+        };
         self.operation_command(
             &req,
             r.request_id,
             Command::ApproveOperation {
                 operation: r.operation,
+                break_glass,
             },
         )
         .await

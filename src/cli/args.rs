@@ -94,6 +94,11 @@ pub(super) enum Cmd {
         #[command(flatten)]
         conn: Conn,
         operation: u64,
+        /// Approve alone, where the group asks for more approvers (`approvals_required`),
+        /// giving the reason: needs a break-glass certificate; audited and counted in
+        /// `arbiter_break_glass_approvals_total`.
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -352,6 +357,10 @@ pub(super) struct RoleCerts {
     /// A check certificate: fence checks only, for hooks (repeat).
     #[arg(long = "check", value_name = "NAME")]
     pub(super) checks: Vec<String>,
+    /// A break-glass certificate: an operator's, and may approve alone with a reason where a
+    /// group asks for two approvals; keep it for emergencies (repeat).
+    #[arg(long = "break-glass", value_name = "NAME")]
+    pub(super) break_glass: Vec<String>,
     /// An agent certificate for the lease of one group and region (repeat).
     #[arg(long = "agent", value_name = "GROUP/REGION")]
     pub(super) agents: Vec<String>,

@@ -179,8 +179,8 @@ pub(super) fn certs_issue(dir: &Path, force: bool, roles: &RoleCerts) -> Result<
     let wanted = role_certs(roles)?;
     if wanted.is_empty() {
         return Err(Failure::usage(
-            "certs issue: name at least one certificate (--admin, --operator, --viewer, --check \
-             or --agent)"
+            "certs issue: name at least one certificate (--admin, --operator, --viewer, --check, \
+             --break-glass or --agent)"
                 .to_string(),
         ));
     }
@@ -196,6 +196,7 @@ fn role_certs(roles: &RoleCerts) -> Result<Vec<(String, Role)>, Failure> {
         (&roles.operators, Role::Operator),
         (&roles.viewers, Role::Viewer),
         (&roles.checks, Role::Check),
+        (&roles.break_glass, Role::BreakGlass),
     ] {
         wanted.extend(names.iter().map(|n| (n.clone(), role.clone())));
     }

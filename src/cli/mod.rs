@@ -178,8 +178,12 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Approve {
             conn,
             operation,
+            break_glass,
             wait,
-        } => operations::resume(&conn, Resume::Approve, operation, "", &wait).await,
+        } => {
+            let resume = Resume::Approve { break_glass };
+            operations::resume(&conn, resume, operation, "", &wait).await
+        }
         Cmd::Retry {
             conn,
             operation,

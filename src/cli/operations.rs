@@ -32,9 +32,13 @@ pub(super) async fn start(
 }
 
 /// An operator's action that lets an operation go on.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) enum Resume {
-    Approve,
+    /// With `break_glass`, the reason for approving alone where the group asks for more
+    /// approvers.
+    Approve {
+        break_glass: Option<String>,
+    },
     Retry,
     Skip,
 }
@@ -48,11 +52,14 @@ pub(super) async fn resume(
     wait: &Wait,
 ) -> Result<(), Failure> {
     let client = conn.client()?;
-    let req = action(operation, step, "");
     let reply = match resume {
-        Resume::Approve => client.approve(req).await?,
-        Resume::Retry => client.retry(req).await?,
-        Resume::Skip => client.skip(req).await?,
+        Resume::Approve { break_glass } => {
+            let mut req = action(operation, step, break_glass.as_deref().unwrap_or(""));
+            req.break_glass = break_glass.is_some();
+            client.approve(req).await?
+        }
+        Resume::Retry => client.retry(action(operation, step, "")).await?,
+        Resume::Skip => client.skip(action(operation, step, "")).await?,
     };
     follow(&client, reply, wait).await
 }
@@ -130,6 +137,7 @@ fn action(operation: u64, step: &str, reason: &str) -> proto::OperationAction {
         step: step.to_string(),
         reason: reason.to_string(),
         request_id: crate::api::new_request_id(),
+        break_glass: false,
     }
 }
 
@@ -175,14 +183,33 @@ pub(super) async fn follow(
                     op.id, op.error
                 )))
             }
+            "halted" if !op.approvals.is_empty() => {
+                return Err(Failure::refused(format!(
+                    "operation {} halted at {}: {}\n  its data loss is approved by {}; another operator must approve: arbiter approve {}",
+                    op.id,
+                    op.step,
+                    op.error,
+                    op.approvals.join(", "),
+                    op.id
+                )))
+            }
             "halted" => {
                 return Err(Failure::refused(format!(
                     "operation {} halted at {}: {}\n  then: arbiter retry {} | arbiter skip {} --step {} | arbiter abort {} --reason ...",
                     op.id, op.step, op.error, op.id, op.id, op.step, op.id
                 )))
             }
-            "awaiting-approval" => {
+            "awaiting-approval" if op.approvals.is_empty() => {
                 println!("waiting for approval: arbiter approve {}", op.id);
+                return Ok(());
+            }
+            "awaiting-approval" => {
+                println!(
+                    "approved by {}; waiting for another operator's approval: arbiter approve {} \
+                     (with a different certificate)",
+                    op.approvals.join(", "),
+                    op.id
+                );
                 return Ok(());
             }
             _ => {}

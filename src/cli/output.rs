@@ -183,6 +183,7 @@ pub(super) fn operation_json(o: &proto::OperationStatus) -> serde_json::Value {
         "id": o.id, "group": o.group, "kind": o.kind, "from": o.from, "to": o.to,
         "from_epoch": o.from_epoch, "to_epoch": o.to_epoch, "reason": o.reason, "actor": o.actor,
         "state": o.state, "error": o.error, "step": o.step, "created_at_ms": o.created_at_ms,
+        "approvals": o.approvals,
         "steps": o.steps.iter().map(|s| serde_json::json!({
             "step": s.step, "outcome": s.outcome, "detail": s.detail,
             "finished_at_ms": s.finished_at_ms, "index": s.index,

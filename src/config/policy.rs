@@ -134,6 +134,14 @@ pub struct GroupPolicy {
     /// Attempts of a failing step before the operation halts.
     #[serde(default = "default_step_attempts")]
     pub step_attempts: u32,
+    /// Distinct operator identities that must approve a manual operation (one an operator
+    /// asked for counts its requester) or accept an rpo-check's data loss. 2 is the
+    /// two-person rule; a `break-glass` certificate may still approve alone, with a reason.
+    #[serde(
+        default = "default_approvals_required",
+        skip_serializing_if = "is_default_approvals"
+    )]
+    pub approvals_required: u32,
     /// Hooks (by name) run by each failover step.
     #[serde(default)]
     pub hooks: GroupHooks,
@@ -208,6 +216,18 @@ fn default_rpo_wait_ms() -> u64 {
 
 fn default_step_attempts() -> u32 {
     5
+}
+
+/// Most approvals a group may ask for: beyond three, a failover at 3 a.m. waits for people
+/// who are not there.
+pub const APPROVALS_REQUIRED_MAX: u32 = 3;
+
+fn default_approvals_required() -> u32 {
+    1
+}
+
+fn is_default_approvals(n: &u32) -> bool {
+    *n == default_approvals_required()
 }
 
 fn default_mode() -> Mode {
@@ -546,6 +566,15 @@ impl Policy {
                     format!("{} is outside 1..=100", group.step_attempts),
                 ));
             }
+            if !(1..=APPROVALS_REQUIRED_MAX).contains(&group.approvals_required) {
+                return Err(ConfigError::new(
+                    format!("{key}.approvals_required"),
+                    format!(
+                        "{} is outside 1..={APPROVALS_REQUIRED_MAX}",
+                        group.approvals_required
+                    ),
+                ));
+            }
             if group.fence_ends_lease_wait && group.hooks.fence.is_empty() {
                 return Err(ConfigError::new(
                     format!("{key}.fence_ends_lease_wait"),
@@ -670,6 +699,13 @@ impl Policy {
                     }
                     if o.hooks != g.hooks {
                         let _ = writeln!(out, "~ group {}: hooks", g.name);
+                    }
+                    if o.approvals_required != g.approvals_required {
+                        let _ = writeln!(
+                            out,
+                            "~ group {}: approvals_required {} -> {}",
+                            g.name, o.approvals_required, g.approvals_required
+                        );
                     }
                     let settings = |p: &GroupPolicy| {
                         (

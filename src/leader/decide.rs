@@ -129,6 +129,7 @@ pub fn decide(
             kind,
             reason,
             approval_required: g.mode == Mode::Manual,
+            requested: false,
         });
     }
     out
@@ -225,6 +226,7 @@ mod tests {
             kind: OperationKind::Failover,
             reason: String::new(),
             approval_required: false,
+            requested: false,
         });
         for step in &Step::ALL[1..8] {
             apply(Command::CompleteStep {

@@ -182,6 +182,7 @@ mod tests {
             kind: OperationKind::Failover,
             reason: String::new(),
             approval_required: false,
+            requested: false,
         };
         apply(s, index, at_ms, start);
         let mut i = index;
@@ -264,6 +265,7 @@ mod tests {
                 kind: OperationKind::Failover,
                 reason: String::new(),
                 approval_required: false,
+                requested: false,
             },
         );
         apply(

@@ -120,6 +120,7 @@ mod tests {
             steps: Vec::new(),
             created_at_ms: 0,
             unfenced: None,
+            approvals: Vec::new(),
         }
     }
 

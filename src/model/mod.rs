@@ -591,6 +591,7 @@ impl LeaseModel {
             kind: OperationKind::Failover,
             reason: "model".into(),
             approval_required: approval,
+            requested: false,
         };
         let to_epoch = match self.apply(s, OPERATOR, command) {
             Ok(Outcome::Operation(op)) => op.to_epoch,
@@ -610,7 +611,10 @@ impl LeaseModel {
         let operation = op.id;
         let revoked = op.has_completed(Step::Revoke);
         let command = match action {
-            Action::Approve => Command::ApproveOperation { operation },
+            Action::Approve => Command::ApproveOperation {
+                operation,
+                break_glass: None,
+            },
             Action::Retry => Command::RetryOperation { operation },
             Action::Skip => Command::SkipStep {
                 operation,

@@ -28,8 +28,12 @@ pub enum AuditKind {
     DnsRepair,
     /// A failover or failback was declared.
     OperationDeclared,
-    /// An operation waiting for approval was approved.
+    /// An operation waiting for approval was approved (or one of the approvals its group
+    /// asks for was recorded).
     OperationApproved,
+    /// An operation was approved alone with a break-glass certificate where its group asks
+    /// for more approvers: alert on it.
+    BreakGlass,
     /// A halted operation was retried.
     OperationRetry,
     /// An operation's step failed and the operation halted.
@@ -57,6 +61,7 @@ impl AuditKind {
             AuditKind::DnsRepair => "dns-repair",
             AuditKind::OperationDeclared => "operation-declared",
             AuditKind::OperationApproved => "operation-approved",
+            AuditKind::BreakGlass => "break-glass",
             AuditKind::OperationRetry => "operation-retry",
             AuditKind::OperationHalted => "operation-halted",
             AuditKind::Step => "step",
@@ -92,6 +97,7 @@ mod tests {
             DnsRepair,
             OperationDeclared,
             OperationApproved,
+            BreakGlass,
             OperationRetry,
             OperationHalted,
             Step,

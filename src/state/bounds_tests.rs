@@ -81,6 +81,7 @@ impl Driver {
             kind: OperationKind::Failover,
             reason: quotes(REASON_BYTES_MAX),
             approval_required: false,
+            requested: false,
         }) {
             Outcome::Operation(op) => op.id,
             other => panic!("{other:?}"),
@@ -164,6 +165,7 @@ fn worst_case_state_fits_a_snapshot() {
                 kind: OperationKind::Failover,
                 reason: quotes(REASON_BYTES_MAX),
                 approval_required: false,
+                requested: false,
             }
         } else {
             // A stale halt of a finished operation answers with the whole operation.

@@ -69,6 +69,11 @@ pub enum Command {
         kind: OperationKind,
         reason: String,
         approval_required: bool,
+        /// An operator asked for it (`failover`, `failback`): where the group's policy asks
+        /// for more than one approval, it waits for the others, its requester counting as
+        /// the first.
+        #[serde(default)]
+        requested: bool,
     },
     /// The leader finished `step` of an operation. A completion of a step already recorded
     /// (a new leader resuming) is acknowledged and changes nothing.
@@ -89,8 +94,14 @@ pub enum Command {
     /// Operator: skip a halted operation's step (only where safe, see `Step::skippable`).
     SkipStep { operation: u64, step: Step },
     /// Operator: let an operation waiting for approval run, or accept a halted rpo-check
-    /// (replication lag above the RPO) and continue.
-    ApproveOperation { operation: u64 },
+    /// (replication lag above the RPO) and continue. Where the group's policy asks for
+    /// `approvals_required` distinct approvers, each approval is recorded until there are
+    /// enough. `break_glass` (the reason, from a break-glass certificate) is enough alone.
+    ApproveOperation {
+        operation: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        break_glass: Option<String>,
+    },
     /// Operator: stop an operation before its promote may have started; the old region
     /// stays active and its lease may be renewed again. When fence hooks may have run and
     /// the group has unfence hooks, the operation is `aborting` until the leader ran them.
@@ -198,6 +209,15 @@ pub enum Refusal {
     EpochsExhausted { group: String, epoch: u64 },
     #[error("unknown region {region:?}")]
     UnknownRegion { region: String },
+    #[error("operation {operation} is already approved by {actor}: group {group:?} needs {required} distinct approvers, so another operator must approve (or a break-glass certificate, with a reason)")]
+    AlreadyApproved {
+        operation: u64,
+        group: String,
+        actor: String,
+        required: u32,
+    },
+    #[error("a break-glass approval needs a reason (it is audited and alerted on)")]
+    BreakGlassWithoutReason,
 }
 
 /// The result of applying a command.
@@ -266,6 +286,14 @@ pub struct GroupState {
     /// The longest lease terms in force since the active region was activated: the fence
     /// wait of an operation moving away from it covers every lease it may hold (S1).
     pub lease_bound: LeaseBound,
+    /// Approvals made alone with a break-glass certificate since the group was created
+    /// (`arbiter_break_glass_approvals_total`): each one is worth a page.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub break_glass_approvals: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl GroupState {
@@ -465,7 +493,18 @@ impl ClusterState {
                 kind,
                 reason,
                 approval_required,
-            } => self.start_operation(index, p, group, to, *kind, reason, *approval_required),
+                requested,
+            } => {
+                let approvals_required = self.approvals_required(group);
+                let awaiting = if *approval_required {
+                    Some(Vec::new())
+                } else if *requested && approvals_required > 1 {
+                    Some(vec![p.actor.clone()])
+                } else {
+                    None
+                };
+                self.start_operation(index, p, group, to, *kind, reason, awaiting)
+            }
             Command::CompleteStep {
                 operation,
                 step,
@@ -505,6 +544,7 @@ impl ClusterState {
                 self.check_not_frozen(&op.group)?;
                 let op = self.operation_mut(*operation)?;
                 op.state = OperationState::Running;
+                op.approvals.clear();
                 let (group, epoch, step) = (op.group.clone(), op.from_epoch, op.step);
                 let out = op.clone();
                 self.audit(
@@ -538,47 +578,15 @@ impl ClusterState {
                 self.check_not_frozen(&op.group)?;
                 self.check_completion(op, *step)?;
                 let detail = format!("skipped by {}", p.actor);
-                self.operation_mut(*operation)?.state = OperationState::Running;
+                let op = self.operation_mut(*operation)?;
+                op.state = OperationState::Running;
+                op.approvals.clear();
                 self.complete_step(index, p, *operation, *step, StepOutcome::Skipped, &detail)
             }
-            Command::ApproveOperation { operation } => {
-                let op = self.operation(*operation)?;
-                match (&op.state, op.step) {
-                    (OperationState::AwaitingApproval, _) => {
-                        self.check_not_frozen(&op.group)?;
-                        let op = self.operation_mut(*operation)?;
-                        op.state = OperationState::Running;
-                        let (group, epoch) = (op.group.clone(), op.from_epoch);
-                        let out = op.clone();
-                        self.audit(
-                            index,
-                            p,
-                            &group,
-                            AuditKind::OperationApproved,
-                            format!("operation {operation} approved"),
-                            epoch,
-                        );
-                        Ok(Outcome::Operation(Box::new(out)))
-                    }
-                    (OperationState::Halted { error }, Step::RpoCheck) => {
-                        self.check_not_frozen(&op.group)?;
-                        let detail = format!(
-                            "replication lag above the RPO accepted by {} (data loss accepted: {error})",
-                            p.actor
-                        );
-                        self.operation_mut(*operation)?.state = OperationState::Running;
-                        self.complete_step(
-                            index,
-                            p,
-                            *operation,
-                            Step::RpoCheck,
-                            StepOutcome::Skipped,
-                            &detail,
-                        )
-                    }
-                    _ => Err(refuse_state(op)),
-                }
-            }
+            Command::ApproveOperation {
+                operation,
+                break_glass,
+            } => self.approve(index, p, *operation, break_glass.as_deref()),
             Command::AbortOperation { operation, reason } => {
                 self.abort_operation(index, p, *operation, reason)
             }
@@ -700,7 +708,7 @@ impl ClusterState {
         to: &str,
         kind: OperationKind,
         reason: &str,
-        approval_required: bool,
+        awaiting: Option<Vec<String>>,
     ) -> Result<Outcome, Refusal> {
         let id = self.last_operation_id + 1;
         let superseded = self.supersedable_operation(group);
@@ -767,7 +775,7 @@ impl ClusterState {
             to_epoch,
             reason: text(reason, REASON_BYTES_MAX),
             actor: p.actor.clone(),
-            state: if approval_required {
+            state: if awaiting.is_some() {
                 OperationState::AwaitingApproval
             } else {
                 OperationState::Running
@@ -785,6 +793,7 @@ impl ClusterState {
             }],
             created_at_ms: p.at_ms,
             unfenced: None,
+            approvals: awaiting.clone().unwrap_or_default(),
         };
         self.operations.insert(id, op.clone());
         self.audit(
@@ -795,10 +804,14 @@ impl ClusterState {
             format!(
                 "operation {id} ({}) {from} -> {to}, epoch {to_epoch} reserved{}: {reason}",
                 kind.as_str(),
-                if approval_required {
-                    ", waiting for approval"
-                } else {
-                    ""
+                match &awaiting {
+                    None => String::new(),
+                    Some(by) if by.is_empty() => ", waiting for approval".into(),
+                    Some(by) => format!(
+                        ", waiting for approval (requested by {}; {} approvers needed)",
+                        by.join(", "),
+                        self.approvals_required(group)
+                    ),
                 }
             ),
             from_epoch,
@@ -1088,6 +1101,132 @@ impl ClusterState {
             .ok_or(Refusal::UnknownOperation { operation })
     }
 
+    /// How many distinct approvers the policy asks of `group`'s manual operations (1 when
+    /// the group is not in the policy).
+    fn approvals_required(&self, group: &str) -> u32 {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.group(group))
+            .map_or(1, |g| g.approvals_required)
+    }
+
+    /// An approval of `operation` by `p.actor`: of its start while it awaits approval, or of
+    /// the data loss of its halted rpo-check. It is recorded until the group's
+    /// `approvals_required` distinct identities have approved, then the operation goes on;
+    /// a `break_glass` reason makes this one approval enough, audited as such. The count is
+    /// the policy's at the moment of each approval, so a policy that raises it holds back
+    /// an operation still waiting, and one that lowers it lets the next approval through.
+    fn approve(
+        &mut self,
+        index: u64,
+        p: &Proposal,
+        operation: u64,
+        break_glass: Option<&str>,
+    ) -> Result<Outcome, Refusal> {
+        let op = self.operation(operation)?;
+        let rpo_override = match (&op.state, op.step) {
+            (OperationState::AwaitingApproval, _) => None,
+            (OperationState::Halted { error }, Step::RpoCheck) => Some(error.clone()),
+            _ => return Err(refuse_state(op)),
+        };
+        self.check_not_frozen(&op.group)?;
+        if break_glass.is_some_and(|r| r.trim().is_empty()) {
+            return Err(Refusal::BreakGlassWithoutReason);
+        }
+        let group = op.group.clone();
+        let epoch = op.from_epoch;
+        let required = self.approvals_required(&group);
+        let mut approvals = op.approvals.clone();
+        let before = approvals.len();
+        let already = approvals.contains(&p.actor);
+        if !already {
+            approvals.push(p.actor.clone());
+        }
+        let what = match &rpo_override {
+            None => "start",
+            Some(_) => "data loss",
+        };
+        if break_glass.is_none() && (approvals.len() as u32) < required {
+            if already {
+                return Err(Refusal::AlreadyApproved {
+                    operation,
+                    group,
+                    actor: p.actor.clone(),
+                    required,
+                });
+            }
+            // Everything is checked: from here on nothing is refused.
+            let op = self.operation_mut(operation)?;
+            op.approvals = approvals.clone();
+            let out = op.clone();
+            self.audit(
+                index,
+                p,
+                &group,
+                AuditKind::OperationApproved,
+                format!(
+                    "operation {operation}: {what} approved by {} ({} of {required}; waiting for another operator)",
+                    p.actor,
+                    approvals.len()
+                ),
+                epoch,
+            );
+            return Ok(Outcome::Operation(Box::new(out)));
+        }
+        // Everything is checked: from here on nothing is refused.
+        let by = match break_glass {
+            Some(reason) => {
+                let reason = text(reason, REASON_BYTES_MAX);
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.break_glass_approvals += 1;
+                }
+                self.audit(
+                    index,
+                    p,
+                    &group,
+                    AuditKind::BreakGlass,
+                    format!(
+                        "operation {operation}: {what} approved by {} alone with a break-glass certificate ({required} approvers asked, {} had approved): {reason}",
+                        p.actor, before
+                    ),
+                    epoch,
+                );
+                format!("{} (break-glass: {reason})", p.actor)
+            }
+            None => approvals.join(" and "),
+        };
+        let op = self.operation_mut(operation)?;
+        op.state = OperationState::Running;
+        op.approvals.clear();
+        match rpo_override {
+            None => {
+                let out = op.clone();
+                self.audit(
+                    index,
+                    p,
+                    &group,
+                    AuditKind::OperationApproved,
+                    format!("operation {operation} approved by {by}"),
+                    epoch,
+                );
+                Ok(Outcome::Operation(Box::new(out)))
+            }
+            Some(error) => {
+                let detail = format!(
+                    "replication lag above the RPO accepted by {by} (data loss accepted: {error})"
+                );
+                self.complete_step(
+                    index,
+                    p,
+                    operation,
+                    Step::RpoCheck,
+                    StepOutcome::Skipped,
+                    &detail,
+                )
+            }
+        }
+    }
+
     fn check_not_frozen(&self, group: &str) -> Result<(), Refusal> {
         if self.group(group)?.mode == Mode::Frozen {
             return Err(Refusal::Frozen {
@@ -1317,6 +1456,7 @@ impl ClusterState {
                         activated_at_ms: 0,
                         reserved_epoch: epoch,
                         lease_bound: LeaseBound::of(gp),
+                        break_glass_approvals: 0,
                     };
                     let mut detail = format!("group created, active {} at epoch {epoch}", g.active);
                     if let Some(r) = pending {
@@ -1509,8 +1649,10 @@ fn check_proposal(p: &Proposal) -> Result<(), Refusal> {
         | Command::HaltOperation { .. }
         | Command::RetryOperation { .. }
         | Command::SkipStep { .. }
-        | Command::ApproveOperation { .. }
         | Command::FinishAbort { .. } => Ok(()),
+        Command::ApproveOperation { break_glass, .. } => {
+            break_glass.as_deref().map_or(Ok(()), reason)
+        }
         Command::StartOperation {
             group,
             to,

@@ -200,6 +200,11 @@ pub struct Operation {
     /// or a warning when fence hooks may have run and none can undo them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfenced: Option<String>,
+    /// The distinct identities that have approved what the operation waits for now (its
+    /// start, or the data loss of a halted rpo-check), while the group's
+    /// `approvals_required` is not yet reached; emptied when it goes on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
 }
 
 impl Operation {

@@ -477,6 +477,7 @@ fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
                 kind: OperationKind::Automatic,
                 reason: "region-a down".into(),
                 approval_required: true,
+                requested: false,
             },
         ),
     );
@@ -484,11 +485,25 @@ fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
         panic!("{awaiting:?}")
     };
     ok(&mut s, 3, set_mode(Mode::Frozen));
-    let r = refused(&mut s, 4, Command::ApproveOperation { operation: op.id });
+    let r = refused(
+        &mut s,
+        4,
+        Command::ApproveOperation {
+            operation: op.id,
+            break_glass: None,
+        },
+    );
     assert!(matches!(r, Refusal::Frozen { .. }), "{r:?}");
 
     ok(&mut s, 5, set_mode(Mode::Manual));
-    ok(&mut s, 6, Command::ApproveOperation { operation: op.id });
+    ok(
+        &mut s,
+        6,
+        Command::ApproveOperation {
+            operation: op.id,
+            break_glass: None,
+        },
+    );
     ok(&mut s, 7, complete(op.id, Step::Revoke));
     ok(&mut s, 8, halt(op.id, Step::Fence));
     ok(&mut s, 9, set_mode(Mode::Frozen));
@@ -509,7 +524,14 @@ fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
         },
     );
     assert!(matches!(r, Refusal::Frozen { .. }), "{r:?}");
-    let r = refused(&mut s, 17, Command::ApproveOperation { operation: op.id });
+    let r = refused(
+        &mut s,
+        17,
+        Command::ApproveOperation {
+            operation: op.id,
+            break_glass: None,
+        },
+    );
     assert!(
         matches!(r, Refusal::Frozen { .. }),
         "accepting the data loss is an approval: {r:?}"
@@ -517,4 +539,168 @@ fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
     ok(&mut s, 18, abort(op.id));
     let g = &s.groups["checkout"];
     assert_eq!((g.active.as_str(), g.operation), ("region-a", None));
+}
+
+/// The test policy with `approvals_required = n` for group `checkout`.
+fn approvals(n: u32) -> Policy {
+    policy_with(
+        "lease_ms = 1000",
+        &format!("lease_ms = 1000\napprovals_required = {n}"),
+    )
+}
+
+/// Applies `command` proposed by `actor`.
+fn as_actor(s: &mut ClusterState, index: u64, actor: &str, command: Command) -> Response {
+    let mut p = proposal("", command);
+    p.actor = actor.into();
+    s.apply(index, &p)
+}
+
+fn approve(operation: u64) -> Command {
+    Command::ApproveOperation {
+        operation,
+        break_glass: None,
+    }
+}
+
+fn operation_of(r: &Response) -> Operation {
+    match &r.outcome {
+        Ok(Outcome::Operation(op)) => (**op).clone(),
+        other => panic!("no operation: {other:?}"),
+    }
+}
+
+/// Goal: where a group asks for two approvers, an operator's failover waits for a second
+/// identity (its requester counts as the first), the same identity approving twice is
+/// refused without changing anything, and the data loss of a halted rpo-check needs two
+/// approvers of its own, neither carried over from the start nor across a retry.
+#[test]
+fn two_person_approval_needs_two_distinct_identities_for_each_decision() {
+    let mut s = with_policy();
+    assert!(apply_policy(&mut s, 2, approvals(2)).outcome.is_ok());
+    let op = operation_of(&as_actor(&mut s, 3, "alice", failover("region-b")));
+    assert_eq!(op.state, OperationState::AwaitingApproval);
+    assert_eq!(op.approvals, ["alice"]);
+
+    let before = s.clone();
+    let r = as_actor(&mut s, 4, "alice", approve(op.id));
+    assert!(
+        matches!(&r.outcome, Err(Refusal::AlreadyApproved { actor, required: 2, .. }) if actor == "alice"),
+        "{r:?}"
+    );
+    assert_eq!(s, before, "a refused approval changes nothing");
+
+    let running = operation_of(&as_actor(&mut s, 5, "bob", approve(op.id)));
+    assert_eq!(running.state, OperationState::Running);
+    assert!(running.approvals.is_empty());
+    let last = s.audit.back().unwrap();
+    assert_eq!(last.kind, AuditKind::OperationApproved);
+    assert!(
+        last.detail.contains("approved by alice and bob"),
+        "{}",
+        last.detail
+    );
+
+    ok(&mut s, 6, complete(op.id, Step::Revoke));
+    ok(&mut s, 7, complete(op.id, Step::Fence));
+    ok(&mut s, 8, halt(op.id, Step::RpoCheck));
+    let one = operation_of(&as_actor(&mut s, 9, "alice", approve(op.id)));
+    assert!(
+        matches!(one.state, OperationState::Halted { .. }),
+        "{one:?}"
+    );
+    assert_eq!(one.approvals, ["alice"]);
+    // A retry is a new attempt: an approval of the last one's lag does not carry over.
+    ok(&mut s, 10, Command::RetryOperation { operation: op.id });
+    assert!(s.operations[&op.id].approvals.is_empty());
+    ok(&mut s, 11, halt(op.id, Step::RpoCheck));
+    let one = operation_of(&as_actor(&mut s, 12, "bob", approve(op.id)));
+    assert_eq!(one.approvals, ["bob"], "alice's earlier approval is gone");
+    let on = operation_of(&as_actor(&mut s, 13, "carol", approve(op.id)));
+    assert_eq!(on.step, Step::Promote, "rpo-check accepted: {on:?}");
+    let accepted = on.steps.iter().find(|r| r.step == Step::RpoCheck).unwrap();
+    assert!(
+        accepted.detail.contains("accepted by bob and carol"),
+        "{}",
+        accepted.detail
+    );
+}
+
+/// Goal: a break-glass approval (a reason is required) is enough alone, is audited as
+/// break-glass and counted in the group's state; without a reason it is refused and
+/// changes nothing.
+#[test]
+fn break_glass_approves_alone_with_a_reason_and_is_counted() {
+    let mut s = with_policy();
+    assert!(apply_policy(&mut s, 2, approvals(2)).outcome.is_ok());
+    let op = operation_of(&as_actor(&mut s, 3, "alice", failover("region-b")));
+    for reason in ["", "   "] {
+        let before = s.clone();
+        let r = as_actor(
+            &mut s,
+            4,
+            "alice",
+            Command::ApproveOperation {
+                operation: op.id,
+                break_glass: Some(reason.into()),
+            },
+        );
+        assert_eq!(r.outcome, Err(Refusal::BreakGlassWithoutReason));
+        assert_eq!(s, before);
+    }
+    let on = operation_of(&as_actor(
+        &mut s,
+        5,
+        "alice",
+        Command::ApproveOperation {
+            operation: op.id,
+            break_glass: Some("region-a burning, nobody else awake".into()),
+        },
+    ));
+    assert_eq!(on.state, OperationState::Running);
+    assert_eq!(s.groups["checkout"].break_glass_approvals, 1);
+    let glass = s
+        .audit
+        .iter()
+        .find(|e| e.kind == AuditKind::BreakGlass)
+        .expect("a break-glass audit entry");
+    assert_eq!(glass.actor, "alice");
+    assert!(
+        glass.detail.contains("nobody else awake") && glass.detail.contains("2 approvers"),
+        "{}",
+        glass.detail
+    );
+}
+
+/// Goal: the count is the policy's at each approval. Raising it while an operation the
+/// cluster proposed waits holds it back for a second approver; lowering it lets the next
+/// approval through, even from one who approved already. An automatic operation in auto
+/// mode and a failover in a group asking for one approver start running as before.
+#[test]
+fn approvals_follow_the_policy_at_each_approval() {
+    let mut s = with_policy();
+    let proposed = Command::StartOperation {
+        group: "checkout".into(),
+        to: "region-b".into(),
+        kind: OperationKind::Automatic,
+        reason: "region-a down".into(),
+        approval_required: true,
+        requested: false,
+    };
+    let op = operation_of(&as_actor(&mut s, 2, "leader", proposed));
+    assert!(op.approvals.is_empty(), "the proposer is not an approver");
+    assert!(apply_policy(&mut s, 3, approvals(2)).outcome.is_ok());
+    let one = operation_of(&as_actor(&mut s, 4, "alice", approve(op.id)));
+    assert_eq!(one.state, OperationState::AwaitingApproval);
+    assert!(apply_policy(&mut s, 5, approvals(1)).outcome.is_ok());
+    let on = operation_of(&as_actor(&mut s, 6, "alice", approve(op.id)));
+    assert_eq!(on.state, OperationState::Running);
+
+    let mut s = with_policy();
+    let op = operation_of(&as_actor(&mut s, 2, "alice", failover("region-b")));
+    assert_eq!(
+        op.state,
+        OperationState::Running,
+        "one approver: the request"
+    );
 }

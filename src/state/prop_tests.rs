@@ -259,6 +259,7 @@ impl World {
                     kind: OperationKind::Failover,
                     reason: String::new(),
                     approval_required: *approval,
+                    requested: false,
                 })?;
             }
             Action::Advance => {
@@ -304,7 +305,10 @@ impl World {
                 })?;
             }
             Action::Approve => {
-                self.apply(Command::ApproveOperation { operation: id })?;
+                self.apply(Command::ApproveOperation {
+                    operation: id,
+                    break_glass: None,
+                })?;
             }
             Action::Abort => {
                 self.apply(Command::AbortOperation {

@@ -51,6 +51,7 @@ pub(super) fn failover(to: &str) -> Command {
         kind: OperationKind::Failover,
         reason: "test".into(),
         approval_required: false,
+        requested: true,
     }
 }
 
@@ -313,12 +314,22 @@ fn approval_gates_an_operation_and_accepts_a_halted_rpo_check() {
         kind: OperationKind::Automatic,
         reason: "region-a down".into(),
         approval_required: true,
+        requested: false,
     };
     s.apply(2, &proposal("", start));
     assert_eq!(s.operations[&1].state, OperationState::AwaitingApproval);
     let early = s.apply(3, &proposal("", complete(1, Step::Revoke)));
     assert!(early.outcome.is_err(), "nothing runs before approval");
-    s.apply(4, &proposal("", Command::ApproveOperation { operation: 1 }));
+    s.apply(
+        4,
+        &proposal(
+            "",
+            Command::ApproveOperation {
+                operation: 1,
+                break_glass: None,
+            },
+        ),
+    );
     s.apply(5, &proposal("", complete(1, Step::Revoke)));
     s.apply(6, &proposal("", complete(1, Step::Fence)));
     s.apply(
@@ -332,13 +343,28 @@ fn approval_gates_an_operation_and_accepts_a_halted_rpo_check() {
             },
         ),
     );
-    s.apply(8, &proposal("", Command::ApproveOperation { operation: 1 }));
+    s.apply(
+        8,
+        &proposal(
+            "",
+            Command::ApproveOperation {
+                operation: 1,
+                break_glass: None,
+            },
+        ),
+    );
     let op = &s.operations[&1];
     assert_eq!(op.step, Step::Promote);
     assert_eq!(op.steps.last().unwrap().outcome, StepOutcome::Skipped);
     let unknown = s.apply(
         9,
-        &proposal("", Command::ApproveOperation { operation: 77 }),
+        &proposal(
+            "",
+            Command::ApproveOperation {
+                operation: 77,
+                break_glass: None,
+            },
+        ),
     );
     assert!(matches!(
         unknown.outcome,
@@ -357,6 +383,7 @@ fn refusals_change_nothing() {
                 kind: OperationKind::Failover,
                 reason: String::new(),
                 approval_required: false,
+                requested: false,
             },
             |r| matches!(r, Refusal::UnknownGroup { .. }),
         ),
@@ -373,6 +400,7 @@ fn refusals_change_nothing() {
                 kind: OperationKind::Failover,
                 reason: "x".repeat(REASON_BYTES_MAX + 1),
                 approval_required: false,
+                requested: false,
             },
             |r| matches!(r, Refusal::ReasonTooLong { .. }),
         ),

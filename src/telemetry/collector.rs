@@ -80,6 +80,7 @@ struct GroupRows {
     mode: Vec<Row<[(&'static str, String); 2]>>,
     operation: Vec<Row<[(&'static str, String); 2]>>,
     step: Vec<Row<[(&'static str, String); 2]>>,
+    break_glass: Vec<Row<[(&'static str, String); 1]>>,
     /// Replicated verdicts (the last up/down change the leader recorded), by region.
     recorded_verdicts: Vec<(String, String)>,
     policy_version: i64,
@@ -103,6 +104,8 @@ fn group_rows(s: &ClusterState) -> GroupRows {
         }
         rows.epoch.push(([group()], g.epoch as i64));
         rows.revoked.push(([group()], i64::from(g.revoked)));
+        rows.break_glass
+            .push(([group()], g.break_glass_approvals as i64));
         for mode in MODES {
             rows.mode.push((
                 [group(), ("mode", mode.as_str().to_string())],
@@ -220,6 +223,23 @@ impl Collector for StateCollector {
             "1 while the active region's lease is revoked by a failover in progress",
             &rows.revoked,
         )?;
+        let help = "Approvals made alone with a break-glass certificate where the group asks \
+             for more approvers, since the group was created (replicated: every witness shows \
+             the same count); alert on any increase.";
+        let mut metric = encoder.encode_descriptor(
+            "arbiter_break_glass_approvals",
+            help,
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, value) in &rows.break_glass {
+            metric
+                .encode_family(labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                    &(*value as u64),
+                    None,
+                )?;
+        }
         gauges(
             &mut encoder,
             "arbiter_group_mode",

@@ -687,6 +687,7 @@ impl Sim {
                     kind: OperationKind::Failover,
                     reason: "simulated operator".into(),
                     approval_required: false,
+                    requested: true,
                 },
                 None => return,
             },
@@ -699,7 +700,10 @@ impl Sim {
                 operation: op.id,
                 step: op.step,
             },
-            (OperatorAction::Approve, Some(op)) => Command::ApproveOperation { operation: op.id },
+            (OperatorAction::Approve, Some(op)) => Command::ApproveOperation {
+                operation: op.id,
+                break_glass: None,
+            },
             _ => return,
         };
         self.operate(command).await;
@@ -821,8 +825,11 @@ impl Sim {
                         .await;
                 }
                 OperationState::AwaitingApproval => {
-                    self.operate(Command::ApproveOperation { operation: op.id })
-                        .await;
+                    self.operate(Command::ApproveOperation {
+                        operation: op.id,
+                        break_glass: None,
+                    })
+                    .await;
                 }
                 _ => {}
             }
