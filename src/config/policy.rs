@@ -137,10 +137,7 @@ pub struct GroupPolicy {
     /// Distinct operator identities that must approve a manual operation (one an operator
     /// asked for counts its requester) or accept an rpo-check's data loss. 2 is the
     /// two-person rule; a `break-glass` certificate may still approve alone, with a reason.
-    #[serde(
-        default = "default_approvals_required",
-        skip_serializing_if = "is_default_approvals"
-    )]
+    #[serde(default = "default_approvals_required")]
     pub approvals_required: u32,
     /// Hooks (by name) run by each failover step.
     #[serde(default)]
@@ -224,10 +221,6 @@ pub const APPROVALS_REQUIRED_MAX: u32 = 3;
 
 fn default_approvals_required() -> u32 {
     1
-}
-
-fn is_default_approvals(n: &u32) -> bool {
-    *n == default_approvals_required()
 }
 
 fn default_mode() -> Mode {
