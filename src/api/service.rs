@@ -435,32 +435,28 @@ impl Arbiter for ApiService {
         req: Request<proto::OperationAction>,
     ) -> Result<Response<proto::OperationReply>, Status> {
         let r = req.get_ref().clone();
-        let break_glass = if r.break_glass {
-            let caller = Caller::of(&req);
-            caller
+        // The table cannot see the flag: the break-glass role is checked here. The state
+        // machine refuses a break-glass approval without a reason.
+        if r.break_glass {
+            Caller::of(&req)
                 .require("Approve --break-glass", &crate::access::Need::BreakGlass)
                 .map_err(ApiError::from)?;
-            if r.reason.trim().is_empty() {
-                return Err(ApiError::invalid(
-                    "reason",
-                    "a break-glass approval needs a reason (it is audited and alerted on)",
-                )
-                .into());
-            }
-            tracing::warn!(operation = r.operation, actor = %caller.identity, reason = %r.reason, "break-glass approval");
-            Some(r.reason)
-        } else {
-            None
-        };
-        self.operation_command(
-            &req,
-            r.request_id,
-            Command::ApproveOperation {
-                operation: r.operation,
-                break_glass,
-            },
-        )
-        .await
+        }
+        let break_glass = r.break_glass.then(|| r.reason.clone());
+        let reply = self
+            .operation_command(
+                &req,
+                r.request_id,
+                Command::ApproveOperation {
+                    operation: r.operation,
+                    break_glass,
+                },
+            )
+            .await?;
+        if r.break_glass {
+            tracing::warn!(operation = r.operation, actor = %Caller::of(&req).identity, reason = %r.reason, "break-glass approval");
+        }
+        Ok(reply)
     }
 
     async fn retry(

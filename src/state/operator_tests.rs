@@ -3,7 +3,9 @@
 //! in frozen groups. Each test stands for a hole a review reproduced with the release
 //! binary, and failed on the state machine as it was before the fix.
 
-use super::tests::{complete, failover, proposal, with_policy, POLICY};
+use super::tests::{
+    approve, complete, failover, proposal, proposed_for_approval, with_policy, POLICY,
+};
 use super::*;
 use crate::config::Policy;
 
@@ -467,43 +469,16 @@ fn abort_is_refused_once_promote_may_have_started() {
 #[test]
 fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
     let mut s = with_policy();
-    let awaiting = s.apply(
-        2,
-        &proposal(
-            "",
-            Command::StartOperation {
-                group: "checkout".into(),
-                to: "region-b".into(),
-                kind: OperationKind::Automatic,
-                reason: "region-a down".into(),
-                approval_required: true,
-                requested: false,
-            },
-        ),
-    );
+    let awaiting = s.apply(2, &proposal("", proposed_for_approval()));
     let Ok(Outcome::Operation(op)) = awaiting.outcome else {
         panic!("{awaiting:?}")
     };
     ok(&mut s, 3, set_mode(Mode::Frozen));
-    let r = refused(
-        &mut s,
-        4,
-        Command::ApproveOperation {
-            operation: op.id,
-            break_glass: None,
-        },
-    );
+    let r = refused(&mut s, 4, approve(op.id));
     assert!(matches!(r, Refusal::Frozen { .. }), "{r:?}");
 
     ok(&mut s, 5, set_mode(Mode::Manual));
-    ok(
-        &mut s,
-        6,
-        Command::ApproveOperation {
-            operation: op.id,
-            break_glass: None,
-        },
-    );
+    ok(&mut s, 6, approve(op.id));
     ok(&mut s, 7, complete(op.id, Step::Revoke));
     ok(&mut s, 8, halt(op.id, Step::Fence));
     ok(&mut s, 9, set_mode(Mode::Frozen));
@@ -524,14 +499,7 @@ fn frozen_group_refuses_approval_retry_and_skip_and_allows_abort() {
         },
     );
     assert!(matches!(r, Refusal::Frozen { .. }), "{r:?}");
-    let r = refused(
-        &mut s,
-        17,
-        Command::ApproveOperation {
-            operation: op.id,
-            break_glass: None,
-        },
-    );
+    let r = refused(&mut s, 17, approve(op.id));
     assert!(
         matches!(r, Refusal::Frozen { .. }),
         "accepting the data loss is an approval: {r:?}"
@@ -554,13 +522,6 @@ fn as_actor(s: &mut ClusterState, index: u64, actor: &str, command: Command) -> 
     let mut p = proposal("", command);
     p.actor = actor.into();
     s.apply(index, &p)
-}
-
-fn approve(operation: u64) -> Command {
-    Command::ApproveOperation {
-        operation,
-        break_glass: None,
-    }
 }
 
 fn operation_of(r: &Response) -> Operation {
@@ -679,15 +640,7 @@ fn break_glass_approves_alone_with_a_reason_and_is_counted() {
 #[test]
 fn approvals_follow_the_policy_at_each_approval() {
     let mut s = with_policy();
-    let proposed = Command::StartOperation {
-        group: "checkout".into(),
-        to: "region-b".into(),
-        kind: OperationKind::Automatic,
-        reason: "region-a down".into(),
-        approval_required: true,
-        requested: false,
-    };
-    let op = operation_of(&as_actor(&mut s, 2, "leader", proposed));
+    let op = operation_of(&as_actor(&mut s, 2, "leader", proposed_for_approval()));
     assert!(op.approvals.is_empty(), "the proposer is not an approver");
     assert!(apply_policy(&mut s, 3, approvals(2)).outcome.is_ok());
     let one = operation_of(&as_actor(&mut s, 4, "alice", approve(op.id)));

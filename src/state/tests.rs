@@ -55,6 +55,25 @@ pub(super) fn failover(to: &str) -> Command {
     }
 }
 
+/// An operation the leader proposes in manual mode: it waits for approval.
+pub(super) fn proposed_for_approval() -> Command {
+    Command::StartOperation {
+        group: "checkout".into(),
+        to: "region-b".into(),
+        kind: OperationKind::Automatic,
+        reason: "region-a down".into(),
+        approval_required: true,
+        requested: false,
+    }
+}
+
+pub(super) fn approve(operation: u64) -> Command {
+    Command::ApproveOperation {
+        operation,
+        break_glass: None,
+    }
+}
+
 pub(super) fn complete(operation: u64, step: Step) -> Command {
     Command::CompleteStep {
         operation,
@@ -308,28 +327,11 @@ fn halted_operation_retries_skips_only_safe_steps_and_aborts_before_activation()
 #[test]
 fn approval_gates_an_operation_and_accepts_a_halted_rpo_check() {
     let mut s = with_policy();
-    let start = Command::StartOperation {
-        group: "checkout".into(),
-        to: "region-b".into(),
-        kind: OperationKind::Automatic,
-        reason: "region-a down".into(),
-        approval_required: true,
-        requested: false,
-    };
-    s.apply(2, &proposal("", start));
+    s.apply(2, &proposal("", proposed_for_approval()));
     assert_eq!(s.operations[&1].state, OperationState::AwaitingApproval);
     let early = s.apply(3, &proposal("", complete(1, Step::Revoke)));
     assert!(early.outcome.is_err(), "nothing runs before approval");
-    s.apply(
-        4,
-        &proposal(
-            "",
-            Command::ApproveOperation {
-                operation: 1,
-                break_glass: None,
-            },
-        ),
-    );
+    s.apply(4, &proposal("", approve(1)));
     s.apply(5, &proposal("", complete(1, Step::Revoke)));
     s.apply(6, &proposal("", complete(1, Step::Fence)));
     s.apply(
@@ -343,16 +345,7 @@ fn approval_gates_an_operation_and_accepts_a_halted_rpo_check() {
             },
         ),
     );
-    s.apply(
-        8,
-        &proposal(
-            "",
-            Command::ApproveOperation {
-                operation: 1,
-                break_glass: None,
-            },
-        ),
-    );
+    s.apply(8, &proposal("", approve(1)));
     let op = &s.operations[&1];
     assert_eq!(op.step, Step::Promote);
     assert_eq!(op.steps.last().unwrap().outcome, StepOutcome::Skipped);
