@@ -151,21 +151,7 @@ pub fn init_dev_certs(
     let (ca_pem, issuer) = generate_ca(now)?;
     let mut leaves = Vec::with_capacity(node_files.len() + 1);
     for i in 1..=nodes {
-        let name = format!("node-{i}");
-        let eku = [
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let mut node_sans = sans.clone();
-        node_sans.push(SanType::URI(
-            crate::tls::witness_uri(u64::from(i))
-                .try_into()
-                .map_err(|e| CertsError::Generate {
-                    what: format!("certificate for {name}"),
-                    source: e,
-                })?,
-        ));
-        leaves.push(generate_leaf(&issuer, now, &name, node_sans, &eku)?);
+        leaves.push(witness_leaf(&issuer, now, u64::from(i), sans.clone())?);
     }
     let client = generate_leaf(
         &issuer,
@@ -239,19 +225,7 @@ pub fn issue_role_cert(
             }
         }
     }
-    let read = |path: &Path| {
-        fs::read_to_string(path).map_err(|source| CertsError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let ca_key_path = dir.join("ca.key");
-    let generate = |source| CertsError::Generate {
-        what: format!("certificate for {name}"),
-        source,
-    };
-    let key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(generate)?;
-    let issuer = Issuer::from_ca_cert_pem(&read(&paths.ca)?, key).map_err(generate)?;
+    let issuer = dev_issuer(dir, name)?;
     let (cert_pem, key_pem) = generate_leaf(
         &issuer,
         OffsetDateTime::now_utc(),
@@ -259,8 +233,88 @@ pub fn issue_role_cert(
         role_sans(name, roles)?,
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
-    write_file(&paths.cert, cert_pem.as_bytes(), false, force)?;
+    // The key first, as for a witness ([`issue_witness_cert`]).
     write_file(&paths.key, key_pem.as_bytes(), true, force)?;
+    write_file(&paths.cert, cert_pem.as_bytes(), false, force)?;
+    Ok(paths)
+}
+
+/// The certificate of witness `id` (`node-ID`): valid for `sans` (from [`node_sans`]) and
+/// naming its id as the URI SAN `arbiter://witness/ID`, for both server and client
+/// authentication because witnesses dial each other.
+fn witness_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    now: OffsetDateTime,
+    id: u64,
+    mut sans: Vec<SanType>,
+) -> Result<(String, String), CertsError> {
+    let name = format!("node-{id}");
+    let eku = [
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    sans.push(SanType::URI(
+        crate::tls::witness_uri(id)
+            .try_into()
+            .map_err(|e| CertsError::Generate {
+                what: format!("certificate for {name}"),
+                source: e,
+            })?,
+    ));
+    generate_leaf(issuer, now, &name, sans, &eku)
+}
+
+/// The development CA of `dir` (`ca.pem` and `ca.key`, as [`init_dev_certs`] wrote them).
+fn dev_issuer(dir: &Path, what: &str) -> Result<Issuer<'static, KeyPair>, CertsError> {
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| CertsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let generate = |source| CertsError::Generate {
+        what: format!("certificate for {what}"),
+        source,
+    };
+    let key = KeyPair::from_pem(&read(&dir.join("ca.key"))?).map_err(generate)?;
+    Issuer::from_ca_cert_pem(&read(&dir.join("ca.pem"))?, key).map_err(generate)
+}
+
+/// Issues a new certificate for witness `id` (a rotation, or a witness added later), signed
+/// by the development CA in `dir`, as `dir/node-ID.pem` and `dir/node-ID.key`, valid for the
+/// default hosts and `extra_hosts`. With `force`, existing files are replaced by renaming
+/// complete new ones over them, so a witness reloading its files never reads a missing one.
+pub fn issue_witness_cert(
+    dir: &Path,
+    id: u64,
+    extra_hosts: &[String],
+    force: bool,
+) -> Result<TlsPaths, CertsError> {
+    if id == 0 {
+        return Err(CertsError::Invalid {
+            field: "witness",
+            reason: "witness ids start at 1".into(),
+        });
+    }
+    let sans = node_sans(extra_hosts)?;
+    let paths = TlsPaths {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("node-{id}.pem")),
+        key: dir.join(format!("node-{id}.key")),
+    };
+    if !force {
+        for path in [&paths.cert, &paths.key] {
+            if path.exists() {
+                return Err(CertsError::Exists { path: path.clone() });
+            }
+        }
+    }
+    let issuer = dev_issuer(dir, &format!("node-{id}"))?;
+    let (cert_pem, key_pem) = witness_leaf(&issuer, OffsetDateTime::now_utc(), id, sans)?;
+    // The key first: until the certificate follows, a reload sees a pair that does not
+    // match and keeps the current one.
+    write_file(&paths.key, key_pem.as_bytes(), true, force)?;
+    write_file(&paths.cert, cert_pem.as_bytes(), false, force)?;
     Ok(paths)
 }
 
@@ -365,20 +419,40 @@ fn generate_leaf(
 }
 
 /// Writes `contents` to `path`. Secret files are created with mode 0600 from the start, so
-/// their contents are never readable by others, even briefly.
+/// their contents are never readable by others, even briefly. With `force`, the complete
+/// file is written beside `path` and renamed over it: a process reading `path` meanwhile
+/// (a witness reloading its certificate) sees the old file or the new one, never a missing
+/// or half-written one, and a pre-existing file's looser mode is not inherited.
 fn write_file(path: &Path, contents: &[u8], secret: bool, force: bool) -> Result<(), CertsError> {
+    if force {
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(".new");
+        let staged = PathBuf::from(staged);
+        match fs::remove_file(&staged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CertsError::Io {
+                    path: staged,
+                    source,
+                })
+            }
+        }
+        create_file(&staged, contents, secret)?;
+        return fs::rename(&staged, path).map_err(|source| CertsError::Io {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    create_file(path, contents, secret)
+}
+
+/// Creates `path`, which must not exist, holding `contents`, synced.
+fn create_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertsError> {
     let io_err = |source| CertsError::Io {
         path: path.to_owned(),
         source,
     };
-    if force {
-        // Remove rather than truncate, so a pre-existing file's looser mode is not inherited.
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
-        }
-    }
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -21,13 +21,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::api::{ErrorKind, META_ERROR, META_LEADER_ADDR};
 use crate::proto;
 use crate::proto::arbiter_client::ArbiterClient;
-use crate::tls::{TlsMaterial, TlsPaths};
+use crate::tls::{LiveTls, TlsPaths};
 
 /// Deadline of one RPC. Long enough for a commit across WAN links and a leader election.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,9 +125,11 @@ macro_rules! leader_rpc {
 #[derive(Clone)]
 pub struct Client {
     servers: Vec<String>,
-    tls: ClientTlsConfig,
-    /// One channel per witness address, reused by every call (HTTP/2 multiplexes).
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Our certificate, key and CA; an agent reloads them while it runs ([`Self::tls`]).
+    tls: Arc<LiveTls>,
+    /// One channel per witness address, reused by every call (HTTP/2 multiplexes), and the
+    /// TLS generation they were built with: a reload empties it.
+    channels: Arc<Mutex<(u64, HashMap<String, Channel>)>>,
     /// The witness that answered last: the first one tried by the next call.
     preferred: Arc<Mutex<Option<String>>>,
     /// Witnesses that failed recently, and when: tried last until [`FAILED_MEMORY`] passed.
@@ -148,12 +150,12 @@ impl Client {
                 "no witness address given (--server)".into(),
             ));
         }
-        let material = TlsMaterial::load(tls)
-            .map_err(|e| ClientError::local(ErrorKind::Tls, e.to_string()))?;
+        let tls =
+            LiveTls::load(tls).map_err(|e| ClientError::local(ErrorKind::Tls, e.to_string()))?;
         Ok(Client {
             servers,
-            tls: material.client_config(None),
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            tls,
+            channels: Arc::new(Mutex::new((0, HashMap::new()))),
             preferred: Arc::new(Mutex::new(None)),
             failed: Arc::new(Mutex::new(HashMap::new())),
             faults: crate::raft::LinkFaults::default(),
@@ -165,8 +167,19 @@ impl Client {
         self.faults.clone()
     }
 
+    /// The certificate, key and CA this client presents and trusts: [`LiveTls::watch`] it
+    /// to pick up rotated files (calls after a reload connect anew with them).
+    pub fn tls(&self) -> Arc<LiveTls> {
+        self.tls.clone()
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        let mut channels = self.channels.lock().expect("channel cache lock");
+        let mut cache = self.channels.lock().expect("channel cache lock");
+        let generation = self.tls.generation();
+        if cache.0 != generation {
+            *cache = (generation, HashMap::new());
+        }
+        let channels = &mut cache.1;
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
@@ -177,7 +190,7 @@ impl Client {
 
     fn new_channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-            .and_then(|e| e.tls_config(self.tls.clone()))
+            .and_then(|e| e.tls_config(self.tls.current().client_config(None)))
             .map_err(|e| {
                 ClientError::local(
                     ErrorKind::InvalidArgument,
@@ -349,7 +362,7 @@ impl Client {
         let mut last = ClientError::local(ErrorKind::Unavailable, "no witness answered".into());
         for addr in &self.servers {
             match Endpoint::from_shared(format!("https://{addr}"))
-                .and_then(|e| e.tls_config(self.tls.clone()))
+                .and_then(|e| e.tls_config(self.tls.current().client_config(None)))
             {
                 Ok(e) => match e.connect_timeout(CONNECT_TIMEOUT).connect().await {
                     Ok(ch) => return Ok(ArbiterClient::new(ch)),

@@ -28,7 +28,7 @@ use crate::proto::HelloRequest;
 use crate::raft::{Consensus, ConsensusError, Network, RaftService};
 use crate::state::{Command, Proposal};
 use crate::telemetry::{Metrics, PlaintextServer};
-use crate::tls::{TlsError, TlsIncoming, TlsMaterial};
+use crate::tls::{LiveTls, TlsError, TlsIncoming, TlsMaterial};
 
 /// How long a witness with an empty data dir asks its peers whether they count it as a
 /// member before starting.
@@ -102,6 +102,8 @@ pub struct Node {
     /// The plaintext `/metrics`, `/healthz`, `/readyz` port, when the node file has
     /// `metrics.listen`.
     plaintext: Option<PlaintextServer>,
+    /// Reloads the TLS files when they change or on SIGHUP.
+    tls_watch: JoinHandle<()>,
 }
 
 /// How a witness meets what lies outside it, each behind a trait so a simulation (or a test)
@@ -163,7 +165,7 @@ impl Node {
         let probe_options = crate::health::ProbeOptions {
             source: config.probe_source,
         };
-        let tls = witness_tls(&config)?;
+        let tls = witness_live_tls(&config)?;
         // Bind DNS before anything starts, so a port in use fails the start at once.
         let dns_listeners = match config.dns_listen {
             Some(addr) => Some(DnsListeners::bind(addr).await?),
@@ -177,7 +179,7 @@ impl Node {
             ),
             None => None,
         };
-        let network = Network::new(tls.client_config(None), config.timing.rpc_timeout);
+        let network = Network::live(tls.clone(), config.timing.rpc_timeout);
         let stores = match world.stores {
             Some(stores) => stores,
             None => Consensus::open_stores(&config).await?,
@@ -251,7 +253,9 @@ impl Node {
         let router = Server::builder().accept_http1(true).add_routes(routes);
         // Our TLS rather than tonic's, which offers only `h2` in ALPN and so refuses clients
         // of the HTTP routes that offer only `http/1.1` (`curl --http1.1`); see TlsIncoming.
-        let incoming = TlsIncoming::new(listener, tls.server_config());
+        let incoming = TlsIncoming::live(listener, tls.clone());
+        // Rotated certificates, keys and CAs are picked up without a restart.
+        let tls_watch = tokio::spawn(tls.watch(crate::tls::RELOAD_POLL));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
         // Where other witnesses reach this one's DNS server: the bound address, or the
         // advertised host with the bound port when bound to every interface.
@@ -300,6 +304,7 @@ impl Node {
             link_faults: network.faults(),
             metrics,
             plaintext,
+            tls_watch,
         })
     }
 
@@ -315,6 +320,7 @@ impl Node {
 
     /// Stops serving and shuts Raft down.
     pub async fn stop(self) {
+        self.tls_watch.abort();
         drop(self.plaintext);
         if let Some(dns) = self.dns {
             dns.stop().await;
@@ -342,6 +348,7 @@ impl Node {
                 Err(NodeError::ConsensusStopped)
             }
         };
+        self.tls_watch.abort();
         drop(self.plaintext);
         if let Some(dns) = self.dns {
             dns.stop().await;
@@ -356,16 +363,36 @@ impl Node {
 /// (`serve --check` runs it too): its peers refuse it on every Raft RPC otherwise.
 pub fn witness_tls(config: &NodeConfig) -> Result<TlsMaterial, NodeError> {
     let tls = TlsMaterial::load(&config.tls)?;
+    check_witness_certificate(config.id, &config.tls.cert, &tls)?;
+    Ok(tls)
+}
+
+/// [`witness_tls`], replaceable while the witness runs: a reloaded certificate must name
+/// this node's id too, or the reload is refused and the current one stays.
+pub fn witness_live_tls(config: &NodeConfig) -> Result<Arc<LiveTls>, NodeError> {
+    let tls = witness_tls(config)?;
+    let (id, cert) = (config.id, config.tls.cert.clone());
+    let check: crate::tls::live::Check = Box::new(move |m: &TlsMaterial| {
+        check_witness_certificate(id, &cert, m).map_err(|e| e.to_string())
+    });
+    Ok(LiveTls::new(config.tls.clone(), tls, Some(check)))
+}
+
+fn check_witness_certificate(
+    id: u64,
+    cert: &std::path::Path,
+    tls: &TlsMaterial,
+) -> Result<(), NodeError> {
     match tls.witness_id() {
-        Some(id) if id == config.id => Ok(tls),
+        Some(found) if found == id => Ok(()),
         other => Err(NodeError::WitnessCertificate {
-            cert: config.tls.cert.display().to_string(),
-            id: config.id,
+            cert: cert.display().to_string(),
+            id,
             found: match other {
                 Some(id) => format!("it names witness {id}"),
                 None => "it names no witness id".into(),
             },
-            uri: crate::tls::witness_uri(config.id),
+            uri: crate::tls::witness_uri(id),
         }),
     }
 }

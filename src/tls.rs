@@ -9,8 +9,10 @@
 //! CA (no system or web roots), and never log or return private key bytes.
 
 mod incoming;
+pub mod live;
 
 pub use incoming::{TlsIncoming, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
+pub use live::{LiveTls, Reloaded, RELOAD_POLL};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,7 @@ pub struct TlsMaterial {
     key_pem: Vec<u8>,
     common_name: Option<String>,
     witness_id: Option<u64>,
+    serial: Option<String>,
     /// The server configuration, built when loading so that whatever rustls finds wrong
     /// with the files is a load error naming the file, before any port is bound.
     server: Arc<ServerConfig>,
@@ -138,13 +141,17 @@ impl TlsMaterial {
     /// from them ([`Self::server_config`]), so a CA certificate rustls cannot trust is an
     /// error here too.
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
-        let ca_pem = read_file(&paths.ca)?;
+        Self::from_pem(paths, read_pem_files(paths)?)
+    }
+
+    /// [`Self::load`] of the files' contents already read (`[ca, cert, key]`); `paths`
+    /// name them in errors.
+    fn from_pem(
+        paths: &TlsPaths,
+        [ca_pem, cert_pem, key_pem]: [Vec<u8>; 3],
+    ) -> Result<Self, TlsError> {
         let ca = parse_certificates(&paths.ca, &ca_pem)?;
-
-        let cert_pem = read_file(&paths.cert)?;
         let chain = parse_certificates(&paths.cert, &cert_pem)?;
-
-        let key_pem = read_file(&paths.key)?;
         let key = parse_key(&paths.key, &key_pem)?;
 
         let signing_key =
@@ -167,6 +174,7 @@ impl TlsMaterial {
 
         let common_name = common_name_of(&chain[0]);
         let witness_id = witness_id_of(&chain[0]);
+        let serial = serial_of(&chain[0]);
         let server = build_server_config(paths, ca, chain, key)?;
         Ok(Self {
             ca_pem,
@@ -174,8 +182,20 @@ impl TlsMaterial {
             key_pem,
             common_name,
             witness_id,
+            serial,
             server,
         })
+    }
+
+    /// Whether `pem` (`[ca, cert, key]` as read from the files) is what this material was
+    /// made of.
+    fn is_made_of(&self, pem: &[Vec<u8>; 3]) -> bool {
+        self.ca_pem == pem[0] && self.cert_pem == pem[1] && self.key_pem == pem[2]
+    }
+
+    /// The serial number of our own certificate, lowercase hex (as the denylist stores it).
+    pub fn serial(&self) -> Option<&str> {
+        self.serial.as_deref()
     }
 
     /// The subject common name of our own certificate, if it has one.
@@ -334,6 +354,15 @@ pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
 /// The certificate's subject common name, when it has a readable one.
 pub fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {
     names_of(der).common_name
+}
+
+/// The contents of the CA, certificate and key files, in that order.
+fn read_pem_files(paths: &TlsPaths) -> Result<[Vec<u8>; 3], TlsError> {
+    Ok([
+        read_file(&paths.ca)?,
+        read_file(&paths.cert)?,
+        read_file(&paths.key)?,
+    ])
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -508,3 +508,192 @@ fn two_person_approval_needs_two_identities_and_break_glass_is_audited() {
         "one break-glass approval, on each of three witnesses"
     );
 }
+
+/// The serial, lowercase hex without leading zeros (the denylist's normal form), of the
+/// leaf of `chain`.
+fn serial_of_chain(chain: &[rustls::pki_types::CertificateDer<'static>]) -> String {
+    arbiter::tls::serial_of(chain.first().expect("a certificate"))
+        .expect("a serial")
+        .trim_start_matches('0')
+        .to_string()
+}
+
+/// The serial of the certificate file `name` (as [`serial_of_chain`]).
+fn file_serial(certs: &Path, name: &str) -> String {
+    let pem = std::fs::read(certs.join(format!("{name}.pem"))).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    serial_of_chain(&[der])
+}
+
+/// Goal: certificates are rotated without a restart. A witness sent SIGHUP presents its new
+/// certificate on the next connection and dials its peers with it; an agent picks up its
+/// new files by itself (polled) and renews with them. Proof that the old ones are out of
+/// use: once both old serials are revoked, the agent keeps its lease and witness 1 still
+/// takes part (it commits as leader, or forwards a fence check as a follower).
+/// Method: three witness processes and one agent process; new certificates written over
+/// the old files with `certs issue --force` (key, then certificate, each by a rename); the
+/// certificate witness 1 serves read from a bare TLS handshake; the revocation applied as a
+/// policy with the admin certificate.
+#[test]
+fn a_rotated_certificate_is_used_after_reload_without_a_restart() {
+    let c = Cluster::three_with_policy(3, POLICY);
+    let dir = c.certs.to_str().unwrap().to_string();
+    run(
+        c.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &dir,
+            "--agent",
+            "checkout/region-a",
+        ],
+    )
+    .ok("certs issue");
+    let agent_name = "agent-checkout-region-a";
+    let agent_paths = paths(&c.certs, agent_name);
+    let state_file = c.path().join("agent.json");
+    let servers = (1..=3).map(|id| c.addr(id)).collect::<Vec<_>>().join(",");
+    let agent = Background::start(
+        c.path(),
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &servers,
+            "--ca",
+            agent_paths.ca.to_str().unwrap(),
+            "--cert",
+            agent_paths.cert.to_str().unwrap(),
+            "--key",
+            agent_paths.key.to_str().unwrap(),
+            "--group",
+            "checkout",
+            "--region",
+            "region-a",
+            "--holder",
+            "db-a",
+            "--on-gain",
+            "true",
+            "--on-lose",
+            "true",
+            "--state-file",
+            state_file.to_str().unwrap(),
+        ],
+    );
+    let agent_state = || -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(&state_file).ok()?).ok()
+    };
+    let held = eventually("the agent holds the lease", || {
+        agent_state().filter(|s| s["holding"] == true)
+    });
+    let epoch = held["epoch"].as_u64().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = paths(&c.certs, "client");
+    let served = |id: u64| {
+        rt.block_on(common::tls::served_chain(
+            c.addrs[id as usize - 1],
+            admin.clone(),
+        ))
+        .map(|chain| serial_of_chain(&chain))
+    };
+    let old_witness = file_serial(&c.certs, "node-1");
+    let old_agent = file_serial(&c.certs, agent_name);
+    assert_eq!(served(1).unwrap(), old_witness);
+
+    tracing::info!("--- new certificates over the old files; SIGHUP to witness 1 only");
+    let out = run(
+        c.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &dir,
+            "--force",
+            "--witness",
+            "1",
+            "--agent",
+            "checkout/region-a",
+        ],
+    )
+    .ok("certs issue --force");
+    assert!(out.contains("node-1.pem (witness 1)"), "{out}");
+    let new_witness = file_serial(&c.certs, "node-1");
+    let new_agent = file_serial(&c.certs, agent_name);
+    assert_ne!(new_witness, old_witness);
+    assert_ne!(new_agent, old_agent);
+    // SAFETY: a signal to our own child by its PID.
+    assert_eq!(
+        unsafe { libc::kill(c.pid(1) as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    eventually("witness 1 serves its new certificate", || {
+        (served(1).ok()? == new_witness).then_some(())
+    });
+    let log = std::fs::read_to_string(c.log(1)).unwrap();
+    assert!(
+        log.contains("TLS certificate, key and CA reloaded") && log.contains("SIGHUP"),
+        "{}",
+        tail(&c.log(1), 20)
+    );
+    assert_eq!(served(2).unwrap(), file_serial(&c.certs, "node-2"));
+    let agent_log = c.path().join("agent.stderr");
+    eventually("the agent reloads its files by itself", || {
+        std::fs::read_to_string(&agent_log)
+            .ok()?
+            .contains("TLS certificate, key and CA reloaded")
+            .then_some(())
+    });
+
+    tracing::info!("--- the old serials revoked: nobody may use them any more");
+    let revoking =
+        format!("{POLICY}\n[access]\ndenied_serials = [\"{old_witness}\", \"{old_agent}\"]\n");
+    let revoking = c.write("policy-revoke.toml", &revoking);
+    c.cli(&["policy", "apply", &revoking]).ok("policy apply");
+    for id in 1..=3 {
+        eventually(&format!("witness {id} applies the revocation"), || {
+            let out = c.cli_at(&[id], &["status", "--local", "--json"]);
+            let s: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            (s["policy_version"].as_u64()? >= 2).then_some(())
+        });
+    }
+    let leader = c.leader();
+    if leader == 1 {
+        let touched = format!(
+            "{POLICY}\n[access]\ndenied_serials = [\"{old_agent}\", \"{old_witness}\", \"ff\"]\n"
+        );
+        let touched = c.write("policy-touched.toml", &touched);
+        c.cli(&["policy", "apply", &touched])
+            .ok("witness 1 leads with its new certificate: its entries are accepted");
+    } else {
+        let epoch = epoch.to_string();
+        let out = c
+            .cli_at(
+                &[1],
+                &[
+                    "fence-check",
+                    "checkout",
+                    "--region",
+                    "region-a",
+                    "--epoch",
+                    &epoch,
+                ],
+            )
+            .ok("witness 1 forwards the check to the leader with its new certificate");
+        assert!(out.contains("allowed"), "{out}");
+    }
+    // Past several lease periods (1 s each): renewals made with the old certificate would
+    // have been refused and the lease lost by now.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let state = agent_state().unwrap();
+    assert_eq!(state["holding"], true, "{state}");
+    assert_eq!(state["epoch"].as_u64(), Some(epoch), "{state}");
+    let agent_text = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        !agent_text.contains("revoked"),
+        "the agent was refused: {agent_text}"
+    );
+    drop(agent);
+}

@@ -6,6 +6,7 @@ mod common;
 
 use arbiter::proto;
 use arbiter::state::AuditKind;
+use common::tls::{handshake_with_witness, rustls_client};
 use common::*;
 
 /// Goal: 3 and 5 witnesses elect a leader and every witness answers `Status`.
@@ -575,64 +576,6 @@ async fn a_malformed_request_is_invalid_argument_naming_the_field() {
     let after = cluster.client().status(0).await.expect("status");
     assert_eq!(after.groups, before.groups);
     cluster.stop().await;
-}
-
-/// A TLS 1.2 handshake with the witness at `addr` presenting `paths` (trusting their CA):
-/// `Ok` once it completes, `Err` with the TLS error when the witness refuses us. TLS 1.2
-/// because there the server judges the client certificate before its own `Finished`, so the
-/// verdict is the handshake's outcome (in TLS 1.3 it comes after the client is done, and a
-/// refusal may surface as a broken pipe of the client's next write).
-async fn handshake_with_witness(
-    addr: std::net::SocketAddr,
-    paths: arbiter::tls::TlsPaths,
-) -> Result<(), String> {
-    use rustls::pki_types::ServerName;
-    tokio::task::spawn_blocking(move || {
-        let config = rustls_client(&paths, true, &[&rustls::version::TLS12], &["h2"]);
-        let name = ServerName::from(addr.ip());
-        let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        // Only a guard against a hang: the witness answers at once either way.
-        sock.set_read_timeout(Some(DEADLINE)).unwrap();
-        while tls.is_handshaking() {
-            tls.complete_io(&mut sock).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-    .await
-    .unwrap()
-}
-
-/// A rustls client configuration trusting `paths`' CA, presenting its certificate (none when
-/// `present_certificate` is false), speaking `versions` of TLS and offering `alpn` (no ALPN
-/// extension when empty).
-fn rustls_client(
-    paths: &arbiter::tls::TlsPaths,
-    present_certificate: bool,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-    alpn: &[&str],
-) -> rustls::ClientConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    arbiter::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&paths.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_protocol_versions(versions)
-        .with_root_certificates(roots);
-    let mut config = if present_certificate {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&paths.cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&paths.key).unwrap();
-        builder.with_client_auth_cert(chain, key).unwrap()
-    } else {
-        builder.with_no_client_auth()
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    config
 }
 
 /// `GET path` over HTTP/1.1 from the witness at `addr`, through a bare TLS client that offers

@@ -333,7 +333,14 @@ pub(super) enum CertsCmd {
         /// The directory `certs init` wrote (its ca.pem and ca.key sign the new ones).
         #[arg(long)]
         dir: PathBuf,
-        /// Overwrite existing files.
+        /// A new certificate for witness ID, node-ID.pem (repeat): a rotation with --force,
+        /// which the running witness picks up without a restart.
+        #[arg(long = "witness", value_name = "ID")]
+        witnesses: Vec<u64>,
+        /// Extra host names or IPs to put in the witness certificates.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Overwrite existing files (each replaced whole, by a rename).
         #[arg(long)]
         force: bool,
         #[command(flatten)]

@@ -121,7 +121,10 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Failure> {
         config.watchdog = Some(watchdog);
     }
     let client = conn.client()?;
+    // Rotated certificates, keys and CAs are picked up without a restart.
+    let tls_watch = tokio::spawn(client.tls().watch(crate::tls::RELOAD_POLL));
     crate::agent::run(config, client, terminated()).await;
+    tls_watch.abort();
     Ok(())
 }
 
@@ -175,14 +178,30 @@ pub(super) fn certs_init(
     issue(out, force, &wanted)
 }
 
-pub(super) fn certs_issue(dir: &Path, force: bool, roles: &RoleCerts) -> Result<(), Failure> {
+pub(super) fn certs_issue(
+    dir: &Path,
+    witnesses: &[u64],
+    hosts: &[String],
+    force: bool,
+    roles: &RoleCerts,
+) -> Result<(), Failure> {
     let wanted = role_certs(roles)?;
-    if wanted.is_empty() {
+    if wanted.is_empty() && witnesses.is_empty() {
         return Err(Failure::usage(
-            "certs issue: name at least one certificate (--admin, --operator, --viewer, --check, \
-             --break-glass or --agent)"
+            "certs issue: name at least one certificate (--witness, --admin, --operator, \
+             --viewer, --check, --break-glass or --agent)"
                 .to_string(),
         ));
+    }
+    if !hosts.is_empty() && witnesses.is_empty() {
+        return Err(Failure::usage(
+            "certs issue: --host goes into witness certificates; name one with --witness".into(),
+        ));
+    }
+    for &id in witnesses {
+        let paths = crate::certs::issue_witness_cert(dir, id, hosts, force)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        println!("wrote {} (witness {id})", paths.cert.display());
     }
     issue(dir, force, &wanted)
 }

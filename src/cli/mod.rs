@@ -247,7 +247,14 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 },
         } => entry::certs_init(&out, nodes, &hosts, force, &roles),
         Cmd::Certs {
-            command: CertsCmd::Issue { dir, force, roles },
-        } => entry::certs_issue(&dir, force, &roles),
+            command:
+                CertsCmd::Issue {
+                    dir,
+                    witnesses,
+                    hosts,
+                    force,
+                    roles,
+                },
+        } => entry::certs_issue(&dir, &witnesses, &hosts, force, &roles),
     }
 }

@@ -3,7 +3,7 @@
 //! Messages are openraft's own types, serialized with serde as opaque payloads.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,6 +20,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::types::{TypeConfig, WitnessNode};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{RaftMessage, SnapshotChunk};
+use crate::tls::LiveTls;
 
 type C = TypeConfig;
 
@@ -64,7 +65,7 @@ pub(crate) struct SnapshotHeader {
 /// Builds channels to peers. Cheap to clone.
 #[derive(Clone)]
 pub struct Network {
-    tls: ClientTlsConfig,
+    tls: ClientTls,
     rpc_timeout: Duration,
     /// Links cut on purpose (tests, drills); empty in normal operation.
     faults: LinkFaults,
@@ -96,12 +97,39 @@ impl LinkFaults {
     }
 }
 
+/// The client side of a network's TLS: one configuration for its lifetime, or the current
+/// material of a [`LiveTls`].
+#[derive(Clone)]
+enum ClientTls {
+    Fixed(ClientTlsConfig),
+    Live(Arc<LiveTls>),
+}
+
 impl Network {
+    /// A network presenting and trusting `tls` for its lifetime.
     pub fn new(tls: ClientTlsConfig, rpc_timeout: Duration) -> Self {
+        Self::with_tls(ClientTls::Fixed(tls), rpc_timeout)
+    }
+
+    /// A network presenting and trusting what `tls` holds: channels built after a reload use
+    /// the new material, and each peer's connection is rebuilt at its next RPC.
+    pub fn live(tls: Arc<LiveTls>, rpc_timeout: Duration) -> Self {
+        Self::with_tls(ClientTls::Live(tls), rpc_timeout)
+    }
+
+    fn with_tls(tls: ClientTls, rpc_timeout: Duration) -> Self {
         Self {
             tls,
             rpc_timeout,
             faults: LinkFaults::default(),
+        }
+    }
+
+    /// The TLS generation channels are built with now (always 0 for fixed material).
+    fn generation(&self) -> u64 {
+        match &self.tls {
+            ClientTls::Fixed(_) => 0,
+            ClientTls::Live(tls) => tls.generation(),
         }
     }
 
@@ -113,7 +141,10 @@ impl Network {
     /// A lazily connected channel to `addr` (reconnects by itself after failures).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         Ok(Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.tls.clone())?
+            .tls_config(match &self.tls {
+                ClientTls::Fixed(tls) => tls.clone(),
+                ClientTls::Live(tls) => tls.current().client_config(None),
+            })?
             .connect_timeout(self.rpc_timeout)
             .timeout(self.rpc_timeout)
             .tcp_nodelay(true)
@@ -125,17 +156,27 @@ impl RaftNetworkFactory<C> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &WitnessNode) -> Connection {
-        let client = self.channel(&node.addr).map(|ch| {
+        let built = Mutex::new(self.raft_client(&node.addr));
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            network: self.clone(),
+            built,
+        }
+    }
+}
+
+impl Network {
+    /// A Raft client for `addr` and the TLS generation it was built with, or why it could
+    /// not be built (bad address).
+    fn raft_client(&self, addr: &str) -> (u64, Result<RaftClient<Channel>, String>) {
+        let generation = self.generation();
+        let client = self.channel(addr).map(|ch| {
             RaftClient::new(ch)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         });
-        Connection {
-            target,
-            addr: node.addr.clone(),
-            client: client.map_err(|e| e.to_string()),
-            faults: self.faults.clone(),
-        }
+        (generation, client.map_err(|e| e.to_string()))
     }
 }
 
@@ -143,20 +184,25 @@ impl RaftNetworkFactory<C> for Network {
 pub struct Connection {
     target: u64,
     addr: String,
-    /// The channel, or why it could not be built (bad address).
-    client: Result<RaftClient<Channel>, String>,
-    faults: LinkFaults,
+    network: Network,
+    /// The client and the TLS generation it was built with; rebuilt when the network's
+    /// material was reloaded since.
+    built: Mutex<(u64, Result<RaftClient<Channel>, String>)>,
 }
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable<C>> {
-        if self.faults.is_cut(&self.addr) {
+        if self.network.faults.is_cut(&self.addr) {
             return Err(Unreachable::new(&AnyError::error(format!(
                 "peer {} at {}: link cut",
                 self.target, self.addr
             ))));
         }
-        self.client.clone().map_err(|e| {
+        let mut built = self.built.lock().expect("connection lock");
+        if built.0 != self.network.generation() {
+            *built = self.network.raft_client(&self.addr);
+        }
+        built.1.clone().map_err(|e| {
             Unreachable::new(&AnyError::error(format!(
                 "peer {} at {}: {e}",
                 self.target, self.addr

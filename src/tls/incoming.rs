@@ -29,6 +29,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::LiveTls;
+
 /// Longest a client may take over its TLS handshake, from the accepted TCP connection to an
 /// established session: a few round trips of the widest WAN, and short enough that silent
 /// connections do not pile up.
@@ -47,8 +49,8 @@ pub const HANDSHAKES_MAX: usize = 512;
 pub struct TlsIncoming {
     /// The bound listener the connections come from.
     listener: TcpListener,
-    /// Runs each handshake with the witness's server configuration.
-    acceptor: TlsAcceptor,
+    /// Where each handshake's server configuration comes from.
+    config: Config,
     /// The handshakes in progress, at most [`HANDSHAKES_MAX`]; each ends with its stream, or
     /// with `None` when it failed or outlasted `handshake_timeout` (logged where it ended).
     handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
@@ -56,12 +58,29 @@ pub struct TlsIncoming {
     handshake_timeout: Duration,
 }
 
+/// The server configuration of a listener: one for its lifetime, or the current one of a
+/// [`LiveTls`] at each handshake.
+enum Config {
+    Fixed(TlsAcceptor),
+    Live(Arc<LiveTls>),
+}
+
 impl TlsIncoming {
     /// Serves TLS with `config` (from [`super::TlsMaterial::server_config`]) on `listener`.
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> Self {
+        Self::with_config(listener, Config::Fixed(TlsAcceptor::from(config)))
+    }
+
+    /// Serves TLS on `listener` with the material `tls` holds at each handshake, so a
+    /// connection accepted after a reload presents and trusts the new certificate and CA.
+    pub fn live(listener: TcpListener, tls: Arc<LiveTls>) -> Self {
+        Self::with_config(listener, Config::Live(tls))
+    }
+
+    fn with_config(listener: TcpListener, config: Config) -> Self {
         Self {
             listener,
-            acceptor: TlsAcceptor::from(config),
+            config,
             handshakes: JoinSet::new(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
         }
@@ -82,7 +101,10 @@ impl TlsIncoming {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let accept = self.acceptor.accept(tcp);
+        let accept = match &self.config {
+            Config::Fixed(acceptor) => acceptor.accept(tcp),
+            Config::Live(tls) => TlsAcceptor::from(tls.current().server_config()).accept(tcp),
+        };
         let timeout = self.handshake_timeout;
         self.handshakes.spawn(async move {
             match tokio::time::timeout(timeout, accept).await {

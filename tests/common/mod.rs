@@ -8,6 +8,7 @@ pub mod authoritative;
 pub mod policy;
 pub mod postgres;
 pub mod processes;
+pub mod tls;
 
 pub use policy::POLICY;
 

@@ -312,6 +312,15 @@ impl Cluster {
         self.witnesses[id as usize - 1] = Some(w);
     }
 
+    /// The PID of witness `id`'s running process.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.witnesses[id as usize - 1]
+            .as_ref()
+            .expect("witness is running")
+            .child
+            .id()
+    }
+
     /// SIGKILLs witness `id` by PID (a crash: no goodbye to peers); its data dir stays.
     pub fn kill(&mut self, id: u64) {
         let w = self.witnesses[id as usize - 1]
@@ -391,6 +400,11 @@ impl Background {
             .spawn()
             .expect("spawn arbiter");
         Background { child, stdout }
+    }
+
+    /// The PID of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The lines written to stdout so far.
