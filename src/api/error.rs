@@ -100,9 +100,33 @@ impl ApiError {
     }
 }
 
+/// Longest message of a refusal sent to a client, in bytes. The message travels in the
+/// `grpc-message` trailer, percent-encoded (up to three bytes per byte), and a client drops
+/// the whole reply, as an HTTP/2 protocol error, when the trailers pass its header-list
+/// limit (16 KiB by default): a refusal that quotes a long value the caller sent must still
+/// arrive. 1 KiB keeps every message we write whole.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// `message` cut to [`STATUS_MESSAGE_BYTES_MAX`] at a character boundary, saying how long it
+/// was.
+fn bounded(message: String) -> String {
+    if message.len() <= STATUS_MESSAGE_BYTES_MAX {
+        return message;
+    }
+    let mut end = STATUS_MESSAGE_BYTES_MAX - 64;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}... (cut: {} bytes in all)",
+        &message[..end],
+        message.len()
+    )
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let mut status = Status::new(e.kind().grpc_code(), e.to_string());
+        let mut status = Status::new(e.kind().grpc_code(), bounded(e.to_string()));
         let meta = status.metadata_mut();
         meta.insert(META_ERROR, MetadataValue::from_static(e.kind().as_str()));
         if let ApiError::Consensus(ConsensusError::NotLeader {
@@ -118,5 +142,39 @@ impl From<ApiError> for Status {
             }
         }
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a refusal quoting a long value still fits a client's trailer limit, and a
+    /// short one is untouched. Method: a mode of 16 000 multi-byte characters.
+    #[test]
+    fn a_refusal_message_is_bounded_at_a_character_boundary() {
+        let short = ApiError::invalid("mode", "\"x\" is not a mode");
+        assert_eq!(Status::from(short).message(), "mode: \"x\" is not a mode");
+        let long = ApiError::invalid(
+            "mode",
+            format!("{:?} is not a mode", "\u{e9}".repeat(16_000)),
+        );
+        let status = Status::from(long);
+        assert!(
+            status.message().len() <= STATUS_MESSAGE_BYTES_MAX,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().starts_with("mode: \"\u{e9}"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().ends_with("bytes in all)"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }
