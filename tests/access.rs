@@ -307,11 +307,15 @@ fn each_certificate_may_do_its_role_and_nothing_more() {
 
 /// The serial of `name`'s certificate as `openssl x509 -noout -serial` prints it.
 fn openssl_serial(certs: &Path, name: &str) -> String {
+    format!("serial={}", cert_serial(certs, name).to_ascii_uppercase())
+}
+
+/// The serial of the certificate file `name` as the certificate holds it (lowercase hex).
+fn cert_serial(certs: &Path, name: &str) -> String {
     let pem = std::fs::read(certs.join(format!("{name}.pem"))).unwrap();
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-    let serial = arbiter::tls::serial_of(&der).unwrap();
-    format!("serial={}", serial.to_ascii_uppercase())
+    arbiter::tls::serial_of(&der).unwrap()
 }
 
 /// Goal: a certificate whose serial the policy denies is refused on every call, on a
@@ -520,10 +524,7 @@ fn serial_of_chain(chain: &[rustls::pki_types::CertificateDer<'static>]) -> Stri
 
 /// The serial of the certificate file `name` (as [`serial_of_chain`]).
 fn file_serial(certs: &Path, name: &str) -> String {
-    let pem = std::fs::read(certs.join(format!("{name}.pem"))).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-    serial_of_chain(&[der])
+    cert_serial(certs, name).trim_start_matches('0').to_string()
 }
 
 /// Goal: certificates are rotated without a restart. A witness sent SIGHUP presents its new
