@@ -388,11 +388,40 @@ pub fn need_of(http_method: &str, path: &str) -> (Need, String) {
 pub struct Enforcer {
     pub metrics: Arc<Metrics>,
     pub consensus: Arc<Consensus>,
+    /// Each identity's allowance of writes on this witness.
+    pub writes: Arc<WriteLimiter>,
 }
 
 impl Enforcer {
     /// The revocation of `caller`'s certificate by the policy applied on this witness, if
     /// any: the policy version that lists its serial.
+    /// Takes one of `caller`'s writes when `method` is one ([`rate::is_write`]); the refusal
+    /// when its allowance is used.
+    fn limit_writes(&self, caller: &Caller, method: &str) -> Result<(), ApiError> {
+        if !rate::is_write(method) {
+            return Ok(());
+        }
+        let per_minute = self.consensus.with_state(|s| {
+            s.policy
+                .as_ref()
+                .map_or(crate::config::WRITES_PER_MINUTE_DEFAULT, |p| {
+                    p.access.writes_per_minute
+                })
+        });
+        self.writes
+            .take(&caller.identity, per_minute, std::time::Instant::now())
+            .map_err(|wait| {
+                self.metrics
+                    .rate_limited(method, &caller.identity, per_minute);
+                ApiError::RateLimited {
+                    method: method.to_string(),
+                    identity: caller.identity.clone(),
+                    per_minute,
+                    retry_after_ms: wait.as_millis() as u64 + 1,
+                }
+            })
+    }
+
     fn revoked(&self, caller: &Caller) -> Option<u64> {
         if caller.serial.is_empty() {
             return None;
@@ -421,7 +450,7 @@ pub async fn enforce(State(enforcer): State<Enforcer>, mut req: Request, next: N
     let (need, method) = need_of(req.method().as_str(), req.uri().path());
     let verdict = match enforcer.revoked(&caller) {
         Some(version) => Err(Denied {
-            method,
+            method: method.clone(),
             identity: caller.identity.clone(),
             needed: "a certificate that is not revoked".into(),
             has: format!(
@@ -431,14 +460,19 @@ pub async fn enforce(State(enforcer): State<Enforcer>, mut req: Request, next: N
         }),
         None => caller.require(&method, &need),
     };
-    if let Err(denied) = verdict {
-        enforcer.metrics.denied(&denied);
+    let verdict = match verdict {
+        Err(denied) => {
+            enforcer.metrics.denied(&denied);
+            Err(ApiError::from(denied))
+        }
+        Ok(()) => enforcer.limit_writes(&caller, &method),
+    };
+    if let Err(error) = verdict {
         let grpc = req
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let error = ApiError::from(denied);
         return if grpc {
             tonic::Status::from(error).into_http::<axum::body::Body>()
         } else {
@@ -448,6 +482,10 @@ pub async fn enforce(State(enforcer): State<Enforcer>, mut req: Request, next: N
     req.extensions_mut().insert(caller);
     next.run(req).await.into_response()
 }
+
+pub mod rate;
+
+pub use rate::WriteLimiter;
 
 #[cfg(test)]
 mod tests;

@@ -246,6 +246,7 @@ impl Node {
                 crate::access::Enforcer {
                     metrics: metrics.clone(),
                     consensus: consensus.clone(),
+                    writes: Default::default(),
                 },
                 crate::access::enforce,
             ),

@@ -698,3 +698,57 @@ fn a_rotated_certificate_is_used_after_reload_without_a_restart() {
     );
     drop(agent);
 }
+
+/// Goal: one identity makes `access.writes_per_minute` writes and the next is refused
+/// (`rate-limited`, exit 75, naming the setting), counted in `/metrics`; its reads, and
+/// another identity's writes, go on.
+/// Method: three witness processes with a policy allowing 3 writes per minute; an operator
+/// sets the group's mode four times in a row with the CLI (well inside the 20 s one write
+/// takes to come back).
+#[test]
+fn writes_past_an_identitys_allowance_are_refused_until_it_refills() {
+    let policy = format!("{POLICY}\n[access]\nwrites_per_minute = 3\n");
+    let c = Cluster::three_with_policy(3, &policy);
+    let dir = c.certs.to_str().unwrap().to_string();
+    run(
+        c.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &dir,
+            "--operator",
+            "olga",
+            "--viewer",
+            "vic",
+        ],
+    )
+    .ok("certs issue");
+    let out = c.cli(&["policy", "show"]).ok("policy show");
+    assert!(out.contains("writes_per_minute = 3"), "{out}");
+    for (i, mode) in ["frozen", "manual", "frozen"].iter().enumerate() {
+        cli_as(&c, "olga", &["mode", "checkout", mode, "--reason", "drill"])
+            .ok(&format!("write {} of 3", i + 1));
+    }
+    cli_as(
+        &c,
+        "olga",
+        &["mode", "checkout", "manual", "--reason", "drill"],
+    )
+    .refused(
+        "the fourth write within a minute",
+        75,
+        &["rate-limited", "access.writes_per_minute", "olga"],
+    );
+    cli_as(&c, "olga", &["status"]).ok("reads are not limited");
+    c.cli(&["mode", "checkout", "manual", "--reason", "drill"])
+        .ok("another identity has its own allowance");
+    let viewer = common::https_client_with(&paths(&c.certs, "vic"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let limited = rt.block_on(metric_sum(
+        &c,
+        &viewer,
+        r#"arbiter_access_rate_limited_total{method="SetMode",identity="olga"} "#,
+    ));
+    assert!(limited >= 1.0, "{limited}");
+}

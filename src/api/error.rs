@@ -40,6 +40,17 @@ pub enum ApiError {
         needed: String,
         has: String,
     },
+    /// The caller's identity used its allowance of writes on this witness; nothing was done.
+    #[error(
+        "rate limited: {identity:?} made {per_minute} writes in the last minute on this witness \
+         (access.writes_per_minute); {method} is refused for {retry_after_ms} ms more"
+    )]
+    RateLimited {
+        method: String,
+        identity: String,
+        per_minute: u32,
+        retry_after_ms: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -95,6 +106,7 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             ApiError::Policy(_) => ErrorKind::InvalidPolicy,
             ApiError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            ApiError::RateLimited { .. } => ErrorKind::RateLimited,
             ApiError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     InvalidPolicy,
     /// The caller's certificate lacks the role the request needs.
     PermissionDenied,
+    /// The caller's identity used its `access.writes_per_minute`; try again later.
+    RateLimited,
     Internal,
     // The client's own: the connection, and its TLS material.
     Transport,
@@ -47,7 +49,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 32] = [
+    pub const ALL: [ErrorKind; 33] = [
         ErrorKind::NotLeader,
         ErrorKind::Unavailable,
         ErrorKind::Indeterminate,
@@ -77,6 +79,7 @@ impl ErrorKind {
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPolicy,
         ErrorKind::PermissionDenied,
+        ErrorKind::RateLimited,
         ErrorKind::Internal,
         ErrorKind::Transport,
         ErrorKind::Tls,
@@ -114,6 +117,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid-argument",
             ErrorKind::InvalidPolicy => "invalid-policy",
             ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::RateLimited => "rate-limited",
             ErrorKind::Internal => "internal",
             ErrorKind::Transport => "transport",
             ErrorKind::Tls => "tls",
@@ -159,6 +163,7 @@ impl ErrorKind {
             | ErrorKind::EpochsExhausted => Code::FailedPrecondition,
             ErrorKind::Tls => Code::Unauthenticated,
             ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::RateLimited => Code::ResourceExhausted,
             ErrorKind::Storage | ErrorKind::Internal => Code::Internal,
         }
     }
@@ -169,6 +174,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument | ErrorKind::InvalidPolicy => 400,
             ErrorKind::Tls => 401,
             ErrorKind::PermissionDenied => 403,
+            ErrorKind::RateLimited => 429,
             ErrorKind::UnknownGroup | ErrorKind::UnknownOperation | ErrorKind::UnknownRegion => 404,
             ErrorKind::AlreadyInitialized
             | ErrorKind::Membership
@@ -233,6 +239,7 @@ impl ErrorKind {
             | ErrorKind::InvalidPolicy
             | ErrorKind::Internal
             | ErrorKind::PermissionDenied
+            | ErrorKind::RateLimited
             | ErrorKind::Tls => false,
         }
     }
@@ -250,6 +257,7 @@ impl ErrorKind {
             ErrorKind::Unavailable | ErrorKind::Transport | ErrorKind::ShuttingDown => 69,
             ErrorKind::InvalidArgument | ErrorKind::InvalidPolicy => 64,
             ErrorKind::PermissionDenied => 77,
+            ErrorKind::RateLimited => 75,
             ErrorKind::NotLeader
             | ErrorKind::Tls
             | ErrorKind::Indeterminate

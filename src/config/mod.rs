@@ -25,7 +25,7 @@ pub use node::{NodeConfig, Peer, Storage, Timing, EXIT_CONFIG};
 pub use policy::{
     normalise_serial, AccessPolicy, GroupHooks, GroupPolicy, Hook, Mode, Policy, Region, SecretRef,
     DENIED_SERIALS_MAX, GROUPS_MAX, LEASE_MS_DEFAULT, LEASE_MS_MAX, LEASE_MS_MIN,
-    POLICY_JSON_BYTES_MAX, REGIONS_MAX,
+    POLICY_JSON_BYTES_MAX, REGIONS_MAX, WRITES_PER_MINUTE_DEFAULT, WRITES_PER_MINUTE_MAX,
 };
 pub use postgres::{
     split_tls, PostgresAction, PostgresHook, PostgresRegion, PostgresTls, StopCommand,

@@ -278,8 +278,9 @@ pub struct Policy {
     /// Zones, external servers and embedded-server behaviour.
     #[serde(default, skip_serializing_if = "is_default_dns")]
     pub dns: super::dns::DnsPolicy,
-    /// Certificates refused on every call, whatever their role.
-    #[serde(default, skip_serializing_if = "AccessPolicy::is_empty")]
+    /// Certificates refused on every call, whatever their role, and how often one identity
+    /// may write.
+    #[serde(default)]
     pub access: AccessPolicy,
 }
 
@@ -290,27 +291,58 @@ pub const DENIED_SERIALS_MAX: usize = 1_000;
 /// Longest certificate serial number, in hex digits: 20 octets (RFC 5280, 4.1.2.2).
 const SERIAL_HEX_DIGITS_MAX: usize = 40;
 
+/// Default of `access.writes_per_minute`: far above what people type (an operator's busiest
+/// minute is a handful of commands), far below what a script stuck in a loop sends.
+pub const WRITES_PER_MINUTE_DEFAULT: u32 = 60;
+/// Largest `access.writes_per_minute`: every write is a Raft entry replicated to every
+/// witness and kept in the log until the next snapshot.
+pub const WRITES_PER_MINUTE_MAX: u32 = 6_000;
+
 /// The access part of the policy.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
     /// Serial numbers of revoked certificates, as [`normalise_serial`] writes them: every
     /// request presenting one is refused, on connections opened before the change too.
     #[serde(default)]
     pub denied_serials: Vec<String>,
+    /// How many writes (operator and admin calls, and DNS checks, which query every
+    /// external server) one certificate identity may make per minute on one witness; past
+    /// it a call is refused with `rate-limited` until the allowance refills (evenly, over a
+    /// minute). Lease calls are never limited.
+    #[serde(default = "writes_per_minute_default")]
+    pub writes_per_minute: u32,
+}
+
+fn writes_per_minute_default() -> u32 {
+    WRITES_PER_MINUTE_DEFAULT
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        AccessPolicy {
+            denied_serials: Vec::new(),
+            writes_per_minute: WRITES_PER_MINUTE_DEFAULT,
+        }
+    }
 }
 
 impl AccessPolicy {
-    fn is_empty(&self) -> bool {
-        self.denied_serials.is_empty()
-    }
-
     /// Whether a certificate with `serial` (normalised) is revoked.
     pub fn denies(&self, serial: &str) -> bool {
         self.denied_serials.iter().any(|s| s == serial)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=WRITES_PER_MINUTE_MAX).contains(&self.writes_per_minute) {
+            return Err(ConfigError::new(
+                "access.writes_per_minute",
+                format!(
+                    "must be between 1 and {WRITES_PER_MINUTE_MAX}, got {}",
+                    self.writes_per_minute
+                ),
+            ));
+        }
         if self.denied_serials.len() > DENIED_SERIALS_MAX {
             return Err(ConfigError::new(
                 "access.denied_serials",
@@ -744,6 +776,13 @@ impl Policy {
             if !self.hooks.contains_key(name) {
                 let _ = writeln!(out, "- hook {name}");
             }
+        }
+        if old.access.writes_per_minute != self.access.writes_per_minute {
+            let _ = writeln!(
+                out,
+                "~ access.writes_per_minute {} -> {}",
+                old.access.writes_per_minute, self.access.writes_per_minute
+            );
         }
         for serial in &self.access.denied_serials {
             if !old.access.denies(serial) {

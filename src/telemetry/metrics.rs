@@ -110,7 +110,10 @@ pub struct Metrics {
     dns_repairs: [Counter; 2],
     /// Refused requests by method and caller identity, at most [`DENIAL_SERIES_MAX`] series.
     denials: Family<Labels<2>, Counter>,
-    /// The (method, identity) pairs that have a series of their own.
+    /// Writes refused by `access.writes_per_minute`, by method and identity (bounded with
+    /// the denials).
+    rate_limited: Family<Labels<2>, Counter>,
+    /// The (method, identity) pairs that have a series of their own, in either family.
     denial_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
@@ -203,6 +206,12 @@ impl Metrics {
             "Requests this witness refused because the caller's certificate lacks the role they need, by method and caller identity (certificate common name)",
             denials.clone(),
         );
+        let rate_limited = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "arbiter_access_rate_limited",
+            "Writes this witness refused because the caller's identity had used its access.writes_per_minute, by method and caller identity",
+            rate_limited.clone(),
+        );
         registry.register_collector(collector);
 
         Arc::new(Metrics {
@@ -216,6 +225,7 @@ impl Metrics {
             probe_reports,
             dns_repairs,
             denials,
+            rate_limited,
             denial_series: Default::default(),
         })
     }
@@ -237,21 +247,7 @@ impl Metrics {
     /// One refused request: counted by method and identity (bounded), and logged the first
     /// time for its series and then once in [`DENIAL_LOG_EVERY`].
     pub fn denied(&self, denied: &crate::access::Denied) {
-        let key = (denied.method.clone(), denied.identity.clone());
-        let identity = {
-            let mut series = self.denial_series.lock().expect("denial series lock");
-            if series.contains(&key) || series.len() < DENIAL_SERIES_MAX {
-                series.insert(key);
-                denied.identity.clone()
-            } else {
-                "other".to_string()
-            }
-        };
-        let count = self
-            .denials
-            .get_or_create(&[("method", denied.method.clone()), ("identity", identity)])
-            .inc()
-            + 1;
+        let count = self.count_refusal(&self.denials, &denied.method, &denied.identity);
         if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
             tracing::warn!(
                 method = %denied.method,
@@ -262,6 +258,38 @@ impl Metrics {
                 "permission denied"
             );
         }
+    }
+
+    /// One write refused by `access.writes_per_minute`: counted and logged as [`Self::denied`].
+    pub fn rate_limited(&self, method: &str, identity: &str, per_minute: u32) {
+        let count = self.count_refusal(&self.rate_limited, method, identity);
+        if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
+            tracing::warn!(method, identity, per_minute, count, "write rate limited");
+        }
+    }
+
+    /// Increments `family`'s series of (`method`, `identity`), or of identity `other` past
+    /// [`DENIAL_SERIES_MAX`] series; returns the new count.
+    fn count_refusal(
+        &self,
+        family: &Family<Labels<2>, Counter>,
+        method: &str,
+        identity: &str,
+    ) -> u64 {
+        let key = (method.to_string(), identity.to_string());
+        let identity = {
+            let mut series = self.denial_series.lock().expect("denial series lock");
+            if series.contains(&key) || series.len() < DENIAL_SERIES_MAX {
+                series.insert(key);
+                identity.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        family
+            .get_or_create(&[("method", method.to_string()), ("identity", identity)])
+            .inc()
+            + 1
     }
 
     pub fn dns_query(&self, result: DnsResult) {
