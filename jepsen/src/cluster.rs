@@ -150,7 +150,12 @@ name = "region-b"
 {pb}
 
 {group}
-{hooks}"#,
+{hooks}
+
+# The operator workload writes far faster than a person: its identity is not rate limited.
+[access]
+writes_per_minute = 6000
+"#,
             hooks = self.hooks,
             dns = self.dns,
             pa = self.probes_a,
