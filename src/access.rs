@@ -185,6 +185,9 @@ pub struct Caller {
     pub identity: String,
     /// The witness id the certificate names, if it is a witness certificate.
     pub witness: Option<u64>,
+    /// The site the certificate names ([`crate::tls::SITE_URI_PREFIX`]): a witness's failure
+    /// domain, as the CA signed it. `None` with none or with two different ones.
+    pub site: Option<String>,
     /// The roles the certificate names, sorted, without duplicates.
     pub roles: Vec<Role>,
     /// The certificate's serial number ([`crate::config::normalise_serial`]'s form), which
@@ -249,9 +252,20 @@ impl Caller {
             (Some(id), None) => id.parse().ok(),
             _ => None,
         };
+        let mut sites: Vec<&str> = uris
+            .iter()
+            .filter_map(|u| u.strip_prefix(crate::tls::SITE_URI_PREFIX))
+            .collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let site = match sites.as_slice() {
+            [site] if crate::config::check_name("site", site).is_ok() => Some(site.to_string()),
+            _ => None,
+        };
         Caller {
             identity: cn.unwrap_or_else(|| "unknown".into()),
             witness,
+            site,
             roles,
             serial: String::new(),
         }

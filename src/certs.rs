@@ -40,6 +40,17 @@ const BACKDATE: Duration = Duration::hours(1);
 /// Hosts every node certificate is valid for, before any extra hosts.
 const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
+/// The sites `certs init` names when none are given: witness `i` at
+/// `DEFAULT_SITES[(i - 1) % 3]`, the demo's layout (two regions and a tiebreaker).
+pub const DEFAULT_SITES: [&str; 3] = ["region-a", "region-b", "tiebreaker"];
+
+/// The sites of witnesses `1..=nodes` when none are given ([`DEFAULT_SITES`], repeated).
+pub fn default_sites(nodes: u32) -> Vec<String> {
+    (0..nodes as usize)
+        .map(|i| DEFAULT_SITES[i % DEFAULT_SITES.len()].to_string())
+        .collect()
+}
+
 /// The files `init_dev_certs` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevCerts {
@@ -89,8 +100,9 @@ pub enum CertsError {
     },
 }
 
-/// Generates a fresh development CA and certificates for `nodes` witnesses and one operator
-/// client, writing them as PEM into `out` (created if needed).
+/// Generates a fresh development CA and certificates for one witness per entry of `sites`
+/// (witness `i` at site `sites[i - 1]`) and one admin client, writing them as PEM into
+/// `out` (created if needed).
 ///
 /// **These certificates are for development and testing only.** The CA key is written next to
 /// the certificates it signed, and nothing revokes or rotates them.
@@ -99,26 +111,32 @@ pub enum CertsError {
 /// `client.pem`, `client.key`. Node certificates have subject CN `node-i`, are valid for
 /// `localhost`, `127.0.0.1`, `::1` and every entry of `extra_hosts` (IP addresses become IP
 /// SANs, anything else a DNS SAN), name their witness id as the URI SAN
-/// `arbiter://witness/i` (the only identity the witness-to-witness protocol accepts), and allow
-/// /// both server and client authentication because witnesses dial each other. The client
+/// `arbiter://witness/i` (the only identity the witness-to-witness protocol accepts) and its
+/// site as `arbiter://site/NAME`, and allow both server and client authentication because
+/// witnesses dial each other. The client
 /// certificate has CN `admin`, names the admin role (URI SAN `arbiter://role/admin`: it may
 /// do everything, `init` and the first `policy apply` included) and allows client
 /// authentication only; [`issue_role_cert`] adds certificates of narrower roles. Private
 /// keys are created with mode 0600.
 ///
-/// Nothing is written unless every check passes: `nodes` must be in `1..=64`, every extra host
-/// must be a valid name or address, and no target file may exist unless `force` is set.
+/// Nothing is written unless every check passes: there must be 1 to 64 sites, each a valid
+/// name, every extra host must be a valid name or address, and no target file may exist
+/// unless `force` is set.
 pub fn init_dev_certs(
     out: &Path,
-    nodes: u32,
+    sites: &[String],
     extra_hosts: &[String],
     force: bool,
 ) -> Result<DevCerts, CertsError> {
+    let nodes = sites.len() as u32;
     if !(1..=MAX_NODES).contains(&nodes) {
         return Err(CertsError::Invalid {
             field: "nodes",
             reason: format!("must be between 1 and {MAX_NODES}, got {nodes}"),
         });
+    }
+    for site in sites {
+        check_site("sites", site)?;
     }
     let sans = node_sans(extra_hosts)?;
 
@@ -150,8 +168,8 @@ pub fn init_dev_certs(
     let now = OffsetDateTime::now_utc();
     let (ca_pem, issuer) = generate_ca(now)?;
     let mut leaves = Vec::with_capacity(node_files.len() + 1);
-    for i in 1..=nodes {
-        leaves.push(witness_leaf(&issuer, now, u64::from(i), sans.clone())?);
+    for (i, site) in (1..=u64::from(nodes)).zip(sites) {
+        leaves.push(witness_leaf(&issuer, now, i, site, sans.clone())?);
     }
     let client = generate_leaf(
         &issuer,
@@ -239,13 +257,15 @@ pub fn issue_role_cert(
     Ok(paths)
 }
 
-/// The certificate of witness `id` (`node-ID`): valid for `sans` (from [`node_sans`]) and
-/// naming its id as the URI SAN `arbiter://witness/ID`, for both server and client
-/// authentication because witnesses dial each other.
+/// The certificate of witness `id` (`node-ID`) at `site`: valid for `sans` (from
+/// [`node_sans`]), naming its id as the URI SAN `arbiter://witness/ID` and its site as
+/// `arbiter://site/SITE`, for both server and client authentication because witnesses dial
+/// each other.
 fn witness_leaf(
     issuer: &Issuer<'_, KeyPair>,
     now: OffsetDateTime,
     id: u64,
+    site: &str,
     mut sans: Vec<SanType>,
 ) -> Result<(String, String), CertsError> {
     let name = format!("node-{id}");
@@ -253,15 +273,22 @@ fn witness_leaf(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    sans.push(SanType::URI(
-        crate::tls::witness_uri(id)
-            .try_into()
-            .map_err(|e| CertsError::Generate {
+    for uri in [crate::tls::witness_uri(id), crate::tls::site_uri(site)] {
+        sans.push(SanType::URI(uri.try_into().map_err(|e| {
+            CertsError::Generate {
                 what: format!("certificate for {name}"),
                 source: e,
-            })?,
-    ));
+            }
+        })?));
+    }
     generate_leaf(issuer, now, &name, sans, &eku)
+}
+
+fn check_site(field: &'static str, site: &str) -> Result<(), CertsError> {
+    crate::config::check_name("site", site).map_err(|e| CertsError::Invalid {
+        field,
+        reason: format!("{site:?}: {}", e.reason),
+    })
 }
 
 /// The development CA of `dir` (`ca.pem` and `ca.key`, as [`init_dev_certs`] wrote them).
@@ -280,13 +307,16 @@ fn dev_issuer(dir: &Path, what: &str) -> Result<Issuer<'static, KeyPair>, CertsE
     Issuer::from_ca_cert_pem(&read(&dir.join("ca.pem"))?, key).map_err(generate)
 }
 
-/// Issues a new certificate for witness `id` (a rotation, or a witness added later), signed
-/// by the development CA in `dir`, as `dir/node-ID.pem` and `dir/node-ID.key`, valid for the
-/// default hosts and `extra_hosts`. With `force`, existing files are replaced by renaming
-/// complete new ones over them, so a witness reloading its files never reads a missing one.
+/// Issues a new certificate for witness `id` at `site` (a rotation, or a witness added
+/// later), signed by the development CA in `dir`, as `dir/node-ID.pem` and `dir/node-ID.key`,
+/// valid for the default hosts and `extra_hosts`. Without `site`, the site the current
+/// `node-ID.pem` names is kept (a rotation); a new witness needs one. With `force`, existing
+/// files are replaced by renaming complete new ones over them, so a witness reloading its
+/// files never reads a missing one.
 pub fn issue_witness_cert(
     dir: &Path,
     id: u64,
+    site: Option<&str>,
     extra_hosts: &[String],
     force: bool,
 ) -> Result<TlsPaths, CertsError> {
@@ -302,6 +332,17 @@ pub fn issue_witness_cert(
         cert: dir.join(format!("node-{id}.pem")),
         key: dir.join(format!("node-{id}.key")),
     };
+    let site = match site {
+        Some(site) => site.to_string(),
+        None => current_site(&paths.cert).ok_or_else(|| CertsError::Invalid {
+            field: "site",
+            reason: format!(
+                "witness {id}: {} names no site to keep; give the site of the new witness",
+                paths.cert.display()
+            ),
+        })?,
+    };
+    check_site("site", &site)?;
     if !force {
         for path in [&paths.cert, &paths.key] {
             if path.exists() {
@@ -310,12 +351,22 @@ pub fn issue_witness_cert(
         }
     }
     let issuer = dev_issuer(dir, &format!("node-{id}"))?;
-    let (cert_pem, key_pem) = witness_leaf(&issuer, OffsetDateTime::now_utc(), id, sans)?;
+    let (cert_pem, key_pem) = witness_leaf(&issuer, OffsetDateTime::now_utc(), id, &site, sans)?;
     // The key first: until the certificate follows, a reload sees a pair that does not
     // match and keeps the current one.
     write_file(&paths.key, key_pem.as_bytes(), true, force)?;
     write_file(&paths.cert, cert_pem.as_bytes(), false, force)?;
     Ok(paths)
+}
+
+/// The site the certificate file at `path` names, if it exists and names one.
+fn current_site(path: &Path) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let leaf = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .ok()?
+        .next()?
+        .ok()?;
+    crate::access::Caller::from_uris(None, &crate::tls::names_of(&leaf).uris).site
 }
 
 /// The URI SANs naming `roles`.
@@ -521,7 +572,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("certs");
         let hosts = vec!["witness-a.example".to_string(), "10.0.0.7".to_string()];
-        let files = init_dev_certs(&out, 3, &hosts, false).unwrap();
+        let files = init_dev_certs(&out, &default_sites(3), &hosts, false).unwrap();
         assert_eq!(files.nodes.len(), 3);
         assert_eq!(files.ca_cert, out.join("ca.pem"));
         assert_eq!(files.nodes[2].cert, out.join("node-3.pem"));
@@ -543,7 +594,8 @@ mod tests {
                 "::1",
                 "witness-a.example",
                 "10.0.0.7",
-                "arbiter://witness/2"
+                "arbiter://witness/2",
+                "arbiter://site/region-b"
             ]
         );
         let node2 = crate::tls::TlsMaterial::load(&files.nodes[1]).unwrap();
@@ -565,7 +617,7 @@ mod tests {
     fn private_keys_are_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let files = init_dev_certs(dir.path(), 2, &[], false).unwrap();
+        let files = init_dev_certs(dir.path(), &default_sites(2), &[], false).unwrap();
         let keys = [&files.ca_key, &files.client.key]
             .into_iter()
             .chain(files.nodes.iter().map(|n| &n.key));
@@ -575,7 +627,7 @@ mod tests {
         }
         // Keys keep 0600 when overwritten with --force, even if the old file was looser.
         fs::set_permissions(&files.ca_key, fs::Permissions::from_mode(0o644)).unwrap();
-        init_dev_certs(dir.path(), 2, &[], true).unwrap();
+        init_dev_certs(dir.path(), &default_sites(2), &[], true).unwrap();
         let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
@@ -583,10 +635,10 @@ mod tests {
     #[test]
     fn refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        let first = init_dev_certs(dir.path(), 1, &[], false).unwrap();
+        let first = init_dev_certs(dir.path(), &default_sites(1), &[], false).unwrap();
         let before = fs::read(&first.ca_cert).unwrap();
 
-        let err = init_dev_certs(dir.path(), 1, &[], false).unwrap_err();
+        let err = init_dev_certs(dir.path(), &default_sites(1), &[], false).unwrap_err();
         assert!(matches!(err, CertsError::Exists { .. }), "{err:?}");
         assert!(err.to_string().contains("ca.pem"), "{err}");
         assert_eq!(fs::read(&first.ca_cert).unwrap(), before, "ca.pem changed");
@@ -594,11 +646,11 @@ mod tests {
         // Only one conflicting file is enough to refuse, and the error names it.
         fs::remove_file(&first.ca_cert).unwrap();
         fs::remove_file(&first.ca_key).unwrap();
-        let err = init_dev_certs(dir.path(), 1, &[], false).unwrap_err();
+        let err = init_dev_certs(dir.path(), &default_sites(1), &[], false).unwrap_err();
         assert!(err.to_string().contains("client.pem"), "{err}");
         assert!(!first.ca_cert.exists(), "nothing is written on refusal");
 
-        let second = init_dev_certs(dir.path(), 1, &[], true).unwrap();
+        let second = init_dev_certs(dir.path(), &default_sites(1), &[], true).unwrap();
         assert_ne!(fs::read(&second.ca_cert).unwrap(), before);
     }
 
@@ -606,7 +658,7 @@ mod tests {
     fn node_count_must_be_in_range() {
         let dir = tempfile::tempdir().unwrap();
         for bad in [0, MAX_NODES + 1] {
-            let err = init_dev_certs(dir.path(), bad, &[], false).unwrap_err();
+            let err = init_dev_certs(dir.path(), &default_sites(bad), &[], false).unwrap_err();
             assert!(matches!(err, CertsError::Invalid { field: "nodes", .. }));
             assert!(err.to_string().contains("nodes"), "{err}");
         }
@@ -617,7 +669,8 @@ mod tests {
     fn bad_extra_host_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "two words", "h\u{e9}te"] {
-            let err = init_dev_certs(dir.path(), 1, &[bad.to_string()], false).unwrap_err();
+            let err = init_dev_certs(dir.path(), &default_sites(1), &[bad.to_string()], false)
+                .unwrap_err();
             assert!(
                 matches!(
                     err,
@@ -636,7 +689,7 @@ mod tests {
     #[test]
     fn role_certificates_name_their_roles_and_chain_to_the_ca() {
         let dir = tempfile::tempdir().unwrap();
-        init_dev_certs(dir.path(), 1, &[], false).unwrap();
+        init_dev_certs(dir.path(), &default_sites(1), &[], false).unwrap();
         let agent = Role::Agent {
             group: "checkout".into(),
             region: "region-a".into(),
@@ -666,6 +719,54 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let err = issue_role_cert(other.path(), "alice", &[Role::Viewer], false).unwrap_err();
         assert!(err.to_string().contains("ca.key"), "{err}");
+    }
+
+    /// Goal: every witness certificate names the site it was issued for; a rotation keeps
+    /// it, a new witness must be given one, and a bad site is refused before anything is
+    /// written.
+    #[test]
+    fn witness_certificates_name_their_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let sites: Vec<String> = ["region-a", "region-a", "tiebreaker"]
+            .map(String::from)
+            .into();
+        let files = init_dev_certs(dir.path(), &sites, &[], false).unwrap();
+        let site_of = |paths: &TlsPaths| {
+            let tls = crate::tls::TlsMaterial::load(paths).unwrap();
+            (tls.witness_id(), tls.site().map(str::to_string))
+        };
+        for (i, node) in files.nodes.iter().enumerate() {
+            assert_eq!(site_of(node), (Some(i as u64 + 1), Some(sites[i].clone())));
+        }
+        let (_, sans, _) = cn_and_sans(&files.nodes[2].cert);
+        assert!(
+            sans.contains(&"arbiter://site/tiebreaker".to_string()),
+            "{sans:?}"
+        );
+
+        // A rotation without a site keeps the one the current certificate names.
+        let rotated = issue_witness_cert(dir.path(), 3, None, &[], true).unwrap();
+        assert_eq!(site_of(&rotated), (Some(3), Some("tiebreaker".into())));
+        let moved = issue_witness_cert(dir.path(), 3, Some("region-b"), &[], true).unwrap();
+        assert_eq!(site_of(&moved), (Some(3), Some("region-b".into())));
+        // A new witness has no certificate to keep a site from.
+        let err = issue_witness_cert(dir.path(), 4, None, &[], false).unwrap_err();
+        assert!(
+            matches!(err, CertsError::Invalid { field: "site", .. }),
+            "{err}"
+        );
+        let err = issue_witness_cert(dir.path(), 4, Some("Region A"), &[], false).unwrap_err();
+        assert!(
+            matches!(err, CertsError::Invalid { field: "site", .. }),
+            "{err}"
+        );
+        let err = init_dev_certs(dir.path(), &["ok".into(), "".into()], &[], true).unwrap_err();
+        assert!(
+            matches!(err, CertsError::Invalid { field: "sites", .. }),
+            "{err}"
+        );
+        assert!(!dir.path().join("node-4.pem").exists());
+        assert_eq!(site_of(&files.nodes[0]).1.as_deref(), Some("region-a"));
     }
 
     #[test]

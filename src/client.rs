@@ -434,6 +434,11 @@ impl Client {
         members_add(MembersAddRequest) -> MembersListReply
     }
 
+    leader_rpc! {
+        /// Removes a witness from the cluster.
+        members_remove(MembersRemoveRequest) -> MembersListReply
+    }
+
     /// Initialises a new cluster from the initial peers of the witness that answers.
     pub async fn init(&self) -> Result<proto::InitReply, ClientError> {
         self.call(|mut c| async move { c.init(proto::InitRequest {}).await })
@@ -483,12 +488,6 @@ impl Client {
     /// The witnesses of the cluster.
     pub async fn members_list(&self) -> Result<proto::MembersListReply, ClientError> {
         self.call(|mut c| async move { c.members_list(proto::MembersListRequest {}).await })
-            .await
-    }
-
-    /// Removes witness `id` from the cluster.
-    pub async fn members_remove(&self, id: u64) -> Result<proto::MembersListReply, ClientError> {
-        self.call(|mut c| async move { c.members_remove(proto::MembersRemoveRequest { id }).await })
             .await
     }
 }

@@ -106,7 +106,13 @@ fn text_near(valid: &'static str) -> impl Strategy<Value = String> {
 /// A directory holding the files the node fixture names (`certs/` of a development CA).
 fn node_base() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    crate::certs::init_dev_certs(&dir.path().join("certs"), 3, &[], false).unwrap();
+    crate::certs::init_dev_certs(
+        &dir.path().join("certs"),
+        &crate::certs::default_sites(3),
+        &[],
+        false,
+    )
+    .unwrap();
     dir
 }
 

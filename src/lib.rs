@@ -56,6 +56,8 @@
 //!   the live timeline of a failover.
 //! - [`secret`]: reads a secret (TSIG key, webhook key, database password) from the file or
 //!   environment variable its reference names, on this witness only.
+//! - [`sites`]: failure domains of the witness membership, pure: which voter sets survive
+//!   the loss of any one site, and which membership changes make that worse.
 //! - [`wallclock`]: the wall clock for audit timestamps and reports, never for safety
 //!   (`WallClock`: the system's, or a manual one for tests and simulations).
 //! - [`cli`]: the `arbiter` command line (parsing and output; `main.rs` only calls it).
@@ -89,6 +91,7 @@ mod model;
 pub mod node;
 pub mod raft;
 pub mod secret;
+pub mod sites;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

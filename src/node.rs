@@ -79,6 +79,17 @@ pub enum NodeError {
         found: String,
         uri: String,
     },
+    #[error(
+        "tls.cert {cert}: {found}, but the node file puts this witness at site {site}: a \
+         witness certificate must name its site as the URI SAN {uri}, and the node file's site \
+         must be that one"
+    )]
+    WitnessSite {
+        cert: String,
+        site: String,
+        found: String,
+        uri: String,
+    },
     #[error("probes.source_addr {addr} cannot be a probe source on this host: {reason}")]
     ProbeSource {
         addr: std::net::IpAddr,
@@ -225,6 +236,7 @@ impl Node {
             consensus.clone(),
             config.peers.clone(),
             tables.clone(),
+            tls.clone(),
         ))
         .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
         let fencing = crate::fencing::Fencing::new(
@@ -364,7 +376,7 @@ impl Node {
 /// (`serve --check` runs it too): its peers refuse it on every Raft RPC otherwise.
 pub fn witness_tls(config: &NodeConfig) -> Result<TlsMaterial, NodeError> {
     let tls = TlsMaterial::load(&config.tls)?;
-    check_witness_certificate(config.id, &config.tls.cert, &tls)?;
+    check_witness_certificate(config.id, &config.site, &config.tls.cert, &tls)?;
     Ok(tls)
 }
 
@@ -372,28 +384,44 @@ pub fn witness_tls(config: &NodeConfig) -> Result<TlsMaterial, NodeError> {
 /// this node's id too, or the reload is refused and the current one stays.
 pub fn witness_live_tls(config: &NodeConfig) -> Result<Arc<LiveTls>, NodeError> {
     let tls = witness_tls(config)?;
-    let (id, cert) = (config.id, config.tls.cert.clone());
+    let (id, site, cert) = (config.id, config.site.clone(), config.tls.cert.clone());
     let check: crate::tls::live::Check = Box::new(move |m: &TlsMaterial| {
-        check_witness_certificate(id, &cert, m).map_err(|e| e.to_string())
+        check_witness_certificate(id, &site, &cert, m).map_err(|e| e.to_string())
     });
     Ok(LiveTls::new(config.tls.clone(), tls, Some(check)))
 }
 
+/// A witness certificate must name this node's id and its site, as the CA signed them.
 fn check_witness_certificate(
     id: u64,
+    site: &str,
     cert: &std::path::Path,
     tls: &TlsMaterial,
 ) -> Result<(), NodeError> {
     match tls.witness_id() {
-        Some(found) if found == id => Ok(()),
-        other => Err(NodeError::WitnessCertificate {
+        Some(found) if found == id => {}
+        other => {
+            return Err(NodeError::WitnessCertificate {
+                cert: cert.display().to_string(),
+                id,
+                found: match other {
+                    Some(id) => format!("it names witness {id}"),
+                    None => "it names no witness id".into(),
+                },
+                uri: crate::tls::witness_uri(id),
+            })
+        }
+    }
+    match tls.site() {
+        Some(found) if found == site => Ok(()),
+        other => Err(NodeError::WitnessSite {
             cert: cert.display().to_string(),
-            id,
+            site: site.to_string(),
             found: match other {
-                Some(id) => format!("it names witness {id}"),
-                None => "it names no witness id".into(),
+                Some(found) => format!("it names site {found}"),
+                None => "it names no site (or two)".into(),
             },
-            uri: crate::tls::witness_uri(id),
+            uri: crate::tls::site_uri(site),
         }),
     }
 }

@@ -128,6 +128,7 @@ pub struct TlsMaterial {
     key_pem: Vec<u8>,
     common_name: Option<String>,
     witness_id: Option<u64>,
+    site: Option<String>,
     serial: Option<String>,
     /// The server configuration, built when loading so that whatever rustls finds wrong
     /// with the files is a load error naming the file, before any port is bound.
@@ -172,9 +173,10 @@ impl TlsMaterial {
             }
         }
 
-        let common_name = common_name_of(&chain[0]);
-        let witness_id = witness_id_of(&chain[0]);
-        let serial = serial_of(&chain[0]);
+        let names = names_of(&chain[0]);
+        let leaf = crate::access::Caller::from_uris(None, &names.uris);
+        let (common_name, witness_id, site, serial) =
+            (names.common_name, leaf.witness, leaf.site, names.serial);
         let server = build_server_config(paths, ca, chain, key)?;
         Ok(Self {
             ca_pem,
@@ -182,6 +184,7 @@ impl TlsMaterial {
             key_pem,
             common_name,
             witness_id,
+            site,
             serial,
             server,
         })
@@ -208,6 +211,11 @@ impl TlsMaterial {
         self.witness_id
     }
 
+    /// The site our own certificate names ([`SITE_URI_PREFIX`]), if it names exactly one.
+    pub fn site(&self) -> Option<&str> {
+        self.site.as_deref()
+    }
+
     /// Server side, for [`TlsIncoming`]: presents our certificate, requires every client to
     /// present a certificate signed by the cluster CA, and offers [`SERVER_ALPN`].
     pub fn server_config(&self) -> Arc<ServerConfig> {
@@ -225,6 +233,71 @@ impl TlsMaterial {
             Some(domain) => config.domain_name(domain),
             None => config,
         }
+    }
+
+    /// Who the witness at `addr` says it is: a TLS handshake as its peers make one (our
+    /// certificate, only the cluster CA trusted, the address's host as the server name, ALPN
+    /// `h2`), then the identity its certificate names. Nothing is sent after the handshake.
+    pub async fn served_identity(
+        &self,
+        addr: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::access::Caller, String> {
+        let config = self
+            .rustls_client()
+            .map_err(|e| format!("our TLS material: {e}"))?;
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => return Err(format!("{addr} names no port")),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host} is not a server name: {e}"))?;
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))
+        };
+        let tls = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| format!("no TLS handshake within {timeout:?}"))??;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or("it presented no certificate")?;
+        let names = names_of(leaf);
+        Ok(crate::access::Caller::from_uris(
+            names.common_name,
+            &names.uris,
+        ))
+    }
+
+    /// A rustls client configuration of this material: our chain and key, only the
+    /// cluster CA trusted, ALPN `h2`.
+    fn rustls_client(&self) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let bad = |e: pem::Error| rustls::Error::General(e.to_string());
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            roots
+                .add(cert.map_err(bad)?)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(bad)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     fn identity(&self) -> Identity {
@@ -287,10 +360,14 @@ pub fn witness_uri(id: u64) -> String {
     format!("{WITNESS_URI_PREFIX}{id}")
 }
 
-/// The one witness id among the certificate's URI SANs; `None` with none, with two
-/// different ones, or with one that is not a number.
-fn witness_id_of(der: &CertificateDer<'_>) -> Option<u64> {
-    crate::access::Caller::from_uris(None, &uri_sans_of(der)).witness
+/// How a witness certificate names its site (failure domain): a URI SAN
+/// `arbiter://site/<name>`. The node file's `site`, and the site `members add` gives, must
+/// be the one the CA signed.
+pub const SITE_URI_PREFIX: &str = "arbiter://site/";
+
+/// The URI SAN of a witness certificate at site `site`.
+pub fn site_uri(site: &str) -> String {
+    format!("{SITE_URI_PREFIX}{site}")
 }
 
 /// What the access check reads of a certificate, from one parse of it.
@@ -436,7 +513,7 @@ mod tests {
     }
 
     fn dev_paths(dir: &Path) -> TlsPaths {
-        crate::certs::init_dev_certs(dir, 1, &[], false)
+        crate::certs::init_dev_certs(dir, &crate::certs::default_sites(1), &[], false)
             .unwrap()
             .nodes
             .remove(0)
@@ -515,7 +592,9 @@ mod tests {
     #[test]
     fn load_rejects_mismatched_key() {
         let dir = tempfile::tempdir().unwrap();
-        let files = crate::certs::init_dev_certs(dir.path(), 2, &[], false).unwrap();
+        let files =
+            crate::certs::init_dev_certs(dir.path(), &crate::certs::default_sites(2), &[], false)
+                .unwrap();
         let mut paths = files.nodes[0].clone();
         paths.key = files.nodes[1].key.clone();
         let err = TlsMaterial::load(&paths).err().unwrap();

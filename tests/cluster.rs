@@ -324,7 +324,13 @@ async fn peers_and_clients_with_another_ca_are_refused() {
     let cluster = Cluster::start(3).await;
     cluster.init_with_policy().await;
     let other_dir = tempfile::tempdir().unwrap();
-    let other = arbiter::certs::init_dev_certs(other_dir.path(), 1, &[], false).unwrap();
+    let other = arbiter::certs::init_dev_certs(
+        other_dir.path(),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
     // The cluster CA as the trusted root, the other CA's certificate as the identity.
     let foreign = |paths: &arbiter::tls::TlsPaths| arbiter::tls::TlsPaths {
         ca: cluster.certs.client.ca.clone(),

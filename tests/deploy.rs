@@ -335,6 +335,9 @@ fn collect_strings(v: &toml::Value, out: &mut Vec<String>) {
     }
 }
 
+/// The sites of witnesses 1 to 5 in the production and Kubernetes layouts.
+const PRODUCTION_SITES: [&str; 5] = ["region-a", "region-a", "region-b", "region-b", "tiebreaker"];
+
 /// Goal: the five production node files are what `arbiter serve` accepts, and together they
 /// describe one cluster: the same initial voters everywhere, 2 + 2 + 1 over three sites, each
 /// witness advertising the address its peers dial, the same timing on all.
@@ -344,7 +347,13 @@ fn collect_strings(v: &toml::Value, out: &mut Vec<String>) {
 fn production_node_files_pass_serve_check_and_describe_one_cluster() {
     let dir = tempfile::tempdir().unwrap();
     // `--check` loads the TLS files and checks that each certificate names its node's id.
-    let certs = arbiter::certs::init_dev_certs(&dir.path().join("certs"), 5, &[], false).unwrap();
+    let certs = arbiter::certs::init_dev_certs(
+        &dir.path().join("certs"),
+        &PRODUCTION_SITES.map(String::from),
+        &[],
+        false,
+    )
+    .unwrap();
     let mut configs = Vec::new();
     for i in 1..=5 {
         let source = read(&format!("deploy/production/node-{i}.toml"));

@@ -354,7 +354,9 @@ async fn tls_probes_trust_the_configured_ca() {
     init_tracing();
     arbiter::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let certs = arbiter::certs::init_dev_certs(dir.path(), 1, &[], false).unwrap();
+    let certs =
+        arbiter::certs::init_dev_certs(dir.path(), &arbiter::certs::default_sites(1), &[], false)
+            .unwrap();
     let node = &certs.nodes[0];
     let identity = Identity::from_pem(
         std::fs::read(&node.cert).unwrap(),
@@ -658,7 +660,9 @@ async fn grpc_probe_connects_from_the_source_address() {
 
     tracing::info!("--- TLS");
     let dir = tempfile::tempdir().unwrap();
-    let certs = arbiter::certs::init_dev_certs(dir.path(), 1, &[], false).unwrap();
+    let certs =
+        arbiter::certs::init_dev_certs(dir.path(), &arbiter::certs::default_sites(1), &[], false)
+            .unwrap();
     let node = &certs.nodes[0];
     let identity = Identity::from_pem(
         std::fs::read(&node.cert).unwrap(),

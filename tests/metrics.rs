@@ -576,7 +576,13 @@ async fn plaintext_metrics_port_when_configured() {
 #[test]
 fn bad_metrics_listen_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = arbiter::certs::init_dev_certs(&dir.path().join("certs"), 1, &[], false).unwrap();
+    let certs = arbiter::certs::init_dev_certs(
+        &dir.path().join("certs"),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
     let addrs: Vec<SocketAddr> = vec!["127.0.0.1:7101".parse().unwrap()];
     let text = node_toml(1, &addrs, &dir.path().join("data"), &certs.nodes[0])
         + "\n[metrics]\nlisten = \"localhost:metrics\"\n";

@@ -818,10 +818,14 @@ async fn postgres_hooks_verify_the_server_with_sslmode_verify_full() {
     let env = PgEnv::new();
     let pg = env.primary("tls-primary");
     let certs_dir = env.dir.path().join("certs");
-    let certs = arbiter::certs::init_dev_certs(&certs_dir, 1, &[], false).unwrap();
+    let certs =
+        arbiter::certs::init_dev_certs(&certs_dir, &arbiter::certs::default_sites(1), &[], false)
+            .unwrap();
     env.require_tls(&pg, &certs.nodes[0].cert, &certs.nodes[0].key);
     let other_dir = env.dir.path().join("other-ca");
-    let other = arbiter::certs::init_dev_certs(&other_dir, 1, &[], false).unwrap();
+    let other =
+        arbiter::certs::init_dev_certs(&other_dir, &arbiter::certs::default_sites(1), &[], false)
+            .unwrap();
 
     let run = |dsn: String| {
         let hook = pg_hook(PostgresAction::Validate, &env, &dsn, &dsn, None);

@@ -277,6 +277,28 @@ fn bad_inputs_give_clear_errors_and_change_nothing() {
             ],
         );
     }
+    // The certificate names the witness's site too: a node file moving witness 1 to another
+    // site than the CA signed is refused the same way, naming both sites.
+    assert!(good.contains("site = \"region-a\""), "{good}");
+    let moved = c.write(
+        "moved-site.toml",
+        &good.replace("site = \"region-a\"", "site = \"region-b\""),
+    );
+    for args in [
+        &["serve", "--check", "--config"][..],
+        &["serve", "--config"][..],
+    ] {
+        let args = [args, &[moved.as_str()]].concat();
+        run(c.path(), &args).refused(
+            "serve with a certificate of another site",
+            EXIT_CONFIG,
+            &[
+                "it names site region-a",
+                "at site region-b",
+                "arbiter://site/region-b",
+            ],
+        );
+    }
     // The switch that skips the lease wait (jepsen's split-brain demonstration) exists only
     // in builds with the `unsafe-skip-lease-wait` feature: a normal build refuses it.
     #[cfg(not(feature = "unsafe-skip-lease-wait"))]

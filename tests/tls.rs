@@ -37,8 +37,20 @@ struct Cluster {
 fn two_cas() -> Cluster {
     install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let ca1 = init_dev_certs(&dir.path().join("ca1"), 1, &[], false).unwrap();
-    let ca2 = init_dev_certs(&dir.path().join("ca2"), 1, &[], false).unwrap();
+    let ca1 = init_dev_certs(
+        &dir.path().join("ca1"),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
+    let ca2 = init_dev_certs(
+        &dir.path().join("ca2"),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
     Cluster {
         _dir: dir,
         ca1,

@@ -166,7 +166,13 @@ program = "/bin/true"
 async fn a_witness_in_a_world_of_the_tests_own_fails_over_through_it() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let certs = init_dev_certs(&dir.path().join("certs"), 1, &[], false).unwrap();
+    let certs = init_dev_certs(
+        &dir.path().join("certs"),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
     let addrs = free_addrs(1);
     let config = Cluster::config(dir.path(), &certs, 1, &addrs, Timing::Test, "");
     let data_dir = config.data_dir.clone();
@@ -418,7 +424,13 @@ impl redb::StorageBackend for DyingDisk {
 async fn a_witness_whose_consensus_core_stopped_stops_serving() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let certs = init_dev_certs(&dir.path().join("certs"), 1, &[], false).unwrap();
+    let certs = init_dev_certs(
+        &dir.path().join("certs"),
+        &arbiter::certs::default_sites(1),
+        &[],
+        false,
+    )
+    .unwrap();
     let addrs = free_addrs(1);
     let config = Cluster::config(dir.path(), &certs, 1, &addrs, Timing::Test, "");
     let secret = dir.path().join("tsig.key");

@@ -386,8 +386,12 @@ impl Cluster {
             "init".into(),
             "--out".into(),
             certs.display().to_string(),
-            "--nodes".into(),
-            witnesses.len().to_string(),
+            "--sites".into(),
+            witnesses
+                .iter()
+                .map(|h| h.site.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         ];
         for h in &hosts {
             args.push("--host".into());

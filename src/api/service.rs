@@ -15,11 +15,12 @@ use crate::config::{Mode, Peer, Policy};
 use crate::leader::LeaderTables;
 use crate::proto;
 use crate::proto::arbiter_server::Arbiter;
-use crate::raft::{ClusterView, Consensus, MemberView};
+use crate::raft::{ClusterView, Consensus, ConsensusError, MemberView};
 use crate::state::{
     AuditEntry, ClusterState, Command, GroupState, Operation, OperationKind, OperationState,
-    Outcome, Proposal, Step, StepOutcome, NAME_BYTES_MAX, REQUEST_ID_BYTES_MAX,
+    Outcome, Proposal, Step, StepOutcome, NAME_BYTES_MAX, REASON_BYTES_MAX, REQUEST_ID_BYTES_MAX,
 };
+use crate::tls::LiveTls;
 
 /// Audit entries returned by `Status` when the caller does not say.
 const AUDIT_LIMIT_DEFAULT: u32 = 20;
@@ -31,6 +32,8 @@ const WATCH_QUEUE: usize = 64;
 /// Bounds on request fields from the network.
 /// How long `Init` waits for the new cluster to elect a leader and record its id.
 const INIT_WAIT: Duration = Duration::from_secs(30);
+/// How long `MembersAdd` waits for the new witness's TLS handshake.
+const MEMBER_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// The public API of one witness.
 pub struct ApiService {
@@ -39,14 +42,22 @@ pub struct ApiService {
     peers: Vec<Peer>,
     /// Lease holders and region verdicts known to this witness as leader.
     tables: Arc<LeaderTables>,
+    /// This witness's TLS material, to ask a witness being added who it is.
+    tls: Arc<LiveTls>,
 }
 
 impl ApiService {
-    pub fn new(consensus: Arc<Consensus>, peers: Vec<Peer>, tables: Arc<LeaderTables>) -> Self {
+    pub fn new(
+        consensus: Arc<Consensus>,
+        peers: Vec<Peer>,
+        tables: Arc<LeaderTables>,
+        tls: Arc<LiveTls>,
+    ) -> Self {
         Self {
             consensus,
             peers,
             tables,
+            tls,
         }
     }
 
@@ -85,6 +96,68 @@ impl ApiService {
             },
             command,
         }
+    }
+
+    /// Checks that the membership change from the current voters to `after` keeps the
+    /// failure domains ([`crate::sites`]) or that `accepted` says why not: returns the reason
+    /// to record, if any.
+    fn check_sites(
+        &self,
+        change: &str,
+        after: impl Fn(&[MemberView]) -> Vec<String>,
+        accepted: &str,
+    ) -> Result<Option<String>, ApiError> {
+        if accepted.len() > REASON_BYTES_MAX {
+            return Err(ApiError::invalid(
+                "accept_site_risk",
+                format!("longer than {REASON_BYTES_MAX} bytes"),
+            ));
+        }
+        let view = self.consensus.view();
+        let before: Vec<&str> = view
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.site.as_str())
+            .collect();
+        let after = after(&view.members);
+        match crate::sites::check_change(before, after.iter().map(String::as_str)) {
+            Ok(_) => Ok((!accepted.is_empty()).then(|| accepted.to_string())),
+            Err(why) if !accepted.is_empty() => {
+                tracing::warn!(change, risk = %why, reason = accepted, "site risk accepted");
+                Ok(Some(accepted.to_string()))
+            }
+            Err(why) => Err(ConsensusError::Membership(format!(
+                "{change} would weaken the cluster's failure domains: {why}. Change the \
+                 witnesses so that no site's loss stops the cluster (see `arbiter members \
+                 list`), or make this change anyway with --accept-site-risk REASON, which the \
+                 audit log keeps"
+            ))
+            .into()),
+        }
+    }
+
+    /// Records a membership change that was made in the audit log.
+    async fn record_membership<T>(
+        &self,
+        req: &Request<T>,
+        change: String,
+        accepted_risk: Option<String>,
+    ) -> Result<(), ApiError> {
+        let p = self.proposal(
+            req,
+            String::new(),
+            Command::RecordMembership {
+                change: change.clone(),
+                accepted_risk,
+            },
+        );
+        let resp = self.consensus.propose(p).await.map_err(|e| {
+            ApiError::Internal(format!(
+                "{change}, but recording it in the audit log failed: {e}"
+            ))
+        })?;
+        resp.outcome.map(|_| ()).map_err(ApiError::from)
     }
 
     async fn decide(&self, proposal: Proposal) -> Result<(GroupState, u64), ApiError> {
@@ -821,7 +894,7 @@ impl Arbiter for ApiService {
         &self,
         req: Request<proto::MembersAddRequest>,
     ) -> Result<Response<proto::MembersListReply>, Status> {
-        let r = req.into_inner();
+        let r = req.get_ref().clone();
         if r.id == 0 {
             return Err(ApiError::invalid("id", "node ids start at 1").into());
         }
@@ -829,11 +902,56 @@ impl Arbiter for ApiService {
             .map_err(|e| ApiError::invalid("addr", e.reason))?;
         crate::config::check_name("site", &r.site)
             .map_err(|e| ApiError::invalid("site", e.reason))?;
+        let change = format!("adding witness {} at site {} ({})", r.id, r.site, r.addr);
+        let accepted = self.check_sites(
+            &change,
+            |members| {
+                let mut sites: Vec<String> = members
+                    .iter()
+                    .filter(|m| m.voter && m.id != r.id)
+                    .map(|m| m.site.clone())
+                    .collect();
+                sites.push(r.site.clone());
+                sites
+            },
+            &r.accept_site_risk,
+        )?;
+        // The site is the one the CA signed into the witness's certificate, not only what
+        // the operator typed: ask the witness.
+        let served = self
+            .tls
+            .current()
+            .served_identity(&r.addr, MEMBER_HANDSHAKE_WAIT)
+            .await
+            .map_err(|e| {
+                ApiError::from(ConsensusError::Membership(format!(
+                    "cannot ask the witness at {} who it is: {e}; start it first",
+                    r.addr
+                )))
+            })?;
+        if served.witness != Some(r.id) || served.site.as_deref() != Some(r.site.as_str()) {
+            let named = match (served.witness, served.site.as_deref()) {
+                (None, _) => format!("names no witness id ({})", served.identity),
+                (Some(id), Some(site)) => format!("names witness {id} at site {site}"),
+                (Some(id), None) => format!("names witness {id} and no site"),
+            };
+            return Err(ApiError::from(ConsensusError::Membership(format!(
+                "the certificate of the witness at {} {named}, not witness {} at site {}: \
+                 give the id and site its node file and certificate name",
+                r.addr, r.id, r.site
+            )))
+            .into());
+        }
         self.consensus
             .add_member(r.id, r.addr.clone(), r.site.clone())
             .await
             .map_err(ApiError::from)?;
         tracing::info!(id = r.id, addr = %r.addr, site = %r.site, "witness added as voter");
+        let done = format!(
+            "witness {} at site {} ({}) added as voter",
+            r.id, r.site, r.addr
+        );
+        self.record_membership(&req, done, accepted).await?;
         Ok(Response::new(proto::MembersListReply {
             witnesses: members_pb(&self.consensus.view()),
         }))
@@ -843,12 +961,36 @@ impl Arbiter for ApiService {
         &self,
         req: Request<proto::MembersRemoveRequest>,
     ) -> Result<Response<proto::MembersListReply>, Status> {
-        let r = req.into_inner();
+        let r = req.get_ref().clone();
+        let change = format!("removing witness {}", r.id);
+        let accepted = self.check_sites(
+            &change,
+            |members| {
+                members
+                    .iter()
+                    .filter(|m| m.voter && m.id != r.id)
+                    .map(|m| m.site.clone())
+                    .collect()
+            },
+            &r.accept_site_risk,
+        )?;
+        let site = self
+            .consensus
+            .view()
+            .members
+            .into_iter()
+            .find(|m| m.id == r.id)
+            .map(|m| m.site);
         self.consensus
             .remove_member(r.id)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(id = r.id, "witness removed");
+        let done = match site {
+            Some(site) => format!("witness {} at site {site} removed", r.id),
+            None => format!("witness {} removed (it was not a member)", r.id),
+        };
+        self.record_membership(&req, done, accepted).await?;
         Ok(Response::new(proto::MembersListReply {
             witnesses: members_pb(&self.consensus.view()),
         }))

@@ -60,12 +60,29 @@ pub(super) async fn members(cmd: MembersCmd) -> Result<(), Failure> {
             id,
             addr,
             site,
+            accept_site_risk,
         } => {
             conn.client()?
-                .members_add(proto::MembersAddRequest { id, addr, site })
+                .members_add(proto::MembersAddRequest {
+                    id,
+                    addr,
+                    site,
+                    accept_site_risk: accept_site_risk.unwrap_or_default(),
+                })
                 .await?
         }
-        MembersCmd::Remove { conn, id } => conn.client()?.members_remove(id).await?,
+        MembersCmd::Remove {
+            conn,
+            id,
+            accept_site_risk,
+        } => {
+            conn.client()?
+                .members_remove(proto::MembersRemoveRequest {
+                    id,
+                    accept_site_risk: accept_site_risk.unwrap_or_default(),
+                })
+                .await?
+        }
     };
     print!("{}", output::witness_table(&reply.witnesses));
     Ok(())

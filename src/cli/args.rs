@@ -288,8 +288,14 @@ pub(super) enum MembersCmd {
         id: u64,
         #[arg(long)]
         addr: String,
+        /// The site its certificate names.
         #[arg(long)]
         site: String,
+        /// Make the change even though it weakens the failure domains (a site's loss would
+        /// stop the cluster, or one site would hold a quorum), for REASON, which the audit
+        /// log keeps.
+        #[arg(long, value_name = "REASON")]
+        accept_site_risk: Option<String>,
     },
     /// Remove a witness from the cluster.
     Remove {
@@ -297,6 +303,9 @@ pub(super) enum MembersCmd {
         conn: Conn,
         #[arg(long)]
         id: u64,
+        /// As for `members add`.
+        #[arg(long, value_name = "REASON")]
+        accept_site_risk: Option<String>,
     },
 }
 
@@ -317,8 +326,14 @@ pub(super) enum CertsCmd {
     Init {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 3)]
-        nodes: u32,
+        /// How many witness certificates (node-1 ... node-N).
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// The site of witness 1, 2, ... in order, comma-separated: each certificate names its
+        /// site, which the witness's node file must agree with [default: region-a, region-b,
+        /// tiebreaker, repeated; 3 witnesses].
+        #[arg(long, value_delimiter = ',', value_name = "SITE,...")]
+        sites: Vec<String>,
         /// Extra host names or IPs to put in node certificates.
         #[arg(long = "host")]
         hosts: Vec<String>,
@@ -337,6 +352,10 @@ pub(super) enum CertsCmd {
         /// which the running witness picks up without a restart.
         #[arg(long = "witness", value_name = "ID")]
         witnesses: Vec<u64>,
+        /// The site the witness certificates name (default: the site of the current
+        /// node-ID.pem, so a rotation keeps it; a new witness needs one).
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
         /// Extra host names or IPs to put in the witness certificates.
         #[arg(long = "host")]
         hosts: Vec<String>,

@@ -158,14 +158,25 @@ pub(super) async fn demo(options: crate::demo::Options) -> Result<(), Failure> {
 
 pub(super) fn certs_init(
     out: &Path,
-    nodes: u32,
+    nodes: Option<u32>,
+    sites: &[String],
     hosts: &[String],
     force: bool,
     roles: &RoleCerts,
 ) -> Result<(), Failure> {
     // Every role is checked before anything is written.
     let wanted = role_certs(roles)?;
-    let written = crate::certs::init_dev_certs(out, nodes, hosts, force)
+    let sites = match (nodes, sites.is_empty()) {
+        (nodes, true) => crate::certs::default_sites(nodes.unwrap_or(3)),
+        (Some(n), false) if n as usize != sites.len() => {
+            return Err(Failure::usage(format!(
+                "certs init: --nodes is {n} but --sites names {} sites: give one site per witness",
+                sites.len()
+            )))
+        }
+        (_, false) => sites.to_vec(),
+    };
+    let written = crate::certs::init_dev_certs(out, &sites, hosts, force)
         .map_err(|e| Failure::usage(e.to_string()))?;
     eprintln!(
         "warning: these certificates are for development only; use your own CA in production"
@@ -181,6 +192,7 @@ pub(super) fn certs_init(
 pub(super) fn certs_issue(
     dir: &Path,
     witnesses: &[u64],
+    site: Option<&str>,
     hosts: &[String],
     force: bool,
     roles: &RoleCerts,
@@ -193,13 +205,14 @@ pub(super) fn certs_issue(
                 .to_string(),
         ));
     }
-    if !hosts.is_empty() && witnesses.is_empty() {
+    if (!hosts.is_empty() || site.is_some()) && witnesses.is_empty() {
         return Err(Failure::usage(
-            "certs issue: --host goes into witness certificates; name one with --witness".into(),
+            "certs issue: --host and --site go into witness certificates; name one with --witness"
+                .into(),
         ));
     }
     for &id in witnesses {
-        let paths = crate::certs::issue_witness_cert(dir, id, hosts, force)
+        let paths = crate::certs::issue_witness_cert(dir, id, site, hosts, force)
             .map_err(|e| Failure::usage(e.to_string()))?;
         println!("wrote {} (witness {id})", paths.cert.display());
     }

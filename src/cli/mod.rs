@@ -241,20 +241,22 @@ async fn run(cmd: Cmd) -> Result<(), Failure> {
                 CertsCmd::Init {
                     out,
                     nodes,
+                    sites,
                     hosts,
                     force,
                     roles,
                 },
-        } => entry::certs_init(&out, nodes, &hosts, force, &roles),
+        } => entry::certs_init(&out, nodes, &sites, &hosts, force, &roles),
         Cmd::Certs {
             command:
                 CertsCmd::Issue {
                     dir,
                     witnesses,
+                    site,
                     hosts,
                     force,
                     roles,
                 },
-        } => entry::certs_issue(&dir, &witnesses, &hosts, force, &roles),
+        } => entry::certs_issue(&dir, &witnesses, site.as_deref(), &hosts, force, &roles),
     }
 }

@@ -276,7 +276,13 @@ mod tests {
     fn node_files_parse_into_a_three_site_cluster() {
         let work = WorkDir::create().unwrap();
         let dir = work.path();
-        crate::certs::init_dev_certs(&dir.join("certs"), 3, &[], false).unwrap();
+        crate::certs::init_dev_certs(
+            &dir.join("certs"),
+            &crate::certs::default_sites(3),
+            &[],
+            false,
+        )
+        .unwrap();
         for id in 1..=3 {
             let text = node_toml(id, &layout());
             let config = NodeConfig::parse("node.toml", &text, dir).expect("valid node file");

@@ -240,7 +240,7 @@ async fn play(
     );
     println!("files: {} (removed at exit)\n", dir.display());
 
-    let certs = init_dev_certs(&dir.join("certs"), SITES.len() as u32, &[], false)?;
+    let certs = init_dev_certs(&dir.join("certs"), &SITES.map(String::from), &[], false)?;
     let (mut layout, region_listeners, hooks_listener) = bind(options.base_port).await?;
     println!("setup");
     let (databases, hook_receiver) = if options.postgres {

@@ -46,6 +46,11 @@ pub enum AuditKind {
     OperationAborted,
     /// An operation ran its last step.
     OperationDone,
+    /// The witness membership changed.
+    Membership,
+    /// The witness membership changed in a way that weakens the cluster's failure domains,
+    /// the operator having accepted that with a reason: alert on it.
+    SiteRiskAccepted,
 }
 
 impl AuditKind {
@@ -68,6 +73,8 @@ impl AuditKind {
             AuditKind::OperationAborting => "operation-aborting",
             AuditKind::OperationAborted => "operation-aborted",
             AuditKind::OperationDone => "operation-done",
+            AuditKind::Membership => "membership",
+            AuditKind::SiteRiskAccepted => "site-risk-accepted",
         }
     }
 }
@@ -104,6 +111,8 @@ mod tests {
             OperationAborting,
             OperationAborted,
             OperationDone,
+            Membership,
+            SiteRiskAccepted,
         ];
         for k in all {
             let json = serde_json::to_string(&k).unwrap();

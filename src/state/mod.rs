@@ -130,6 +130,14 @@ pub enum Command {
         mode: Mode,
         reason: String,
     },
+    /// The leader changed the witness membership (`change` says how). `accepted_risk` is the
+    /// operator's reason for a change that weakens the cluster's failure domains
+    /// ([`crate::sites`]), recorded as its own kind of entry so that it can be alerted on.
+    RecordMembership {
+        change: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accepted_risk: Option<String>,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -675,6 +683,20 @@ impl ClusterState {
                     format!("region {region}: {from} -> {verdict}\n{evidence}"),
                     0,
                 );
+                Ok(Outcome::Recorded)
+            }
+            Command::RecordMembership {
+                change,
+                accepted_risk,
+            } => {
+                let (kind, detail) = match accepted_risk {
+                    None => (AuditKind::Membership, change.clone()),
+                    Some(reason) => (
+                        AuditKind::SiteRiskAccepted,
+                        format!("{change}; site risk accepted: {reason}"),
+                    ),
+                };
+                self.audit(index, p, "", kind, detail, 0);
                 Ok(Outcome::Recorded)
             }
             Command::SetMode {
@@ -1676,6 +1698,13 @@ fn check_proposal(p: &Proposal) -> Result<(), Refusal> {
             name("group", group)?;
             reason(r)
         }
+        Command::RecordMembership {
+            change,
+            accepted_risk,
+        } => {
+            too_long("change", change, AUDIT_DETAIL_BYTES_MAX)?;
+            accepted_risk.as_deref().map_or(Ok(()), reason)
+        }
     }
 }
 
@@ -1725,6 +1754,7 @@ impl std::fmt::Display for Proposal {
             Command::RecordVerdict { .. } => "record-verdict",
             Command::RecordDnsRepair { .. } => "record-dns-repair",
             Command::SetMode { .. } => "set-mode",
+            Command::RecordMembership { .. } => "record-membership",
         };
         write!(f, "{kind} by {}", self.actor)
     }

@@ -423,6 +423,20 @@ fn refusals_change_nothing() {
             },
             |r| matches!(r, Refusal::ActiveRemoved { .. }),
         ),
+        (
+            Command::RecordMembership {
+                change: "witness 4 added".into(),
+                accepted_risk: Some("x".repeat(REASON_BYTES_MAX + 1)),
+            },
+            |r| matches!(r, Refusal::ReasonTooLong { .. }),
+        ),
+        (
+            Command::RecordMembership {
+                change: "x".repeat(AUDIT_DETAIL_BYTES_MAX + 1),
+                accepted_risk: None,
+            },
+            |r| matches!(r, Refusal::FieldTooLong { field, .. } if field == "change"),
+        ),
     ];
     for (command, expected) in cases {
         let mut s = with_policy();
@@ -645,5 +659,34 @@ fn new_operation_supersedes_one_halted_after_activation_only() {
     assert_eq!(
         (g.active.as_str(), g.epoch, g.operation),
         ("region-b", 2, Some(2))
+    );
+}
+
+/// Goal: a membership change is audited cluster-wide, and one whose site risk the operator
+/// accepted is an entry of its own kind, with the reason, that alerts can match.
+#[test]
+fn membership_changes_are_audited_with_any_accepted_risk() {
+    let mut s = with_policy();
+    let record = |change: &str, accepted_risk: Option<&str>| Command::RecordMembership {
+        change: change.into(),
+        accepted_risk: accepted_risk.map(String::from),
+    };
+    s.apply(9, &proposal("", record("witness 4 removed", None)))
+        .outcome
+        .unwrap();
+    s.apply(
+        10,
+        &proposal("", record("witness 5 added", Some("growing to five"))),
+    )
+    .outcome
+    .unwrap();
+    let last: Vec<_> = s.audit.iter().rev().take(2).collect();
+    assert_eq!(last[1].kind, AuditKind::Membership);
+    assert_eq!(last[1].detail, "witness 4 removed");
+    assert_eq!(last[1].group, "");
+    assert_eq!(last[0].kind, AuditKind::SiteRiskAccepted);
+    assert_eq!(
+        last[0].detail,
+        "witness 5 added; site risk accepted: growing to five"
     );
 }

@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn dev(dir: &std::path::Path, nodes: u32) -> crate::certs::DevCerts {
-        crate::certs::init_dev_certs(dir, nodes, &[], false).unwrap()
+        crate::certs::init_dev_certs(dir, &crate::certs::default_sites(nodes), &[], false).unwrap()
     }
 
     /// Goal: a reload replaces the material only when the files changed and load, and a

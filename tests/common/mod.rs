@@ -271,7 +271,13 @@ impl Cluster {
     pub async fn start_timed(n: usize, timing: Timing, extra: &str) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
-        let certs = init_dev_certs(&dir.path().join("certs"), n as u32, &[], false).unwrap();
+        let certs = init_dev_certs(
+            &dir.path().join("certs"),
+            &arbiter::certs::default_sites(n as u32),
+            &[],
+            false,
+        )
+        .unwrap();
         // Reserve ports first so every node file can list all peers.
         let addrs = free_addrs(n);
         let mut witnesses = Vec::new();

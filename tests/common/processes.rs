@@ -193,7 +193,9 @@ impl Cluster {
         super::init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        let nodes = n.to_string();
+        // Each witness's certificate names the site its node file gives it.
+        let sites: Vec<&str> = (0..n).map(|i| SITES[i % SITES.len()]).collect();
+        let sites = sites.join(",");
         run(
             dir.path(),
             &[
@@ -201,8 +203,8 @@ impl Cluster {
                 "init",
                 "--out",
                 certs.to_str().unwrap(),
-                "--nodes",
-                &nodes,
+                "--sites",
+                &sites,
             ],
         )
         .ok("certs init");
