@@ -157,19 +157,41 @@ fn members_add_and_remove() {
     tracing::info!("--- start witness 4 and add it");
     c.start(4);
     let addr4 = c.addr(4);
-    let out = c
-        .cli(&[
-            "members",
-            "add",
-            "--id",
-            "4",
-            "--addr",
-            &addr4,
-            "--site",
-            "tiebreaker",
-        ])
-        .ok("members add");
+    let add = |site: &str, accept: Option<&str>| {
+        let mut args = vec!["members", "add", "--id", "4", "--addr", &addr4, "--site", site];
+        if let Some(reason) = accept {
+            args.extend(["--accept-site-risk", reason]);
+        }
+        c.cli(&args)
+    };
+    tracing::info!("--- a fourth voter at the tiebreaker weakens the failure domains: refused");
+    add("tiebreaker", None).refused(
+        "fourth voter at the tiebreaker",
+        1,
+        &[
+            "membership",
+            "losing site tiebreaker (2 voters) leaves 2 voters of 4",
+            "--accept-site-risk",
+        ],
+    );
+    tracing::info!("--- a site the witness's certificate does not name: refused");
+    add("region-a", Some("growing to five")).refused(
+        "site the certificate does not name",
+        1,
+        &[
+            "membership",
+            "names witness 4 at site tiebreaker, not witness 4 at site region-a",
+        ],
+    );
+    let list = c.cli(&["members", "list"]).ok("members list");
+    assert_eq!(voters(&list).len(), 3, "refusals add nobody: {list}");
+    let out = add("tiebreaker", Some("growing to five")).ok("members add");
     assert!(out.contains(&addr4), "{out}");
+    let audit = c.status()["audit"].to_string();
+    assert!(
+        audit.contains("site-risk-accepted") && audit.contains("growing to five"),
+        "the accepted risk and its reason are audited: {audit}"
+    );
     let list = c.cli(&["members", "list"]).ok("members list");
     let mut v = voters(&list);
     v.sort();
@@ -202,6 +224,17 @@ fn members_add_and_remove() {
         member_roles(&list).len(),
         3,
         "witness 4 is gone, not kept as a learner: {list}"
+    );
+    let audit = c.status()["audit"].to_string();
+    assert!(
+        audit.contains("\"membership\"") && audit.contains("witness 4 at site tiebreaker removed"),
+        "the removal is audited: {audit}"
+    );
+    tracing::info!("--- a third voter removed would leave two sites, each stopping the cluster");
+    c.cli(&["members", "remove", "--id", "3"]).refused(
+        "removal to two voters",
+        1,
+        &["membership", "short of the quorum", "--accept-site-risk"],
     );
 
     tracing::info!("--- stop witness 4 and one follower: two of three voters still commit");
