@@ -158,7 +158,9 @@ fn members_add_and_remove() {
     c.start(4);
     let addr4 = c.addr(4);
     let add = |site: &str, accept: Option<&str>| {
-        let mut args = vec!["members", "add", "--id", "4", "--addr", &addr4, "--site", site];
+        let mut args = vec![
+            "members", "add", "--id", "4", "--addr", &addr4, "--site", site,
+        ];
         if let Some(reason) = accept {
             args.extend(["--accept-site-risk", reason]);
         }
