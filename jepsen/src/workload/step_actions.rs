@@ -11,6 +11,9 @@
 //! `already-activated`). A refusal is a `fail` (it changed nothing), an accepted action an
 //! `ok` that S4 then looks for in the final state, anything else `info`.
 //!
+//! Past half the run, a kind of action it has not issued yet is issued at its next action,
+//! so that a run meeting few operations still meets each kind.
+//!
 //! It never waits for the operation it acted on (`--no-wait`): the next step must get its
 //! turn. It changes no mode and declares no operation; the main operator loop does that.
 //!
@@ -53,6 +56,10 @@ fn skippable() -> &'static [&'static str] {
 }
 /// The action kinds, as `f` in the history.
 pub const ACTIONS: [&str; 4] = ["abort", "retry", "skip", "approve"];
+/// The share of the run after which a kind of action not yet issued is issued at the next
+/// action: the seeded choice alone leaves a rare kind (an abort) unissued in a run that
+/// meets few operations, and then the run has not attacked the invariants with it.
+const COVER_AFTER: f64 = 0.5;
 
 const PROCESS: &str = "operator-1";
 
@@ -122,6 +129,10 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
     // The last operation an abort was tried on: one try per operation, so that most
     // operations live on to meet the actions at their later steps.
     let mut abort_tried: Option<u64> = None;
+    // The kinds of action issued so far, for the coverage rule ([`COVER_AFTER`]).
+    let mut issued: Vec<&'static str> = Vec::new();
+    let start = Instant::now();
+    let span = until.saturating_duration_since(start).as_secs_f64();
     while Instant::now() < until {
         if armed.is_some_and(|(_, at)| at.elapsed() > ARMED_MAX) {
             disarm(&fail_file, &mut armed);
@@ -182,13 +193,34 @@ pub async fn run(ctx: Ctx, seed: u64, until: Instant) {
         if !rng.chance(ACT_CHANCE) {
             continue;
         }
-        let (mut f, step) = choose(&mut rng, &s);
+        let (mut f, mut step) = choose(&mut rng, &s);
+        let share = if span > 0.0 {
+            start.elapsed().as_secs_f64() / span
+        } else {
+            1.0
+        };
+        if let Some(missing) = uncovered(&issued, share) {
+            f = missing;
+            step = s.step.clone();
+        }
         if f == "abort" && abort_tried.replace(s.id) == Some(s.id) {
             f = "retry";
+        }
+        if !issued.contains(&f) {
+            issued.push(f);
         }
         act(&ctx, &mut rng, f, &step, &s).await;
     }
     disarm(&fail_file, &mut armed);
+}
+
+/// The first kind of action not yet `issued` once `share` of the run has passed
+/// [`COVER_AFTER`]; before that, or when every kind was issued, none.
+fn uncovered(issued: &[&str], share: f64) -> Option<&'static str> {
+    if share < COVER_AFTER {
+        return None;
+    }
+    ACTIONS.iter().copied().find(|f| !issued.contains(f))
 }
 
 /// The position of `step` in a failover (`declare` first), for "still ahead".
@@ -242,6 +274,14 @@ mod tests {
             })
         );
         assert_eq!(seen(&json!({"operations": []})), None);
+    }
+
+    #[test]
+    fn a_kind_not_yet_issued_is_issued_after_half_the_run() {
+        assert_eq!(uncovered(&[], 0.4), None);
+        assert_eq!(uncovered(&["retry", "skip"], 0.6), Some("abort"));
+        assert_eq!(uncovered(&["abort", "retry", "skip"], 0.5), Some("approve"));
+        assert_eq!(uncovered(&ACTIONS, 0.9), None);
     }
 
     #[test]
