@@ -11,7 +11,9 @@
 mod incoming;
 pub mod live;
 
-pub use incoming::{TlsIncoming, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT};
+pub use incoming::{
+    Connection, TlsIncoming, CONNECTIONS_PER_IDENTITY_MAX, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT,
+};
 pub use live::{LiveTls, Reloaded, RELOAD_POLL};
 
 use std::io;

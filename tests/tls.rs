@@ -360,3 +360,79 @@ async fn a_silent_client_holds_up_no_one_and_is_cut_off_after_the_handshake_time
 
     server.stop().await;
 }
+
+/// Goal: one certificate identity holds at most `CONNECTIONS_PER_IDENTITY_MAX` connections
+/// open at once; the next is closed after its handshake, while other identities are still
+/// served; once one of its connections closes, the identity may connect again. Method: the
+/// operator certificate opens connections up to the limit, each answering a health check
+/// and kept open; one more fails; a node certificate (another identity) is served; one of
+/// the operator's connections is dropped and a new one is served (retried until the server
+/// has seen the close, within the deadline).
+#[tokio::test]
+async fn one_identity_holds_at_most_the_connection_limit() {
+    let c = two_cas();
+    let server = TestServer::start(&load(&c.ca1.nodes[0])).await;
+    let client = load(&c.ca1.client);
+    let connect = || async {
+        let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(client.client_config(Some("localhost")))
+            .unwrap()
+            .connect_timeout(DEADLINE)
+            .timeout(DEADLINE)
+            .connect()
+            .await
+            .map_err(|e| chain(&e))?;
+        let mut health = HealthClient::new(channel);
+        let reply = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|e| chain(&e))?;
+        assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+        Ok::<_, String>(health)
+    };
+
+    tracing::info!("--- at the limit: every connection served");
+    let mut open = Vec::new();
+    for i in 0..arbiter::tls::CONNECTIONS_PER_IDENTITY_MAX {
+        let health = tokio::time::timeout(DEADLINE, connect())
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} timed out"))
+            .unwrap_or_else(|e| panic!("connection {i} at the limit refused: {e}"));
+        open.push(health);
+    }
+
+    tracing::info!("--- one past the limit: closed");
+    let past = tokio::time::timeout(DEADLINE, connect()).await;
+    assert!(
+        matches!(past, Ok(Err(_)) | Err(_)),
+        "a connection past the limit was served"
+    );
+
+    tracing::info!("--- another identity is served meanwhile");
+    let node = load(&c.ca1.nodes[0]);
+    assert_eq!(
+        check(server.addr, node.client_config(Some("localhost"))).await,
+        Ok(ServingStatus::Serving)
+    );
+
+    tracing::info!("--- a connection closed makes room again");
+    open.pop();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout(DEADLINE, connect()).await {
+            Ok(Ok(health)) => {
+                open.push(health);
+                break;
+            }
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("no room after a connection closed: {:?}", other.err()),
+        }
+    }
+    drop(open);
+    server.stop().await;
+}

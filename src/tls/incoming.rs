@@ -10,24 +10,31 @@
 //! the handshake with "no application protocol". The configuration served here is
 //! [`super::TlsMaterial::server_config`], which offers both ([`super::SERVER_ALPN`]).
 //!
+//! It also bounds the connections one certificate identity holds open at once
+//! ([`CONNECTIONS_PER_IDENTITY_MAX`]): a connection past it is closed as soon as its
+//! handshake shows who it is.
+//!
 //! It must never yield a stream whose handshake did not complete (the configuration demands
 //! a client certificate of the cluster CA), never let a slow or failed handshake hold up any
 //! other connection, and never log a failed handshake above debug: anyone who can reach the
 //! port can fail handshakes, and must not be able to flood the log with them.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
 
 use super::LiveTls;
 
@@ -40,6 +47,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// accept backlog until one finishes: bounds the tasks and memory that clients who have not
 /// yet shown a certificate can take (a witness has a handful of peers and clients).
 pub const HANDSHAKES_MAX: usize = 512;
+
+/// Most connections one certificate identity (its common name) holds open at once. Beyond
+/// it, a new connection from that identity is closed right after its handshake. Bounds the
+/// file descriptors and memory one certificate, a stolen one included, can take from a
+/// witness, so other callers keep being served. Real callers need few: a witness or agent
+/// keeps one connection per peer, a CLI call or a hook's `curl` one for its call; the
+/// fence-check benchmark's widest level (4 096 clients, 32 per connection) needs 128.
+pub const CONNECTIONS_PER_IDENTITY_MAX: usize = 128;
 
 /// The established TLS connections of a bound listener, as a stream for tonic's
 /// `serve_with_incoming_shutdown`.
@@ -56,6 +71,78 @@ pub struct TlsIncoming {
     handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
     /// How long a handshake may take; [`HANDSHAKE_TIMEOUT`] unless a test shortens it.
     handshake_timeout: Duration,
+    /// Open connections per certificate identity, at most [`CONNECTIONS_PER_IDENTITY_MAX`]
+    /// each; an identity leaves the map when its last connection closes.
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// An established connection, counted against its identity's
+/// [`CONNECTIONS_PER_IDENTITY_MAX`] until it is dropped. Reads, writes and the connection
+/// info tonic takes the peer's certificates from are the TLS stream's.
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    identity: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// The server configuration of a listener: one for its lifetime, or the current one of a
@@ -83,7 +170,39 @@ impl TlsIncoming {
             config,
             handshakes: JoinSet::new(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            open: Arc::default(),
         }
+    }
+
+    /// The established `stream` counted against its identity, or `None` (the stream
+    /// dropped, so closed) when the identity already holds
+    /// [`CONNECTIONS_PER_IDENTITY_MAX`] connections.
+    fn admit(&self, stream: TlsStream<TcpStream>) -> Option<Connection> {
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(super::common_name_of)
+            .unwrap_or_default();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(identity.clone()).or_default();
+        if *n >= CONNECTIONS_PER_IDENTITY_MAX {
+            // Debug only, like failed handshakes: a holder of the certificate can repeat it.
+            tracing::debug!(
+                identity = %identity,
+                limit = CONNECTIONS_PER_IDENTITY_MAX,
+                "connection closed: its identity holds the most connections allowed"
+            );
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        Some(Connection {
+            stream,
+            identity,
+            open: self.open.clone(),
+        })
     }
 
     /// Gives up on a handshake after `timeout` instead of [`HANDSHAKE_TIMEOUT`] (so a test
@@ -124,9 +243,9 @@ impl TlsIncoming {
 }
 
 impl Stream for TlsIncoming {
-    type Item = io::Result<TlsStream<TcpStream>>;
+    type Item = io::Result<Connection>;
 
-    /// Yields the next established connection. Each round first collects finished
+    /// Yields the next established connection its identity has room for. Each round first collects finished
     /// handshakes, then accepts while under [`HANDSHAKES_MAX`]; it returns `Pending` only
     /// once both the set of handshakes and (when below the bound) the listener have
     /// registered the waker. An accept error is passed on: tonic's accept loop skips the
@@ -135,7 +254,10 @@ impl Stream for TlsIncoming {
         let this = self.get_mut();
         loop {
             match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(stream)))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some(Ok(Some(stream)))) => match this.admit(stream) {
+                    Some(connection) => return Poll::Ready(Some(Ok(connection))),
+                    None => continue,
+                },
                 // Failed or timed out; logged by its task.
                 Poll::Ready(Some(Ok(None))) => continue,
                 Poll::Ready(Some(Err(e))) => {
