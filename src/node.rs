@@ -229,6 +229,7 @@ impl Node {
                 tables: tables.clone(),
                 metrics: metrics.clone(),
             }),
+            snapshots: Default::default(),
         })
         .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);

@@ -27,11 +27,47 @@ pub trait ProbeReports: Send + Sync + 'static {
     fn accept(&self, report: &ProbeReport) -> Result<(), &'static str>;
 }
 
+/// Most snapshot streams a witness receives at once. A leader sends a follower one
+/// snapshot at a time; two leave room for a new leader's stream while a deposed one's is
+/// still draining. Each stream may buffer up to [`super::network::SNAPSHOT_BYTES_MAX`]
+/// before it is installed, so this bounds that memory (a compromised witness opening
+/// streams cannot exhaust it).
+pub const SNAPSHOT_STREAMS_MAX: usize = 2;
+
+/// Longest a snapshot stream may take to arrive whole: the largest snapshot at about
+/// 1 MB/s, a slow WAN link. Past it the stream is dropped and its place freed, so a sender
+/// that stalls cannot hold one of the [`SNAPSHOT_STREAMS_MAX`] places.
+pub const SNAPSHOT_RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The places for snapshot streams being received, [`SNAPSHOT_STREAMS_MAX`] of them.
+pub struct SnapshotStreams(Arc<tokio::sync::Semaphore>);
+
+impl Default for SnapshotStreams {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_STREAMS_MAX)))
+    }
+}
+
+impl SnapshotStreams {
+    /// A place for one stream, held until the permit is dropped; `RESOURCE_EXHAUSTED` when
+    /// every place is taken (the leader retries the snapshot later).
+    pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "InstallSnapshot: {SNAPSHOT_STREAMS_MAX} snapshot streams are being received \
+                 already, the most this witness takes at once; retry when one has finished"
+            ))
+        })
+    }
+}
+
 /// gRPC service for the Raft protocol between witnesses.
 pub struct RaftService {
     pub(crate) consensus: Arc<Consensus>,
     /// Where probe reports from witnesses go while this witness is the leader.
     pub(crate) reports: Arc<dyn ProbeReports>,
+    /// Places for the snapshot streams being received.
+    pub(crate) snapshots: SnapshotStreams,
 }
 
 fn bad_request(e: serde_json::Error) -> Status {
@@ -136,7 +172,16 @@ impl RaftRpc for RaftService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
         let caller = witness_caller(&req, "InstallSnapshot")?;
-        let (header, data) = collect_snapshot(req.into_inner()).await?;
+        let _place = self.snapshots.enter()?;
+        let (header, data) =
+            tokio::time::timeout(SNAPSHOT_RECEIVE_TIMEOUT, collect_snapshot(req.into_inner()))
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "InstallSnapshot: the snapshot did not arrive whole within {} s",
+                        SNAPSHOT_RECEIVE_TIMEOUT.as_secs()
+                    ))
+                })??;
         as_itself(caller, voter_of(&header.vote), "InstallSnapshot", "leader")?;
         let snapshot = Snapshot {
             meta: header.meta,
@@ -169,5 +214,36 @@ impl RaftRpc for RaftService {
         let node_id = req.into_inner().node_id;
         as_itself(caller, node_id, "Hello", "witness")?;
         Ok(Response::new(self.consensus.hello(node_id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a witness receives at most [`SNAPSHOT_STREAMS_MAX`] snapshot streams at once:
+    /// at the limit every stream has a place, one past it is `RESOURCE_EXHAUSTED` naming the
+    /// limit, and a finished stream frees its place.
+    #[test]
+    fn snapshot_streams_are_bounded_and_places_are_freed() {
+        let streams = SnapshotStreams::default();
+        let mut held: Vec<_> = (0..SNAPSHOT_STREAMS_MAX)
+            .map(|i| {
+                streams
+                    .enter()
+                    .unwrap_or_else(|e| panic!("stream {i} at the limit refused: {e}"))
+            })
+            .collect();
+        let past = streams.enter().expect_err("one stream past the limit");
+        assert_eq!(past.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            past.message()
+                .contains(&format!("{SNAPSHOT_STREAMS_MAX} snapshot streams")),
+            "{}",
+            past.message()
+        );
+        held.pop();
+        held.push(streams.enter().expect("a finished stream frees its place"));
+        assert!(streams.enter().is_err(), "the freed place is taken again");
     }
 }
