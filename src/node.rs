@@ -33,8 +33,9 @@ use crate::tls::{LiveTls, TlsError, TlsIncoming, TlsMaterial};
 /// How long a witness with an empty data dir asks its peers whether they count it as a
 /// member before starting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest public API message; bounds memory per request (policy TOML is the biggest).
-const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest public API message; bounds memory per request (policy TOML is the biggest). A
+/// request past it is `OUT_OF_RANGE` before anything is decoded.
+pub const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Why a witness could not start.
 #[derive(Debug, thiserror::Error)]

@@ -943,3 +943,48 @@ async fn watch_streams_applied_decisions() {
     assert_eq!((checkout.active.as_str(), checkout.epoch), ("region-b", 2));
     cluster.stop().await;
 }
+
+/// Goal: a public API request of exactly `API_MESSAGE_BYTES_MAX` bytes is decoded and
+/// answered by its handler, and one a byte longer is `OUT_OF_RANGE` before any handler sees
+/// it; neither changes the policy. Method: `policy apply --dry-run` requests whose TOML is
+/// padded with a comment so the encoded message is at the limit, then one byte past it.
+#[tokio::test]
+async fn an_api_request_at_the_size_limit_is_answered_and_one_past_it_is_refused() {
+    use prost::Message;
+    let cluster = Cluster::start(1).await;
+    cluster.init_with_policy().await;
+    let client = cluster.client();
+    let before = client.status(0).await.expect("status").policy_version;
+    let limit = arbiter::node::API_MESSAGE_BYTES_MAX;
+    let sized = |len: usize| {
+        let mut req = proto::PolicyApplyRequest {
+            dry_run: true,
+            ..apply_request(&format!("{POLICY}\n#"))
+        };
+        let pad = len - req.encoded_len();
+        req.toml.push_str(&"x".repeat(pad));
+        // The length prefix of the TOML field may have grown by a byte.
+        while req.encoded_len() > len {
+            req.toml.pop();
+        }
+        assert_eq!(req.encoded_len(), len);
+        req
+    };
+
+    let at = client.policy_apply(sized(limit)).await;
+    assert!(
+        !matches!(&at, Err(s) if s.code == tonic::Code::OutOfRange),
+        "a request at the limit was refused for its size: {at:?}"
+    );
+    let past = client
+        .policy_apply(sized(limit + 1))
+        .await
+        .expect_err("a request one byte past the limit");
+    assert_eq!(past.code, tonic::Code::OutOfRange, "{past:?}");
+
+    let after = client.status(0).await.expect("status").policy_version;
+    assert_eq!(
+        after, before,
+        "a dry run at or past the limit changed the policy"
+    );
+}
