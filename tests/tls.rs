@@ -119,6 +119,14 @@ impl TestServer {
 /// Connects with `tls` and asks for overall health. Refusals are reported as the full error
 /// chain, so assertions can look at the cause.
 async fn check(addr: SocketAddr, tls: ClientTlsConfig) -> Result<ServingStatus, String> {
+    connect_and_check(addr, tls).await.map(|(status, _)| status)
+}
+
+/// [`check`], also returning the client, whose connection stays open while it is held.
+async fn connect_and_check(
+    addr: SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<(ServingStatus, HealthClient<tonic::transport::Channel>), String> {
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
@@ -127,13 +135,14 @@ async fn check(addr: SocketAddr, tls: ClientTlsConfig) -> Result<ServingStatus, 
         .timeout(DEADLINE);
     let attempt = async {
         let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
-        let reply = HealthClient::new(channel)
+        let mut health = HealthClient::new(channel);
+        let reply = health
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
             .map_err(|e| chain(&e))?;
-        Ok(reply.into_inner().status())
+        Ok((reply.into_inner().status(), health))
     };
     tokio::time::timeout(DEADLINE, attempt)
         .await
@@ -374,23 +383,9 @@ async fn one_identity_holds_at_most_the_connection_limit() {
     let server = TestServer::start(&load(&c.ca1.nodes[0])).await;
     let client = load(&c.ca1.client);
     let connect = || async {
-        let channel = Endpoint::from_shared(format!("https://{}", server.addr))
-            .unwrap()
-            .tls_config(client.client_config(Some("localhost")))
-            .unwrap()
-            .connect_timeout(DEADLINE)
-            .timeout(DEADLINE)
-            .connect()
-            .await
-            .map_err(|e| chain(&e))?;
-        let mut health = HealthClient::new(channel);
-        let reply = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map_err(|e| chain(&e))?;
-        assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+        let (status, health) =
+            connect_and_check(server.addr, client.client_config(Some("localhost"))).await?;
+        assert_eq!(status, ServingStatus::Serving);
         Ok::<_, String>(health)
     };
 

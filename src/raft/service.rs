@@ -40,19 +40,19 @@ pub const SNAPSHOT_STREAMS_MAX: usize = 2;
 pub const SNAPSHOT_RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The places for snapshot streams being received, [`SNAPSHOT_STREAMS_MAX`] of them.
-pub struct SnapshotStreams(Arc<tokio::sync::Semaphore>);
+pub struct SnapshotStreams(tokio::sync::Semaphore);
 
 impl Default for SnapshotStreams {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_STREAMS_MAX)))
+        Self(tokio::sync::Semaphore::new(SNAPSHOT_STREAMS_MAX))
     }
 }
 
 impl SnapshotStreams {
     /// A place for one stream, held until the permit is dropped; `RESOURCE_EXHAUSTED` when
     /// every place is taken (the leader retries the snapshot later).
-    pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        self.0.clone().try_acquire_owned().map_err(|_| {
+    pub fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.0.try_acquire().map_err(|_| {
             Status::resource_exhausted(format!(
                 "InstallSnapshot: {SNAPSHOT_STREAMS_MAX} snapshot streams are being received \
                  already, the most this witness takes at once; retry when one has finished"
