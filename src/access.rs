@@ -263,7 +263,7 @@ impl Caller {
             _ => None,
         };
         Caller {
-            identity: cn.unwrap_or_else(|| "unknown".into()),
+            identity: cn.unwrap_or_else(|| crate::tls::UNNAMED_IDENTITY.into()),
             witness,
             site,
             roles,
@@ -498,6 +498,7 @@ pub async fn enforce(State(enforcer): State<Enforcer>, mut req: Request, next: N
 }
 
 pub mod rate;
+pub mod sizes;
 
 pub use rate::WriteLimiter;
 

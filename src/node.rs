@@ -254,21 +254,31 @@ impl Node {
             .add_service(FencingServer::new(crate::fencing::FencingService {
                 fencing,
             }));
-        // Every route, gRPC and HTTP, behind the one access check (`crate::access`).
-        let routes = tonic::service::Routes::from(routes.into_axum_router().layer(
-            axum::middleware::from_fn_with_state(
-                crate::access::Enforcer {
-                    metrics: metrics.clone(),
-                    consensus: consensus.clone(),
-                    writes: Default::default(),
-                },
-                crate::access::enforce,
-            ),
-        ));
+        // Every route, gRPC and HTTP, behind the one access check (`crate::access`); past
+        // it, each RPC's request is bounded to the size that RPC takes.
+        let routes = tonic::service::Routes::from(
+            routes
+                .into_axum_router()
+                .layer(axum::middleware::from_fn(
+                    crate::access::sizes::limit_messages,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    crate::access::Enforcer {
+                        metrics: metrics.clone(),
+                        consensus: consensus.clone(),
+                        writes: Default::default(),
+                    },
+                    crate::access::enforce,
+                )),
+        );
         let router = Server::builder().accept_http1(true).add_routes(routes);
         // Our TLS rather than tonic's, which offers only `h2` in ALPN and so refuses clients
         // of the HTTP routes that offer only `http/1.1` (`curl --http1.1`); see TlsIncoming.
-        let incoming = TlsIncoming::live(listener, tls.clone());
+        let refusals = metrics.clone();
+        let incoming =
+            TlsIncoming::live(listener, tls.clone()).on_refused(Arc::new(move |identity| {
+                refusals.connection_refused(identity)
+            }));
         // Rotated certificates, keys and CAs are picked up without a restart.
         let tls_watch = tokio::spawn(tls.watch(crate::tls::RELOAD_POLL));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));

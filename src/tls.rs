@@ -12,7 +12,8 @@ mod incoming;
 pub mod live;
 
 pub use incoming::{
-    Connection, TlsIncoming, CONNECTIONS_PER_IDENTITY_MAX, HANDSHAKES_MAX, HANDSHAKE_TIMEOUT,
+    Connection, RefusalReport, TlsIncoming, CONNECTIONS_PER_IDENTITY_MAX, HANDSHAKES_MAX,
+    HANDSHAKE_TIMEOUT,
 };
 pub use live::{LiveTls, Reloaded, RELOAD_POLL};
 
@@ -429,6 +430,10 @@ pub fn uri_sans_of(der: &CertificateDer<'_>) -> Vec<String> {
 pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
     names_of(der).serial
 }
+
+/// The identity a certificate with no readable common name goes by, in the audit log, the
+/// metrics and the per-identity connection limit alike.
+pub const UNNAMED_IDENTITY: &str = "unknown";
 
 /// The certificate's subject common name, when it has a readable one.
 pub fn common_name_of(der: &CertificateDer<'_>) -> Option<String> {

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use arbiter::proto;
-use arbiter::tls::{TlsMaterial, TlsPaths};
+use arbiter::tls::TlsPaths;
 use common::policy::{checkout_only, AB};
 use common::processes::*;
 use common::{denied, POLICY};
@@ -35,15 +35,7 @@ fn cli_as(c: &Cluster, name: &str, args: &[&str]) -> Out {
 
 /// A gRPC channel to witness `id` presenting `name`'s certificate.
 async fn channel_as(c: &Cluster, id: u64, name: &str) -> tonic::transport::Channel {
-    arbiter::tls::install_crypto_provider();
-    let tls = TlsMaterial::load(&paths(&c.certs, name)).unwrap();
-    tonic::transport::Endpoint::from_shared(format!("https://{}", c.addr(id)))
-        .unwrap()
-        .tls_config(tls.client_config(Some("localhost")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    common::tls::channel(c.addr(id), &paths(&c.certs, name)).await
 }
 
 fn lease(group: &str, region: &str) -> proto::LeaseRequest {

@@ -988,3 +988,97 @@ async fn an_api_request_at_the_size_limit_is_answered_and_one_past_it_is_refused
         "a dry run at or past the limit changed the policy"
     );
 }
+
+/// Goal: each RPC reads a request message up to its own limit and refuses one byte more
+/// with `OUT_OF_RANGE` before its handler sees it: AppendEntries up to
+/// `RAFT_MESSAGE_BYTES_MAX`, Vote (a witness's) and Failover (an admin's) up to the small
+/// limit, far below what the Raft service's AppendEntries takes. Method: witness 2's
+/// certificate sends witness 1 Raft messages whose payload is no Raft message, sized so the
+/// encoded message is at the limit (judged on its content: `INVALID_ARGUMENT`) and one past
+/// it; the admin sends a Failover whose reason is padded the same way (at the limit, refused
+/// for what it says, not for its size).
+#[tokio::test]
+async fn each_rpc_reads_a_message_at_its_limit_and_refuses_one_byte_more() {
+    use arbiter::access::sizes::SMALL_MESSAGE_BYTES_MAX;
+    use prost::Message;
+    let cluster = Cluster::start(2).await;
+    let addr = cluster.witnesses[0].addr;
+    let witness = common::tls::channel(addr, &cluster.certs.nodes[1]).await;
+    let raft = proto::raft_client::RaftClient::new(witness).max_encoding_message_size(usize::MAX);
+    /// `make(pad)` for the largest `pad` whose encoded message is at most `len` bytes, which
+    /// must be exactly `len`.
+    fn sized<M: Message>(len: usize, make: impl Fn(usize) -> M) -> M {
+        let mut pad = len;
+        loop {
+            let msg = make(pad);
+            if msg.encoded_len() <= len {
+                assert_eq!(msg.encoded_len(), len);
+                return msg;
+            }
+            pad -= 1;
+        }
+    }
+    let raft_msg = |len| {
+        sized(len, |pad| proto::RaftMessage {
+            payload: vec![b'x'; pad],
+        })
+    };
+
+    for (rpc, limit) in [
+        ("AppendEntries", arbiter::raft::RAFT_MESSAGE_BYTES_MAX),
+        ("Vote", SMALL_MESSAGE_BYTES_MAX),
+    ] {
+        let call = |len| {
+            let msg = raft_msg(len);
+            let mut raft = raft.clone();
+            async move {
+                match rpc {
+                    "AppendEntries" => raft.append_entries(msg).await,
+                    _ => raft.vote(msg).await,
+                }
+            }
+        };
+        let at = call(limit)
+            .await
+            .expect_err("bytes that are no Raft message");
+        assert_eq!(at.code(), tonic::Code::InvalidArgument, "{rpc}: {at:?}");
+        assert!(
+            at.message().contains("cannot decode raft message"),
+            "{rpc}: {at:?}"
+        );
+        let past = call(limit + 1).await.expect_err("one byte past the limit");
+        assert_eq!(past.code(), tonic::Code::OutOfRange, "{rpc}: {past:?}");
+        // Named by our limit, or by tonic's own where both are the same (AppendEntries).
+        assert!(
+            past.message().contains(&limit.to_string()),
+            "{rpc}: {past:?}"
+        );
+    }
+    drop(raft);
+
+    let admin = common::tls::channel(addr, &cluster.certs.client).await;
+    let mut api = proto::arbiter_client::ArbiterClient::new(admin);
+    let failover = |len| {
+        sized(len, |pad| proto::FailoverRequest {
+            group: "checkout".into(),
+            to: "region-b".into(),
+            reason: "x".repeat(pad),
+            ..Default::default()
+        })
+    };
+    let at = api
+        .failover(failover(SMALL_MESSAGE_BYTES_MAX))
+        .await
+        .expect_err("a reason longer than a reason may be, in an uninitialised cluster");
+    assert_ne!(at.code(), tonic::Code::OutOfRange, "{at:?}");
+    let past = api
+        .failover(failover(SMALL_MESSAGE_BYTES_MAX + 1))
+        .await
+        .expect_err("one byte past the limit");
+    assert_eq!(past.code(), tonic::Code::OutOfRange, "{past:?}");
+    assert!(
+        past.message()
+            .contains("Failover: the request message is larger"),
+        "{past:?}"
+    );
+}

@@ -62,6 +62,8 @@ fn two_cas() -> Cluster {
 struct TestServer {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Option<String>>>>,
+    /// The identities of the connections closed at the per-identity limit.
+    refused: Arc<Mutex<Vec<String>>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -87,16 +89,22 @@ impl TestServer {
             },
         );
 
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let report = Arc::clone(&refused);
         let (tx, rx) = oneshot::channel::<()>();
         let server = Server::builder().add_service(health);
         let incoming = TlsIncoming::new(listener, node.server_config())
-            .with_handshake_timeout(handshake_timeout);
+            .with_handshake_timeout(handshake_timeout)
+            .on_refused(Arc::new(move |identity: &str| {
+                report.lock().unwrap().push(identity.to_string())
+            }));
         let task = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
             let _ = rx.await;
         }));
         TestServer {
             addr,
             seen,
+            refused,
             shutdown: Some(tx),
             task,
         }
@@ -104,6 +112,10 @@ impl TestServer {
 
     fn seen(&self) -> Vec<Option<String>> {
         self.seen.lock().unwrap().clone()
+    }
+
+    fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
     }
 
     async fn stop(mut self) {
@@ -371,7 +383,8 @@ async fn a_silent_client_holds_up_no_one_and_is_cut_off_after_the_handshake_time
 }
 
 /// Goal: one certificate identity holds at most `CONNECTIONS_PER_IDENTITY_MAX` connections
-/// open at once; the next is closed after its handshake, while other identities are still
+/// open at once; the next is closed after its handshake and reported with its identity (what
+/// the witness counts in its metrics), while other identities are still
 /// served; once one of its connections closes, the identity may connect again. Method: the
 /// operator certificate opens connections up to the limit, each answering a health check
 /// and kept open; one more fails; a node certificate (another identity) is served; one of
@@ -405,6 +418,12 @@ async fn one_identity_holds_at_most_the_connection_limit() {
         matches!(past, Ok(Err(_)) | Err(_)),
         "a connection past the limit was served"
     );
+    let operator = server.seen()[0].clone().expect("the operator's identity");
+    let refused = server.refused();
+    assert!(
+        !refused.is_empty() && refused.iter().all(|identity| *identity == operator),
+        "the refusal is reported with the operator's identity: {refused:?}"
+    );
 
     tracing::info!("--- another identity is served meanwhile");
     let node = load(&c.ca1.nodes[0]);
@@ -429,5 +448,62 @@ async fn one_identity_holds_at_most_the_connection_limit() {
         }
     }
     drop(open);
+    server.stop().await;
+}
+
+/// Goal: at most `HANDSHAKES_MAX` handshakes are in progress at once: at the limit a client's
+/// handshake is still served; one past it, the client waits (in the kernel's accept backlog)
+/// until a handshake in progress ends, and is then served. Method: TCP connections that send
+/// nothing hold handshakes open (the server gives them a minute); with one place left a
+/// client is served; with none left a client's check has not finished after 2 s (no upper
+/// bound on time is asserted: a slow machine only makes it wait longer); once one silent
+/// connection closes, the waiting client is served within the deadline.
+#[tokio::test]
+async fn handshakes_in_progress_are_bounded_and_a_waiting_client_is_served_when_one_ends() {
+    use arbiter::tls::HANDSHAKES_MAX;
+    let c = two_cas();
+    let server =
+        TestServer::start_with_handshake_timeout(&load(&c.ca1.nodes[0]), Duration::from_secs(60))
+            .await;
+    let client = load(&c.ca1.client);
+    let hold = |n: usize| {
+        let addr = server.addr;
+        async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            held
+        }
+    };
+
+    tracing::info!("--- at the limit: one place left, a client is served");
+    let mut silent = hold(HANDSHAKES_MAX - 1).await;
+    assert_eq!(
+        check(server.addr, client.client_config(Some("localhost"))).await,
+        Ok(ServingStatus::Serving),
+        "the last place was refused"
+    );
+
+    tracing::info!("--- past the limit: every place held, a client waits");
+    // The served client's handshake has ended, so one place is free again: take it.
+    silent.extend(hold(1).await);
+    let addr = server.addr;
+    let tls = client.client_config(Some("localhost"));
+    let mut waiting = tokio::spawn(async move { check(addr, tls).await });
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "a handshake past the limit went ahead: {early:?}"
+    );
+
+    tracing::info!("--- a handshake ends: the waiting client is served");
+    drop(silent.pop());
+    let served = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the waiting client is served once a place is free")
+        .unwrap();
+    assert_eq!(served, Ok(ServingStatus::Serving));
+    drop(silent);
     server.stop().await;
 }

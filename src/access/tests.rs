@@ -122,32 +122,89 @@ fn role_uris_round_trip_and_malformed_ones_grant_nothing() {
     assert_eq!(both.roles, vec![Role::Viewer, Role::Check]);
 }
 
-/// Goal: every RPC of the protocol file has its row in the access table, so a new RPC is a
-/// decision about who may call it, never an accident.
-#[test]
-fn every_rpc_in_the_protocol_has_a_deliberate_row() {
+/// One RPC of the protocol file.
+struct Rpc {
+    service: &'static str,
+    rpc: &'static str,
+    /// Its request is a stream of messages.
+    client_streaming: bool,
+}
+
+/// Every RPC the protocol file declares, in its order.
+fn protocol_rpcs() -> Vec<Rpc> {
     let proto = include_str!("../../proto/arbiter.proto");
     let mut service = "";
-    let mut seen = 0;
+    let mut rpcs = Vec::new();
     for line in proto.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("service ") {
             service = rest.split_whitespace().next().unwrap();
         } else if let Some(rest) = line.strip_prefix("rpc ") {
-            let rpc = rest.split('(').next().unwrap().trim();
-            let (need, method) = need_of("POST", &format!("/arbiter.v1.{service}/{rpc}"));
-            assert_eq!(method, rpc);
-            let expected = match (service, rpc) {
-                ("Raft", _) => Need::Witness,
-                ("Fencing", _) => Need::SomeLease,
-                ("Arbiter", "PolicyApply" | "Init" | "MembersAdd" | "MembersRemove") => Need::Admin,
-                ("Arbiter", "Status" | "Watch" | "Operations" | "DnsCheck" | "PolicyShow")
-                | ("Arbiter", "MembersList") => Need::View,
-                ("Arbiter", _) => Need::Operate,
-                other => panic!("a service this test does not know: {other:?}"),
-            };
-            assert_eq!(need, expected, "{service}/{rpc}");
-            seen += 1;
+            let (rpc, request) = rest.split_once('(').unwrap();
+            rpcs.push(Rpc {
+                service,
+                rpc: rpc.trim(),
+                client_streaming: request.trim_start().starts_with("stream "),
+            });
         }
+    }
+    rpcs
+}
+
+/// Goal: every RPC of the protocol file has a deliberate message size limit: the
+/// client-streamed one is bounded by its stream's own limits, the bulk ones by theirs, every
+/// other by the small limit, which holds each of its bounded fields with room.
+#[test]
+fn every_rpc_in_the_protocol_has_a_deliberate_message_limit() {
+    use super::sizes::{message_bytes_max, SMALL_MESSAGE_BYTES_MAX};
+    let mut seen = 0;
+    for Rpc {
+        service,
+        rpc,
+        client_streaming,
+    } in protocol_rpcs()
+    {
+        let limit = message_bytes_max(&format!("/arbiter.v1.{service}/{rpc}"));
+        let expected = match (service, rpc) {
+            ("Raft", "InstallSnapshot") => None,
+            ("Raft", "AppendEntries") => Some(crate::raft::RAFT_MESSAGE_BYTES_MAX),
+            ("Raft", "ReportProbes") | ("Arbiter", "PolicyApply") => {
+                Some(crate::node::API_MESSAGE_BYTES_MAX)
+            }
+            _ => Some(SMALL_MESSAGE_BYTES_MAX),
+        };
+        assert_eq!(limit, expected, "{service}/{rpc}");
+        assert_eq!(limit.is_none(), client_streaming, "{service}/{rpc}");
+        seen += 1;
+    }
+    assert_eq!(seen, 26, "RPCs read from the protocol file");
+    let fields = crate::state::limits::REASON_BYTES_MAX
+        + crate::state::limits::REQUEST_ID_BYTES_MAX
+        + 4 * crate::state::limits::NAME_BYTES_MAX
+        + crate::state::limits::SERVER_BYTES_MAX;
+    assert!(8 * fields <= SMALL_MESSAGE_BYTES_MAX, "{fields}");
+    assert_eq!(message_bytes_max("/metrics"), None);
+    assert_eq!(message_bytes_max("/v1/groups/checkout/acquire"), None);
+}
+
+/// Goal: every RPC of the protocol file has its row in the access table, so a new RPC is a
+/// decision about who may call it, never an accident.
+#[test]
+fn every_rpc_in_the_protocol_has_a_deliberate_row() {
+    let mut seen = 0;
+    for Rpc { service, rpc, .. } in protocol_rpcs() {
+        let (need, method) = need_of("POST", &format!("/arbiter.v1.{service}/{rpc}"));
+        assert_eq!(method, rpc);
+        let expected = match (service, rpc) {
+            ("Raft", _) => Need::Witness,
+            ("Fencing", _) => Need::SomeLease,
+            ("Arbiter", "PolicyApply" | "Init" | "MembersAdd" | "MembersRemove") => Need::Admin,
+            ("Arbiter", "Status" | "Watch" | "Operations" | "DnsCheck" | "PolicyShow")
+            | ("Arbiter", "MembersList") => Need::View,
+            ("Arbiter", _) => Need::Operate,
+            other => panic!("a service this test does not know: {other:?}"),
+        };
+        assert_eq!(need, expected, "{service}/{rpc}");
+        seen += 1;
     }
     assert_eq!(seen, 26, "RPCs read from the protocol file");
     assert_eq!(

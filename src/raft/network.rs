@@ -304,18 +304,7 @@ impl RaftNetworkV2<C> for Connection {
             meta: snapshot.meta.clone(),
         })
         .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let data = snapshot.snapshot;
-        let mut chunks: Vec<SnapshotChunk> = data
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|c| SnapshotChunk {
-                header: Vec::new(),
-                data: c.to_vec(),
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(SnapshotChunk::default());
-        }
-        chunks[0].header = header;
+        let chunks = snapshot_chunks(header, &snapshot.snapshot);
         let mut req = tonic::Request::new(futures::stream::iter(chunks));
         req.set_timeout(option.hard_ttl());
         let mut client = self.client()?;
@@ -335,11 +324,31 @@ impl RaftNetworkV2<C> for Connection {
     }
 }
 
+/// The chunks a snapshot is streamed in: `header` (an encoded [`SnapshotHeader`]) in the
+/// first, `data` cut into [`SNAPSHOT_CHUNK_BYTES`] pieces; at least one chunk.
+fn snapshot_chunks(header: Vec<u8>, data: &[u8]) -> Vec<SnapshotChunk> {
+    let mut chunks: Vec<SnapshotChunk> = data
+        .chunks(SNAPSHOT_CHUNK_BYTES)
+        .map(|c| SnapshotChunk {
+            header: Vec::new(),
+            data: c.to_vec(),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(SnapshotChunk::default());
+    }
+    chunks[0].header = header;
+    chunks
+}
+
 /// Collects a streamed snapshot on the receiving side: header from the first chunk, data
 /// appended, bounded by [`SNAPSHOT_BYTES_MAX`].
-pub(crate) async fn collect_snapshot(
-    mut stream: tonic::Streaming<SnapshotChunk>,
-) -> Result<(SnapshotHeader, Vec<u8>), tonic::Status> {
+pub(crate) async fn collect_snapshot<S>(
+    mut stream: S,
+) -> Result<(SnapshotHeader, Vec<u8>), tonic::Status>
+where
+    S: futures::Stream<Item = Result<SnapshotChunk, tonic::Status>> + Unpin,
+{
     let mut header = None;
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -351,9 +360,9 @@ pub(crate) async fn collect_snapshot(
                 })?);
         }
         if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-            return Err(tonic::Status::resource_exhausted(
-                "snapshot larger than the limit",
-            ));
+            return Err(tonic::Status::resource_exhausted(format!(
+                "InstallSnapshot: snapshot larger than the limit of {SNAPSHOT_BYTES_MAX} bytes"
+            )));
         }
         data.extend_from_slice(&chunk.data);
     }
@@ -362,9 +371,43 @@ pub(crate) async fn collect_snapshot(
 }
 
 #[cfg(test)]
-mod limit_tests {
+pub(crate) mod limit_tests {
     use super::*;
     use crate::state::{Command, Proposal, PROPOSAL_BYTES_MAX};
+
+    /// The chunk stream of a snapshot of `bytes` bytes, as a sender streams it.
+    pub(crate) fn snapshot_of(
+        bytes: usize,
+    ) -> impl futures::Stream<Item = Result<SnapshotChunk, tonic::Status>> + Unpin {
+        let header = encode(&SnapshotHeader {
+            vote: openraft::Vote::new(1, 1),
+            meta: Default::default(),
+        })
+        .unwrap();
+        futures::stream::iter(
+            snapshot_chunks(header, &vec![7u8; bytes])
+                .into_iter()
+                .map(Ok),
+        )
+    }
+
+    /// Goal: a snapshot of exactly [`SNAPSHOT_BYTES_MAX`] is received whole, and one byte
+    /// more is `RESOURCE_EXHAUSTED` naming the limit. Method: the sender's own chunking,
+    /// collected as the receiving service collects it.
+    #[tokio::test]
+    async fn a_snapshot_at_the_limit_is_received_and_one_byte_past_it_is_refused() {
+        let (_, data) = collect_snapshot(snapshot_of(SNAPSHOT_BYTES_MAX))
+            .await
+            .expect("a snapshot at the limit");
+        assert_eq!(data.len(), SNAPSHOT_BYTES_MAX);
+        assert!(data.iter().all(|&b| b == 7), "received as sent");
+        let past = collect_snapshot(snapshot_of(SNAPSHOT_BYTES_MAX + 1))
+            .await
+            .map(|(_, data)| data.len())
+            .expect_err("one byte past the limit");
+        assert_eq!(past.code(), tonic::Code::ResourceExhausted);
+        assert!(past.message().contains("larger than the limit"), "{past}");
+    }
 
     /// Goal: a full AppendEntries batch of the largest proposal `propose` accepts fits one
     /// Raft message, encoded exactly as the network encodes it. Method: a detail string

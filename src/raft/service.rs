@@ -15,7 +15,7 @@ use openraft::Snapshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::consensus::Consensus;
-use super::network::{collect_snapshot, decode, encode};
+use super::network::{collect_snapshot, decode, encode, SnapshotHeader};
 use super::types::TypeConfig;
 use crate::proto::raft_server::Raft as RaftRpc;
 use crate::proto::{HelloReply, HelloRequest, ProbeAck, ProbeReport, RaftMessage, SnapshotChunk};
@@ -58,6 +58,30 @@ impl SnapshotStreams {
                  already, the most this witness takes at once; retry when one has finished"
             ))
         })
+    }
+
+    /// One whole snapshot from `stream`, received in a place of its own and within
+    /// `within` ([`SNAPSHOT_RECEIVE_TIMEOUT`] in service): `RESOURCE_EXHAUSTED` when every
+    /// place is taken or the snapshot is larger than the limit, `DEADLINE_EXCEEDED` when it
+    /// did not arrive whole in time. The place is freed when this returns, whatever the
+    /// outcome.
+    pub(crate) async fn receive<S>(
+        &self,
+        stream: S,
+        within: std::time::Duration,
+    ) -> Result<(SnapshotHeader, Vec<u8>), Status>
+    where
+        S: futures::Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
+    {
+        let _place = self.enter()?;
+        tokio::time::timeout(within, collect_snapshot(stream))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "InstallSnapshot: the snapshot did not arrive whole within {} s",
+                    within.as_secs()
+                ))
+            })?
     }
 }
 
@@ -172,16 +196,10 @@ impl RaftRpc for RaftService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
         let caller = witness_caller(&req, "InstallSnapshot")?;
-        let _place = self.snapshots.enter()?;
-        let (header, data) =
-            tokio::time::timeout(SNAPSHOT_RECEIVE_TIMEOUT, collect_snapshot(req.into_inner()))
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "InstallSnapshot: the snapshot did not arrive whole within {} s",
-                        SNAPSHOT_RECEIVE_TIMEOUT.as_secs()
-                    ))
-                })??;
+        let (header, data) = self
+            .snapshots
+            .receive(req.into_inner(), SNAPSHOT_RECEIVE_TIMEOUT)
+            .await?;
         as_itself(caller, voter_of(&header.vote), "InstallSnapshot", "leader")?;
         let snapshot = Snapshot {
             meta: header.meta,
@@ -245,5 +263,64 @@ mod tests {
         held.pop();
         held.push(streams.enter().expect("a finished stream frees its place"));
         assert!(streams.enter().is_err(), "the freed place is taken again");
+    }
+
+    /// `stream`, each item delayed by `gap` of (paused) time.
+    fn slowly<S: futures::Stream + Unpin>(
+        stream: S,
+        gap: std::time::Duration,
+    ) -> impl futures::Stream<Item = S::Item> + Unpin {
+        use futures::StreamExt;
+        Box::pin(stream.then(move |item| async move {
+            tokio::time::sleep(gap).await;
+            item
+        }))
+    }
+
+    /// Goal: a snapshot arriving whole within [`SNAPSHOT_RECEIVE_TIMEOUT`] is received; one
+    /// whose sender stalls is `DEADLINE_EXCEEDED` once the time is up, and its place is
+    /// freed, so stalled senders cannot keep a leader's snapshot out. Method: paused time; a
+    /// snapshot of 4 chunks, one every quarter of the limit less a second, is received;
+    /// streams holding every place (a third is refused meanwhile), each stalling after its
+    /// first chunk, both end `DEADLINE_EXCEEDED` after the limit and not before, and every
+    /// place is free again.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_snapshot_stream_ends_at_the_receive_time_and_frees_its_place() {
+        use super::super::network::limit_tests::snapshot_of;
+        use futures::StreamExt;
+        let streams = SnapshotStreams::default();
+        let bytes = 3 * super::super::network::SNAPSHOT_CHUNK_BYTES + 1;
+        let gap = SNAPSHOT_RECEIVE_TIMEOUT / 4 - std::time::Duration::from_secs(1);
+        let (_, data) = streams
+            .receive(slowly(snapshot_of(bytes), gap), SNAPSHOT_RECEIVE_TIMEOUT)
+            .await
+            .expect("a snapshot arriving just within the time");
+        assert_eq!(data.len(), bytes);
+
+        let started = tokio::time::Instant::now();
+        let stalled = || Box::pin(snapshot_of(bytes).take(1).chain(futures::stream::pending()));
+        let meanwhile = async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            streams.enter().map(drop)
+        };
+        let (a, b, third) = tokio::join!(
+            streams.receive(stalled(), SNAPSHOT_RECEIVE_TIMEOUT),
+            streams.receive(stalled(), SNAPSHOT_RECEIVE_TIMEOUT),
+            meanwhile,
+        );
+        assert!(third.is_err(), "the stalled streams hold every place");
+        assert_eq!(started.elapsed(), SNAPSHOT_RECEIVE_TIMEOUT);
+        for ended in [a, b] {
+            let e = ended
+                .map(|(_, data)| data.len())
+                .expect_err("a stalled stream");
+            assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+            assert!(e.message().contains("120 s"), "{e}");
+        }
+        assert_eq!(
+            streams.0.available_permits(),
+            SNAPSHOT_STREAMS_MAX,
+            "every place is freed"
+        );
     }
 }

@@ -113,6 +113,9 @@ pub struct Metrics {
     /// Writes refused by `access.writes_per_minute`, by method and identity (bounded with
     /// the denials).
     rate_limited: Family<Labels<2>, Counter>,
+    /// Connections closed after their handshake because their identity already held
+    /// `CONNECTIONS_PER_IDENTITY_MAX` open, by limit and identity (bounded with the denials).
+    connections_refused: Family<Labels<2>, Counter>,
     /// The (method, identity) pairs that have a series of their own, in either family.
     denial_series: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -212,6 +215,12 @@ impl Metrics {
             "Writes this witness refused because the caller's identity had used its access.writes_per_minute, by method and caller identity",
             rate_limited.clone(),
         );
+        let connections_refused = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "arbiter_connections_refused",
+            "Connections this witness closed right after their TLS handshake because the caller's identity already held the most connections allowed, by limit and caller identity",
+            connections_refused.clone(),
+        );
         registry.register_collector(collector);
 
         Arc::new(Metrics {
@@ -226,6 +235,7 @@ impl Metrics {
             dns_repairs,
             denials,
             rate_limited,
+            connections_refused,
             denial_series: Default::default(),
         })
     }
@@ -247,7 +257,7 @@ impl Metrics {
     /// One refused request: counted by method and identity (bounded), and logged the first
     /// time for its series and then once in [`DENIAL_LOG_EVERY`].
     pub fn denied(&self, denied: &crate::access::Denied) {
-        let count = self.count_refusal(&self.denials, &denied.method, &denied.identity);
+        let count = self.count_refusal(&self.denials, ("method", &denied.method), &denied.identity);
         if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
             tracing::warn!(
                 method = %denied.method,
@@ -262,21 +272,38 @@ impl Metrics {
 
     /// One write refused by `access.writes_per_minute`: counted and logged as [`Self::denied`].
     pub fn rate_limited(&self, method: &str, identity: &str, per_minute: u32) {
-        let count = self.count_refusal(&self.rate_limited, method, identity);
+        let count = self.count_refusal(&self.rate_limited, ("method", method), identity);
         if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
             tracing::warn!(method, identity, per_minute, count, "write rate limited");
         }
     }
 
-    /// Increments `family`'s series of (`method`, `identity`), or of identity `other` past
-    /// [`DENIAL_SERIES_MAX`] series; returns the new count.
+    /// One connection closed because `identity` already held
+    /// `CONNECTIONS_PER_IDENTITY_MAX` connections: counted and logged as [`Self::denied`].
+    pub fn connection_refused(&self, identity: &str) {
+        let limit = "connections-per-identity";
+        let count = self.count_refusal(&self.connections_refused, ("limit", limit), identity);
+        if count == 1 || count.is_multiple_of(DENIAL_LOG_EVERY) {
+            tracing::warn!(
+                identity,
+                limit = crate::tls::CONNECTIONS_PER_IDENTITY_MAX,
+                count,
+                "connection closed: its identity holds the most connections allowed"
+            );
+        }
+    }
+
+    /// Increments `family`'s series of (`what`, `identity`), `what` being a label such as
+    /// the refused method, or of identity `other` past [`DENIAL_SERIES_MAX`] series; returns
+    /// the new count.
     fn count_refusal(
         &self,
         family: &Family<Labels<2>, Counter>,
-        method: &str,
+        what: (&'static str, &str),
         identity: &str,
     ) -> u64 {
-        let key = (method.to_string(), identity.to_string());
+        let (label, value) = what;
+        let key = (value.to_string(), identity.to_string());
         let identity = {
             let mut series = self.denial_series.lock().expect("denial series lock");
             if series.contains(&key) || series.len() < DENIAL_SERIES_MAX {
@@ -287,7 +314,7 @@ impl Metrics {
             }
         };
         family
-            .get_or_create(&[("method", method.to_string()), ("identity", identity)])
+            .get_or_create(&[(label, value.to_string()), ("identity", identity)])
             .inc()
             + 1
     }
@@ -509,5 +536,27 @@ mod tests {
             .filter(|l| l.starts_with("arbiter_access_denied_total{"))
             .count();
         assert_eq!(lines, DENIAL_SERIES_MAX + 1);
+    }
+
+    /// Goal: a connection closed at the per-identity limit is counted under that limit and
+    /// identity, apart from the denials of the same identity.
+    #[test]
+    fn refused_connections_are_counted_per_identity() {
+        let m = Metrics::with_collector(Box::new(Nothing));
+        m.connection_refused("vic");
+        m.connection_refused("vic");
+        m.connection_refused(crate::tls::UNNAMED_IDENTITY);
+        let text = m.encode();
+        let series = |identity: &str| {
+            line_value(
+                &text,
+                &format!(
+                    r#"arbiter_connections_refused_total{{limit="connections-per-identity",identity="{identity}"}}"#
+                ),
+            )
+        };
+        assert_eq!(series("vic"), Some("2".into()), "{text}");
+        assert_eq!(series("unknown"), Some("1".into()), "{text}");
+        assert!(!text.contains("arbiter_access_denied_total{"), "{text}");
     }
 }

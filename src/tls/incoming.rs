@@ -12,7 +12,8 @@
 //!
 //! It also bounds the connections one certificate identity holds open at once
 //! ([`CONNECTIONS_PER_IDENTITY_MAX`]): a connection past it is closed as soon as its
-//! handshake shows who it is.
+//! handshake shows who it is, and reported to [`TlsIncoming::on_refused`]'s callback (the
+//! witness counts it in its metrics).
 //!
 //! It must never yield a stream whose handshake did not complete (the configuration demands
 //! a client certificate of the cluster CA), never let a slow or failed handshake hold up any
@@ -74,7 +75,12 @@ pub struct TlsIncoming {
     /// Open connections per certificate identity, at most [`CONNECTIONS_PER_IDENTITY_MAX`]
     /// each; an identity leaves the map when its last connection closes.
     open: Arc<Mutex<HashMap<String, usize>>>,
+    /// Told the identity of each connection closed for [`CONNECTIONS_PER_IDENTITY_MAX`].
+    refused: Option<RefusalReport>,
 }
+
+/// What [`TlsIncoming`] calls with the identity of a connection it closed at the limit.
+pub type RefusalReport = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// An established connection, counted against its identity's
 /// [`CONNECTIONS_PER_IDENTITY_MAX`] until it is dropped. Reads, writes and the connection
@@ -171,7 +177,15 @@ impl TlsIncoming {
             handshakes: JoinSet::new(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
             open: Arc::default(),
+            refused: None,
         }
+    }
+
+    /// Calls `report` with the identity of every connection closed because its identity
+    /// already held [`CONNECTIONS_PER_IDENTITY_MAX`] connections.
+    pub fn on_refused(mut self, report: RefusalReport) -> Self {
+        self.refused = Some(report);
+        self
     }
 
     /// The established `stream` counted against its identity, or `None` (the stream
@@ -184,7 +198,7 @@ impl TlsIncoming {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .and_then(super::common_name_of)
-            .unwrap_or_default();
+            .unwrap_or_else(|| super::UNNAMED_IDENTITY.to_string());
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(identity.clone()).or_default();
         if *n >= CONNECTIONS_PER_IDENTITY_MAX {
@@ -194,6 +208,10 @@ impl TlsIncoming {
                 limit = CONNECTIONS_PER_IDENTITY_MAX,
                 "connection closed: its identity holds the most connections allowed"
             );
+            drop(open);
+            if let Some(report) = &self.refused {
+                report(&identity);
+            }
             return None;
         }
         *n += 1;

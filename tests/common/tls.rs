@@ -8,6 +8,24 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::DEADLINE;
 
+/// A gRPC channel to the witness at `addr` presenting `paths`' certificate (trusting their
+/// CA), connected.
+pub async fn channel(
+    addr: impl std::fmt::Display,
+    paths: &arbiter::tls::TlsPaths,
+) -> tonic::transport::Channel {
+    arbiter::tls::install_crypto_provider();
+    let tls = arbiter::tls::TlsMaterial::load(paths).unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.client_config(Some("localhost")))
+        .unwrap()
+        .connect_timeout(DEADLINE)
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A TLS 1.2 handshake with the witness at `addr` presenting `paths` (trusting their CA):
 /// `Ok` once it completes, `Err` with the TLS error when the witness refuses us. TLS 1.2
 /// because there the server judges the client certificate before its own `Finished`, so the
