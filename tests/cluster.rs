@@ -269,6 +269,54 @@ async fn second_initialisation_is_refused() {
     cluster.stop().await;
 }
 
+/// Goal: `init` initialises only peers whose certificates name the id and site the node file
+/// gives them: a node file that puts witness 3 at another site than its certificate refuses
+/// the init naming both, and nothing is initialised (an init with the corrected file then
+/// works). Method: witness 1 restarted with its node file's entry for witness 3 at a wrong
+/// site; init through it; then restarted with the right file and init again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_a_peer_whose_certificate_names_another_site() {
+    let mut cluster = Cluster::start(3).await;
+    let right = cluster.witnesses[0].config.clone();
+    let mut wrong = right.clone();
+    let peer = wrong.peers.iter_mut().find(|p| p.id == 3).unwrap();
+    let served_site = peer.site.clone();
+    peer.site = "elsewhere".into();
+    cluster.witnesses[0].kill().await;
+    cluster.witnesses[0] = Witness::start(wrong).await;
+
+    let e = cluster
+        .client_of(0)
+        .init()
+        .await
+        .expect_err("a peer at another site than its certificate's");
+    assert_eq!(e.kind, "invalid-argument", "{e}");
+    assert!(
+        e.message.contains(&format!(
+            "names witness 3 at site {served_site}, not witness 3 at site elsewhere"
+        )),
+        "{e}"
+    );
+    assert!(e.message.contains("peers"), "{e}");
+    for i in 0..3 {
+        let view = cluster.witnesses[i].node().consensus.view();
+        assert!(
+            view.members.is_empty(),
+            "witness {} was initialised: {view:?}",
+            i + 1
+        );
+    }
+
+    cluster.witnesses[0].kill().await;
+    cluster.witnesses[0] = Witness::start(right).await;
+    cluster
+        .client_of(0)
+        .init()
+        .await
+        .expect("init with the node file the certificates agree with");
+    cluster.stop().await;
+}
+
 /// Goal: a witness restarted with a wiped data dir under its old id is refused, because it
 /// would vote again with no memory of its earlier vote. Method: kill a follower, delete its
 /// data dir, start it again: start-up fails naming the cause; the cluster keeps working.

@@ -22,6 +22,14 @@ use crate::state::{
 };
 use crate::tls::LiveTls;
 
+/// Why a witness's id and site could not be confirmed from its certificate.
+enum Unverified {
+    /// It could not be asked (not running, unreachable, no handshake in time).
+    Unreachable(String),
+    /// Its certificate names another id or site.
+    Mismatch(String),
+}
+
 /// Audit entries returned by `Status` when the caller does not say.
 const AUDIT_LIMIT_DEFAULT: u32 = 20;
 /// Upper bound on audit entries in one reply.
@@ -29,10 +37,10 @@ const AUDIT_LIMIT_MAX: u32 = 1_000;
 /// Queued watch events per subscriber; a subscriber that falls further behind is dropped
 /// (it reconnects and gets the current state).
 const WATCH_QUEUE: usize = 64;
-/// Bounds on request fields from the network.
 /// How long `Init` waits for the new cluster to elect a leader and record its id.
 const INIT_WAIT: Duration = Duration::from_secs(30);
-/// How long `MembersAdd` waits for the new witness's TLS handshake.
+/// How long `MembersAdd` and `Init` wait for a witness's TLS handshake when they ask it
+/// who it is.
 const MEMBER_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// The public API of one witness.
@@ -96,6 +104,30 @@ impl ApiService {
             },
             command,
         }
+    }
+
+    /// Whether the witness at `addr` is witness `id` at `site` by its certificate: a TLS
+    /// handshake as its peers make one, then the names the cluster CA signed into it.
+    async fn served_witness(&self, id: u64, addr: &str, site: &str) -> Result<(), Unverified> {
+        let served = self
+            .tls
+            .current()
+            .served_identity(addr, MEMBER_HANDSHAKE_WAIT)
+            .await
+            .map_err(|e| {
+                Unverified::Unreachable(format!("cannot ask the witness at {addr} who it is: {e}"))
+            })?;
+        if served.witness == Some(id) && served.site.as_deref() == Some(site) {
+            return Ok(());
+        }
+        let named = match (served.witness, served.site.as_deref()) {
+            (None, _) => format!("names no witness id ({})", served.identity),
+            (Some(id), Some(site)) => format!("names witness {id} at site {site}"),
+            (Some(id), None) => format!("names witness {id} and no site"),
+        };
+        Err(Unverified::Mismatch(format!(
+            "the certificate of the witness at {addr} {named}, not witness {id} at site {site}"
+        )))
     }
 
     /// Checks that the membership change from the current voters to `after` keeps the
@@ -846,6 +878,35 @@ impl Arbiter for ApiService {
             )
             .into());
         }
+        // Each initial peer's id and site are the ones its certificate names, as for
+        // `members add`. A peer not running yet cannot be asked; it is let in (a majority is
+        // enough to start), and its certificate still has to name its id to speak Raft.
+        let checks = self
+            .peers
+            .iter()
+            .map(|p| self.served_witness(p.id, &p.addr, &p.site));
+        for (peer, check) in self
+            .peers
+            .iter()
+            .zip(futures::future::join_all(checks).await)
+        {
+            match check {
+                Ok(()) => {}
+                Err(Unverified::Unreachable(e)) => {
+                    tracing::warn!(peer = peer.id, "initial peer not verified: {e}");
+                }
+                Err(Unverified::Mismatch(e)) => {
+                    return Err(ApiError::invalid(
+                        "peers",
+                        format!(
+                            "{e}: correct the peer's id or site in the node files (or its \
+                             certificate), then init again; nothing was initialised"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
         self.consensus
             .initialize(&self.peers)
             .await
@@ -918,29 +979,20 @@ impl Arbiter for ApiService {
         )?;
         // The site is the one the CA signed into the witness's certificate, not only what
         // the operator typed: ask the witness.
-        let served = self
-            .tls
-            .current()
-            .served_identity(&r.addr, MEMBER_HANDSHAKE_WAIT)
-            .await
-            .map_err(|e| {
-                ApiError::from(ConsensusError::Membership(format!(
-                    "cannot ask the witness at {} who it is: {e}; start it first",
-                    r.addr
+        match self.served_witness(r.id, &r.addr, &r.site).await {
+            Ok(()) => {}
+            Err(Unverified::Unreachable(e)) => {
+                return Err(ApiError::from(ConsensusError::Membership(format!(
+                    "{e}; start it first"
                 )))
-            })?;
-        if served.witness != Some(r.id) || served.site.as_deref() != Some(r.site.as_str()) {
-            let named = match (served.witness, served.site.as_deref()) {
-                (None, _) => format!("names no witness id ({})", served.identity),
-                (Some(id), Some(site)) => format!("names witness {id} at site {site}"),
-                (Some(id), None) => format!("names witness {id} and no site"),
-            };
-            return Err(ApiError::from(ConsensusError::Membership(format!(
-                "the certificate of the witness at {} {named}, not witness {} at site {}: \
-                 give the id and site its node file and certificate name",
-                r.addr, r.id, r.site
-            )))
-            .into());
+                .into())
+            }
+            Err(Unverified::Mismatch(e)) => {
+                return Err(ApiError::from(ConsensusError::Membership(format!(
+                    "{e}: give the id and site its node file and certificate name"
+                )))
+                .into())
+            }
         }
         self.consensus
             .add_member(r.id, r.addr.clone(), r.site.clone())
