@@ -101,4 +101,57 @@ pub mod wallclock;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("arbiter.v1");
+
+    /// One RPC the protocol file declares.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Rpc {
+        /// Its service (`Raft`, `Arbiter`, `Fencing`), without the package.
+        pub service: &'static str,
+        /// Its name (`Failover`).
+        pub rpc: &'static str,
+        /// Its request is a stream of messages.
+        pub client_streaming: bool,
+        /// Its answer is a stream of messages.
+        pub server_streaming: bool,
+    }
+
+    impl Rpc {
+        /// Its gRPC path: `/arbiter.v1.Service/Rpc`.
+        pub fn path(&self) -> String {
+            format!("/arbiter.v1.{}/{}", self.service, self.rpc)
+        }
+    }
+
+    /// Every RPC of `proto/arbiter.proto`, in its order, read from the file itself, so that
+    /// the tables keyed by RPC (who may call it, how large its request may be) and the tests
+    /// sending every RPC can be checked to miss none.
+    pub fn rpcs() -> Vec<Rpc> {
+        let mut service = "";
+        let mut rpcs = Vec::new();
+        for line in include_str!("../proto/arbiter.proto")
+            .lines()
+            .map(str::trim)
+        {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().unwrap_or_default();
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                let Some((rpc, rest)) = rest.split_once('(') else {
+                    continue;
+                };
+                let Some((_, answer)) = rest.split_once("returns") else {
+                    continue;
+                };
+                rpcs.push(Rpc {
+                    service,
+                    rpc: rpc.trim(),
+                    client_streaming: rest.trim_start().starts_with("stream "),
+                    server_streaming: answer
+                        .trim_start()
+                        .trim_start_matches('(')
+                        .starts_with("stream "),
+                });
+            }
+        }
+        rpcs
+    }
 }

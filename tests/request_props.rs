@@ -45,28 +45,17 @@ fn runner() -> TestRunner {
     })
 }
 
-/// Every unary RPC of the public gRPC services, by path.
-const UNARY: [&str; 19] = [
-    "/arbiter.v1.Arbiter/Status",
-    "/arbiter.v1.Arbiter/Failover",
-    "/arbiter.v1.Arbiter/Failback",
-    "/arbiter.v1.Arbiter/Approve",
-    "/arbiter.v1.Arbiter/Retry",
-    "/arbiter.v1.Arbiter/Skip",
-    "/arbiter.v1.Arbiter/Abort",
-    "/arbiter.v1.Arbiter/Operations",
-    "/arbiter.v1.Arbiter/SetMode",
-    "/arbiter.v1.Arbiter/DnsCheck",
-    "/arbiter.v1.Arbiter/PolicyApply",
-    "/arbiter.v1.Arbiter/PolicyShow",
-    "/arbiter.v1.Arbiter/Init",
-    "/arbiter.v1.Arbiter/MembersList",
-    "/arbiter.v1.Arbiter/MembersAdd",
-    "/arbiter.v1.Arbiter/MembersRemove",
-    "/arbiter.v1.Fencing/Acquire",
-    "/arbiter.v1.Fencing/Renew",
-    "/arbiter.v1.Fencing/Check",
-];
+/// Every unary RPC of the public gRPC services (all but the witnesses' `Raft`), by path,
+/// read from the protocol file so that a new RPC is sent too.
+fn unary() -> Vec<String> {
+    let paths: Vec<String> = proto::rpcs()
+        .into_iter()
+        .filter(|r| r.service != "Raft" && !r.client_streaming && !r.server_streaming)
+        .map(|r| r.path())
+        .collect();
+    assert_eq!(paths.len(), 19, "{paths:?}");
+    paths
+}
 
 /// A codec that sends and receives bytes as they are: the request is whatever the test
 /// made, decoded only by the witness.
@@ -285,7 +274,7 @@ fn any_request_to_a_public_rpc_is_answered_and_a_refusal_changes_nothing() {
     let (accepted, refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
     runner()
         .run(
-            &(prop::sample::select(UNARY.to_vec()), message()),
+            &(prop::sample::select(unary()), message()),
             |(path, body)| {
                 rt.block_on(async {
                     let before = settled(&client).await;
@@ -295,7 +284,8 @@ fn any_request_to_a_public_rpc_is_answered_and_a_refusal_changes_nothing() {
                     req.set_timeout(CALL_DEADLINE);
                     let call = grpc.unary(
                         req,
-                        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                        path.parse::<tonic::codegen::http::uri::PathAndQuery>()
+                            .expect("a gRPC path"),
                         Raw,
                     );
                     let answer = tokio::time::timeout(CALL_DEADLINE, call)

@@ -122,34 +122,6 @@ fn role_uris_round_trip_and_malformed_ones_grant_nothing() {
     assert_eq!(both.roles, vec![Role::Viewer, Role::Check]);
 }
 
-/// One RPC of the protocol file.
-struct Rpc {
-    service: &'static str,
-    rpc: &'static str,
-    /// Its request is a stream of messages.
-    client_streaming: bool,
-}
-
-/// Every RPC the protocol file declares, in its order.
-fn protocol_rpcs() -> Vec<Rpc> {
-    let proto = include_str!("../../proto/arbiter.proto");
-    let mut service = "";
-    let mut rpcs = Vec::new();
-    for line in proto.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("service ") {
-            service = rest.split_whitespace().next().unwrap();
-        } else if let Some(rest) = line.strip_prefix("rpc ") {
-            let (rpc, request) = rest.split_once('(').unwrap();
-            rpcs.push(Rpc {
-                service,
-                rpc: rpc.trim(),
-                client_streaming: request.trim_start().starts_with("stream "),
-            });
-        }
-    }
-    rpcs
-}
-
 /// Goal: every RPC of the protocol file has a deliberate message size limit: the
 /// client-streamed one is bounded by its stream's own limits, the bulk ones by theirs, every
 /// other by the small limit, which holds each of its bounded fields with room.
@@ -157,11 +129,12 @@ fn protocol_rpcs() -> Vec<Rpc> {
 fn every_rpc_in_the_protocol_has_a_deliberate_message_limit() {
     use super::sizes::{message_bytes_max, SMALL_MESSAGE_BYTES_MAX};
     let mut seen = 0;
-    for Rpc {
+    for crate::proto::Rpc {
         service,
         rpc,
         client_streaming,
-    } in protocol_rpcs()
+        ..
+    } in crate::proto::rpcs()
     {
         let limit = message_bytes_max(&format!("/arbiter.v1.{service}/{rpc}"));
         let expected = match (service, rpc) {
@@ -191,7 +164,7 @@ fn every_rpc_in_the_protocol_has_a_deliberate_message_limit() {
 #[test]
 fn every_rpc_in_the_protocol_has_a_deliberate_row() {
     let mut seen = 0;
-    for Rpc { service, rpc, .. } in protocol_rpcs() {
+    for crate::proto::Rpc { service, rpc, .. } in crate::proto::rpcs() {
         let (need, method) = need_of("POST", &format!("/arbiter.v1.{service}/{rpc}"));
         assert_eq!(method, rpc);
         let expected = match (service, rpc) {
