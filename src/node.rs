@@ -231,6 +231,10 @@ impl Node {
                 metrics: metrics.clone(),
             }),
             snapshots: Default::default(),
+            denials: {
+                let metrics = metrics.clone();
+                Arc::new(move |denied| metrics.denied(denied))
+            },
         })
         .max_decoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::raft::RAFT_MESSAGE_BYTES_MAX);
@@ -239,6 +243,7 @@ impl Node {
             config.peers.clone(),
             tables.clone(),
             tls.clone(),
+            metrics.clone(),
         ))
         .max_decoding_message_size(API_MESSAGE_BYTES_MAX);
         let fencing = crate::fencing::Fencing::new(

@@ -503,6 +503,15 @@ fn two_person_approval_needs_two_identities_and_break_glass_is_audited() {
         counted, 3.0,
         "one break-glass approval, on each of three witnesses"
     );
+    let refused = rt.block_on(metric_sum(
+        &c,
+        &viewer,
+        r#"arbiter_access_denied_total{method="Approve --break-glass",identity="olga"} "#,
+    ));
+    assert_eq!(
+        refused, 1.0,
+        "the operator's break-glass attempt is counted once"
+    );
 }
 
 /// The serial, lowercase hex without leading zeros (the denylist's normal form), of the

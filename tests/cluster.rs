@@ -464,8 +464,9 @@ async fn peers_and_clients_with_another_ca_are_refused() {
 /// candidate or in a hello), so one witness cannot pose as a majority reporting a region down.
 /// Method: a running 3-witness cluster; each RPC dialled with the client certificate, then
 /// with node 2's certificate naming node 1 as the sender; every refusal is
-/// `PERMISSION_DENIED` naming why, and the cluster's state is unchanged afterwards. Node 2
-/// speaking as itself is answered.
+/// `PERMISSION_DENIED` naming why, counted in the witness's metrics as the access check's
+/// refusals are, and the cluster's state is unchanged afterwards. Node 2 speaking as itself
+/// is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
     use arbiter::proto::raft_client::RaftClient;
@@ -560,6 +561,13 @@ async fn raft_service_answers_only_witnesses_speaking_as_themselves() {
                 needle,
             );
         }
+    }
+
+    tracing::info!("--- each refusal of witness 2 is counted under its RPC and identity");
+    let text = cluster.witnesses[0].node().metrics.encode();
+    for rpc in ["AppendEntries", "Vote", "PreVote", "ReportProbes", "Hello"] {
+        let line = format!(r#"arbiter_access_denied_total{{method="{rpc}",identity="node-2"}} 1"#);
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
 
     tracing::info!("--- witness 2 speaking as itself is answered");

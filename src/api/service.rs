@@ -52,6 +52,9 @@ pub struct ApiService {
     tables: Arc<LeaderTables>,
     /// This witness's TLS material, to ask a witness being added who it is.
     tls: Arc<LiveTls>,
+    /// Where the refusals made here (a break-glass approval without the role) are counted,
+    /// as the access check's are.
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl ApiService {
@@ -60,12 +63,14 @@ impl ApiService {
         peers: Vec<Peer>,
         tables: Arc<LeaderTables>,
         tls: Arc<LiveTls>,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
         Self {
             consensus,
             peers,
             tables,
             tls,
+            metrics,
         }
     }
 
@@ -543,9 +548,12 @@ impl Arbiter for ApiService {
         // The table cannot see the flag: the break-glass role is checked here. The state
         // machine refuses a break-glass approval without a reason.
         if r.break_glass {
-            Caller::of(&req)
-                .require("Approve --break-glass", &crate::access::Need::BreakGlass)
-                .map_err(ApiError::from)?;
+            if let Err(denied) =
+                Caller::of(&req).require("Approve --break-glass", &crate::access::Need::BreakGlass)
+            {
+                self.metrics.denied(&denied);
+                return Err(ApiError::from(denied).into());
+            }
         }
         let break_glass = r.break_glass.then(|| r.reason.clone());
         let reply = self

@@ -92,6 +92,8 @@ pub struct RaftService {
     pub(crate) reports: Arc<dyn ProbeReports>,
     /// Places for the snapshot streams being received.
     pub(crate) snapshots: SnapshotStreams,
+    /// Where refusals are counted.
+    pub(crate) denials: DenialReport,
 }
 
 fn bad_request(e: serde_json::Error) -> Status {
@@ -108,35 +110,66 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
-/// The witness id the caller's certificate names; a caller without one is refused.
-fn witness_caller<T>(req: &Request<T>, rpc: &str) -> Result<u64, Status> {
-    let caller = crate::access::Caller::of(req);
-    caller.witness.ok_or_else(|| {
-        let who = caller.identity;
-        tracing::warn!(rpc, caller = %who, "refused: not a witness certificate");
-        Status::permission_denied(format!(
-            "{rpc} is for witnesses only: the caller's certificate ({who}) names no witness id \
-             (a URI SAN {}<id>)",
-            crate::tls::WITNESS_URI_PREFIX
-        ))
-    })
+/// Where this service's refusals go: the witness counts them in its metrics and logs them,
+/// bounded, as it does the access check's (a flood of refusals grows neither the log nor
+/// the replicated state).
+pub type DenialReport = Arc<dyn Fn(&crate::access::Denied) + Send + Sync>;
+
+/// A caller whose certificate names a witness.
+struct WitnessCaller {
+    /// The witness id its certificate names.
+    id: u64,
+    /// Its certificate's common name.
+    identity: String,
 }
 
-/// Refuses a witness speaking for another: `claimed` is the id the message names as its
-/// sender (leader, candidate, reporter).
-fn as_itself(caller: u64, claimed: u64, rpc: &str, role: &str) -> Result<(), Status> {
-    if caller == claimed {
-        return Ok(());
+impl RaftService {
+    /// The caller, when its certificate names a witness id; any other is refused.
+    fn witness_caller<T>(&self, req: &Request<T>, rpc: &str) -> Result<WitnessCaller, Status> {
+        let caller = crate::access::Caller::of(req);
+        let Some(id) = caller.witness else {
+            (self.denials)(&crate::access::Denied {
+                method: rpc.to_string(),
+                identity: caller.identity.clone(),
+                needed: "a witness certificate".into(),
+                has: "a certificate naming no witness id".into(),
+            });
+            return Err(Status::permission_denied(format!(
+                "{rpc} is for witnesses only: the caller's certificate ({}) names no witness \
+                 id (a URI SAN {}<id>)",
+                caller.identity,
+                crate::tls::WITNESS_URI_PREFIX
+            )));
+        };
+        Ok(WitnessCaller {
+            id,
+            identity: caller.identity,
+        })
     }
-    tracing::warn!(
-        rpc,
-        caller,
-        claimed,
-        "refused: a witness speaking for another"
-    );
-    Err(Status::permission_denied(format!(
-        "{rpc}: witness {caller}'s certificate may not speak as {role} {claimed}"
-    )))
+
+    /// Refuses a witness speaking for another: `claimed` is the id the message names as
+    /// its sender (leader, candidate, reporter).
+    fn as_itself(
+        &self,
+        caller: &WitnessCaller,
+        claimed: u64,
+        rpc: &str,
+        role: &str,
+    ) -> Result<(), Status> {
+        if caller.id == claimed {
+            return Ok(());
+        }
+        (self.denials)(&crate::access::Denied {
+            method: rpc.to_string(),
+            identity: caller.identity.clone(),
+            needed: format!("the certificate of witness {claimed}"),
+            has: format!("the certificate of witness {}", caller.id),
+        });
+        Err(Status::permission_denied(format!(
+            "{rpc}: witness {}'s certificate may not speak as {role} {claimed}",
+            caller.id
+        )))
+    }
 }
 
 /// The node id a vote names (the leader or candidate it is for).
@@ -150,10 +183,10 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let caller = witness_caller(&req, "AppendEntries")?;
+        let caller = self.witness_caller(&req, "AppendEntries")?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
-        as_itself(caller, voter_of(&rpc.vote), "AppendEntries", "leader")?;
+        self.as_itself(&caller, voter_of(&rpc.vote), "AppendEntries", "leader")?;
         let resp = self
             .consensus
             .raft
@@ -169,19 +202,19 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let caller = witness_caller(&req, "Vote")?;
+        let caller = self.witness_caller(&req, "Vote")?;
         let rpc: VoteRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
-        as_itself(caller, voter_of(&rpc.vote), "Vote", "candidate")?;
+        self.as_itself(&caller, voter_of(&rpc.vote), "Vote", "candidate")?;
         let resp = self.consensus.raft.vote(rpc).await.map_err(raft_error)?;
         reply(&resp)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let caller = witness_caller(&req, "PreVote")?;
+        let caller = self.witness_caller(&req, "PreVote")?;
         let rpc: VoteRequest<TypeConfig> =
             decode(&req.into_inner().payload).map_err(bad_request)?;
-        as_itself(caller, voter_of(&rpc.vote), "PreVote", "candidate")?;
+        self.as_itself(&caller, voter_of(&rpc.vote), "PreVote", "candidate")?;
         let resp = self
             .consensus
             .raft
@@ -195,12 +228,12 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let caller = witness_caller(&req, "InstallSnapshot")?;
+        let caller = self.witness_caller(&req, "InstallSnapshot")?;
         let (header, data) = self
             .snapshots
             .receive(req.into_inner(), SNAPSHOT_RECEIVE_TIMEOUT)
             .await?;
-        as_itself(caller, voter_of(&header.vote), "InstallSnapshot", "leader")?;
+        self.as_itself(&caller, voter_of(&header.vote), "InstallSnapshot", "leader")?;
         let snapshot = Snapshot {
             meta: header.meta,
             snapshot: data,
@@ -215,9 +248,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn report_probes(&self, req: Request<ProbeReport>) -> Result<Response<ProbeAck>, Status> {
-        let caller = witness_caller(&req, "ReportProbes")?;
+        let caller = self.witness_caller(&req, "ReportProbes")?;
         let report = req.into_inner();
-        as_itself(caller, report.witness, "ReportProbes", "witness")?;
+        self.as_itself(&caller, report.witness, "ReportProbes", "witness")?;
         if !self.consensus.is_leader() {
             return Ok(Response::new(ProbeAck { accepted: false }));
         }
@@ -228,9 +261,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        let caller = witness_caller(&req, "Hello")?;
+        let caller = self.witness_caller(&req, "Hello")?;
         let node_id = req.into_inner().node_id;
-        as_itself(caller, node_id, "Hello", "witness")?;
+        self.as_itself(&caller, node_id, "Hello", "witness")?;
         Ok(Response::new(self.consensus.hello(node_id)))
     }
 }
