@@ -338,6 +338,21 @@ impl Caller {
         })
     }
 
+    /// [`Self::require`] for a handler's own check (one the access table cannot make):
+    /// a denial is counted in `metrics` as the access check counts its own, and answered as
+    /// `PERMISSION_DENIED`.
+    pub fn require_counted(
+        &self,
+        method: &str,
+        need: &Need,
+        metrics: &Metrics,
+    ) -> Result<(), ApiError> {
+        self.require(method, need).map_err(|denied| {
+            metrics.denied(&denied);
+            ApiError::from(denied)
+        })
+    }
+
     /// What this caller has, in words for a denial.
     fn describe(&self) -> String {
         let mut parts: Vec<String> = self.roles.iter().map(|r| format!("role {r}")).collect();

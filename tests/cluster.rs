@@ -1000,31 +1000,36 @@ async fn watch_streams_applied_decisions() {
     cluster.stop().await;
 }
 
+/// `make(pad)` for the largest `pad` whose encoded message is at most `len` bytes, which
+/// must be exactly `len` (a length prefix may grow by a byte as the padding grows).
+fn sized<M: prost::Message>(len: usize, make: impl Fn(usize) -> M) -> M {
+    let mut pad = len.saturating_sub(make(0).encoded_len());
+    loop {
+        let msg = make(pad);
+        if msg.encoded_len() <= len {
+            assert_eq!(msg.encoded_len(), len);
+            return msg;
+        }
+        pad -= 1;
+    }
+}
+
 /// Goal: a public API request of exactly `API_MESSAGE_BYTES_MAX` bytes is decoded and
 /// answered by its handler, and one a byte longer is `OUT_OF_RANGE` before any handler sees
 /// it; neither changes the policy. Method: `policy apply --dry-run` requests whose TOML is
 /// padded with a comment so the encoded message is at the limit, then one byte past it.
 #[tokio::test]
 async fn an_api_request_at_the_size_limit_is_answered_and_one_past_it_is_refused() {
-    use prost::Message;
     let cluster = Cluster::start(1).await;
     cluster.init_with_policy().await;
     let client = cluster.client();
     let before = client.status(0).await.expect("status").policy_version;
     let limit = arbiter::node::API_MESSAGE_BYTES_MAX;
-    let sized = |len: usize| {
-        let mut req = proto::PolicyApplyRequest {
+    let sized = |len| {
+        sized(len, |pad| proto::PolicyApplyRequest {
             dry_run: true,
-            ..apply_request(&format!("{POLICY}\n#"))
-        };
-        let pad = len - req.encoded_len();
-        req.toml.push_str(&"x".repeat(pad));
-        // The length prefix of the TOML field may have grown by a byte.
-        while req.encoded_len() > len {
-            req.toml.pop();
-        }
-        assert_eq!(req.encoded_len(), len);
-        req
+            ..apply_request(&format!("{POLICY}\n#{}", "x".repeat(pad)))
+        })
     };
 
     let at = client.policy_apply(sized(limit)).await;
@@ -1056,24 +1061,10 @@ async fn an_api_request_at_the_size_limit_is_answered_and_one_past_it_is_refused
 #[tokio::test]
 async fn each_rpc_reads_a_message_at_its_limit_and_refuses_one_byte_more() {
     use arbiter::access::sizes::SMALL_MESSAGE_BYTES_MAX;
-    use prost::Message;
     let cluster = Cluster::start(2).await;
     let addr = cluster.witnesses[0].addr;
     let witness = common::tls::channel(addr, &cluster.certs.nodes[1]).await;
     let raft = proto::raft_client::RaftClient::new(witness).max_encoding_message_size(usize::MAX);
-    /// `make(pad)` for the largest `pad` whose encoded message is at most `len` bytes, which
-    /// must be exactly `len`.
-    fn sized<M: Message>(len: usize, make: impl Fn(usize) -> M) -> M {
-        let mut pad = len;
-        loop {
-            let msg = make(pad);
-            if msg.encoded_len() <= len {
-                assert_eq!(msg.encoded_len(), len);
-                return msg;
-            }
-            pad -= 1;
-        }
-    }
     let raft_msg = |len| {
         sized(len, |pad| proto::RaftMessage {
             payload: vec![b'x'; pad],

@@ -548,12 +548,11 @@ impl Arbiter for ApiService {
         // The table cannot see the flag: the break-glass role is checked here. The state
         // machine refuses a break-glass approval without a reason.
         if r.break_glass {
-            if let Err(denied) =
-                Caller::of(&req).require("Approve --break-glass", &crate::access::Need::BreakGlass)
-            {
-                self.metrics.denied(&denied);
-                return Err(ApiError::from(denied).into());
-            }
+            Caller::of(&req).require_counted(
+                "Approve --break-glass",
+                &crate::access::Need::BreakGlass,
+                &self.metrics,
+            )?;
         }
         let break_glass = r.break_glass.then(|| r.reason.clone());
         let reply = self

@@ -102,10 +102,7 @@ impl Fencing {
             group: req.group.clone(),
             region: req.region.clone(),
         };
-        if let Err(denied) = caller.require(lease_method(kind), &need) {
-            self.metrics.denied(&denied);
-            return Err(ApiError::from(denied).into());
-        }
+        caller.require_counted(lease_method(kind), &need, &self.metrics)?;
         match self.decide(kind, req).await {
             Err(ApiError::Consensus(ConsensusError::NotLeader {
                 leader_addr: Some(addr),
